@@ -1,0 +1,68 @@
+"""The local compute host's API models (the compute contract for the `local` provider)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RuntimeEnvironment(BaseModel):
+    """What an instance's virtualenv is built from. Content, not paths, so the hash is stable."""
+
+    conda_file: str | None = Field(default=None, description="conda YAML text")
+    pip_requirements: list[str] = Field(default_factory=list)
+
+
+class ProbeSpec(BaseModel):
+    initial_delay: int = 10
+    period: int = 10
+    timeout: int = 2
+    success_threshold: int = 1
+    failure_threshold: int = 30
+
+
+class DeploymentRuntime(BaseModel):
+    """Everything the host needs to start one instance of a deployment."""
+
+    endpoint: str
+    deployment: str
+    code_dir: str = Field(description="absolute path of the snapshot of the code folder")
+    scoring_script: str = "score.py"
+    model_dir: str | None = Field(
+        default=None, description="absolute path used as AZUREML_MODEL_DIR"
+    )
+    environment: RuntimeEnvironment = Field(default_factory=RuntimeEnvironment)
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    readiness_probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    liveness_probe: ProbeSpec = Field(default_factory=ProbeSpec)
+    spec_hash: str = Field(description="content hash of code, model, environment and settings")
+
+
+class EnsureInstancesRequest(BaseModel):
+    runtime: DeploymentRuntime
+    instance_count: int = Field(ge=0)
+
+
+InstanceState = Literal["starting", "ready", "failed", "stopped"]
+EnvironmentState = Literal["building", "ready", "failed"]
+
+
+class InstanceStatus(BaseModel):
+    id: str
+    port: int
+    url: str
+    pid: int | None = None
+    state: InstanceState
+    spec_hash: str
+    exit_code: int | None = None
+    error: str | None = Field(default=None, description="tail of the instance log on failure")
+
+
+class DeploymentInstances(BaseModel):
+    endpoint: str
+    deployment: str
+    environment_state: EnvironmentState
+    environment_error: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    instances: list[InstanceStatus] = Field(default_factory=list)

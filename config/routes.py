@@ -1,0 +1,40 @@
+"""The route table: what an endpoint pushes to every gateway (the network contract)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class InstanceRoute(BaseModel):
+    id: str
+    url: str = Field(description="base URL of the instance, e.g. http://127.0.0.1:31001")
+
+
+class DeploymentRoute(BaseModel):
+    name: str
+    instances: list[InstanceRoute] = Field(default_factory=list)
+    request_timeout_ms: int = 5000
+    max_concurrent_requests_per_instance: int = 1
+    max_queue_wait_ms: int = 500
+
+
+class EndpointRoute(BaseModel):
+    """One endpoint's slice of the table. A push with an older generation is ignored."""
+
+    name: str
+    generation: int
+    auth_mode: Literal["key", "aml_token"] = "key"
+    key_sha256: list[str] = Field(
+        default_factory=list, description="hex sha256 of each valid key; never the key"
+    )
+    traffic: dict[str, int] = Field(default_factory=dict)
+    mirror_traffic: dict[str, int] = Field(default_factory=dict)
+    deployments: dict[str, DeploymentRoute] = Field(default_factory=dict)
+    max_request_bytes: int = 16 * 1024 * 1024
+
+
+class ApplyRouteResult(BaseModel):
+    applied: bool
+    generation: int = Field(description="the generation the gateway now holds")
