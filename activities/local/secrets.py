@@ -1,0 +1,63 @@
+"""Endpoint keys, kept in files under the state dir (mode 0600), never in workflow history."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+from config.settings import Settings
+
+KEY_TYPES = ("primary", "secondary")
+
+
+def key_sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class LocalSecretStore:
+    def __init__(self, settings: Settings) -> None:
+        self._dir = settings.secrets_dir
+
+    def _path(self, endpoint: str) -> Path:
+        return self._dir / f"{endpoint}.json"
+
+    def read(self, endpoint: str) -> dict[str, dict[str, str | int]]:
+        path = self._path(endpoint)
+        if not path.exists():
+            return {}
+        return json.loads(path.read_text())
+
+    def ensure(self, endpoint: str, versions: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+        """Make each key whose stored version is below the asked one; return hashes and versions."""
+        stored = self.read(endpoint)
+        changed = False
+        for key_type in KEY_TYPES:
+            want = versions.get(key_type, 1)
+            have = stored.get(key_type)
+            if have is None or int(have["version"]) < want:
+                stored[key_type] = {"key": secrets.token_urlsafe(32), "version": want}
+                changed = True
+        if changed:
+            self._write(endpoint, stored)
+        hashes = [key_sha256(str(stored[k]["key"])) for k in KEY_TYPES]
+        return hashes, {k: int(stored[k]["version"]) for k in KEY_TYPES}
+
+    def keys(self, endpoint: str) -> dict[str, str]:
+        stored = self.read(endpoint)
+        return {k: str(v["key"]) for k, v in stored.items()}
+
+    def delete(self, endpoint: str) -> None:
+        self._path(endpoint).unlink(missing_ok=True)
+
+    def _write(self, endpoint: str, data: dict) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self._path(endpoint).with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path(endpoint))

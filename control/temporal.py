@@ -1,0 +1,26 @@
+"""One way to reach Temporal, for the CLI, the REST API and the worker."""
+
+from __future__ import annotations
+
+from temporalio.client import Client, TLSConfig
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from config.settings import Settings
+
+
+async def connect(settings: Settings) -> Client:
+    tls: TLSConfig | bool = False
+    if settings.temporal_tls_cert and settings.temporal_tls_key:
+        tls = TLSConfig(
+            client_cert=settings.temporal_tls_cert.read_bytes(),
+            client_private_key=settings.temporal_tls_key.read_bytes(),
+            server_root_ca_cert=(
+                settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None
+            ),
+        )
+    return await Client.connect(
+        settings.temporal_target,
+        namespace=settings.temporal_namespace,
+        tls=tls,
+        data_converter=pydantic_data_converter,
+    )

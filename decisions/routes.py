@@ -1,0 +1,40 @@
+"""Route table rules: which deployments and instances a gateway may send to."""
+
+from __future__ import annotations
+
+from config.routes import DeploymentRoute, EndpointRoute
+from decisions.state import EndpointState
+
+# A deployment is routable only while it has instances that were provisioned for it.
+_ROUTABLE = frozenset({"Succeeded", "Updating"})
+
+
+def build_endpoint_route(state: EndpointState, generation: int) -> EndpointRoute:
+    """The endpoint's slice of the table: live deployments, their instances, the split."""
+    deployments: dict[str, DeploymentRoute] = {}
+    for name, record in sorted(state.deployments.items()):
+        if record.provisioning_state not in _ROUTABLE or not record.instances:
+            continue
+        settings = record.target.request_settings
+        deployments[name] = DeploymentRoute(
+            name=name,
+            instances=list(record.instances),
+            request_timeout_ms=settings.request_timeout_ms,
+            max_concurrent_requests_per_instance=settings.max_concurrent_requests_per_instance,
+            max_queue_wait_ms=settings.max_queue_wait_ms,
+        )
+    return EndpointRoute(
+        name=state.name,
+        generation=generation,
+        auth_mode=state.auth_mode,
+        key_sha256=list(state.key_sha256),
+        traffic={k: v for k, v in sorted(state.traffic.items()) if k in deployments},
+        mirror_traffic={k: v for k, v in sorted(state.mirror_traffic.items()) if k in deployments},
+        deployments=deployments,
+        max_request_bytes=state.max_request_bytes,
+    )
+
+
+def next_generation(previous: int, now_ms: int) -> int:
+    """Strictly increasing, and above any earlier endpoint of the same name (it started sooner)."""
+    return max(previous + 1, now_ms)

@@ -1,0 +1,63 @@
+"""The resources' state as the workflows hold it: plain models, shared with the façade."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from config.host_api import DeploymentRuntime
+from config.routes import InstanceRoute
+
+ProvisioningState = Literal["Creating", "Updating", "Succeeded", "Failed", "Deleting", "Deleted"]
+KeyType = Literal["primary", "secondary"]
+
+
+class RequestSettings(BaseModel):
+    request_timeout_ms: int = 5000
+    max_concurrent_requests_per_instance: int = 1
+    max_queue_wait_ms: int = 500
+
+
+class DeploymentTarget(BaseModel):
+    """What a deployment should be: the runtime for the host plus what the gateway enforces."""
+
+    name: str
+    endpoint: str
+    runtime: DeploymentRuntime
+    instance_count: int = Field(ge=1)
+    instance_type: str = "Standard_DS3_v2"
+    request_settings: RequestSettings = Field(default_factory=RequestSettings)
+    spec: dict[str, Any] = Field(
+        default_factory=dict, description="the validated Azure YAML spec, shown by `show`"
+    )
+
+
+class DeploymentRecord(BaseModel):
+    """What the endpoint knows of one of its deployments."""
+
+    name: str
+    provisioning_state: ProvisioningState
+    target: DeploymentTarget
+    instances: list[InstanceRoute] = Field(default_factory=list)
+    error: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+
+class EndpointState(BaseModel):
+    """Everything EndpointWorkflow owns; passed whole through continue-as-new."""
+
+    name: str
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    auth_mode: Literal["key", "aml_token"] = "key"
+    traffic: dict[str, int] = Field(default_factory=dict)
+    mirror_traffic: dict[str, int] = Field(default_factory=dict)
+    provisioning_state: ProvisioningState = "Creating"
+    deployments: dict[str, DeploymentRecord] = Field(default_factory=dict)
+    key_sha256: list[str] = Field(default_factory=list)
+    key_versions: dict[str, int] = Field(default_factory=lambda: {"primary": 1, "secondary": 1})
+    keys_applied: dict[str, int] = Field(default_factory=dict)
+    generation: int = 0
+    max_request_bytes: int = 16 * 1024 * 1024
+    created_at: str | None = None

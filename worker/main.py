@@ -1,0 +1,62 @@
+"""The worker process: hosts every workflow and the activities of the configured providers."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.compute import ComputeActivities
+from activities.local.compute import LocalComputeProvider
+from activities.local.network import LocalNetworkProvider
+from activities.network import NetworkActivities
+from config.settings import Settings
+from control.temporal import connect
+from workflows.deployment import DeploymentWorkflow
+from workflows.endpoint import EndpointWorkflow
+
+log = structlog.get_logger()
+
+WORKFLOWS = [EndpointWorkflow, DeploymentWorkflow]
+
+
+def build_worker(client: Client, settings: Settings) -> Worker:
+    compute = ComputeActivities(LocalComputeProvider(settings))
+    network = NetworkActivities(LocalNetworkProvider(settings))
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=[
+            compute.ensure_instances,
+            compute.delete_instances,
+            network.apply_route,
+            network.remove_route,
+            network.ensure_keys,
+            network.delete_keys,
+        ],
+    )
+
+
+async def serve(settings: Settings) -> None:
+    client = await connect(settings)
+    worker = build_worker(client, settings)
+    log.info("worker.started", task_queue=settings.task_queue, temporal=settings.temporal_target)
+    await worker.run()
+
+
+def run(settings: Settings) -> None:
+    async def main() -> None:
+        task = asyncio.ensure_future(serve(settings))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("worker.stopped")
+
+    asyncio.run(main())

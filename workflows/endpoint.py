@@ -1,0 +1,328 @@
+"""EndpointWorkflow: the one writer of an endpoint's deployments, traffic, keys and routes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.messages import (
+        ApplyRouteInput,
+        DeleteKeysInput,
+        EnsureKeysInput,
+        EnsureKeysResult,
+        RemoveRouteInput,
+    )
+    from decisions.routes import build_endpoint_route, next_generation
+    from decisions.state import DeploymentRecord, DeploymentTarget, EndpointState
+    from decisions.traffic import TrafficError, check_mirror, check_traffic, merge_traffic
+    from workflows import options
+    from workflows.deployment import DeploymentWorkflow
+    from workflows.ids import deployment_id
+    from workflows.messages import (
+        CreateDeploymentInput,
+        DeleteDeploymentInput,
+        DeploymentReport,
+        DeploymentWorkflowInput,
+        EndpointWorkflowInput,
+        RegenerateKeysInput,
+        UpdateDeploymentInput,
+        UpdateEndpointInput,
+    )
+
+HISTORY_LIMIT = 2000
+
+
+def _bad_request(message: str) -> ApplicationError:
+    return ApplicationError(message, type="BadRequest", non_retryable=True)
+
+
+@workflow.defn
+class EndpointWorkflow:
+    @workflow.init
+    def __init__(self, input: EndpointWorkflowInput) -> None:
+        self._state: EndpointState = input.state
+        self._repush = timedelta(seconds=input.repush_seconds)
+        self._dirty = True
+        self._to_start: list[DeploymentTarget] = []
+        self._to_update: list[DeploymentTarget] = []
+        self._to_delete: list[str] = []
+
+    # ---- queries -------------------------------------------------------------------------
+    @workflow.query
+    def describe(self) -> EndpointState:
+        return self._state
+
+    # ---- updates: validators refuse before anything is recorded ---------------------------
+    def _refuse_if_deleting(self) -> None:
+        if self._state.provisioning_state == "Deleting":
+            raise _bad_request(f"endpoint {self._state.name} is being deleted")
+
+    def _record(self, name: str) -> DeploymentRecord:
+        record = self._state.deployments.get(name)
+        if record is None:
+            raise _bad_request(f"deployment {name} does not exist in endpoint {self._state.name}")
+        return record
+
+    @workflow.update
+    def update_endpoint(self, change: UpdateEndpointInput) -> EndpointState:
+        s = self._state
+        if change.traffic is not None:
+            s.traffic = merge_traffic(s.traffic, change.traffic)
+        if change.mirror_traffic is not None:
+            s.mirror_traffic = {k: v for k, v in change.mirror_traffic.items() if v > 0}
+        if change.description is not None:
+            s.description = change.description
+        if change.tags is not None:
+            s.tags = dict(change.tags)
+        self._dirty = True
+        return s
+
+    @update_endpoint.validator
+    def _validate_update_endpoint(self, change: UpdateEndpointInput) -> None:
+        self._refuse_if_deleting()
+        s = self._state
+        traffic = s.traffic
+        if change.traffic is not None:
+            traffic = merge_traffic(s.traffic, change.traffic)
+        mirror = change.mirror_traffic if change.mirror_traffic is not None else s.mirror_traffic
+        try:
+            check_traffic(traffic, s.deployments)
+            check_mirror(mirror, traffic, s.deployments)
+        except TrafficError as err:
+            raise _bad_request(str(err)) from None
+        for name, percent in traffic.items():
+            state = s.deployments[name].provisioning_state
+            if percent > 0 and state not in ("Succeeded", "Updating"):
+                raise _bad_request(
+                    f"traffic: deployment {name} is {state}; only a Succeeded deployment can "
+                    "take traffic"
+                )
+
+    @workflow.update
+    def create_deployment(self, request: CreateDeploymentInput) -> DeploymentRecord:
+        target = request.target
+        record = DeploymentRecord(name=target.name, provisioning_state="Creating", target=target)
+        self._state.deployments[target.name] = record
+        self._to_start.append(target)
+        return record
+
+    @create_deployment.validator
+    def _validate_create_deployment(self, request: CreateDeploymentInput) -> None:
+        self._refuse_if_deleting()
+        name = request.target.name
+        if name in self._state.deployments:
+            raise _bad_request(
+                f"deployment {name} already exists in endpoint {self._state.name}; "
+                "use `online-deployment update`"
+            )
+        if request.target.endpoint != self._state.name:
+            raise _bad_request(
+                f"endpoint_name: {request.target.endpoint} is not this endpoint "
+                f"({self._state.name})"
+            )
+
+    @workflow.update
+    def update_deployment(self, request: UpdateDeploymentInput) -> DeploymentRecord:
+        record = self._state.deployments[request.target.name]
+        record.target = request.target
+        record.provisioning_state = "Updating"
+        self._to_update.append(request.target)
+        return record
+
+    @update_deployment.validator
+    def _validate_update_deployment(self, request: UpdateDeploymentInput) -> None:
+        self._refuse_if_deleting()
+        record = self._record(request.target.name)
+        if record.provisioning_state in ("Creating", "Updating", "Deleting"):
+            raise _bad_request(
+                f"deployment {record.name} is {record.provisioning_state}; wait until it finishes"
+            )
+
+    @workflow.update
+    def delete_deployment(self, request: DeleteDeploymentInput) -> DeploymentRecord:
+        record = self._state.deployments[request.name]
+        record.provisioning_state = "Deleting"
+        self._state.traffic.pop(request.name, None)
+        self._state.mirror_traffic.pop(request.name, None)
+        self._to_delete.append(request.name)
+        self._dirty = True
+        return record
+
+    @delete_deployment.validator
+    def _validate_delete_deployment(self, request: DeleteDeploymentInput) -> None:
+        self._refuse_if_deleting()
+        record = self._record(request.name)
+        if record.provisioning_state == "Deleting":
+            raise _bad_request(f"deployment {request.name} is already being deleted")
+        share = self._state.traffic.get(request.name, 0)
+        if share > 0:
+            raise _bad_request(
+                f"deployment {request.name} takes {share}% of traffic; set its traffic to 0 "
+                "before deleting it"
+            )
+        if self._state.mirror_traffic.get(request.name, 0) > 0:
+            raise _bad_request(
+                f"deployment {request.name} receives mirrored traffic; set its mirror_traffic "
+                "to 0 before deleting it"
+            )
+
+    @workflow.update
+    async def regenerate_keys(self, request: RegenerateKeysInput) -> None:
+        s = self._state
+        s.key_versions[request.key_type] = s.key_versions.get(request.key_type, 1) + 1
+        wanted = s.key_versions[request.key_type]
+        await workflow.wait_condition(
+            lambda: s.keys_applied.get(request.key_type, 0) >= wanted
+        )
+
+    @regenerate_keys.validator
+    def _validate_regenerate_keys(self, request: RegenerateKeysInput) -> None:
+        self._refuse_if_deleting()
+
+    @workflow.update
+    def delete_endpoint(self) -> EndpointState:
+        s = self._state
+        s.provisioning_state = "Deleting"
+        for name, record in s.deployments.items():
+            if record.provisioning_state != "Deleting":
+                record.provisioning_state = "Deleting"
+                self._to_delete.append(name)
+        s.traffic = {k: 0 for k in s.traffic}
+        s.mirror_traffic = {}
+        self._dirty = True
+        return s
+
+    @delete_endpoint.validator
+    def _validate_delete_endpoint(self) -> None:
+        self._refuse_if_deleting()
+
+    # ---- signals -------------------------------------------------------------------------
+    @workflow.signal
+    def deployment_reported(self, report: DeploymentReport) -> None:
+        record = self._state.deployments.get(report.name)
+        if record is None:
+            return
+        if report.provisioning_state == "Deleted":
+            del self._state.deployments[report.name]
+            self._state.traffic.pop(report.name, None)
+        else:
+            record.provisioning_state = report.provisioning_state
+            if report.instances is not None:
+                record.instances = list(report.instances)
+            record.error = report.error
+            record.warnings = list(report.warnings)
+        self._dirty = True
+
+    # ---- the loop ------------------------------------------------------------------------
+    def _has_work(self) -> bool:
+        s = self._state
+        keys_behind = any(s.keys_applied.get(k, 0) < v for k, v in s.key_versions.items())
+        return (
+            self._dirty
+            or keys_behind
+            or bool(self._to_start or self._to_update or self._to_delete)
+        )
+
+    @workflow.run
+    async def run(self, input: EndpointWorkflowInput) -> EndpointState:
+        s = self._state
+        if not input.continued:
+            s.created_at = workflow.now().isoformat()
+        while True:
+            try:
+                await workflow.wait_condition(self._has_work, timeout=self._repush)
+            except TimeoutError:
+                self._dirty = True  # periodic re-push heals a gateway that lost its table
+            if any(s.keys_applied.get(k, 0) < v for k, v in s.key_versions.items()):
+                await self._ensure_keys()
+            if s.provisioning_state == "Creating":
+                s.provisioning_state = "Succeeded"
+            if s.provisioning_state == "Deleting":
+                await self._remove_route()
+            elif self._dirty:
+                await self._push()
+            await self._carry_out()
+            if s.provisioning_state == "Deleting" and not s.deployments:
+                await workflow.execute_activity(
+                    "delete_keys", DeleteKeysInput(endpoint=s.name), **options.KEYS
+                )
+                s.provisioning_state = "Deleted"
+                return s
+            if workflow.info().get_current_history_length() > HISTORY_LIMIT:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not self._has_work():
+                    workflow.continue_as_new(
+                        EndpointWorkflowInput(
+                            state=s, repush_seconds=input.repush_seconds, continued=True
+                        )
+                    )
+
+    async def _ensure_keys(self) -> None:
+        s = self._state
+        result = await workflow.execute_activity(
+            "ensure_keys",
+            EnsureKeysInput(endpoint=s.name, versions=dict(s.key_versions)),
+            result_type=EnsureKeysResult,
+            **options.KEYS,
+        )
+        s.key_sha256 = list(result.key_sha256)
+        await self._push()
+        s.keys_applied = dict(result.versions)
+
+    async def _push(self) -> None:
+        s = self._state
+        s.generation = next_generation(s.generation, int(workflow.now().timestamp() * 1000))
+        self._dirty = False
+        try:
+            await workflow.execute_activity(
+                "apply_route",
+                ApplyRouteInput(route=build_endpoint_route(s, s.generation)),
+                **options.PUSH,
+            )
+        except ActivityError as err:
+            # The next periodic re-push tries again; the state itself is already recorded.
+            workflow.logger.warning("route push failed: %s", err.cause or err)
+
+    async def _remove_route(self) -> None:
+        s = self._state
+        if not self._dirty:
+            return
+        s.generation = next_generation(s.generation, int(workflow.now().timestamp() * 1000))
+        self._dirty = False
+        await workflow.execute_activity(
+            "remove_route",
+            RemoveRouteInput(endpoint=s.name, generation=s.generation),
+            **options.PUSH,
+        )
+
+    async def _carry_out(self) -> None:
+        """Start, change and delete deployments, each after the route table stops using it."""
+        name = self._state.name
+        while self._to_start:
+            target = self._to_start.pop(0)
+            try:
+                await workflow.start_child_workflow(
+                    DeploymentWorkflow.run,
+                    DeploymentWorkflowInput(target=target),
+                    id=deployment_id(name, target.name),
+                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                )
+            except WorkflowAlreadyStartedError:
+                record = self._state.deployments.get(target.name)
+                if record is not None:
+                    record.provisioning_state = "Failed"
+                    record.error = (
+                        f"the previous deployment {target.name} is still shutting down; "
+                        "delete this one and create it again"
+                    )
+        while self._to_update:
+            target = self._to_update.pop(0)
+            handle = workflow.get_external_workflow_handle(deployment_id(name, target.name))
+            await handle.signal(DeploymentWorkflow.update, target)
+        while self._to_delete:
+            deployment = self._to_delete.pop(0)
+            handle = workflow.get_external_workflow_handle(deployment_id(name, deployment))
+            await handle.signal(DeploymentWorkflow.delete)

@@ -1,0 +1,26 @@
+"""Timeouts and retry policies of every activity call, in one place."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+PUSH = {
+    "start_to_close_timeout": timedelta(seconds=15),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=3), maximum_attempts=5),
+}
+KEYS = {
+    "start_to_close_timeout": timedelta(seconds=15),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=3), maximum_attempts=10),
+}
+# Environment builds can take minutes; the activity heartbeats while it polls the host.
+PROVISION = {
+    "start_to_close_timeout": timedelta(minutes=30),
+    "heartbeat_timeout": timedelta(seconds=60),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20),
+}
+DEPROVISION = {
+    "start_to_close_timeout": timedelta(minutes=2),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20),
+}
