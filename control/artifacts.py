@@ -1,0 +1,114 @@
+"""Content-hashed copies of code and models in the state dir, and the local model registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from control.errors import BadRequest, Conflict, NotFound
+
+_REGISTERED = re.compile(r"^azureml:(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>[A-Za-z0-9_.-]+)|@latest)$")
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over relative names and bytes, so the same content gives the same hash anywhere."""
+    digest = hashlib.sha256()
+    if path.is_file():
+        digest.update(b"F" + path.name.encode() + b"\0")
+        digest.update(path.read_bytes())
+        return digest.hexdigest()[:16]
+    for item in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(item.relative_to(path)).encode() + b"\0")
+        digest.update(item.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def snapshot(source: Path, root: Path) -> tuple[str, Path]:
+    """Copy `source` to `root/<hash>/<source.name>` once; return the hash and the copy's path."""
+    if not source.exists():
+        raise BadRequest(f"{source}: does not exist")
+    digest = content_hash(source)
+    final = root / digest
+    copy = final / source.name
+    if final.exists():
+        return digest, copy
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+    if source.is_file():
+        shutil.copy2(source, staging / source.name)
+    else:
+        shutil.copytree(source, staging / source.name, ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        os.rename(staging, final)
+    except OSError:  # another caller made the same snapshot first: same content, keep theirs
+        shutil.rmtree(staging, ignore_errors=True)
+    return digest, copy
+
+
+class RegisteredModel(BaseModel):
+    name: str
+    version: str
+    path: str
+    content_hash: str
+    description: str | None = None
+
+
+class ModelRegistry:
+    """`tidegate model create`: a copy in the state dir, addressed as `azureml:name:version`."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def create(
+        self, name: str, version: str, source: Path, description: str | None = None
+    ) -> RegisteredModel:
+        meta = self._root / name / version / "model.json"
+        if meta.exists():
+            raise Conflict(f"model {name}:{version} already exists; give a new --version")
+        digest, copy = snapshot(source.resolve(), self._root / ".blobs")
+        model = RegisteredModel(
+            name=name, version=version, path=str(copy), content_hash=digest, description=description
+        )
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(model.model_dump_json(indent=2))
+        return model
+
+    def list(self, name: str | None = None) -> list[RegisteredModel]:
+        found = []
+        for meta in sorted(self._root.glob("*/*/model.json")):
+            model = RegisteredModel.model_validate(json.loads(meta.read_text()))
+            if name is None or model.name == name:
+                found.append(model)
+        return found
+
+    def show(self, name: str, version: str) -> RegisteredModel:
+        meta = self._root / name / version / "model.json"
+        if not meta.exists():
+            raise NotFound(f"model {name}:{version} is not registered (see `tidegate model list`)")
+        return RegisteredModel.model_validate(json.loads(meta.read_text()))
+
+    def resolve(self, reference: str) -> Path:
+        """`azureml:name:version` or `azureml:name@latest` → the registered copy."""
+        match = _REGISTERED.match(reference)
+        if match is None:
+            raise BadRequest(
+                f"model: '{reference}' is neither a path nor azureml:<name>:<version>"
+            )
+        name, version = match["name"], match["version"]
+        if version is None:
+            versions = self.list(name)
+            if not versions:
+                raise NotFound(f"model {name} is not registered (see `tidegate model list`)")
+            return Path(max(versions, key=lambda m: _version_key(m.version)).path)
+        return Path(self.show(name, version).path)
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in version.split("."))

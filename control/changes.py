@@ -1,0 +1,49 @@
+"""Turn `online-endpoint update` flags into one UpdateEndpointInput."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.specs import EndpointSpec
+from control.errors import BadRequest
+from decisions.traffic import parse_traffic
+from workflows.messages import UpdateEndpointInput
+
+_SETTABLE = ("description", "tags")
+
+
+def endpoint_change(
+    current: dict[str, Any],
+    spec: EndpointSpec | None,
+    traffic: str | None,
+    mirror_traffic: str | None,
+    assignments: list[str],
+) -> UpdateEndpointInput:
+    change = UpdateEndpointInput()
+    if spec is not None:
+        change.description = spec.description
+        change.tags = dict(spec.tags or {})
+        if spec.traffic:
+            change.traffic = dict(spec.traffic)
+        if spec.mirror_traffic is not None:
+            change.mirror_traffic = dict(spec.mirror_traffic)
+    if traffic is not None:
+        change.traffic = parse_traffic(traffic)
+    if mirror_traffic is not None:
+        change.mirror_traffic = parse_traffic(mirror_traffic)
+    for assignment in assignments:
+        path, sep, value = assignment.partition("=")
+        if not sep:
+            raise BadRequest(f"--set: '{assignment}' is not of the form path=value")
+        if path == "description":
+            change.description = value
+        elif path.startswith("tags."):
+            tags = dict(change.tags if change.tags is not None else current.get("tags") or {})
+            tags[path.removeprefix("tags.")] = value
+            change.tags = tags
+        else:
+            raise BadRequest(
+                f"--set: '{path}' cannot be set on an endpoint; settable: "
+                f"{', '.join(_SETTABLE)} (use --traffic / --mirror-traffic for the split)"
+            )
+    return change

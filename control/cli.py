@@ -1,0 +1,514 @@
+"""`tidegate`: Azure ML CLI v2's online-endpoint / online-deployment verbs, plus the local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from config.settings import Settings, load_settings
+from control.errors import TidegateError
+
+err_console = Console(stderr=True)
+
+GROUP_HELP = (
+    "Accepted so scripts written for `az ml` run unchanged; Tidegate has one local "
+    "workspace, so the value is ignored."
+)
+
+
+def fail(message: str) -> None:
+    for line in message.splitlines() or [message]:
+        click.echo(f"ERROR: {line}", err=True)
+    sys.exit(1)
+
+
+def run_async(coro_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """Run an async command; domain errors become one `ERROR:` line and exit code 1."""
+
+    @functools.wraps(coro_fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from config.specs import SpecError  # spec errors already name file, line and field
+        from decisions.traffic import TrafficError
+
+        try:
+            return asyncio.run(coro_fn(*args, **kwargs))
+        except (TidegateError, SpecError, TrafficError) as err:
+            fail(str(err))
+        except KeyboardInterrupt:
+            fail("interrupted")
+
+    return wrapper
+
+
+def azure_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """-g/-w (accepted for az ml scripts), --output and --query on every resource command."""
+    fn = click.option("--query", default=None, help="JMESPath query applied to the result.")(fn)
+    fn = click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["json", "tsv", "table", "yaml"]),
+        default="json",
+        show_default=True,
+    )(fn)
+    fn = click.option("-w", "--workspace-name", default=None, help=GROUP_HELP)(fn)
+    fn = click.option("-g", "--resource-group", default=None, help=GROUP_HELP)(fn)
+    return fn
+
+
+def emit(data: Any, output: str, query: str | None) -> None:
+    from control.output import render
+
+    click.echo(render(data, output=output, query=query))
+
+
+async def facade():
+    from control.facade import Tidegate
+
+    return await Tidegate.connect(load_settings())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Tidegate: managed online endpoints for ML models, self-hosted, on Temporal."""
+    from config.logging import configure_logging
+
+    configure_logging(level="WARNING")
+
+
+# ---- the local system --------------------------------------------------------------------
+@main.command()
+@click.option("--detach", is_flag=True, help="Start in the background and return when ready.")
+def up(detach: bool) -> None:
+    """Start Temporal (dev server), the host, the gateway and the worker; wait until ready."""
+    from control import stack
+
+    settings = load_settings()
+    already = stack.running(settings)
+    with err_console.status("starting Temporal, host, gateway and worker..."):
+        try:
+            stack.start(settings)
+        except stack.StartFailed as err:
+            stack.stop(settings)
+            fail(str(err))
+    _print_addresses(settings, already_running=bool(already))
+    if detach:
+        return
+    click.echo("Press Ctrl-C to stop.")
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    while not stopping:
+        time.sleep(0.2)
+    click.echo("stopping: " + ", ".join(stack.stop(settings)))
+
+
+def _print_addresses(settings: Settings, *, already_running: bool) -> None:
+    ca = settings.tls_dir / "ca.pem"
+    state = "already running" if already_running else "up"
+    click.echo(f"Tidegate is {state} (home {settings.home})")
+    click.echo(
+        f"  gateway (HTTPS)  https://<endpoint>.{settings.domain}:{settings.gateway_https_port}/score"
+    )
+    click.echo(
+        f"  gateway (HTTP)   http://<endpoint>.{settings.domain}:{settings.gateway_http_port}/score"
+    )
+    click.echo(f"  Temporal UI      {settings.temporal_ui_url}")
+    click.echo(
+        f"  Temporal         {settings.temporal_target} (namespace {settings.temporal_namespace})"
+    )
+    click.echo(f"  host             {settings.host_target}")
+    click.echo(f"Trust the local CA: curl --cacert {ca} ...  or  export CURL_CA_BUNDLE={ca}")
+    click.echo(f"  (Python: export SSL_CERT_FILE={ca}  REQUESTS_CA_BUNDLE={ca})")
+
+
+@main.command()
+def down() -> None:
+    """Stop the local system started by `tidegate up --detach`."""
+    from control import stack
+
+    stopped = stack.stop(load_settings())
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Choice(["json", "yaml"]), default="json")
+def status(output: str) -> None:
+    """Say which local processes run, and their addresses."""
+    from control import stack
+
+    emit(stack.describe(load_settings()), output, None)
+
+
+@main.command()
+def worker() -> None:
+    """Run the Temporal worker alone (workflows and activities)."""
+    from config.logging import configure_logging
+    from worker.main import run
+
+    configure_logging()
+    run(load_settings())
+
+
+@main.command()
+def gateway() -> None:
+    """Run the gateway alone (data plane)."""
+    from gateway.server import run
+
+    from config.logging import configure_logging
+
+    configure_logging()
+    run(load_settings())
+
+
+@main.command()
+def host() -> None:
+    """Run the local compute host alone (instances as azmlinfsrv processes)."""
+    from host.server import run
+
+    from config.logging import configure_logging
+
+    configure_logging()
+    run(load_settings())
+
+
+# ---- online-endpoint -----------------------------------------------------------------------
+@main.group("online-endpoint")
+def online_endpoint() -> None:
+    """Manage online endpoints (as `az ml online-endpoint`)."""
+
+
+def _endpoint_spec(file: Path | None, name: str | None):
+    from config.specs import EndpointSpec, validate_endpoint_name
+    from config.yaml_loader import load_endpoint_file
+
+    overrides = {"name": name} if name else None
+    if file is not None:
+        return load_endpoint_file(file, overrides=overrides)
+    if name is None:
+        raise click.UsageError("give --name or --file")
+    return EndpointSpec(name=validate_endpoint_name(name))
+
+
+@online_endpoint.command("create")
+@click.option("-n", "--name", default=None, help="Endpoint name; overrides the file's.")
+@click.option("-f", "--file", type=click.Path(path_type=Path), default=None)
+@click.option("--no-wait", is_flag=True)
+@azure_options
+@run_async
+async def endpoint_create(name, file, no_wait, resource_group, workspace_name, output, query):
+    """Create an endpoint from its YAML (or just a name)."""
+    spec = _endpoint_spec(file, name)
+    tg = await facade()
+    with err_console.status(f"creating endpoint {spec.name}..."):
+        view = await tg.create_endpoint(spec, wait=not no_wait)
+    emit(view, output, query)
+
+
+@online_endpoint.command("show")
+@click.option("-n", "--name", required=True)
+@azure_options
+@run_async
+async def endpoint_show(name, resource_group, workspace_name, output, query):
+    """Show an endpoint (name, scoring_uri, traffic, provisioning_state, ...)."""
+    emit(await (await facade()).show_endpoint(name), output, query)
+
+
+@online_endpoint.command("list")
+@azure_options
+@run_async
+async def endpoint_list(resource_group, workspace_name, output, query):
+    """List endpoints."""
+    emit(await (await facade()).list_endpoints(), output, query)
+
+
+@online_endpoint.command("update")
+@click.option("-n", "--name", default=None)
+@click.option("-f", "--file", type=click.Path(path_type=Path), default=None)
+@click.option("--traffic", default=None, help='Split, e.g. "blue=90 green=10".')
+@click.option("--mirror-traffic", default=None, help='Shadow share, e.g. "green=10".')
+@click.option("--set", "assignments", multiple=True, help="path=value (description, tags.x).")
+@azure_options
+@run_async
+async def endpoint_update(
+    name, file, traffic, mirror_traffic, assignments, resource_group, workspace_name, output, query
+):
+    """Change traffic, mirror traffic, description or tags."""
+    from control.changes import endpoint_change
+
+    if name is None and file is None:
+        raise click.UsageError("give --name or --file")
+    spec = _endpoint_spec(file, name) if file is not None else None
+    target = name or spec.name
+    tg = await facade()
+    current = await tg.show_endpoint(target)
+    change = endpoint_change(current, spec, traffic, mirror_traffic, list(assignments))
+    emit(await tg.update_endpoint(target, change), output, query)
+
+
+@online_endpoint.command("delete")
+@click.option("-n", "--name", required=True)
+@click.option("-y", "--yes", is_flag=True, help="Do not prompt for confirmation.")
+@click.option("--no-wait", is_flag=True)
+@azure_options
+@run_async
+async def endpoint_delete(name, yes, no_wait, resource_group, workspace_name, output, query):
+    """Delete an endpoint and all its deployments."""
+    if not yes and not click.confirm(f"Delete endpoint {name} and all its deployments?"):
+        fail("not confirmed")
+    tg = await facade()
+    with err_console.status(f"deleting endpoint {name}..."):
+        await tg.delete_endpoint(name, wait=not no_wait)
+
+
+@online_endpoint.command("invoke")
+@click.option("-n", "--name", required=True)
+@click.option("-r", "--request-file", type=click.Path(path_type=Path), required=True)
+@click.option("-d", "--deployment-name", default=None, help="Send to this deployment only.")
+@azure_options
+@run_async
+async def endpoint_invoke(
+    name, request_file, deployment_name, resource_group, workspace_name, output, query
+):
+    """Send a request file to the endpoint's scoring URI with its key."""
+    if not request_file.exists():
+        raise TidegateError(f"--request-file: {request_file} does not exist")
+    tg = await facade()
+    status, body, answered_by = await tg.invoke(
+        name, request_file.read_bytes(), deployment=deployment_name
+    )
+    if status != 200:
+        fail(f"{status} from {answered_by or 'the gateway'}: {body.decode(errors='replace')}")
+    click.echo(body.decode(errors="replace"))
+
+
+@online_endpoint.command("get-credentials")
+@click.option("-n", "--name", required=True)
+@azure_options
+@run_async
+async def endpoint_credentials(name, resource_group, workspace_name, output, query):
+    """Print the endpoint's primaryKey and secondaryKey."""
+    tg = await facade()
+    await tg.describe(name)
+    emit(tg.get_credentials(name), output, query)
+
+
+@online_endpoint.command("regenerate-keys")
+@click.option("-n", "--name", required=True)
+@click.option("--key-type", type=click.Choice(["primary", "secondary"]), default="primary")
+@azure_options
+@run_async
+async def endpoint_regenerate(name, key_type, resource_group, workspace_name, output, query):
+    """Make a new primary or secondary key; the old one stops working at once."""
+    await (await facade()).regenerate_keys(name, key_type)
+
+
+# ---- online-deployment ---------------------------------------------------------------------
+@main.group("online-deployment")
+def online_deployment() -> None:
+    """Manage online deployments (as `az ml online-deployment`)."""
+
+
+def _deployment_spec(file: Path, name: str | None, endpoint: str | None, assignments: list[str]):
+    from config.yaml_loader import load_deployment_file
+
+    overrides: dict[str, Any] = {}
+    if name:
+        overrides["name"] = name
+    if endpoint:
+        overrides["endpoint_name"] = endpoint
+    return load_deployment_file(file, overrides=overrides, assignments=assignments)
+
+
+def _progress(record: Any) -> None:
+    err_console.log(f"{record.name}: {record.provisioning_state}")
+
+
+@online_deployment.command("create")
+@click.option("-n", "--name", default=None, help="Deployment name; overrides the file's.")
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", default=None)
+@click.option("-f", "--file", type=click.Path(path_type=Path), required=True)
+@click.option("--all-traffic", is_flag=True, help="Send all traffic here once it succeeds.")
+@click.option("--set", "assignments", multiple=True, help="path=value over the file.")
+@click.option("--no-wait", is_flag=True)
+@azure_options
+@run_async
+async def deployment_create(
+    name,
+    endpoint,
+    file,
+    all_traffic,
+    assignments,
+    no_wait,
+    resource_group,
+    workspace_name,
+    output,
+    query,
+):
+    """Create a deployment and wait until it serves (or fails, with the reason)."""
+    from workflows.messages import UpdateEndpointInput
+
+    spec = _deployment_spec(file, name, endpoint, list(assignments))
+    tg = await facade()
+    view = await tg.create_deployment(spec)
+    if not no_wait:
+        with err_console.status(f"provisioning {spec.name} (environment, instances, readiness)..."):
+            view = await tg.wait_deployment(spec.endpoint_name, spec.name)
+        if all_traffic:
+            current = await tg.show_endpoint(spec.endpoint_name)
+            split = {k: 0 for k in current["traffic"]} | {spec.name: 100}
+            await tg.update_endpoint(spec.endpoint_name, UpdateEndpointInput(traffic=split))
+    emit(view, output, query)
+
+
+@online_deployment.command("update")
+@click.option("-n", "--name", default=None)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", default=None)
+@click.option("-f", "--file", type=click.Path(path_type=Path), default=None)
+@click.option("--set", "assignments", multiple=True, help="path=value, e.g. instance_count=2.")
+@click.option("--no-wait", is_flag=True)
+@azure_options
+@run_async
+async def deployment_update(
+    name, endpoint, file, assignments, no_wait, resource_group, workspace_name, output, query
+):
+    """Change a deployment from its YAML and/or --set; instances follow."""
+    from config.yaml_loader import load_deployment_dict
+
+    tg = await facade()
+    if file is not None:
+        spec = _deployment_spec(file, name, endpoint, list(assignments))
+    else:
+        if not (name and endpoint):
+            raise click.UsageError("give --file, or --name and --endpoint-name")
+        current = await tg.deployment_spec(endpoint, name)
+        spec = load_deployment_dict(
+            current,
+            base_dir=Path.cwd(),
+            source=f"{endpoint}/{name}",
+            assignments=list(assignments),
+        )
+    view = await tg.update_deployment(spec)
+    if not no_wait:
+        with err_console.status(f"updating {spec.name}..."):
+            view = await tg.wait_deployment(spec.endpoint_name, spec.name)
+    emit(view, output, query)
+
+
+@online_deployment.command("show")
+@click.option("-n", "--name", required=True)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@azure_options
+@run_async
+async def deployment_show(name, endpoint, resource_group, workspace_name, output, query):
+    """Show a deployment."""
+    emit(await (await facade()).show_deployment(endpoint, name), output, query)
+
+
+@online_deployment.command("list")
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@azure_options
+@run_async
+async def deployment_list(endpoint, resource_group, workspace_name, output, query):
+    """List an endpoint's deployments."""
+    emit(await (await facade()).list_deployments(endpoint), output, query)
+
+
+@online_deployment.command("delete")
+@click.option("-n", "--name", required=True)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@click.option("-y", "--yes", is_flag=True)
+@click.option("--no-wait", is_flag=True)
+@azure_options
+@run_async
+async def deployment_delete(
+    name, endpoint, yes, no_wait, resource_group, workspace_name, output, query
+):
+    """Delete a deployment that takes no traffic."""
+    if not yes and not click.confirm(f"Delete deployment {name} of {endpoint}?"):
+        fail("not confirmed")
+    tg = await facade()
+    with err_console.status(f"deleting deployment {name}..."):
+        await tg.delete_deployment(endpoint, name, wait=not no_wait)
+
+
+@online_deployment.command("get-logs")
+@click.option("-n", "--name", required=True)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@click.option("-l", "--lines", type=int, default=100, show_default=True)
+@azure_options
+@run_async
+async def deployment_logs(name, endpoint, lines, resource_group, workspace_name, output, query):
+    """Print the last lines of each instance's log (the scoring server's stdout and stderr)."""
+    click.echo(await (await facade()).get_logs(endpoint, name, lines))
+
+
+# ---- model ---------------------------------------------------------------------------------
+@main.group("model")
+def model() -> None:
+    """Register models (`azureml:<name>:<version>` in deployment YAML)."""
+
+
+def _registry():
+    from control.artifacts import ModelRegistry
+
+    return ModelRegistry(load_settings().registry_dir)
+
+
+def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TidegateError as err:
+            fail(str(err))
+
+    return wrapper
+
+
+@model.command("create")
+@click.option("-n", "--name", required=True)
+@click.option("-v", "--version", default="1", show_default=True)
+@click.option("-p", "--path", type=click.Path(path_type=Path), required=True)
+@click.option("--description", default=None)
+@azure_options
+@_sync
+def model_create(name, version, path, description, resource_group, workspace_name, output, query):
+    """Copy a model file or folder into the registry, content-hashed."""
+    emit(_registry().create(name, version, path, description).model_dump(), output, query)
+
+
+@model.command("list")
+@click.option("-n", "--name", default=None)
+@azure_options
+@_sync
+def model_list(name, resource_group, workspace_name, output, query):
+    """List registered models."""
+    emit([m.model_dump() for m in _registry().list(name)], output, query)
+
+
+@model.command("show")
+@click.option("-n", "--name", required=True)
+@click.option("-v", "--version", required=True)
+@azure_options
+@_sync
+def model_show(name, version, resource_group, workspace_name, output, query):
+    """Show a registered model."""
+    emit(_registry().show(name, version).model_dump(), output, query)
+
+
+if __name__ == "__main__":
+    main()

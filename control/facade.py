@@ -1,0 +1,303 @@
+"""The client façade over Temporal: the one way the CLI and the REST API change anything."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.local.secrets import LocalSecretStore
+from config.settings import Settings
+from config.specs import DeploymentSpec, EndpointSpec
+from control.errors import BadRequest, Conflict, NotFound, OperationFailed, TidegateError
+from control.targets import build_target
+from control.temporal import connect
+from decisions.state import DeploymentRecord, EndpointState, KeyType
+from workflows.endpoint import EndpointWorkflow
+from workflows.ids import endpoint_id
+from workflows.messages import (
+    CreateDeploymentInput,
+    DeleteDeploymentInput,
+    EndpointWorkflowInput,
+    RegenerateKeysInput,
+    UpdateDeploymentInput,
+    UpdateEndpointInput,
+)
+
+POLL_SECONDS = 0.25
+_DONE = ("Succeeded", "Failed")
+
+
+class Tidegate:
+    def __init__(self, settings: Settings, client: Client) -> None:
+        self.settings = settings
+        self.client = client
+        self._secrets = LocalSecretStore(settings)
+
+    @classmethod
+    async def connect(cls, settings: Settings) -> Tidegate:
+        try:
+            client = await connect(settings)
+        except RuntimeError as err:
+            raise TidegateError(
+                f"cannot reach Temporal at {settings.temporal_target}: is `tidegate up` running? "
+                f"({err})"
+            ) from None
+        return cls(settings, client)
+
+    # ---- endpoints -----------------------------------------------------------------------
+    async def create_endpoint(self, spec: EndpointSpec, *, wait: bool = True) -> dict[str, Any]:
+        if spec.traffic and any(v > 0 for v in spec.traffic.values()):
+            raise BadRequest(
+                "traffic: a new endpoint has no deployments yet; create them, then "
+                "`online-endpoint update --traffic`"
+            )
+        state = EndpointState(
+            name=spec.name,
+            description=spec.description,
+            tags=dict(spec.tags or {}),
+            auth_mode=spec.auth_mode,
+            max_request_bytes=self.settings.max_request_bytes,
+        )
+        try:
+            await self.client.start_workflow(
+                EndpointWorkflow.run,
+                EndpointWorkflowInput(
+                    state=state, repush_seconds=self.settings.route_repush_seconds
+                ),
+                id=endpoint_id(spec.name),
+                task_queue=self.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            )
+        except WorkflowAlreadyStartedError:
+            raise Conflict(f"endpoint {spec.name} already exists") from None
+        if wait:
+            await self._wait_endpoint(spec.name, lambda s: s.provisioning_state != "Creating")
+        return await self.show_endpoint(spec.name)
+
+    async def describe(self, name: str) -> EndpointState:
+        handle = self._handle(name)
+        try:
+            described = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise NotFound(f"endpoint {name} does not exist") from None
+            raise
+        if described.status != WorkflowExecutionStatus.RUNNING:
+            raise NotFound(f"endpoint {name} does not exist")
+        return await handle.query(EndpointWorkflow.describe)
+
+    async def show_endpoint(self, name: str) -> dict[str, Any]:
+        return self.endpoint_view(await self.describe(name))
+
+    async def list_endpoints(self) -> list[dict[str, Any]]:
+        query = 'WorkflowType = "EndpointWorkflow" AND ExecutionStatus = "Running"'
+        names = [
+            execution.id.removeprefix("endpoint/")
+            async for execution in self.client.list_workflows(query)
+        ]
+        views = []
+        for name in sorted(set(names)):
+            try:
+                views.append(await self.show_endpoint(name))
+            except NotFound:
+                continue  # deleted between the list and the query
+        return views
+
+    async def update_endpoint(
+        self, name: str, change: UpdateEndpointInput
+    ) -> dict[str, Any]:
+        await self.describe(name)
+        state = await self._update(name, EndpointWorkflow.update_endpoint, change)
+        return self.endpoint_view(EndpointState.model_validate(state))
+
+    async def delete_endpoint(self, name: str, *, wait: bool = True) -> None:
+        await self.describe(name)
+        handle = self._handle(name)
+        await self._update(name, EndpointWorkflow.delete_endpoint)
+        if wait:
+            await handle.result()
+
+    def get_credentials(self, name: str) -> dict[str, str]:
+        keys = self._secrets.keys(name)
+        if not keys:
+            raise NotFound(f"endpoint {name} has no keys (does it exist?)")
+        return {"primaryKey": keys["primary"], "secondaryKey": keys["secondary"]}
+
+    async def regenerate_keys(self, name: str, key_type: KeyType) -> None:
+        await self.describe(name)
+        await self._update(name, EndpointWorkflow.regenerate_keys, RegenerateKeysInput(key_type=key_type))
+
+    async def invoke(
+        self, name: str, body: bytes, *, deployment: str | None = None
+    ) -> tuple[int, bytes, str | None]:
+        """POST to the scoring URI with the primary key, as a client would."""
+        state = await self.describe(name)
+        headers = {"Content-Type": "application/json"}
+        if state.auth_mode == "key":
+            headers["Authorization"] = f"Bearer {self.get_credentials(name)['primaryKey']}"
+        if deployment:
+            headers["azureml-model-deployment"] = deployment
+        context = ssl.create_default_context(cafile=str(self.settings.tls_dir / "ca.pem"))
+        url = (
+            f"https://localhost:{self.settings.gateway_https_port}/endpoints/{name}/score"
+        )
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=body, headers=headers, ssl=context) as response:
+                return (
+                    response.status,
+                    await response.read(),
+                    response.headers.get("azureml-model-deployment"),
+                )
+
+    # ---- deployments ---------------------------------------------------------------------
+    async def create_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
+        await self.describe(spec.endpoint_name)
+        target = build_target(spec, self.settings)
+        record = await self._update(
+            spec.endpoint_name,
+            EndpointWorkflow.create_deployment,
+            CreateDeploymentInput(target=target),
+        )
+        return self.deployment_view(spec.endpoint_name, DeploymentRecord.model_validate(record))
+
+    async def update_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
+        await self.show_deployment(spec.endpoint_name, spec.name)
+        target = build_target(spec, self.settings)
+        record = await self._update(
+            spec.endpoint_name,
+            EndpointWorkflow.update_deployment,
+            UpdateDeploymentInput(target=target),
+        )
+        return self.deployment_view(spec.endpoint_name, DeploymentRecord.model_validate(record))
+
+    async def wait_deployment(
+        self,
+        endpoint: str,
+        name: str,
+        on_progress: Callable[[DeploymentRecord], None] | None = None,
+    ) -> dict[str, Any]:
+        """Wait until the deployment settles; OperationFailed carries its reason."""
+        while True:
+            state = await self.describe(endpoint)
+            record = state.deployments.get(name)
+            if record is None:
+                raise NotFound(f"deployment {name} does not exist in endpoint {endpoint}")
+            if on_progress is not None:
+                on_progress(record)
+            if record.provisioning_state in _DONE:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        if record.provisioning_state == "Failed":
+            raise OperationFailed(f"deployment {name} failed: {record.error}")
+        return self.deployment_view(endpoint, record)
+
+    async def wait_deployment_gone(self, endpoint: str, name: str) -> None:
+        await self._wait_endpoint(endpoint, lambda s: name not in s.deployments)
+
+    async def show_deployment(self, endpoint: str, name: str) -> dict[str, Any]:
+        state = await self.describe(endpoint)
+        record = state.deployments.get(name)
+        if record is None:
+            raise NotFound(f"deployment {name} does not exist in endpoint {endpoint}")
+        return self.deployment_view(endpoint, record)
+
+    async def deployment_spec(self, endpoint: str, name: str) -> dict[str, Any]:
+        state = await self.describe(endpoint)
+        record = state.deployments.get(name)
+        if record is None:
+            raise NotFound(f"deployment {name} does not exist in endpoint {endpoint}")
+        return dict(record.target.spec)
+
+    async def list_deployments(self, endpoint: str) -> list[dict[str, Any]]:
+        state = await self.describe(endpoint)
+        return [self.deployment_view(endpoint, r) for _, r in sorted(state.deployments.items())]
+
+    async def delete_deployment(self, endpoint: str, name: str, *, wait: bool = True) -> None:
+        await self.show_deployment(endpoint, name)
+        await self._update(
+            endpoint, EndpointWorkflow.delete_deployment, DeleteDeploymentInput(name=name)
+        )
+        if wait:
+            await self.wait_deployment_gone(endpoint, name)
+
+    async def get_logs(self, endpoint: str, name: str, lines: int) -> str:
+        await self.show_deployment(endpoint, name)
+        url = f"{self.settings.host_target}/deployments/{endpoint}/{name}/logs"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, params={"lines": str(lines)}) as response:
+                if response.status == 404:
+                    return ""
+                response.raise_for_status()
+                return await response.text()
+
+    # ---- views: what `show` prints, in Azure's shape -------------------------------------
+    def endpoint_view(self, state: EndpointState) -> dict[str, Any]:
+        name = state.name
+        return {
+            "name": name,
+            "id": f"/tidegate/onlineEndpoints/{name}",
+            "kind": "Managed",
+            "auth_mode": state.auth_mode,
+            "description": state.description,
+            "tags": state.tags,
+            "traffic": state.traffic,
+            "mirror_traffic": state.mirror_traffic,
+            "provisioning_state": state.provisioning_state,
+            "scoring_uri": self.settings.scoring_uri(name),
+            "scoring_uri_http": self.settings.scoring_uri_http(name),
+            "openapi_uri": self.settings.openapi_uri(name),
+            "public_network_access": "enabled",
+            "properties": {
+                "created_at": state.created_at,
+                "route_generation": state.generation,
+                "deployments": sorted(state.deployments),
+            },
+        }
+
+    def deployment_view(self, endpoint: str, record: DeploymentRecord) -> dict[str, Any]:
+        view = dict(record.target.spec)
+        view.pop("$schema", None)
+        view.update(
+            {
+                "name": record.name,
+                "endpoint_name": endpoint,
+                "type": "managed",
+                "provisioning_state": record.provisioning_state,
+                "instance_count": record.target.instance_count,
+                "instances": [i.model_dump() for i in record.instances],
+            }
+        )
+        if record.error:
+            view["error"] = record.error
+        if record.warnings:
+            view["warnings"] = record.warnings
+        return view
+
+    # ---- plumbing ------------------------------------------------------------------------
+    def _handle(self, name: str) -> WorkflowHandle:
+        return self.client.get_workflow_handle(endpoint_id(name))
+
+    async def _update(self, name: str, update: Any, *args: Any) -> Any:
+        try:
+            return await self._handle(name).execute_update(update, *args)
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+            raise BadRequest(message) from None
+
+    async def _wait_endpoint(self, name: str, predicate: Callable[[EndpointState], bool]) -> None:
+        while not predicate(await self.describe(name)):
+            await asyncio.sleep(POLL_SECONDS)

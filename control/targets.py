@@ -1,0 +1,85 @@
+"""From a validated Azure deployment spec to what the workflows carry out (with snapshots)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
+from config.settings import Settings
+from config.specs import DeploymentSpec
+from control.artifacts import ModelRegistry, snapshot
+from control.errors import BadRequest
+from decisions.state import DeploymentTarget, RequestSettings
+
+
+def build_target(spec: DeploymentSpec, settings: Settings) -> DeploymentTarget:
+    """Snapshot code and model into the state dir and hash everything an instance depends on."""
+    if spec.code_configuration is None:
+        raise BadRequest("code_configuration: required (Tidegate runs a scoring script)")
+    code = Path(spec.code_configuration.code)
+    code_hash, code_copy = snapshot(code, settings.artifacts_dir / "code")
+
+    model_dir: str | None = None
+    model_hash = ""
+    if spec.model is not None:
+        if isinstance(spec.model, str):
+            model_path = ModelRegistry(settings.registry_dir).resolve(spec.model)
+        elif spec.model.path is not None:
+            model_path = Path(spec.model.path)
+        else:
+            raise BadRequest("model.path: required for an inline model")
+        model_hash, model_copy = snapshot(model_path, settings.artifacts_dir / "models")
+        model_dir = str(model_copy.parent)
+
+    environment = RuntimeEnvironment()
+    if isinstance(spec.environment, str):
+        raise BadRequest(
+            f"environment: '{spec.environment}': registered environments are not supported yet; "
+            "give an inline environment with conda_file"
+        )
+    if spec.environment is not None and spec.environment.conda_file is not None:
+        environment = RuntimeEnvironment(conda_file=Path(spec.environment.conda_file).read_text())
+
+    readiness = ProbeSpec(**spec.readiness_probe.model_dump())
+    liveness = ProbeSpec(**spec.liveness_probe.model_dump())
+    scoring_script = spec.code_configuration.scoring_script
+    env_vars = dict(spec.environment_variables or {})
+    fingerprint = json.dumps(
+        {
+            "code": code_hash,
+            "model": model_hash,
+            "environment": environment.model_dump(),
+            "scoring_script": scoring_script,
+            "environment_variables": env_vars,
+            "probes": [readiness.model_dump(), liveness.model_dump()],
+        },
+        sort_keys=True,
+    )
+    runtime = DeploymentRuntime(
+        endpoint=spec.endpoint_name,
+        deployment=spec.name,
+        code_dir=str(code_copy),
+        scoring_script=scoring_script,
+        model_dir=model_dir,
+        environment=environment,
+        environment_variables=env_vars,
+        readiness_probe=readiness,
+        liveness_probe=liveness,
+        spec_hash=hashlib.sha256(fingerprint.encode()).hexdigest()[:16],
+    )
+    request = spec.request_settings
+    return DeploymentTarget(
+        name=spec.name,
+        endpoint=spec.endpoint_name,
+        runtime=runtime,
+        instance_count=spec.instance_count,
+        instance_type=spec.instance_type,
+        request_settings=RequestSettings(
+            request_timeout_ms=request.request_timeout_ms,
+            max_concurrent_requests_per_instance=request.max_concurrent_requests_per_instance,
+            max_queue_wait_ms=request.max_queue_wait_ms,
+        ),
+        spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    )

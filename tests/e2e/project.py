@@ -1,0 +1,104 @@
+"""A user's project the tests write themselves: two sklearn models, score.py, Azure ML YAML."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.linear_model import LinearRegression
+
+SCORE = """
+import json, os
+import joblib
+
+model = None
+
+def init():
+    global model
+    model = joblib.load(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "model.joblib"))
+
+def run(raw_data):
+    data = json.loads(raw_data)["data"]
+    return model.predict(data).tolist()
+"""
+
+SCORE_RUN_RAISES = SCORE.replace(
+    "return model.predict(data).tolist()",
+    'raise ValueError("run() exploded on purpose: tidegate-test-marker")',
+)
+
+SCORE_INIT_RAISES = SCORE.replace(
+    "global model", 'raise RuntimeError("init() exploded on purpose: tidegate-init-marker")'
+)
+
+CONDA = """
+name: test-env
+channels: [conda-forge]
+dependencies:
+  - python=3.11
+  - pip
+  - pip:
+      - scikit-learn
+      - joblib
+      - azureml-inference-server-http
+"""
+
+REQUEST = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+
+
+def train(slope: float) -> LinearRegression:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(50, 3))
+    y = x @ np.array([slope, 2.0, -1.0]) + 3.0
+    return LinearRegression().fit(x, y)
+
+
+def deployment_yaml(name: str, model: str, code: str, endpoint: str = "my-endpoint") -> str:
+    return textwrap.dedent(
+        f"""\
+        $schema: https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json
+        name: {name}
+        endpoint_name: {endpoint}
+        model:
+          path: {model}/model/
+        code_configuration:
+          code: {code}/
+          scoring_script: score.py
+        environment:
+          conda_file: environment/conda.yaml
+          image: mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04:latest
+        instance_type: Standard_DS3_v2
+        instance_count: 1
+        """
+    )
+
+
+def write_project(root: Path) -> dict[str, list[float]]:
+    """Write the tree; return each model's expected answer to REQUEST."""
+    answers = {}
+    for name, slope in (("model-1", 1.0), ("model-2", 10.0)):
+        model = train(slope)
+        (root / name / "model").mkdir(parents=True)
+        joblib.dump(model, root / name / "model" / "model.joblib")
+        answers[name] = model.predict(REQUEST).tolist()
+    for folder, script in (
+        ("code", SCORE),
+        ("code-run-raises", SCORE_RUN_RAISES),
+        ("code-init-raises", SCORE_INIT_RAISES),
+    ):
+        (root / folder).mkdir()
+        (root / folder / "score.py").write_text(script)
+    (root / "environment").mkdir()
+    (root / "environment" / "conda.yaml").write_text(CONDA)
+    (root / "endpoint.yml").write_text(
+        "$schema: https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json\n"
+        "name: my-endpoint\nauth_mode: key\n"
+    )
+    (root / "blue.yml").write_text(deployment_yaml("blue", "model-1", "code"))
+    (root / "green.yml").write_text(deployment_yaml("green", "model-2", "code"))
+    (root / "run-raises.yml").write_text(deployment_yaml("broken", "model-1", "code-run-raises"))
+    (root / "init-raises.yml").write_text(deployment_yaml("noinit", "model-1", "code-init-raises"))
+    (root / "request.json").write_text('{"data": ' + str(REQUEST) + "}")
+    return answers

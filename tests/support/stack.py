@@ -1,0 +1,79 @@
+"""A whole Tidegate stack on its own home and ports, driven the way a user drives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.ports import free_ports
+
+
+@dataclass
+class LocalStack:
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, home: Path) -> LocalStack:
+        ports = free_ports(7)
+        env = dict(
+            os.environ,
+            TIDEGATE_HOME=str(home),
+            TIDEGATE_TEMPORAL_PORT=str(ports[0]),
+            TIDEGATE_TEMPORAL_UI_PORT=str(ports[1]),
+            TIDEGATE_GATEWAY_HTTPS_PORT=str(ports[2]),
+            TIDEGATE_GATEWAY_HTTP_PORT=str(ports[3]),
+            TIDEGATE_GATEWAY_ADMIN_PORT=str(ports[4]),
+            TIDEGATE_HOST_PORT=str(ports[5]),
+            TIDEGATE_INSTANCE_PORT_START=str(20000 + (ports[6] % 20000)),
+        )
+        return cls(home=home, env=env)
+
+    def port(self, name: str) -> int:
+        return int(self.env[f"TIDEGATE_{name.upper()}_PORT"])
+
+    def tidegate(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the CLI as a user would; the result carries exit code, stdout and stderr."""
+        return subprocess.run(
+            [sys.executable, "-m", "control.cli", *args],
+            env=self.env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+        )
+
+    def ok(self, *args: str, cwd: Path | None = None) -> str:
+        done = self.tidegate(*args, cwd=cwd)
+        assert done.returncode == 0, f"tidegate {' '.join(args)} failed:\n{done.stderr}"
+        return done.stdout.strip()
+
+    def json(self, *args: str, cwd: Path | None = None) -> object:
+        return json.loads(self.ok(*args, "-o", "json", cwd=cwd))
+
+    def up(self) -> None:
+        self.ok("up", "--detach")
+
+    def down(self) -> None:
+        self.tidegate("down")
+
+    def pids(self) -> dict[str, int]:
+        return json.loads((self.home / "run" / "stack.json").read_text())
+
+    @property
+    def http_base(self) -> str:
+        return f"http://127.0.0.1:{self.port('gateway_http')}"
+
+    @property
+    def https_base(self) -> str:
+        return f"https://localhost:{self.port('gateway_https')}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.home / "tls" / "ca.pem"))
+
+    def key(self, endpoint: str, which: str = "primaryKey") -> str:
+        return self.ok("online-endpoint", "get-credentials", "-n", endpoint, "-o", "tsv", "--query", which)
