@@ -21,11 +21,14 @@ def endpoint_change(
 ) -> UpdateEndpointInput:
     change = UpdateEndpointInput()
     if spec is not None:
-        change.description = spec.description
-        change.tags = dict(spec.tags or {})
-        if spec.traffic:
+        given = spec.model_fields_set  # only what the file says changes
+        if "description" in given:
+            change.description = spec.description
+        if "tags" in given:
+            change.tags = dict(spec.tags)
+        if "traffic" in given:
             change.traffic = dict(spec.traffic)
-        if spec.mirror_traffic is not None:
+        if "mirror_traffic" in given:
             change.mirror_traffic = dict(spec.mirror_traffic)
     if traffic is not None:
         change.traffic = parse_traffic(traffic)

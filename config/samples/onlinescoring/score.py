@@ -18,6 +18,6 @@ def init():
 def run(raw_data):
     rows = json.loads(raw_data)["data"]
     predictions = [
-        model["intercept"] + sum(c * x for c, x in zip(model["coef"], row)) for row in rows
+        model["intercept"] + sum(c * x for c, x in zip(model["coef"], row, strict=True)) for row in rows
     ]
     return {"model": model["name"], "predictions": predictions}
