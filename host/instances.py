@@ -1,0 +1,179 @@
+"""One deployment instance: an azmlinfsrv process serving the user's score.py on one port.
+
+azmlinfsrv 1.5 (gunicorn underneath) serves `GET /` as its liveness route ("Healthy"),
+`POST /score` and `GET /swagger.json` on the same port; it has no separate readiness
+route. Gunicorn listens before its worker has run the user's init(), so a request to
+`/` waits until init() is done: a 200 there means ready. When init() raises, the worker
+logs the traceback and exits with 3, and the gunicorn master exits with 3 as well
+("Worker failed to boot"); the process is gone, not left up unhealthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from config.host_api import DeploymentRuntime, InstanceState, InstanceStatus, ProbeSpec
+from host.environments import EnvironmentStatus
+from host.processes import ProcessHandle, create_time, failure_excerpt, tail_lines
+from host.state import InstanceRecord
+
+SERVER_MODULE = "azureml_inference_server_http.amlserver"
+LIVENESS_PATH = "/"
+READINESS_POLL_SECONDS = 0.25
+
+# Variables that steer azmlinfsrv or the interpreter: the host sets them, never inherits them.
+_NOT_INHERITED = frozenset(
+    {
+        "AML_APP_ROOT",
+        "AZUREML_CONFIG_FILE",
+        "AZUREML_ENTRY_SCRIPT",
+        "AZUREML_MODEL_DIR",
+        "GUNICORN_CMD_ARGS",
+        "HEALTH_PORT",
+        "PYTHONHOME",
+        "PYTHONPATH",
+        "SEPERATE_HEALTH_ENDPOINT",
+        "SERVER_PORT",
+        "VIRTUAL_ENV",
+    }
+)
+
+
+@dataclass
+class Instance:
+    id: str
+    port: int
+    spec_hash: str
+    log_path: Path
+    state: InstanceState = "starting"
+    process: ProcessHandle | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    probe: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def status(self) -> InstanceStatus:
+        return InstanceStatus(
+            id=self.id,
+            port=self.port,
+            url=self.url,
+            pid=self.pid,
+            state=self.state,
+            spec_hash=self.spec_hash,
+            exit_code=self.exit_code,
+            error=self.error,
+        )
+
+    def record(self) -> InstanceRecord:
+        return InstanceRecord(
+            id=self.id,
+            port=self.port,
+            spec_hash=self.spec_hash,
+            pid=self.pid,
+            create_time=self.process.start_time if self.process else None,
+            state=self.state,
+            exit_code=self.exit_code,
+            error=self.error,
+        )
+
+    def failure_tail(self) -> str:
+        return failure_excerpt(tail_lines(self.log_path, 400))
+
+
+def instance_environment(
+    runtime: DeploymentRuntime, env: EnvironmentStatus, base: Mapping[str, str]
+) -> dict[str, str]:
+    """Process environment: the host's minus its own settings, plus the deployment's."""
+    out = {k: v for k, v in base.items() if not k.startswith("TIDEGATE_") and k not in _NOT_INHERITED}
+    out["PATH"] = f"{env.path / 'bin'}{os.pathsep}{out.get('PATH', os.defpath)}"
+    out["VIRTUAL_ENV"] = str(env.path)
+    out["PYTHONUNBUFFERED"] = "1"  # print() in score.py reaches the log at once
+    out.update(runtime.environment_variables)
+    out["AML_APP_ROOT"] = runtime.code_dir
+    if runtime.model_dir:
+        out["AZUREML_MODEL_DIR"] = runtime.model_dir
+    if env.gunicorn_has_control_socket:
+        # Otherwise every instance's gunicorn fights over one ~/.gunicorn/gunicorn.ctl.
+        out["GUNICORN_CMD_ARGS"] = f"{out.get('GUNICORN_CMD_ARGS', '')} --no-control-socket".strip()
+    return out
+
+
+def spawn(instance: Instance, runtime: DeploymentRuntime, env: EnvironmentStatus) -> ProcessHandle:
+    """Start azmlinfsrv in its own session, so it outlives a crash of the host."""
+    instance.log_path.parent.mkdir(parents=True, exist_ok=True)
+    args = [
+        str(env.python),
+        "-m",
+        SERVER_MODULE,
+        "--entry_script",
+        str(Path(runtime.code_dir) / runtime.scoring_script),
+        "--port",
+        str(instance.port),
+    ]
+    with open(instance.log_path, "ab") as log_file:
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        log_file.write(
+            f"[tidegate] {stamp} starting instance {instance.id} on port {instance.port} "
+            f"(spec {instance.spec_hash})\n".encode()
+        )
+        log_file.flush()
+        popen = subprocess.Popen(
+            args,
+            cwd=runtime.code_dir,
+            env=instance_environment(runtime, env, os.environ),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return ProcessHandle(popen.pid, create_time(popen.pid), popen)
+
+
+def startup_deadline_seconds(probe: ProbeSpec) -> float:
+    """How long an instance may take to answer its liveness route before it counts as failed
+    (Azure's readiness budget: initial delay plus period times failure threshold)."""
+    return float(probe.initial_delay + probe.period * probe.failure_threshold)
+
+
+async def wait_ready(
+    instance: Instance, session: aiohttp.ClientSession, probe: ProbeSpec
+) -> tuple[bool, str | None]:
+    """Poll `GET /` until it answers 200 (ready), the process exits, or the deadline passes.
+
+    Returns (ready, reason-if-not). Polls far more often than the probe period: the spec's
+    numbers bound how long to wait, not how soon to notice.
+    """
+    deadline = time.monotonic() + startup_deadline_seconds(probe)
+    timeout = aiohttp.ClientTimeout(total=max(1.0, float(probe.timeout)))
+    while True:
+        process = instance.process
+        if process is None:
+            return False, "no process"
+        exited, _ = process.poll()
+        if exited:
+            return False, "exited"
+        try:
+            async with session.get(instance.url + LIVENESS_PATH, timeout=timeout) as resp:
+                if resp.status == 200:
+                    return True, None
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        if time.monotonic() >= deadline:
+            return False, f"not ready after {startup_deadline_seconds(probe):.0f} s"
+        await asyncio.sleep(READINESS_POLL_SECONDS)

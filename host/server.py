@@ -1,0 +1,84 @@
+"""The host process: the API on `bind_host:host_port` in front of the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import signal
+from pathlib import Path
+from typing import IO
+
+import structlog
+from aiohttp import web
+
+from config.settings import Settings
+from host.api import create_app
+from host.errors import HostError
+from host.supervisor import Supervisor
+
+log = structlog.get_logger("host.server")
+
+
+def _lock_home(host_dir: Path) -> IO[str]:
+    """One host per state dir: a second one would adopt, and then stop, the first one's
+    instances. The lock dies with the process (kill -9 included); instances never inherit
+    it (Popen closes fds)."""
+    host_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(host_dir / "host.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise HostError(
+            409, "HostAlreadyRunning", f"another host is running with state dir {host_dir}"
+        ) from None
+    return lock
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or the task is cancelled), then stop every instance process
+    and keep the desired state on disk for the next start."""
+    lock = _lock_home(settings.host_dir)
+    supervisor = Supervisor(settings)
+    runner = web.AppRunner(create_app(supervisor), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        # Bind before touching any instance: a host that cannot serve must not adopt them.
+        await web.TCPSite(runner, settings.bind_host, settings.host_port).start()
+        await supervisor.start()
+        log.info(
+            "host.started",
+            url=f"http://{settings.bind_host}:{settings.host_port}",
+            host_dir=str(settings.host_dir),
+            instance_port_start=settings.instance_port_start,
+        )
+        await (stop or asyncio.Event()).wait()
+        log.info("host.stopping")
+    finally:
+        # Runs on cancellation too; these awaits are the shutdown itself.
+        await runner.cleanup()
+        await supervisor.close()
+        lock.close()
+        log.info("host.stopped")
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except HostError as exc:
+        log.error("host.failed", code=exc.code, error=exc.message)
+        raise SystemExit(1) from None
+    except OSError as exc:  # typically the API port is taken
+        log.error("host.failed", error=str(exc), port=settings.host_port)
+        raise SystemExit(1) from None

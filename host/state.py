@@ -1,0 +1,83 @@
+"""The host's record on disk: desired deployments and the processes it started.
+
+Written atomically on every change so a host killed at any moment restarts from a
+consistent file: it adopts the processes still alive and starts the rest again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+from pydantic import BaseModel, Field, ValidationError
+
+from config.host_api import DeploymentRuntime, InstanceState
+
+log = structlog.get_logger("host.state")
+
+STATE_VERSION = 1
+
+
+class InstanceRecord(BaseModel):
+    id: str
+    port: int
+    spec_hash: str
+    pid: int | None = None
+    create_time: int | None = Field(
+        default=None, description="process start time from /proc/<pid>/stat, guards pid reuse"
+    )
+    state: InstanceState = "starting"
+    exit_code: int | None = None
+    error: str | None = None
+
+
+class DeploymentRecord(BaseModel):
+    runtime: DeploymentRuntime
+    instance_count: int
+    instances: list[InstanceRecord] = Field(default_factory=list)
+
+
+class ProcessRecord(BaseModel):
+    """A process told to stop whose exit the host had not yet seen."""
+
+    pid: int
+    create_time: int
+
+
+class HostState(BaseModel):
+    version: int = STATE_VERSION
+    deployments: list[DeploymentRecord] = Field(default_factory=list)
+    stopping: list[ProcessRecord] = Field(default_factory=list)
+
+
+def load_state(path: Path) -> HostState:
+    """Read the state file; a missing file is an empty host, an unreadable one is set aside."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return HostState()
+    try:
+        return HostState.model_validate_json(text)
+    except ValidationError as exc:
+        aside = path.with_name(f"{path.name}.unreadable")
+        os.replace(path, aside)
+        log.error("state.unreadable", path=str(path), moved_to=str(aside), error=str(exc))
+        return HostState()
+
+
+def save_state(path: Path, state: HostState) -> None:
+    """tmp + fsync + rename, then fsync the directory, so a crash leaves old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    data = state.model_dump_json(indent=2).encode()
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
