@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import signal
 import sys
 import time
@@ -28,7 +29,15 @@ GROUP_HELP = (
 def fail(message: str) -> None:
     for line in message.splitlines() or [message]:
         click.echo(f"ERROR: {line}", err=True)
-    sys.exit(1)
+    _exit(1)
+
+
+def _exit(code: int) -> None:
+    """Leave without interpreter teardown: the Temporal client's Rust threads can abort a
+    finalizing interpreter (temporalio/sdk-python#300) and turn a success into exit code 134."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_async(coro_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
@@ -36,15 +45,16 @@ def run_async(coro_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
 
     @functools.wraps(coro_fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from config.specs import SpecError  # spec errors already name file, line and field
+        from config.yaml_loader import SpecError  # spec errors already name file, line and field
         from decisions.traffic import TrafficError
 
         try:
-            return asyncio.run(coro_fn(*args, **kwargs))
+            asyncio.run(coro_fn(*args, **kwargs))
         except (TidegateError, SpecError, TrafficError) as err:
             fail(str(err))
         except KeyboardInterrupt:
             fail("interrupted")
+        _exit(0)
 
     return wrapper
 
@@ -101,7 +111,7 @@ def up(detach: bool) -> None:
             fail(str(err))
     _print_addresses(settings, already_running=bool(already))
     if detach:
-        return
+        _exit(0)
     click.echo("Press Ctrl-C to stop.")
     stopping = False
 
@@ -166,9 +176,8 @@ def worker() -> None:
 @main.command()
 def gateway() -> None:
     """Run the gateway alone (data plane)."""
-    from gateway.server import run
-
     from config.logging import configure_logging
+    from gateway.server import run
 
     configure_logging()
     run(load_settings())
@@ -177,9 +186,8 @@ def gateway() -> None:
 @main.command()
 def host() -> None:
     """Run the local compute host alone (instances as azmlinfsrv processes)."""
-    from host.server import run
-
     from config.logging import configure_logging
+    from host.server import run
 
     configure_logging()
     run(load_settings())
@@ -323,14 +331,21 @@ def online_deployment() -> None:
 
 
 def _deployment_spec(file: Path, name: str | None, endpoint: str | None, assignments: list[str]):
-    from config.yaml_loader import load_deployment_file
+    """The YAML, then --set over it, then --name/--endpoint-name over both (as az ml does)."""
+    from config.overrides import apply_set
+    from config.yaml_loader import load_deployment_dict, read_yaml
 
     overrides: dict[str, Any] = {}
     if name:
         overrides["name"] = name
     if endpoint:
         overrides["endpoint_name"] = endpoint
-    return load_deployment_file(file, overrides=overrides, assignments=assignments)
+    data = read_yaml(file)
+    if assignments:
+        data = apply_set(data, assignments)
+    return load_deployment_dict(
+        data, base_dir=file.absolute().parent, source=str(file), overrides=overrides
+    )
 
 
 def _progress(record: Any) -> None:
@@ -386,6 +401,7 @@ async def deployment_update(
     name, endpoint, file, assignments, no_wait, resource_group, workspace_name, output, query
 ):
     """Change a deployment from its YAML and/or --set; instances follow."""
+    from config.overrides import apply_set
     from config.yaml_loader import load_deployment_dict
 
     tg = await facade()
@@ -396,10 +412,7 @@ async def deployment_update(
             raise click.UsageError("give --file, or --name and --endpoint-name")
         current = await tg.deployment_spec(endpoint, name)
         spec = load_deployment_dict(
-            current,
-            base_dir=Path.cwd(),
-            source=f"{endpoint}/{name}",
-            assignments=list(assignments),
+            apply_set(current, list(assignments)), base_dir=Path.cwd(), source=f"{endpoint}/{name}"
         )
     view = await tg.update_deployment(spec)
     if not no_wait:

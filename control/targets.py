@@ -6,6 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import yaml
+
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
 from config.settings import Settings
 from config.specs import DeploymentSpec
@@ -40,7 +42,9 @@ def build_target(spec: DeploymentSpec, settings: Settings) -> DeploymentTarget:
             "give an inline environment with conda_file"
         )
     if spec.environment is not None and spec.environment.conda_file is not None:
-        environment = RuntimeEnvironment(conda_file=Path(spec.environment.conda_file).read_text())
+        conda = spec.environment.conda_file
+        text = yaml.safe_dump(conda) if isinstance(conda, dict) else Path(conda).read_text()
+        environment = RuntimeEnvironment(conda_file=text)
 
     readiness = ProbeSpec(**spec.readiness_probe.model_dump())
     liveness = ProbeSpec(**spec.liveness_probe.model_dump())
