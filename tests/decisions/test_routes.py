@@ -1,0 +1,58 @@
+"""Route table rules: only provisioned deployments with instances are routable."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.host_api import DeploymentRuntime
+from config.routes import InstanceRoute
+from decisions.routes import build_endpoint_route, next_generation
+from decisions.state import DeploymentRecord, DeploymentTarget, EndpointState
+
+
+def record(name: str, state: str, instances: int = 1) -> DeploymentRecord:
+    runtime = DeploymentRuntime(endpoint="ep", deployment=name, code_dir="/c", spec_hash="h")
+    return DeploymentRecord(
+        name=name,
+        provisioning_state=state,  # type: ignore[arg-type]
+        target=DeploymentTarget(name=name, endpoint="ep", runtime=runtime, instance_count=max(instances, 1)),
+        instances=[
+            InstanceRoute(id=f"{name}-{i}", url=f"http://127.0.0.1:{9000 + i}") for i in range(instances)
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "routable"),
+    [("Succeeded", True), ("Updating", True), ("Creating", False), ("Failed", False), ("Deleting", False)],
+)
+def test_a_deployment_is_routable_only_while_provisioned(state: str, routable: bool) -> None:
+    endpoint = EndpointState(name="ep", deployments={"blue": record("blue", state)}, traffic={"blue": 100})
+    route = build_endpoint_route(endpoint, generation=5)
+    assert ("blue" in route.deployments) is routable
+    assert ("blue" in route.traffic) is routable
+
+
+def test_a_deployment_without_instances_is_not_routed() -> None:
+    endpoint = EndpointState(name="ep", deployments={"blue": record("blue", "Succeeded", instances=0)})
+    assert build_endpoint_route(endpoint, generation=1).deployments == {}
+
+
+def test_the_route_carries_key_hashes_and_request_settings_never_keys() -> None:
+    endpoint = EndpointState(
+        name="ep", key_sha256=["a" * 64, "b" * 64], deployments={"blue": record("blue", "Succeeded", 2)}
+    )
+    route = build_endpoint_route(endpoint, generation=7)
+    assert route.key_sha256 == ["a" * 64, "b" * 64]
+    assert route.generation == 7
+    assert route.deployments["blue"].request_timeout_ms == 5000
+    assert [i.id for i in route.deployments["blue"].instances] == ["blue-0", "blue-1"]
+
+
+@pytest.mark.parametrize(
+    ("previous", "now_ms", "expected"),
+    [(0, 1_000, 1_000), (1_000, 1_000, 1_001), (5_000, 1_000, 5_001)],
+    ids=["first", "same-millisecond", "clock-behind"],
+)
+def test_generations_always_increase(previous: int, now_ms: int, expected: int) -> None:
+    assert next_generation(previous, now_ms) == expected
