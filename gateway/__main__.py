@@ -1,0 +1,27 @@
+"""``python -m gateway``: run the data-plane gateway with settings from the environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import structlog
+
+from config.logging import configure_logging
+from config.settings import load_settings
+from gateway.server import run
+
+
+def main() -> int:
+    configure_logging(level=os.environ.get("TIDEGATE_LOG_LEVEL", "INFO"))
+    settings = load_settings()
+    try:
+        run(settings)
+    except OSError as exc:  # typically a port already in use
+        structlog.get_logger("gateway").error("gateway.failed", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Admin API (aiohttp, its own port): endpoints push their route table here.
+
+``PUT /routes/{endpoint}`` and ``DELETE /routes/{endpoint}?generation=N`` follow the
+generation rules in ``gateway.table``; every applied change is persisted before the answer,
+so a push that got ``applied: true`` survives a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from config.routes import ApplyRouteResult, EndpointRoute
+from gateway.table import (
+    FieldProblem,
+    RouteTable,
+    describe_validation_error,
+    route_problems,
+    save_table,
+)
+
+log = structlog.get_logger("gateway.admin")
+
+_OPEN_PATHS = frozenset({"/healthz"})
+
+
+class AdminError(Exception):
+    """A request the admin API refuses, with the status and code the caller sees."""
+
+    def __init__(
+        self, status: int, code: str, message: str, problems: list[FieldProblem] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.problems = problems or []
+
+
+def _error_response(error: AdminError) -> web.Response:
+    body: dict[str, object] = {"code": error.code, "message": error.message}
+    if error.problems:
+        body["field"] = error.problems[0].field
+        body["details"] = [{"field": p.field, "message": p.message} for p in error.problems]
+    return web.json_response({"error": body}, status=error.status)
+
+
+def _bad_request(problems: list[FieldProblem]) -> AdminError:
+    message = "; ".join(f"{p.field}: {p.message}" for p in problems)
+    return AdminError(400, "BadRequest", message, problems)
+
+
+class TablePersister:
+    """Writes the whole table atomically, in change order, off the event loop."""
+
+    def __init__(self, table: RouteTable, path: Path) -> None:
+        self._table = table
+        self._path = path
+        self._lock = asyncio.Lock()
+
+    async def save(self) -> None:
+        async with self._lock:  # a later change is always written after an earlier one
+            # Snapshot on the loop; the thread then writes a table nobody mutates.
+            snapshot = RouteTable(routes=dict(self._table.routes), tombstones=dict(self._table.tombstones))
+            await asyncio.to_thread(save_table, self._path, snapshot)
+
+
+def create_app(
+    table: RouteTable,
+    persist: Callable[[], Awaitable[None]],
+    *,
+    admin_token: str | None = None,
+) -> web.Application:
+    """The admin application; ``persist`` is awaited after every applied change."""
+    expected = f"Bearer {admin_token}".encode() if admin_token else None
+
+    @web.middleware
+    async def errors(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            if expected is not None and request.path not in _OPEN_PATHS:
+                given = request.headers.get("Authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    raise AdminError(401, "Unauthorized", "missing or invalid admin token")
+            return await handler(request)
+        except AdminError as exc:
+            return _error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = exc.reason.replace(" ", "")
+            return _error_response(AdminError(exc.status, code, exc.reason))
+        except Exception:  # the admin API answers JSON, never a stack trace
+            log.exception("admin.error", method=request.method, path=request.path)
+            return _error_response(AdminError(500, "InternalError", "internal error; see logs"))
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "endpoints": len(table.routes)})
+
+    async def list_routes(_: web.Request) -> web.Response:
+        return web.json_response(table.to_document())
+
+    async def get_route(request: web.Request) -> web.Response:
+        route = table.get(request.match_info["endpoint"])
+        if route is None:
+            raise AdminError(404, "EndpointNotFound", "no route for this endpoint")
+        return web.json_response(route.model_dump(mode="json"))
+
+    async def put_route(request: web.Request) -> web.Response:
+        name = request.match_info["endpoint"]
+        raw = await request.read()
+        try:
+            document = json.loads(raw)
+        except ValueError as exc:
+            raise _bad_request([FieldProblem("body", f"not JSON: {exc}")]) from None
+        try:
+            route = EndpointRoute.model_validate(document)
+        except ValidationError as exc:
+            raise _bad_request(describe_validation_error(exc)) from None
+        problems = route_problems(route, path_name=name)
+        if problems:
+            raise _bad_request(problems)
+        result = table.put(route)
+        await _persist_if(result)
+        log.info(
+            "routes.put",
+            endpoint=route.name,
+            generation=route.generation,
+            applied=result.applied,
+            held=result.generation,
+            traffic=route.traffic,
+        )
+        return web.json_response(result.model_dump())
+
+    async def delete_route(request: web.Request) -> web.Response:
+        name = request.match_info["endpoint"]
+        raw = request.query.get("generation")
+        try:
+            generation = int(raw) if raw is not None else None
+        except ValueError:
+            generation = None
+        if generation is None or generation < 0:
+            raise _bad_request([FieldProblem("generation", "query parameter must be an int >= 0")])
+        result = table.delete(name, generation)
+        await _persist_if(result)
+        log.info(
+            "routes.delete",
+            endpoint=name,
+            generation=generation,
+            applied=result.applied,
+            held=result.generation,
+        )
+        return web.json_response(result.model_dump())
+
+    async def _persist_if(result: ApplyRouteResult) -> None:
+        if not result.applied:
+            return
+        try:
+            await persist()
+        except OSError as exc:
+            log.error("routes.persist_failed", error=repr(exc))
+            raise AdminError(
+                500, "PersistFailed", "applied in memory but not persisted; push again"
+            ) from None
+
+    app = web.Application(middlewares=[errors], client_max_size=8 * 1024 * 1024)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/routes", list_routes)
+    app.router.add_get("/routes/{endpoint}", get_route)
+    app.router.add_put("/routes/{endpoint}", put_route)
+    app.router.add_delete("/routes/{endpoint}", delete_route)
+    return app

@@ -1,0 +1,329 @@
+"""Local TLS: a CA made on first start, a server certificate, and per-endpoint certificates.
+
+Clients such as curl refuse a wildcard directly under a single-label name (``*.localhost``),
+so the server context's SNI callback mints a certificate for the exact name asked for
+(``my-ep.localhost``), signed by the same CA, caches it in memory and under ``tls/sni/``.
+Only names of endpoints the gateway serves are minted, so a client cannot make it sign (and
+store) certificates for arbitrary names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import ipaddress
+import os
+import re
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from config.settings import Settings
+
+log = structlog.get_logger("gateway.tls")
+
+CA_DAYS = 3650
+LEAF_DAYS = 397
+RENEW_BEFORE = dt.timedelta(days=30)
+MAX_SNI_NAMES = 1024
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """Paths of the gateway's TLS files; ``ca_cert`` is what clients trust."""
+
+    domain: str
+    ca_cert: Path
+    ca_key: Path
+    cert: Path
+    key: Path
+    sni_dir: Path
+
+
+def material_paths(settings: Settings) -> TlsMaterial:
+    tls = settings.tls_dir
+    return TlsMaterial(
+        domain=settings.domain.lower(),
+        ca_cert=tls / "ca.pem",
+        ca_key=tls / "ca-key.pem",
+        cert=tls / "server.pem",
+        key=tls / "server-key.pem",
+        sni_dir=tls / "sni",
+    )
+
+
+def server_names(domain: str) -> list[str]:
+    """DNS names the main server certificate covers."""
+    names = ["localhost", "*.localhost", domain, f"*.{domain}"]
+    return list(dict.fromkeys(names))
+
+
+def ensure_tls(settings: Settings) -> TlsMaterial:
+    """Make the CA and server certificate on first start; reuse them later.
+
+    The server certificate is remade when it no longer matches the CA or the domain, or
+    nears expiry; the CA is kept as long as it is valid, so clients keep trusting it.
+    """
+    material = material_paths(settings)
+    material.sni_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(material.sni_dir.parent / ".lock"):
+        now = dt.datetime.now(dt.UTC)
+        ca = _load_ca(material, now)
+        if ca is None:
+            ca = _make_ca(material, now)
+            log.info("tls.ca_created", path=str(material.ca_cert))
+        ca_cert, ca_key = ca
+        leaf = _load_cert(material.cert)
+        wanted = server_names(material.domain)
+        if leaf is None or not _leaf_ok(leaf, ca_cert, now, wanted) or not material.key.exists():
+            _make_leaf(material.cert, material.key, ca_cert, ca_key, now, wanted)
+            log.info("tls.cert_created", path=str(material.cert), names=wanted)
+    return material
+
+
+def server_context(material: TlsMaterial, *, serves: Callable[[str], bool] | None = None) -> ssl.SSLContext:
+    """The listening context: the main certificate, plus exact-name certificates by SNI for
+    ``<label>.<domain>`` when ``serves(label)`` says the gateway serves that endpoint."""
+    context = _new_server_context()
+    context.load_cert_chain(material.cert, material.key)
+    minter = SniMinter(material, serves or (lambda _label: True))
+    context.sni_callback = minter.callback
+    return context
+
+
+class SniMinter:
+    """Finds or mints the certificate for an exact SNI name, caching one context per name."""
+
+    def __init__(self, material: TlsMaterial, serves: Callable[[str], bool]) -> None:
+        self._material = material
+        self._serves = serves
+        self._suffix = "." + material.domain
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
+
+    def callback(self, sslobj: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        # Runs inside the handshake: must not raise (that aborts the handshake with an alert
+        # and a traceback on stderr). A refusal just leaves the main certificate in place.
+        if not server_name:
+            return None
+        name = server_name.lower().rstrip(".")
+        context = self._contexts.get(name)
+        if context is None:
+            context = self._context_for(name)
+            if context is None:
+                return None
+        sslobj.context = context
+        return None
+
+    def _context_for(self, name: str) -> ssl.SSLContext | None:
+        if not name.endswith(self._suffix):
+            return None
+        label = name[: -len(self._suffix)]
+        if not _LABEL.match(label) or not self._serves(label):
+            return None
+        if len(self._contexts) >= MAX_SNI_NAMES:
+            return None
+        try:
+            cert_path, key_path = self._files_for(name)
+            context = _new_server_context()
+            context.load_cert_chain(cert_path, key_path)
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            log.error("tls.sni_mint_failed", name=name, error=repr(exc))
+            return None
+        self._contexts[name] = context
+        return context
+
+    def _files_for(self, name: str) -> tuple[Path, Path]:
+        material = self._material
+        cert_path = material.sni_dir / f"{name}.pem"
+        key_path = material.sni_dir / f"{name}-key.pem"
+        now = dt.datetime.now(dt.UTC)
+        if self._ca is None:
+            ca = _load_ca(material, now)
+            if ca is None:
+                raise ValueError("the local CA is missing or unreadable")
+            self._ca = ca
+        ca_cert, ca_key = self._ca
+        leaf = _load_cert(cert_path)
+        if leaf is None or not _leaf_ok(leaf, ca_cert, now, [name]) or not key_path.exists():
+            _make_leaf(cert_path, key_path, ca_cert, ca_key, now, [name])
+            log.info("tls.sni_cert_created", name=name)
+        return cert_path, key_path
+
+
+def _new_server_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+# --- certificate files ---
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise TLS set-up between processes sharing a state dir."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _load_cert(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _load_ca(
+    material: TlsMaterial, now: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    cert = _load_cert(material.ca_cert)
+    if cert is None or cert.not_valid_after_utc - RENEW_BEFORE < now:
+        return None
+    try:
+        key = serialization.load_pem_private_key(material.ca_key.read_bytes(), password=None)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return None
+    if key.public_key().public_numbers() != cert.public_key().public_numbers():
+        return None
+    return cert, key
+
+
+def _leaf_ok(leaf: x509.Certificate, ca: x509.Certificate, now: dt.datetime, names: list[str]) -> bool:
+    try:
+        leaf.verify_directly_issued_by(ca)
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, TypeError, x509.InvalidSignature, x509.ExtensionNotFound):
+        return False
+    if leaf.not_valid_after_utc - RENEW_BEFORE < now:
+        return False
+    return set(names) <= set(sans.get_values_for_type(x509.DNSName))
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _make_ca(material: TlsMaterial, now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tidegate"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "Tidegate local CA"),
+        ]
+    )
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_file(material.ca_key, _key_pem(key), 0o600)
+    _write_file(material.ca_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return cert, key
+
+
+def _make_leaf(
+    cert_path: Path,
+    key_path: Path,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+    names: list[str],
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key()
+    alt_names: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
+    if "localhost" in names:
+        alt_names += [
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address("::1")),
+        ]
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_file(key_path, _key_pem(key), 0o600)
+    _write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)

@@ -1,0 +1,189 @@
+"""The route table's generation rules, validation, hot-path form and persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from config.routes import DeploymentRoute, EndpointRoute, InstanceRoute
+from gateway.table import (
+    RouteTable,
+    accepts_delete,
+    accepts_put,
+    load_table,
+    route_problems,
+    save_table,
+)
+
+
+def route(
+    generation: int,
+    *,
+    name: str = "my-ep",
+    url: str = "http://127.0.0.1:31001",
+    traffic: dict[str, int] | None = None,
+) -> EndpointRoute:
+    return EndpointRoute(
+        name=name,
+        generation=generation,
+        key_sha256=["a" * 64],
+        traffic={"blue": 100} if traffic is None else traffic,
+        deployments={"blue": DeploymentRoute(name="blue", instances=[InstanceRoute(id="i1", url=url)])},
+    )
+
+
+@pytest.mark.parametrize(
+    ("held", "tombstone", "incoming", "expected"),
+    [
+        (None, None, 0, True),
+        (3, None, 4, True),
+        (3, None, 3, True),
+        (3, None, 2, False),
+        (None, 5, 5, False),
+        (None, 5, 4, False),
+        (None, 5, 6, True),
+    ],
+    ids=[
+        "first_push_applies",
+        "newer_push_applies",
+        "same_generation_reapplies",
+        "older_push_is_ignored",
+        "push_at_the_deleted_generation_cannot_revive",
+        "older_push_cannot_revive",
+        "newer_push_recreates_after_delete",
+    ],
+)
+def test_accepts_put(held: int | None, tombstone: int | None, incoming: int, expected: bool) -> None:
+    assert accepts_put(held, tombstone, incoming) is expected
+
+
+@pytest.mark.parametrize(
+    ("held", "tombstone", "incoming", "expected"),
+    [
+        (3, None, 3, True),
+        (3, None, 4, True),
+        (3, None, 2, False),
+        (None, None, 1, True),
+        (None, 5, 4, False),
+        (None, 5, 5, True),
+    ],
+    ids=[
+        "delete_at_held_generation",
+        "newer_delete",
+        "older_delete_is_ignored",
+        "delete_of_unknown_endpoint_leaves_a_tombstone",
+        "older_delete_after_a_delete_is_ignored",
+        "repeated_delete_is_idempotent",
+    ],
+)
+def test_accepts_delete(held: int | None, tombstone: int | None, incoming: int, expected: bool) -> None:
+    assert accepts_delete(held, tombstone, incoming) is expected
+
+
+def test_put_older_generation_is_not_applied_and_reports_the_held_one() -> None:
+    table = RouteTable()
+    assert table.put(route(5)).applied
+    result = table.put(route(3, traffic={"blue": 0}))
+    assert (result.applied, result.generation) == (False, 5)
+    assert table.live["my-ep"].plan.names == ("blue",)
+
+
+def test_delete_leaves_a_tombstone_an_older_push_cannot_pass() -> None:
+    table = RouteTable()
+    table.put(route(5))
+    assert table.delete("my-ep", 6).applied
+    assert "my-ep" not in table.live
+    assert table.put(route(6)).applied is False
+    assert table.put(route(7)).applied is True
+    assert "my-ep" in table.live
+    assert "my-ep" not in table.tombstones
+
+
+def test_repush_keeps_live_instance_state_and_retires_removed_instances() -> None:
+    table = RouteTable()
+    table.put(route(1))
+    instance = table.live["my-ep"].deployments["blue"].instances[0]
+    instance.outstanding = 3
+    table.put(route(2))
+    assert table.live["my-ep"].deployments["blue"].instances[0] is instance
+    table.put(route(3, url="http://127.0.0.1:31002"))
+    replaced = table.live["my-ep"].deployments["blue"].instances[0]
+    assert replaced is not instance
+    assert instance.retired and not replaced.retired
+
+
+def test_lookup_is_case_insensitive() -> None:
+    table = RouteTable()
+    table.put(route(1, name="My-Ep"))
+    assert "my-ep" in table.live
+    assert table.get("MY-EP") is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"name": "other"}, "name"),
+        ({"generation": -1}, "generation"),
+        ({"max_request_bytes": 0}, "max_request_bytes"),
+        ({"traffic": {"blue": -5}}, "traffic.blue"),
+        ({"key_sha256": ["not-a-hash"]}, "key_sha256"),
+        (
+            {"deployments": {"blue": {"name": "blue", "instances": [{"id": "i", "url": "ftp://x"}]}}},
+            "deployments.blue.instances.0.url",
+        ),
+        (
+            {"deployments": {"blue": {"name": "blue", "request_timeout_ms": 0}}},
+            "deployments.blue.request_timeout_ms",
+        ),
+    ],
+)
+def test_route_problems_name_the_field(change: dict[str, object], field: str) -> None:
+    document = route(1).model_dump() | change
+    problems = route_problems(EndpointRoute.model_validate(document), path_name="my-ep")
+    assert field in [p.field for p in problems]
+
+
+def test_a_good_route_has_no_problems() -> None:
+    assert route_problems(route(1), path_name="my-ep") == []
+
+
+def test_traffic_to_a_deployment_not_yet_provisioned_is_accepted() -> None:
+    assert route_problems(route(1, traffic={"blue": 50, "green": 50})) == []
+
+
+def test_table_survives_save_and_load(tmp_path: Path) -> None:
+    path = tmp_path / "gateway" / "routes.json"
+    table = RouteTable()
+    table.put(route(4))
+    table.put(route(2, name="gone"))
+    table.delete("gone", 3)
+    save_table(path, table)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert not list(path.parent.glob(".*.tmp"))
+    loaded = load_table(path)
+    assert loaded.routes == table.routes
+    assert loaded.tombstones == {"gone": 3}
+    assert loaded.live["my-ep"].deployments["blue"].instances[0].url == "http://127.0.0.1:31001"
+    assert loaded.put(route(3, name="gone")).applied is False
+
+
+def test_missing_file_is_an_empty_table(tmp_path: Path) -> None:
+    assert load_table(tmp_path / "routes.json").routes == {}
+
+
+def test_corrupt_file_is_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / "routes.json"
+    path.write_text("{not json")
+    assert load_table(path).routes == {}
+    assert (tmp_path / "routes.json.corrupt").read_text() == "{not json"
+
+
+def test_persisted_route_that_no_longer_validates_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "routes.json"
+    bad = route(1, name="bad").model_dump(mode="json")
+    bad["deployments"]["blue"]["instances"][0]["url"] = "nope"
+    good = route(1).model_dump(mode="json")
+    path.write_text(json.dumps({"format": 1, "routes": {"bad": bad, "my-ep": good}}))
+    assert list(load_table(path).live) == ["my-ep"]
