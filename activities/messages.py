@@ -47,3 +47,15 @@ class EnsureInstancesResult(BaseModel):
 class DeleteInstancesInput(BaseModel):
     endpoint: str
     deployment: str
+
+
+class RetireDeploymentInput(BaseModel):
+    endpoint: str
+    deployment: str
+    action: str = Field(description="keep | scale_down | delete")
+
+
+class QueryWindowInput(BaseModel):
+    endpoint: str
+    deployment: str
+    window_seconds: float

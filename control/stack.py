@@ -18,6 +18,7 @@ import aiohttp
 from config.binaries import find_binary
 from config.settings import Settings
 from control.temporal import connect
+from workflows import search
 
 ORDER = ("temporal", "host", "gateway", "worker")
 STOP_GRACE_SECONDS = 10.0
@@ -47,6 +48,7 @@ def process_specs(settings: Settings) -> list[ProcessSpec]:
         settings.temporal_namespace,
         "--log-level",
         "warn",
+        *search.dev_server_flags(),
     ]
     return [
         ProcessSpec("temporal", temporal),

@@ -212,7 +212,7 @@ def after_set_weights(state: RolloutState, decision: SetWeights, now: datetime) 
     s.phase_started_at, s.last_check_at = now, None
     s.consecutive_successes = s.consecutive_failures = 0
     s.no_data_since = None
-    s.phase = "Progressing"
+    s.phase = _live_phase(s)
     _log(s, now, "weights", f"canary {decision.canary}%")
     return s
 
@@ -221,7 +221,6 @@ def after_set_mirror(state: RolloutState, decision: SetMirror, now: datetime) ->
     s = state.model_copy(deep=True)
     s.mirror_share = decision.share
     if decision.share > 0:
-        s.phase = "Mirroring"
         s.phase_started_at, s.last_check_at = now, None
         s.consecutive_successes = s.consecutive_failures = 0
         _log(s, now, "mirror", f"shadow {decision.share}%")
@@ -229,7 +228,15 @@ def after_set_mirror(state: RolloutState, decision: SetMirror, now: datetime) ->
         s.mirror_done = True
         s.phase_started_at, s.last_check_at = None, None
         _log(s, now, "mirror", "shadow off")
+    s.phase = _live_phase(s)
     return s
+
+
+def _live_phase(state: RolloutState) -> Phase:
+    """A signal may have paused the rollout while its traffic was changing: Paused wins."""
+    if state.paused:
+        return "Paused"
+    return "Mirroring" if state.mirror_share else "Progressing"
 
 
 def after_check(
@@ -307,7 +314,7 @@ def request_resume(state: RolloutState, now: datetime) -> RolloutState:
     if not s.paused:
         return s
     s.paused, s.pause_reason = False, None
-    s.phase = "Mirroring" if s.mirror_share else "Progressing"
+    s.phase = _live_phase(s)
     s.no_data_since = None
     s.last_check_at = None
     _log(s, now, "resumed")

@@ -61,3 +61,7 @@ class EndpointState(BaseModel):
     generation: int = 0
     max_request_bytes: int = 16 * 1024 * 1024
     created_at: str | None = None
+    rollout_id: str | None = Field(default=None, description="the running rollout, if any")
+    rollout_deployments: list[str] = Field(default_factory=list)
+    rollout_count: int = 0
+    last_rollout_id: str | None = None

@@ -76,3 +76,11 @@ def merge_traffic(current: Mapping[str, int], change: Mapping[str, int]) -> dict
     merged = dict(current)
     merged.update(change)
     return merged
+
+
+def rollout_split(
+    baseline: str, canary: str, pool: int, canary_weight: int
+) -> dict[str, int]:
+    """Share `pool` (what baseline and canary held together) between them, canary at `weight` %."""
+    canary_share = round(pool * canary_weight / 100)
+    return {baseline: pool - canary_share, canary: canary_share}

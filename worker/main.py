@@ -10,22 +10,28 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.compute import ComputeActivities
+from activities.endpoints import EndpointActivities
 from activities.local.compute import LocalComputeProvider
+from activities.local.monitor import LocalMonitorProvider
 from activities.local.network import LocalNetworkProvider
+from activities.monitor import MonitorActivities
 from activities.network import NetworkActivities
 from config.settings import Settings
 from control.temporal import connect
 from workflows.deployment import DeploymentWorkflow
 from workflows.endpoint import EndpointWorkflow
+from workflows.rollout import RolloutWorkflow
 
 log = structlog.get_logger()
 
-WORKFLOWS = [EndpointWorkflow, DeploymentWorkflow]
+WORKFLOWS = [EndpointWorkflow, DeploymentWorkflow, RolloutWorkflow]
 
 
 def build_worker(client: Client, settings: Settings) -> Worker:
     compute = ComputeActivities(LocalComputeProvider(settings))
     network = NetworkActivities(LocalNetworkProvider(settings))
+    monitor = MonitorActivities(LocalMonitorProvider(settings))
+    endpoints = EndpointActivities(client)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -37,6 +43,9 @@ def build_worker(client: Client, settings: Settings) -> Worker:
             network.remove_route,
             network.ensure_keys,
             network.delete_keys,
+            monitor.query_window,
+            endpoints.set_rollout_traffic,
+            endpoints.retire_deployment,
         ],
     )
 

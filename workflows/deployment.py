@@ -61,9 +61,7 @@ class DeploymentWorkflow:
             if workflow.info().get_current_history_length() > HISTORY_LIMIT:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if self._pending is None and not self._delete:
-                    workflow.continue_as_new(
-                        DeploymentWorkflowInput(target=self._target, provisioned=True)
-                    )
+                    workflow.continue_as_new(DeploymentWorkflowInput(target=self._target, provisioned=True))
         await self._report("Deleting")
         await workflow.execute_activity(
             "delete_instances",
@@ -93,9 +91,7 @@ class DeploymentWorkflow:
                 except ActivityError as again:
                     reason = f"{reason}\nrestoring the previous spec failed too: "
                     reason += failure_reason(again)
-            await self._report(
-                "Failed", instances=restored.instances if restored else [], error=reason
-            )
+            await self._report("Failed", instances=restored.instances if restored else [], error=reason)
             return False
         await self._report("Succeeded", instances=result.instances, warnings=result.warnings)
         return True

@@ -17,20 +17,31 @@ with workflow.unsafe.imports_passed_through():
     )
     from decisions.routes import build_endpoint_route, next_generation
     from decisions.state import DeploymentRecord, DeploymentTarget, EndpointState
-    from decisions.traffic import TrafficError, check_mirror, check_traffic, merge_traffic
-    from workflows import options
+    from decisions.traffic import (
+        TrafficError,
+        check_mirror,
+        check_traffic,
+        merge_traffic,
+        rollout_split,
+    )
+    from workflows import options, search
     from workflows.deployment import DeploymentWorkflow
-    from workflows.ids import deployment_id
+    from workflows.ids import deployment_id, rollout_id
     from workflows.messages import (
         CreateDeploymentInput,
         DeleteDeploymentInput,
         DeploymentReport,
         DeploymentWorkflowInput,
         EndpointWorkflowInput,
+        EndRolloutInput,
         RegenerateKeysInput,
+        RolloutWorkflowInput,
+        SetRolloutTrafficInput,
+        StartRolloutInput,
         UpdateDeploymentInput,
         UpdateEndpointInput,
     )
+    from workflows.rollout import RolloutWorkflow
 
 HISTORY_LIMIT = 2000
 
@@ -45,10 +56,17 @@ class EndpointWorkflow:
     def __init__(self, input: EndpointWorkflowInput) -> None:
         self._state: EndpointState = input.state
         self._repush = timedelta(seconds=input.repush_seconds)
+        self._search_attributes = input.search_attributes
         self._dirty = True
         self._to_start: list[DeploymentTarget] = []
         self._to_update: list[DeploymentTarget] = []
         self._to_delete: list[str] = []
+        self._to_roll: list[RolloutWorkflowInput] = []
+        self._started_rollouts: set[str] = set()
+        # Each change bumps `_version`; a push records the version it carried, so a caller
+        # can wait until its change is live in the gateways.
+        self._version = 0
+        self._pushed_version = 0
 
     # ---- queries -------------------------------------------------------------------------
     @workflow.query
@@ -84,6 +102,11 @@ class EndpointWorkflow:
     def _validate_update_endpoint(self, change: UpdateEndpointInput) -> None:
         self._refuse_if_deleting()
         s = self._state
+        if s.rollout_id and (change.traffic is not None or change.mirror_traffic is not None):
+            raise _bad_request(
+                f"endpoint {s.name} is under rollout {s.rollout_id}; steer it with "
+                "`tidegate rollout pause|resume|promote|rollback`"
+            )
         traffic = s.traffic
         if change.traffic is not None:
             traffic = merge_traffic(s.traffic, change.traffic)
@@ -97,8 +120,7 @@ class EndpointWorkflow:
             state = s.deployments[name].provisioning_state
             if percent > 0 and state not in ("Succeeded", "Updating"):
                 raise _bad_request(
-                    f"traffic: deployment {name} is {state}; only a Succeeded deployment can "
-                    "take traffic"
+                    f"traffic: deployment {name} is {state}; only a Succeeded deployment can take traffic"
                 )
 
     @workflow.update
@@ -120,8 +142,7 @@ class EndpointWorkflow:
             )
         if request.target.endpoint != self._state.name:
             raise _bad_request(
-                f"endpoint_name: {request.target.endpoint} is not this endpoint "
-                f"({self._state.name})"
+                f"endpoint_name: {request.target.endpoint} is not this endpoint ({self._state.name})"
             )
 
     @workflow.update
@@ -168,15 +189,18 @@ class EndpointWorkflow:
                 f"deployment {request.name} receives mirrored traffic; set its mirror_traffic "
                 "to 0 before deleting it"
             )
+        if request.name in self._state.rollout_deployments:
+            raise _bad_request(
+                f"deployment {request.name} is part of rollout {self._state.rollout_id}; "
+                "wait for it to end or roll it back"
+            )
 
     @workflow.update
     async def regenerate_keys(self, request: RegenerateKeysInput) -> None:
         s = self._state
         s.key_versions[request.key_type] = s.key_versions.get(request.key_type, 1) + 1
         wanted = s.key_versions[request.key_type]
-        await workflow.wait_condition(
-            lambda: s.keys_applied.get(request.key_type, 0) >= wanted
-        )
+        await workflow.wait_condition(lambda: s.keys_applied.get(request.key_type, 0) >= wanted)
 
     @regenerate_keys.validator
     def _validate_regenerate_keys(self, request: RegenerateKeysInput) -> None:
@@ -198,6 +222,84 @@ class EndpointWorkflow:
     @delete_endpoint.validator
     def _validate_delete_endpoint(self) -> None:
         self._refuse_if_deleting()
+        if self._state.rollout_id:
+            raise _bad_request(
+                f"endpoint {self._state.name} is under rollout {self._state.rollout_id}; roll it back first"
+            )
+
+    # ---- rollouts: the endpoint stays the one writer of traffic ---------------------------
+    @workflow.update
+    async def start_rollout(self, request: StartRolloutInput) -> str:
+        s = self._state
+        plan = request.plan
+        s.rollout_count += 1
+        rid = rollout_id(s.name, s.rollout_count)
+        pool = s.traffic.get(plan.baseline, 0) + s.traffic.get(plan.canary, 0)
+        s.rollout_id, s.last_rollout_id = rid, rid
+        s.rollout_deployments = [plan.baseline, plan.canary]
+        self._to_roll.append(
+            RolloutWorkflowInput(
+                rollout_id=rid,
+                plan=plan,
+                spec=request.spec,
+                pool=pool or 100,
+                search_attributes=self._search_attributes,
+            )
+        )
+        # Return once the rollout exists, so the caller can query and signal it at once.
+        await workflow.wait_condition(lambda: rid in self._started_rollouts)
+        return rid
+
+    @start_rollout.validator
+    def _validate_start_rollout(self, request: StartRolloutInput) -> None:
+        self._refuse_if_deleting()
+        s, plan = self._state, request.plan
+        if s.rollout_id:
+            raise _bad_request(f"endpoint {s.name} already has a running rollout: {s.rollout_id}")
+        if plan.baseline == plan.canary:
+            raise _bad_request(f"--to: {plan.canary} is already the baseline")
+        for role, name in (("baseline", plan.baseline), ("--to", plan.canary)):
+            record = s.deployments.get(name)
+            if record is None:
+                raise _bad_request(f"{role}: deployment {name} does not exist in endpoint {s.name}")
+            if record.provisioning_state != "Succeeded":
+                raise _bad_request(f"{role}: deployment {name} is {record.provisioning_state}")
+        others = {k: v for k, v in s.traffic.items() if k not in (plan.baseline, plan.canary) and v}
+        if s.traffic.get(plan.baseline, 0) + s.traffic.get(plan.canary, 0) == 0 and others:
+            raise _bad_request(f"baseline {plan.baseline} takes no traffic to shift")
+
+    @workflow.update
+    async def set_rollout_traffic(self, request: SetRolloutTrafficInput) -> EndpointState:
+        s = self._state
+        s.traffic.update(rollout_split(request.baseline, request.canary, request.pool, request.canary_weight))
+        s.mirror_traffic = {request.canary: request.mirror_share} if request.mirror_share else {}
+        self._dirty = True
+        self._version += 1
+        wanted = self._version
+        await workflow.wait_condition(lambda: self._pushed_version >= wanted)
+        return s
+
+    @set_rollout_traffic.validator
+    def _validate_set_rollout_traffic(self, request: SetRolloutTrafficInput) -> None:
+        self._refuse_if_deleting()
+        s = self._state
+        if request.undo:
+            if s.rollout_id is not None:
+                raise _bad_request(f"endpoint {s.name} is under rollout {s.rollout_id}")
+            for name in (request.baseline, request.canary):
+                if s.deployments.get(name) is None:
+                    raise _bad_request(f"deployment {name} no longer exists; nothing to undo to")
+        elif s.rollout_id != request.rollout_id:
+            raise _bad_request(
+                f"rollout {request.rollout_id} does not hold endpoint {s.name} "
+                f"(held by {s.rollout_id or 'nobody'})"
+            )
+
+    @workflow.signal
+    def end_rollout(self, request: EndRolloutInput) -> None:
+        if self._state.rollout_id == request.rollout_id:
+            self._state.rollout_id = None
+            self._state.rollout_deployments = []
 
     # ---- signals -------------------------------------------------------------------------
     @workflow.signal
@@ -223,7 +325,7 @@ class EndpointWorkflow:
         return (
             self._dirty
             or keys_behind
-            or bool(self._to_start or self._to_update or self._to_delete)
+            or bool(self._to_start or self._to_update or self._to_delete or self._to_roll)
         )
 
     @workflow.run
@@ -255,9 +357,7 @@ class EndpointWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._has_work():
                     workflow.continue_as_new(
-                        EndpointWorkflowInput(
-                            state=s, repush_seconds=input.repush_seconds, continued=True
-                        )
+                        EndpointWorkflowInput(state=s, repush_seconds=input.repush_seconds, continued=True)
                     )
 
     async def _ensure_keys(self) -> None:
@@ -276,6 +376,7 @@ class EndpointWorkflow:
         s = self._state
         s.generation = next_generation(s.generation, int(workflow.now().timestamp() * 1000))
         self._dirty = False
+        carried = self._version
         try:
             await workflow.execute_activity(
                 "apply_route",
@@ -285,6 +386,9 @@ class EndpointWorkflow:
         except ActivityError as err:
             # The next periodic re-push tries again; the state itself is already recorded.
             workflow.logger.warning("route push failed: %s", err.cause or err)
+            self._dirty = True
+            return
+        self._pushed_version = max(self._pushed_version, carried)
 
     async def _remove_route(self) -> None:
         s = self._state
@@ -322,6 +426,22 @@ class EndpointWorkflow:
             target = self._to_update.pop(0)
             handle = workflow.get_external_workflow_handle(deployment_id(name, target.name))
             await handle.signal(DeploymentWorkflow.update, target)
+        while self._to_roll:
+            rollout = self._to_roll.pop(0)
+            plan = rollout.plan
+            await workflow.start_child_workflow(
+                RolloutWorkflow.run,
+                rollout,
+                id=rollout.rollout_id,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                memo={"plan": plan.model_dump(mode="json")},
+                search_attributes=(
+                    search.initial(plan.endpoint, plan.baseline, plan.canary)
+                    if rollout.search_attributes
+                    else None
+                ),
+            )
+            self._started_rollouts.add(rollout.rollout_id)
         while self._to_delete:
             deployment = self._to_delete.pop(0)
             handle = workflow.get_external_workflow_handle(deployment_id(name, deployment))

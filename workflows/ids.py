@@ -9,3 +9,7 @@ def endpoint_id(endpoint: str) -> str:
 
 def deployment_id(endpoint: str, deployment: str) -> str:
     return f"deployment/{endpoint}/{deployment}"
+
+
+def rollout_id(endpoint: str, n: int) -> str:
+    return f"rollout/{endpoint}/{n}"

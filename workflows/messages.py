@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from config.routes import InstanceRoute
+from decisions.rollout import Plan, RolloutState
 from decisions.state import DeploymentTarget, EndpointState, KeyType, ProvisioningState
 
 
@@ -12,6 +13,9 @@ class EndpointWorkflowInput(BaseModel):
     state: EndpointState
     repush_seconds: float = 30.0
     continued: bool = Field(default=False, description="true after continue-as-new")
+    search_attributes: bool = Field(
+        default=True, description="false where the server has no custom search attributes"
+    )
 
 
 class UpdateEndpointInput(BaseModel):
@@ -54,3 +58,33 @@ class DeploymentReport(BaseModel):
     )
     error: str | None = None
     warnings: list[str] = Field(default_factory=list)
+
+
+class StartRolloutInput(BaseModel):
+    plan: Plan
+    spec: dict = Field(default_factory=dict, description="the rollout.yml as given, for retry")
+
+
+class SetRolloutTrafficInput(BaseModel):
+    """A rollout's traffic change; refused unless this rollout holds the endpoint (or undo)."""
+
+    rollout_id: str
+    baseline: str
+    canary: str
+    pool: int
+    canary_weight: int
+    mirror_share: int = 0
+    undo: bool = False
+
+
+class EndRolloutInput(BaseModel):
+    rollout_id: str
+
+
+class RolloutWorkflowInput(BaseModel):
+    rollout_id: str
+    plan: Plan
+    spec: dict = Field(default_factory=dict)
+    pool: int = 100
+    state: RolloutState | None = None
+    search_attributes: bool = True

@@ -24,3 +24,12 @@ DEPROVISION = {
     "start_to_close_timeout": timedelta(minutes=2),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20),
 }
+MONITOR = {
+    "start_to_close_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=2), maximum_attempts=3),
+}
+# Changing traffic waits until the gateways have the new table.
+TRAFFIC = {
+    "start_to_close_timeout": timedelta(seconds=60),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=5), maximum_attempts=10),
+}

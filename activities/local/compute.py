@@ -61,9 +61,7 @@ class LocalComputeProvider:
                 response.raise_for_status()
 
 
-def _judge(
-    status: DeploymentInstances, spec_hash: str, count: int
-) -> EnsureInstancesResult | None:
+def _judge(status: DeploymentInstances, spec_hash: str, count: int) -> EnsureInstancesResult | None:
     """Ready result, None while still coming up; raises when nothing will make it ready."""
     if status.environment_state == "failed":
         raise ApplicationError(

@@ -56,15 +56,11 @@ class Recorder:
             self.calls.append("ensure_instances")
             self.ensured.append(request)
             if self.fail_provision:
-                raise ApplicationError(
-                    self.fail_provision, type="InstanceFailed", non_retryable=True
-                )
+                raise ApplicationError(self.fail_provision, type="InstanceFailed", non_retryable=True)
             runtime = request.runtime
             return EnsureInstancesResult(
                 instances=[
-                    InstanceRoute(
-                        id=f"{runtime.deployment}-{i}", url=f"http://127.0.0.1:{40000 + i}"
-                    )
+                    InstanceRoute(id=f"{runtime.deployment}-{i}", url=f"http://127.0.0.1:{40000 + i}")
                     for i in range(request.instance_count)
                 ]
             )

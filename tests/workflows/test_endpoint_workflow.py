@@ -52,9 +52,7 @@ class Stack:
         return handle
 
 
-async def wait_for(
-    handle: WorkflowHandle, predicate: Callable[[EndpointState], bool]
-) -> EndpointState:
+async def wait_for(handle: WorkflowHandle, predicate: Callable[[EndpointState], bool]) -> EndpointState:
     while True:
         state = await handle.query(EndpointWorkflow.describe)
         if predicate(state):
@@ -94,9 +92,7 @@ async def test_deployment_is_provisioned_and_routed_with_its_traffic(stack: Stac
         EndpointWorkflow.create_deployment, CreateDeploymentInput(target=target(name, "blue", 2))
     )
     await wait_for(handle, lambda s: s.deployments["blue"].provisioning_state == "Succeeded")
-    await handle.execute_update(
-        EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic={"blue": 100})
-    )
+    await handle.execute_update(EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic={"blue": 100}))
     await wait_for(handle, lambda s: s.generation > 0 and s.traffic == {"blue": 100})
     while stack.recorder.routes[-1].traffic != {"blue": 100}:
         await asyncio.sleep(0.05)
@@ -125,14 +121,10 @@ async def test_bad_traffic_is_refused_and_nothing_is_recorded(
             EndpointWorkflow.create_deployment,
             CreateDeploymentInput(target=target(name, deployment)),
         )
-    await wait_for(
-        handle, lambda s: all(d.provisioning_state == "Succeeded" for d in s.deployments.values())
-    )
+    await wait_for(handle, lambda s: all(d.provisioning_state == "Succeeded" for d in s.deployments.values()))
     before = await handle.query(EndpointWorkflow.describe)
     with pytest.raises(WorkflowUpdateFailedError) as caught:
-        await handle.execute_update(
-            EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic=traffic)
-        )
+        await handle.execute_update(EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic=traffic))
     assert reason in str(caught.value.cause)
     after = await handle.query(EndpointWorkflow.describe)
     assert after.traffic == before.traffic
@@ -146,13 +138,9 @@ async def test_deleting_a_deployment_that_takes_traffic_is_refused(stack: Stack)
         EndpointWorkflow.create_deployment, CreateDeploymentInput(target=target(name, "blue"))
     )
     await wait_for(handle, lambda s: s.deployments["blue"].provisioning_state == "Succeeded")
-    await handle.execute_update(
-        EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic={"blue": 100})
-    )
+    await handle.execute_update(EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic={"blue": 100}))
     with pytest.raises(WorkflowUpdateFailedError) as caught:
-        await handle.execute_update(
-            EndpointWorkflow.delete_deployment, DeleteDeploymentInput(name="blue")
-        )
+        await handle.execute_update(EndpointWorkflow.delete_deployment, DeleteDeploymentInput(name="blue"))
     assert "takes 100% of traffic" in str(caught.value.cause)
     state = await handle.query(EndpointWorkflow.describe)
     assert state.deployments["blue"].provisioning_state == "Succeeded"
@@ -200,9 +188,7 @@ async def test_traffic_to_a_failed_deployment_is_refused(stack: Stack) -> None:
 async def test_regenerating_a_key_pushes_the_new_hash(stack: Stack) -> None:
     name = unique("ep")
     handle = await stack.start_endpoint(name)
-    await handle.execute_update(
-        EndpointWorkflow.regenerate_keys, RegenerateKeysInput(key_type="secondary")
-    )
+    await handle.execute_update(EndpointWorkflow.regenerate_keys, RegenerateKeysInput(key_type="secondary"))
     assert stack.recorder.routes[-1].key_sha256 == ["primary-v1", "secondary-v2"]
 
 

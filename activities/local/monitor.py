@@ -1,0 +1,72 @@
+"""`local` monitor provider: every gateway's `/stats`, summed."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from activities.messages import QueryWindowInput
+from config.settings import Settings
+from config.stats import LatencySummary, MirrorSummary, WindowStats
+
+
+class LocalMonitorProvider:
+    def __init__(self, settings: Settings) -> None:
+        self._targets = settings.gateway_admin_targets
+        token = settings.admin_token
+        self._headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+
+    async def query_window(self, request: QueryWindowInput) -> WindowStats:
+        params = {
+            "endpoint": request.endpoint,
+            "deployment": request.deployment,
+            "window": f"{request.window_seconds:g}s",
+        }
+        windows = []
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(headers=self._headers, timeout=timeout) as session:
+            for target in self._targets:
+                async with session.get(f"{target}/stats", params=params) as response:
+                    response.raise_for_status()
+                    windows.append(WindowStats.model_validate(await response.json()))
+        return sum_windows(windows)
+
+
+def sum_windows(windows: list[WindowStats]) -> WindowStats:
+    """Counts add up exactly; percentiles of several gateways are request-weighted means
+    (an approximation, exact with one gateway)."""
+    if len(windows) == 1:
+        return windows[0]
+    first = windows[0]
+    total = sum(w.requests for w in windows)
+    status: dict[str, int] = {}
+    for w in windows:
+        for key, count in w.status.items():
+            status[key] = status.get(key, 0) + count
+
+    def weighted(pick: str, source: str) -> float | None:
+        pairs = [(getattr(getattr(w, source), pick), w.requests) for w in windows]
+        pairs = [(v, n) for v, n in pairs if v is not None and n]
+        if not pairs:
+            return None
+        return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+
+    return WindowStats(
+        endpoint=first.endpoint,
+        deployment=first.deployment,
+        window_seconds=first.window_seconds,
+        requests=total,
+        status=status,
+        latency_ms=LatencySummary(**{k: weighted(k, "latency_ms") for k in ("p50", "p90", "p99", "mean")}),
+        in_flight=sum(w.in_flight for w in windows),
+        queue_wait_ms=LatencySummary(
+            **{k: weighted(k, "queue_wait_ms") for k in ("p50", "p90", "p99", "mean")}
+        ),
+        utilisation={k: v for w in windows for k, v in w.utilisation.items()},
+        mirror=MirrorSummary(
+            requests=sum(w.mirror.requests for w in windows),
+            compared=sum(w.mirror.compared for w in windows),
+            matches=sum(w.mirror.matches for w in windows),
+            dropped=sum(w.mirror.dropped for w in windows),
+            latency_diff_ms_p50=weighted("latency_diff_ms_p50", "mirror"),
+        ),
+    )
