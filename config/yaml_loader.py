@@ -24,6 +24,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from config.overrides import PathPart, format_path, parse_path, set_path
+from config.rollout import RolloutSpec
 from config.specs import UNION_TAGS, DeploymentSpec, EndpointSpec
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "load_deployment_file",
     "load_endpoint_dict",
     "load_endpoint_file",
+    "load_rollout_file",
     "read_yaml",
 ]
 
@@ -102,6 +104,11 @@ def load_deployment_file(path: Path, *, overrides: dict[str, Any] | None = None)
     data = read_yaml(path)
     base_dir = Path(path).absolute().parent
     return _load(DeploymentSpec, data, source=str(path), base_dir=base_dir, overrides=overrides)
+
+
+def load_rollout_file(path: Path) -> RolloutSpec:
+    """Read a rollout.yml (Tidegate's own), with the same file:line errors."""
+    return _load(RolloutSpec, read_yaml(path), source=str(path), base_dir=None, overrides=None)
 
 
 def load_endpoint_dict(

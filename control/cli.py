@@ -130,16 +130,10 @@ def _print_addresses(settings: Settings, *, already_running: bool) -> None:
     ca = settings.tls_dir / "ca.pem"
     state = "already running" if already_running else "up"
     click.echo(f"Tidegate is {state} (home {settings.home})")
-    click.echo(
-        f"  gateway (HTTPS)  https://<endpoint>.{settings.domain}:{settings.gateway_https_port}/score"
-    )
-    click.echo(
-        f"  gateway (HTTP)   http://<endpoint>.{settings.domain}:{settings.gateway_http_port}/score"
-    )
+    click.echo(f"  gateway (HTTPS)  https://<endpoint>.{settings.domain}:{settings.gateway_https_port}/score")
+    click.echo(f"  gateway (HTTP)   http://<endpoint>.{settings.domain}:{settings.gateway_http_port}/score")
     click.echo(f"  Temporal UI      {settings.temporal_ui_url}")
-    click.echo(
-        f"  Temporal         {settings.temporal_target} (namespace {settings.temporal_namespace})"
-    )
+    click.echo(f"  Temporal         {settings.temporal_target} (namespace {settings.temporal_namespace})")
     click.echo(f"  host             {settings.host_target}")
     click.echo(f"Trust the local CA: curl --cacert {ca} ...  or  export CURL_CA_BUNDLE={ca}")
     click.echo(f"  (Python: export SSL_CERT_FILE={ca}  REQUESTS_CA_BUNDLE={ca})")
@@ -288,16 +282,12 @@ async def endpoint_delete(name, yes, no_wait, resource_group, workspace_name, ou
 @click.option("-d", "--deployment-name", default=None, help="Send to this deployment only.")
 @azure_options
 @run_async
-async def endpoint_invoke(
-    name, request_file, deployment_name, resource_group, workspace_name, output, query
-):
+async def endpoint_invoke(name, request_file, deployment_name, resource_group, workspace_name, output, query):
     """Send a request file to the endpoint's scoring URI with its key."""
     if not request_file.exists():
         raise TidegateError(f"--request-file: {request_file} does not exist")
     tg = await facade()
-    status, body, answered_by = await tg.invoke(
-        name, request_file.read_bytes(), deployment=deployment_name
-    )
+    status, body, answered_by = await tg.invoke(name, request_file.read_bytes(), deployment=deployment_name)
     if status != 200:
         fail(f"{status} from {answered_by or 'the gateway'}: {body.decode(errors='replace')}")
     click.echo(body.decode(errors="replace"))
@@ -343,9 +333,7 @@ def _deployment_spec(file: Path, name: str | None, endpoint: str | None, assignm
     data = read_yaml(file)
     if assignments:
         data = apply_set(data, assignments)
-    return load_deployment_dict(
-        data, base_dir=file.absolute().parent, source=str(file), overrides=overrides
-    )
+    return load_deployment_dict(data, base_dir=file.absolute().parent, source=str(file), overrides=overrides)
 
 
 def _progress(record: Any) -> None:
@@ -447,9 +435,7 @@ async def deployment_list(endpoint, resource_group, workspace_name, output, quer
 @click.option("--no-wait", is_flag=True)
 @azure_options
 @run_async
-async def deployment_delete(
-    name, endpoint, yes, no_wait, resource_group, workspace_name, output, query
-):
+async def deployment_delete(name, endpoint, yes, no_wait, resource_group, workspace_name, output, query):
     """Delete a deployment that takes no traffic."""
     if not yes and not click.confirm(f"Delete deployment {name} of {endpoint}?"):
         fail("not confirmed")
@@ -467,6 +453,222 @@ async def deployment_delete(
 async def deployment_logs(name, endpoint, lines, resource_group, workspace_name, output, query):
     """Print the last lines of each instance's log (the scoring server's stdout and stderr)."""
     click.echo(await (await facade()).get_logs(endpoint, name, lines))
+
+
+# ---- rollout (Tidegate's own) ---------------------------------------------------------------
+@main.group("rollout")
+def rollout() -> None:
+    """Canary, linear and blue/green rollouts gated on live metrics (RolloutWorkflow)."""
+
+
+def _rollout_spec(
+    file: Path | None,
+    strategy: str | None,
+    steps: str | None,
+    hold: str | None,
+    gates: tuple[str, ...],
+    check_interval: str | None,
+):
+    """rollout.yml, then the flags over it."""
+    from pydantic import ValidationError
+
+    from config.rollout import RolloutSpec
+    from config.yaml_loader import load_rollout_file
+
+    spec = load_rollout_file(file) if file is not None else RolloutSpec()
+    data = spec.model_dump(exclude_unset=True) if file is not None else {}
+    if strategy:
+        data["strategy"] = strategy
+    if steps:
+        try:
+            weights = [int(w) for w in steps.split(",")]
+        except ValueError:
+            raise TidegateError(f"--steps: '{steps}' must be weights like 10,25,50,100") from None
+        data["steps"] = [{"weight": w, "hold": hold or "60s"} for w in weights]
+    elif hold and data.get("steps"):
+        data["steps"] = [{**step, "hold": hold} for step in data["steps"]]
+    if gates:
+        data["gates"] = [{"when": g} for g in gates]
+    if check_interval:
+        data["check_interval"] = check_interval
+    try:
+        return RolloutSpec.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise TidegateError(f"rollout: {problems}") from None
+
+
+def rollout_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True),
+            click.option("--to", "to", required=True, help="The canary deployment."),
+            click.option("--baseline", default=None, help="Default: the deployment with most traffic."),
+            click.option("-f", "--file", type=click.Path(path_type=Path), default=None, help="rollout.yml"),
+            click.option("--strategy", type=click.Choice(["canary", "linear", "blue_green"]), default=None),
+            click.option("--steps", default=None, help="Canary weights, e.g. 10,25,50,100."),
+            click.option("--hold", default=None, help="Hold per step, e.g. 60s."),
+            click.option("--gate", "gates", multiple=True, help='e.g. "error_rate <= 0.05" (repeatable).'),
+            click.option("--check-interval", default=None, help="e.g. 5s (the default)."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+@rollout.command("plan")
+@rollout_options
+@click.option(
+    "-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True
+)
+@click.option("-w", "--workspace-name", default=None, help=GROUP_HELP)
+@click.option("-g", "--resource-group", default=None, help=GROUP_HELP)
+@run_async
+async def rollout_plan(
+    endpoint,
+    to,
+    baseline,
+    file,
+    strategy,
+    steps,
+    hold,
+    gates,
+    check_interval,
+    output,
+    workspace_name,
+    resource_group,
+):
+    """Dry run: print every step, gate and timeout; start nothing."""
+    from control.rollouts import Rollouts, describe_plan
+
+    spec = _rollout_spec(file, strategy, steps, hold, gates, check_interval)
+    plan = await Rollouts(await facade()).plan(endpoint, to, spec, baseline)
+    if output == "text":
+        click.echo("\n".join(describe_plan(plan)))
+    else:
+        emit(plan.model_dump(mode="json"), output, None)
+
+
+@rollout.command("start")
+@rollout_options
+@click.option("--no-wait", is_flag=True, help="Return once started; steer with the other verbs.")
+@azure_options
+@run_async
+async def rollout_start(
+    endpoint,
+    to,
+    baseline,
+    file,
+    strategy,
+    steps,
+    hold,
+    gates,
+    check_interval,
+    no_wait,
+    resource_group,
+    workspace_name,
+    output,
+    query,
+):
+    """Start a RolloutWorkflow; by default wait, and exit 1 if it rolls back."""
+    from control.rollouts import Rollouts, describe_plan
+
+    rollouts = Rollouts(await facade())
+    spec = _rollout_spec(file, strategy, steps, hold, gates, check_interval)
+    plan = await rollouts.plan(endpoint, to, spec, baseline)
+    rid = await rollouts.start(plan, spec)
+    err_console.print(f"started {rid}")
+    for line in describe_plan(plan):
+        err_console.print(f"  {line}")
+    if no_wait:
+        emit(await rollouts.status(endpoint, rid), output, query)
+        return
+    view = await rollouts.wait(endpoint, rid, _rollout_progress())
+    emit(view, output, query)
+    if view["phase"] != "Succeeded":
+        fail(f"rollout {rid} {view['phase']}: {view['reason']}")
+
+
+def _rollout_progress() -> Callable[[dict[str, Any]], None]:
+    last: list[tuple] = []
+
+    def show(view: dict[str, Any]) -> None:
+        key = (view["phase"], view["step"], view["weights"][view["to"]])
+        if last and last[-1] == key:
+            return
+        last.append(key)
+        gates = "; ".join(f"{g['outcome']}: {g['detail']}" for g in view["gates"])
+        err_console.print(
+            f"{view['phase']:<12} step {view['step']:<5} {view['to']} {view['weights'][view['to']]}%"
+            + (f"  [{gates}]" if gates else "")
+        )
+
+    return show
+
+
+@rollout.command("status")
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@click.option("--watch", is_flag=True, help="Follow until the rollout ends.")
+@azure_options
+@run_async
+async def rollout_status(endpoint, watch, resource_group, workspace_name, output, query):
+    """Phase, step, weights, each gate's last value against its bound, and history."""
+    from control.rollouts import Rollouts
+
+    rollouts = Rollouts(await facade())
+    if watch:
+        rid = await rollouts.current_id(endpoint)
+        view = await rollouts.wait(endpoint, rid, _rollout_progress())
+    else:
+        view = await rollouts.status(endpoint)
+    emit(view, output, query)
+
+
+def _steer(name: str, doc: str, with_reason: bool) -> None:
+    @click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+    @azure_options
+    @run_async
+    async def command(endpoint, resource_group, workspace_name, output, query, reason=None):
+        from control.rollouts import Rollouts
+
+        rid = await Rollouts(await facade()).signal(endpoint, name, reason)
+        err_console.print(f"{name} sent to {rid}")
+
+    command.__doc__ = doc
+    if with_reason:
+        command = click.option("--reason", default=None, help="Recorded in the rollout's history.")(command)
+    rollout.command(name)(command)
+
+
+_steer("pause", "Hold the rollout where it is until resume.", True)
+_steer("resume", "Continue a paused rollout.", False)
+_steer("promote", "Skip the remaining steps: the canary gets all traffic now.", True)
+_steer("rollback", "Traffic back to the baseline now; the canary keeps no traffic.", True)
+_steer("undo", "After a success, traffic back to the previous deployment while it is warm.", False)
+
+
+@rollout.command("retry")
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@azure_options
+@run_async
+async def rollout_retry(endpoint, resource_group, workspace_name, output, query):
+    """After a rollback: the same plan again (returns once started)."""
+    from control.rollouts import Rollouts
+
+    rid, _ = await Rollouts(await facade()).retry(endpoint)
+    emit({"id": rid}, output, query)
+
+
+@rollout.command("list")
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", default=None)
+@click.option("--state", type=click.Choice(["running", "succeeded", "rolled_back", "paused"]), default=None)
+@azure_options
+@run_async
+async def rollout_list(endpoint, state, resource_group, workspace_name, output, query):
+    """Rollouts, newest first, from Temporal's visibility (search attributes)."""
+    from control.rollouts import Rollouts
+
+    emit(await Rollouts(await facade()).list(endpoint, state), output, query)
 
 
 # ---- model ---------------------------------------------------------------------------------

@@ -120,13 +120,13 @@ class Tidegate:
         self, name: str, change: UpdateEndpointInput
     ) -> dict[str, Any]:
         await self.describe(name)
-        state = await self._update(name, EndpointWorkflow.update_endpoint, change)
+        state = await self.execute_update(name, EndpointWorkflow.update_endpoint, change)
         return self.endpoint_view(EndpointState.model_validate(state))
 
     async def delete_endpoint(self, name: str, *, wait: bool = True) -> None:
         await self.describe(name)
         handle = self._handle(name)
-        await self._update(name, EndpointWorkflow.delete_endpoint)
+        await self.execute_update(name, EndpointWorkflow.delete_endpoint)
         if wait:
             await handle.result()
 
@@ -138,7 +138,8 @@ class Tidegate:
 
     async def regenerate_keys(self, name: str, key_type: KeyType) -> None:
         await self.describe(name)
-        await self._update(name, EndpointWorkflow.regenerate_keys, RegenerateKeysInput(key_type=key_type))
+        request = RegenerateKeysInput(key_type=key_type)
+        await self.execute_update(name, EndpointWorkflow.regenerate_keys, request)
 
     async def invoke(
         self, name: str, body: bytes, *, deployment: str | None = None
@@ -166,7 +167,7 @@ class Tidegate:
     async def create_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
         await self.describe(spec.endpoint_name)
         target = build_target(spec, self.settings)
-        record = await self._update(
+        record = await self.execute_update(
             spec.endpoint_name,
             EndpointWorkflow.create_deployment,
             CreateDeploymentInput(target=target),
@@ -176,7 +177,7 @@ class Tidegate:
     async def update_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
         await self.show_deployment(spec.endpoint_name, spec.name)
         target = build_target(spec, self.settings)
-        record = await self._update(
+        record = await self.execute_update(
             spec.endpoint_name,
             EndpointWorkflow.update_deployment,
             UpdateDeploymentInput(target=target),
@@ -227,7 +228,7 @@ class Tidegate:
 
     async def delete_deployment(self, endpoint: str, name: str, *, wait: bool = True) -> None:
         await self.show_deployment(endpoint, name)
-        await self._update(
+        await self.execute_update(
             endpoint, EndpointWorkflow.delete_deployment, DeleteDeploymentInput(name=name)
         )
         if wait:
@@ -290,7 +291,7 @@ class Tidegate:
     def _handle(self, name: str) -> WorkflowHandle:
         return self.client.get_workflow_handle(endpoint_id(name))
 
-    async def _update(self, name: str, update: Any, *args: Any) -> Any:
+    async def execute_update(self, name: str, update: Any, *args: Any) -> Any:
         try:
             return await self._handle(name).execute_update(update, *args)
         except WorkflowUpdateFailedError as err:

@@ -29,6 +29,17 @@ SCORE_RUN_RAISES = SCORE.replace(
     'raise ValueError("run() exploded on purpose: tidegate-test-marker")',
 )
 
+# A model whose run() fails a share of requests while a flag file says so (fault injection).
+SCORE_FAULTY = SCORE.replace(
+    "import joblib",
+    'import joblib, random\nFLAG = os.environ.get("TIDEGATE_FAULT_FILE", "")',
+).replace(
+    '    data = json.loads(raw_data)["data"]',
+    "    if FLAG and os.path.exists(FLAG) and random.random() < float(open(FLAG).read()):\n"
+    '        raise RuntimeError("injected fault")\n'
+    '    data = json.loads(raw_data)["data"]',
+)
+
 SCORE_INIT_RAISES = SCORE.replace(
     "global model", 'raise RuntimeError("init() exploded on purpose: tidegate-init-marker")'
 )
@@ -55,8 +66,12 @@ def train(slope: float) -> LinearRegression:
     return LinearRegression().fit(x, y)
 
 
-def deployment_yaml(name: str, model: str, code: str, endpoint: str = "my-endpoint") -> str:
-    return textwrap.dedent(
+def deployment_yaml(
+    name: str, model: str, code: str, endpoint: str = "my-endpoint", env: dict[str, str] | None = None
+) -> str:
+    variables = "".join(f"\n  {k}: {v}" for k, v in (env or {}).items())
+    extra = f"environment_variables:{variables}\n" if env else ""
+    return extra + textwrap.dedent(
         f"""\
         $schema: https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json
         name: {name}
@@ -87,6 +102,7 @@ def write_project(root: Path) -> dict[str, list[float]]:
         ("code", SCORE),
         ("code-run-raises", SCORE_RUN_RAISES),
         ("code-init-raises", SCORE_INIT_RAISES),
+        ("code-faulty", SCORE_FAULTY),
     ):
         (root / folder).mkdir()
         (root / folder / "score.py").write_text(script)
@@ -100,5 +116,7 @@ def write_project(root: Path) -> dict[str, list[float]]:
     (root / "green.yml").write_text(deployment_yaml("green", "model-2", "code"))
     (root / "run-raises.yml").write_text(deployment_yaml("broken", "model-1", "code-run-raises"))
     (root / "init-raises.yml").write_text(deployment_yaml("noinit", "model-1", "code-init-raises"))
+    fault = {"TIDEGATE_FAULT_FILE": str(root / "fault")}
+    (root / "faulty.yml").write_text(deployment_yaml("green", "model-2", "code-faulty", env=fault))
     (root / "request.json").write_text('{"data": ' + str(REQUEST) + "}")
     return answers
