@@ -26,7 +26,8 @@ from host.environments import EnvironmentStatus
 from host.processes import ProcessHandle, create_time, failure_excerpt, tail_lines
 from host.state import InstanceRecord
 
-SERVER_MODULE = "azureml_inference_server_http.amlserver"
+# A script, not a module: the instance's interpreter cannot import the host package.
+LAUNCHER = Path(__file__).with_name("loopback_server.py")
 LIVENESS_PATH = "/"
 READINESS_POLL_SECONDS = 0.25
 
@@ -119,8 +120,7 @@ def spawn(instance: Instance, runtime: DeploymentRuntime, env: EnvironmentStatus
     instance.log_path.parent.mkdir(parents=True, exist_ok=True)
     args = [
         str(env.python),
-        "-m",
-        SERVER_MODULE,
+        str(LAUNCHER),
         "--entry_script",
         str(Path(runtime.code_dir) / runtime.scoring_script),
         "--port",

@@ -103,7 +103,7 @@ class ProcessHandle:
 
 
 def port_is_free(port: int) -> bool:
-    """Whether azmlinfsrv (gunicorn: 0.0.0.0, SO_REUSEADDR) could bind `port` now."""
+    """Whether `port` is free on every address (instances bind loopback; be conservative)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
@@ -78,6 +79,23 @@ async def test_put_starts_an_instance_that_scores_with_the_model(
     async with host.session.get(host.url + "/deployments") as resp:
         listing = await resp.json()
     assert ("ep-a", "blue") in {(d["endpoint"], d["deployment"]) for d in listing}
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as the kernel writes them) with a socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+async def test_an_instance_listens_on_loopback_only(serving: dict[str, Any]) -> None:
+    (instance,) = serving["instances"]
+    assert _listening_addresses(instance["port"]) == {"0100007F"}  # 127.0.0.1, nothing else
 
 
 async def test_run_error_is_a_500_the_instance_stays_ready_and_logs_the_traceback(
