@@ -12,6 +12,11 @@ class RuntimeEnvironment(BaseModel):
 
     conda_file: str | None = Field(default=None, description="conda YAML text")
     pip_requirements: list[str] = Field(default_factory=list)
+    patch: int = Field(
+        default=0,
+        description="runtime patch level: a higher one builds a fresh virtualenv with every "
+        "requirement upgraded to its newest allowed version (`tidegate host patch`)",
+    )
 
 
 class ProbeSpec(BaseModel):
@@ -42,9 +47,15 @@ class DeploymentRuntime(BaseModel):
 class EnsureInstancesRequest(BaseModel):
     runtime: DeploymentRuntime
     instance_count: int = Field(ge=0)
+    max_surge: int = Field(
+        default=0,
+        ge=0,
+        description="0: a new spec replaces every instance at once; N: rolling, at most N "
+        "extra instances at a time, an old one stopped only after a new one is ready",
+    )
 
 
-InstanceState = Literal["starting", "ready", "failed", "stopped"]
+InstanceState = Literal["starting", "ready", "failed", "stopped", "draining"]
 EnvironmentState = Literal["building", "ready", "failed"]
 
 
@@ -57,6 +68,8 @@ class InstanceStatus(BaseModel):
     spec_hash: str
     exit_code: int | None = None
     error: str | None = Field(default=None, description="tail of the instance log on failure")
+    restarts: int = Field(default=0, description="replacements made for this instance's slot")
+    replaces: str | None = Field(default=None, description="id of the instance this one replaced")
 
 
 class DeploymentInstances(BaseModel):
@@ -66,3 +79,4 @@ class DeploymentInstances(BaseModel):
     environment_error: str | None = None
     warnings: list[str] = Field(default_factory=list)
     instances: list[InstanceStatus] = Field(default_factory=list)
+    version: int = Field(default=0, description="bumps on every change of any instance's state")
