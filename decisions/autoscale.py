@@ -1,0 +1,85 @@
+"""Autoscale maths for `scale_settings: target_utilization` (Azure's fields). Pure; `now` given.
+
+Out fast, in slowly: scaling out happens at the first poll above target, by as many instances
+as the load needs; scaling in waits until utilisation has stayed low for the cool-down, and
+then removes one instance at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class AutoscaleSettings(BaseModel):
+    min_instances: int = Field(default=1, ge=1)
+    max_instances: int = Field(default=1, ge=1)
+    target_utilization_percentage: int = Field(default=70, ge=1, le=100)
+    polling_interval: float = 1.0
+    scale_in_cooldown: float = Field(default=300.0, description="seconds of low load before one goes")
+
+
+class AutoscaleMemory(BaseModel):
+    """What the decision remembers between polls (kept in the workflow's state)."""
+
+    low_since: datetime | None = None
+
+
+class ScaleDecision(BaseModel):
+    instances: int
+    reason: str
+    memory: AutoscaleMemory
+
+
+def desired_instances(
+    settings: AutoscaleSettings,
+    *,
+    current: int,
+    utilisation: float | None,
+    memory: AutoscaleMemory,
+    now: datetime,
+    frozen: bool = False,
+) -> ScaleDecision:
+    """How many instances now. `utilisation` is the mean busy share (0..1) of the instances
+    over the last window; None means no measurement (nothing changes)."""
+    floor, ceiling = settings.min_instances, max(settings.min_instances, settings.max_instances)
+    clamped = min(max(current, floor), ceiling)
+    if clamped != current:
+        return ScaleDecision(
+            instances=clamped, reason=f"{current} outside [{floor}, {ceiling}]", memory=AutoscaleMemory()
+        )
+    if utilisation is None:
+        return ScaleDecision(instances=current, reason="no measurement", memory=memory)
+    target = settings.target_utilization_percentage / 100
+    shown = f"utilisation {utilisation:.0%} vs target {target:.0%}"
+    needed = min(max(math.ceil(current * utilisation / target - 1e-9), floor), ceiling)
+    if frozen:
+        return ScaleDecision(
+            instances=current, reason=f"{shown}; held: a rollout step is changing", memory=memory
+        )
+    if needed > current:
+        return ScaleDecision(instances=needed, reason=f"{shown}: out to {needed}", memory=AutoscaleMemory())
+    if needed < current:
+        low_since = memory.low_since or now
+        waited = (now - low_since).total_seconds()
+        if waited >= settings.scale_in_cooldown:
+            return ScaleDecision(
+                instances=current - 1,
+                reason=f"{shown} for {waited:.0f}s: in to {current - 1}",
+                memory=AutoscaleMemory(),
+            )
+        return ScaleDecision(
+            instances=current,
+            reason=f"{shown}: low for {waited:.0f}s of {settings.scale_in_cooldown:g}s cool-down",
+            memory=AutoscaleMemory(low_since=low_since),
+        )
+    return ScaleDecision(instances=current, reason=f"{shown}: steady", memory=AutoscaleMemory())
+
+
+def replacement_delay(restarts: int, *, base: float = 1.0, cap: float = 300.0) -> float:
+    """Crash-loop back-off: the first replacement at once, then 1 s, 2 s, 4 s … up to `cap`."""
+    if restarts <= 0:
+        return 0.0
+    return min(cap, base * 2 ** (restarts - 1))

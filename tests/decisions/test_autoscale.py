@@ -1,0 +1,76 @@
+"""Autoscale decisions on hand-made metric series."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from decisions.autoscale import AutoscaleMemory, AutoscaleSettings, desired_instances, replacement_delay
+
+T0 = datetime(2026, 11, 25, tzinfo=UTC)
+SETTINGS = AutoscaleSettings(
+    min_instances=1, max_instances=5, target_utilization_percentage=50, scale_in_cooldown=60
+)
+
+
+def run_series(series: list[float | None], start: int, step_seconds: float = 10) -> list[int]:
+    """Feed one utilisation reading per poll; return the instance count after each."""
+    counts, current, memory = [], start, AutoscaleMemory()
+    for i, utilisation in enumerate(series):
+        decision = desired_instances(
+            SETTINGS,
+            current=current,
+            utilisation=utilisation,
+            memory=memory,
+            now=T0 + timedelta(seconds=i * step_seconds),
+        )
+        current, memory = decision.instances, decision.memory
+        counts.append(current)
+    return counts
+
+
+def test_load_above_target_scales_out_at_once_by_what_it_needs() -> None:
+    assert run_series([0.9], start=1) == [2]
+    assert run_series([1.0], start=2) == [4]
+
+
+def test_scale_out_never_passes_max_instances() -> None:
+    assert run_series([1.0, 1.0], start=4) == [5, 5]
+
+
+def test_low_load_scales_in_one_at_a_time_after_the_cool_down() -> None:
+    # 10 s polls, 60 s cool-down: low from t=0, first removal at t=60; the count of the next
+    # cool-down starts at the next poll (t=70), so the second removal is at t=130.
+    counts = run_series([0.1] * 14, start=3)
+    assert counts[:6] == [3] * 6
+    assert counts[6] == 2
+    assert counts[7:13] == [2] * 6
+    assert counts[13] == 1
+
+
+def test_a_busy_poll_restarts_the_cool_down() -> None:
+    # At 2 instances, 40 % needs both (target 50 %): the low streak restarts at t=40.
+    counts = run_series([0.1, 0.1, 0.1, 0.4, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1], start=2)
+    assert counts == [2] * 10 + [1]
+
+
+def test_never_below_min_instances() -> None:
+    assert run_series([0.0] * 30, start=1) == [1] * 30
+
+
+def test_no_measurement_changes_nothing() -> None:
+    assert run_series([None, None], start=3) == [3, 3]
+
+
+def test_a_rollout_step_mid_change_holds_the_count() -> None:
+    decision = desired_instances(
+        SETTINGS, current=2, utilisation=1.0, memory=AutoscaleMemory(), now=T0, frozen=True
+    )
+    assert decision.instances == 2
+    assert "rollout" in decision.reason
+
+
+@pytest.mark.parametrize(("restarts", "delay"), [(0, 0), (1, 1), (2, 2), (3, 4), (10, 300)])
+def test_crash_loops_back_off_exponentially_up_to_a_cap(restarts: int, delay: float) -> None:
+    assert replacement_delay(restarts) == delay
