@@ -6,11 +6,14 @@ from typing import Protocol
 
 from temporalio import activity
 
-from activities.messages import DeleteInstancesInput, EnsureInstancesInput, EnsureInstancesResult
+from activities.messages import DeleteInstancesInput, RequestInstancesInput, WatchInstancesInput
+from config.host_api import DeploymentInstances
 
 
 class ComputeProvider(Protocol):
-    async def ensure_instances(self, request: EnsureInstancesInput) -> EnsureInstancesResult: ...
+    async def request_instances(self, request: RequestInstancesInput) -> DeploymentInstances: ...
+
+    async def watch_instances(self, request: WatchInstancesInput) -> DeploymentInstances: ...
 
     async def delete_instances(self, request: DeleteInstancesInput) -> None: ...
 
@@ -19,9 +22,15 @@ class ComputeActivities:
     def __init__(self, provider: ComputeProvider) -> None:
         self._provider = provider
 
-    @activity.defn(name="ensure_instances")
-    async def ensure_instances(self, request: EnsureInstancesInput) -> EnsureInstancesResult:
-        return await self._provider.ensure_instances(request)
+    @activity.defn(name="request_instances")
+    async def request_instances(self, request: RequestInstancesInput) -> DeploymentInstances:
+        """Desired state in, at once: repeating it changes nothing."""
+        return await self._provider.request_instances(request)
+
+    @activity.defn(name="watch_instances")
+    async def watch_instances(self, request: WatchInstancesInput) -> DeploymentInstances:
+        """Long poll: returns when anything about the instances changed, or at the timeout."""
+        return await self._provider.watch_instances(request)
 
     @activity.defn(name="delete_instances")
     async def delete_instances(self, request: DeleteInstancesInput) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from config.host_api import DeploymentRuntime
-from config.routes import EndpointRoute, InstanceRoute
+from config.routes import EndpointRoute
 from decisions.state import KeyType
 
 
@@ -34,14 +34,20 @@ class DeleteKeysInput(BaseModel):
     endpoint: str
 
 
-class EnsureInstancesInput(BaseModel):
+class RequestInstancesInput(BaseModel):
+    """The desired instances; the provider converges on them in the background."""
+
     runtime: DeploymentRuntime
     instance_count: int
+    max_surge: int = Field(default=0, description="0: all at once; N: rolling, N extra at a time")
+    drain_seconds: float = 2.0
 
 
-class EnsureInstancesResult(BaseModel):
-    instances: list[InstanceRoute]
-    warnings: list[str] = Field(default_factory=list)
+class WatchInstancesInput(BaseModel):
+    endpoint: str
+    deployment: str
+    since_version: int = Field(description="return as soon as the provider's version passes it")
+    timeout_seconds: float = 30.0
 
 
 class DeleteInstancesInput(BaseModel):

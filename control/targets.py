@@ -10,9 +10,10 @@ import yaml
 
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
 from config.settings import Settings
-from config.specs import DeploymentSpec
+from config.specs import DeploymentSpec, TargetUtilizationScaleSettings
 from control.artifacts import ModelRegistry, snapshot
 from control.errors import BadRequest
+from decisions.autoscale import AutoscaleSettings
 from decisions.state import DeploymentTarget, RequestSettings
 
 
@@ -74,12 +75,22 @@ def build_target(spec: DeploymentSpec, settings: Settings) -> DeploymentTarget:
         spec_hash=hashlib.sha256(fingerprint.encode()).hexdigest()[:16],
     )
     request = spec.request_settings
+    scale = spec.scale_settings
+    autoscale = None
+    if isinstance(scale, TargetUtilizationScaleSettings):
+        autoscale = AutoscaleSettings(
+            min_instances=scale.min_instances,
+            max_instances=scale.max_instances,
+            target_utilization_percentage=scale.target_utilization_percentage,
+            polling_interval=scale.polling_interval,
+        )
     return DeploymentTarget(
         name=spec.name,
         endpoint=spec.endpoint_name,
         runtime=runtime,
         instance_count=spec.instance_count,
         instance_type=spec.instance_type,
+        autoscale=autoscale,
         request_settings=RequestSettings(
             request_timeout_ms=request.request_timeout_ms,
             max_concurrent_requests_per_instance=request.max_concurrent_requests_per_instance,

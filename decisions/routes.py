@@ -5,8 +5,9 @@ from __future__ import annotations
 from config.routes import DeploymentRoute, EndpointRoute
 from decisions.state import EndpointState
 
-# A deployment is routable only while it has instances that were provisioned for it.
-_ROUTABLE = frozenset({"Succeeded", "Updating"})
+# A deployment is routable while it has ready instances: a failed update that was rolled back
+# (Failed, old instances serving) still serves; Creating and Deleting never do.
+_ROUTABLE = frozenset({"Succeeded", "Updating", "Failed"})
 
 
 def build_endpoint_route(state: EndpointState, generation: int) -> EndpointRoute:

@@ -8,9 +8,12 @@ from pydantic import BaseModel, Field
 
 from config.host_api import DeploymentRuntime
 from config.routes import InstanceRoute
+from decisions.autoscale import AutoscaleSettings
+from decisions.instances import InstanceDetail
 
 ProvisioningState = Literal["Creating", "Updating", "Succeeded", "Failed", "Deleting", "Deleted"]
 KeyType = Literal["primary", "secondary"]
+Health = Literal["Healthy", "Degraded"]
 
 
 class RequestSettings(BaseModel):
@@ -28,6 +31,9 @@ class DeploymentTarget(BaseModel):
     instance_count: int = Field(ge=1)
     instance_type: str = "Standard_DS3_v2"
     request_settings: RequestSettings = Field(default_factory=RequestSettings)
+    autoscale: AutoscaleSettings | None = Field(
+        default=None, description="scale_settings: target_utilization; None is a fixed count"
+    )
     spec: dict[str, Any] = Field(
         default_factory=dict, description="the validated Azure YAML spec, shown by `show`"
     )
@@ -42,6 +48,9 @@ class DeploymentRecord(BaseModel):
     instances: list[InstanceRoute] = Field(default_factory=list)
     error: str | None = None
     warnings: list[str] = Field(default_factory=list)
+    health: Health = "Healthy"
+    health_reason: str | None = None
+    details: list[InstanceDetail] = Field(default_factory=list)
 
 
 class EndpointState(BaseModel):

@@ -16,7 +16,7 @@ def parse_traffic(text: str) -> dict[str, int]:
     """Parse Azure's `name=percent` pairs, separated by spaces or commas."""
     pairs = [p for p in re.split(r"[\s,]+", text.strip()) if p]
     if not pairs:
-        raise TrafficError("traffic: empty; expected pairs like \"blue=90 green=10\"")
+        raise TrafficError('traffic: empty; expected pairs like "blue=90 green=10"')
     result: dict[str, int] = {}
     for pair in pairs:
         match = _PAIR.match(pair)
@@ -45,14 +45,10 @@ def check_traffic(traffic: Mapping[str, int], deployments: Iterable[str]) -> Non
     total = sum(traffic.values())
     if total not in (0, 100):
         shown = " ".join(f"{k}={v}" for k, v in traffic.items())
-        raise TrafficError(
-            f"traffic: \"{shown}\" sums to {total}; it must sum to 100 (or all be 0)"
-        )
+        raise TrafficError(f'traffic: "{shown}" sums to {total}; it must sum to 100 (or all be 0)')
 
 
-def check_mirror(
-    mirror: Mapping[str, int], traffic: Mapping[str, int], deployments: Iterable[str]
-) -> None:
+def check_mirror(mirror: Mapping[str, int], traffic: Mapping[str, int], deployments: Iterable[str]) -> None:
     """Azure's rule: one shadow deployment, at most 50 %, not one that takes live traffic."""
     known = set(deployments)
     live = {name: pct for name, pct in mirror.items() if pct > 0}
@@ -60,9 +56,7 @@ def check_mirror(
         raise TrafficError("mirror_traffic: only one deployment can receive mirrored traffic")
     for name, percent in live.items():
         if name not in known:
-            raise TrafficError(
-                f"mirror_traffic: deployment '{name}' does not exist in this endpoint"
-            )
+            raise TrafficError(f"mirror_traffic: deployment '{name}' does not exist in this endpoint")
         if percent > 50:
             raise TrafficError(f"mirror_traffic: {name}={percent} must be at most 50")
         if traffic.get(name, 0) > 0:
@@ -78,9 +72,7 @@ def merge_traffic(current: Mapping[str, int], change: Mapping[str, int]) -> dict
     return merged
 
 
-def rollout_split(
-    baseline: str, canary: str, pool: int, canary_weight: int
-) -> dict[str, int]:
+def rollout_split(baseline: str, canary: str, pool: int, canary_weight: int) -> dict[str, int]:
     """Share `pool` (what baseline and canary held together) between them, canary at `weight` %."""
     canary_share = round(pool * canary_weight / 100)
     return {baseline: pool - canary_share, canary: canary_share}

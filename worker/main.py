@@ -37,7 +37,8 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
         activities=[
-            compute.ensure_instances,
+            compute.request_instances,
+            compute.watch_instances,
             compute.delete_instances,
             network.apply_route,
             network.remove_route,

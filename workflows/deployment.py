@@ -1,6 +1,15 @@
-"""DeploymentWorkflow: provision a deployment's instances, apply changes, deprovision."""
+"""DeploymentWorkflow: provision a deployment, keep it healthy and sized, change it, remove it.
+
+After provisioning it runs a control loop: long-poll the provider for any change of the
+instances; take what is no longer ready out of the route table first (a report to the
+endpoint), then ask the provider to replace it, backing off exponentially when replacements
+keep failing; scale by the gateway's utilisation when `target_utilization` is set; roll spec
+changes one instance at a time.
+"""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -8,16 +17,23 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.messages import (
         DeleteInstancesInput,
-        EnsureInstancesInput,
-        EnsureInstancesResult,
+        QueryWindowInput,
+        RequestInstancesInput,
+        WatchInstancesInput,
     )
-    from decisions.state import DeploymentTarget, ProvisioningState
+    from config.host_api import DeploymentInstances
+    from config.routes import InstanceRoute
+    from config.stats import WindowStats
+    from decisions.autoscale import desired_instances, replacement_delay
+    from decisions.instances import Assessment, assess, failure_text
+    from decisions.state import DeploymentTarget, Health, ProvisioningState
     from workflows import options
     from workflows.ids import endpoint_id
     from workflows.messages import DeploymentReport, DeploymentWorkflowInput
 
-# Continue-as-new well before Temporal's history limits.
 HISTORY_LIMIT = 2000
+WATCH_SECONDS = 30.0
+ROLLING_SURGE = 1
 
 
 def failure_reason(err: BaseException) -> str:
@@ -30,6 +46,10 @@ def failure_reason(err: BaseException) -> str:
     return str(cause)
 
 
+class ProvisionFailed(Exception):
+    """Raised inside the workflow when instances cannot reach the target; carries the reason."""
+
+
 @workflow.defn
 class DeploymentWorkflow:
     @workflow.init
@@ -37,6 +57,14 @@ class DeploymentWorkflow:
         self._target = input.target
         self._pending: DeploymentTarget | None = None
         self._delete = False
+        self._version = input.version
+        self._memory = input.autoscale_memory
+        self._reported: tuple[str, tuple[str, ...], str] | None = None
+        self._next_replacement = workflow.now()
+        self._next_scale_check = workflow.now()
+        # What steady-state reports say: a failed update keeps saying so (old spec serving).
+        self._standing: ProvisioningState = "Succeeded"
+        self._error: str | None = None
 
     @workflow.signal
     def update(self, target: DeploymentTarget) -> None:
@@ -49,75 +77,240 @@ class DeploymentWorkflow:
     @workflow.run
     async def run(self, input: DeploymentWorkflowInput) -> None:
         if not input.provisioned:
-            await self._provision(self._target, previous=None)
-        while True:
-            await workflow.wait_condition(lambda: self._pending is not None or self._delete)
-            if self._delete:
-                break
-            target, self._pending = self._pending, None
-            assert target is not None
-            if await self._provision(target, previous=self._target):
-                self._target = target
+            await self._create()
+        while not self._delete:
+            if self._pending is not None:
+                target, self._pending = self._pending, None
+                await self._change(target)
+                continue
+            status = await self._watch()
+            if status is not None:
+                await self._keep_healthy(status)
+            await self._autoscale()
             if workflow.info().get_current_history_length() > HISTORY_LIMIT:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if self._pending is None and not self._delete:
-                    workflow.continue_as_new(DeploymentWorkflowInput(target=self._target, provisioned=True))
+                    workflow.continue_as_new(
+                        DeploymentWorkflowInput(
+                            target=self._target,
+                            provisioned=True,
+                            version=self._version,
+                            autoscale_memory=self._memory,
+                        )
+                    )
         await self._report("Deleting")
         await workflow.execute_activity(
             "delete_instances",
             DeleteInstancesInput(endpoint=self._target.endpoint, deployment=self._target.name),
             **options.DEPROVISION,
         )
-        await self._report("Deleted")
+        await self._report("Deleted", instances=[])
 
-    async def _provision(self, target: DeploymentTarget, previous: DeploymentTarget | None) -> bool:
-        """Bring instances to `target`; on failure, put back what was there (or nothing)."""
-        await self._report("Creating" if previous is None else "Updating")
+    # ---- provisioning and changes ---------------------------------------------------------
+    async def _create(self) -> None:
+        await self._report("Creating")
         try:
-            result = await self._ensure(target)
-        except ActivityError as err:
-            reason = failure_reason(err)
-            workflow.logger.warning("deployment provisioning failed: %s", reason)
-            restored: EnsureInstancesResult | None = None
-            if previous is None:
-                await workflow.execute_activity(
-                    "delete_instances",
-                    DeleteInstancesInput(endpoint=target.endpoint, deployment=target.name),
-                    **options.DEPROVISION,
-                )
-            else:
-                try:
-                    restored = await self._ensure(previous)
-                except ActivityError as again:
-                    reason = f"{reason}\nrestoring the previous spec failed too: "
-                    reason += failure_reason(again)
-            await self._report("Failed", instances=restored.instances if restored else [], error=reason)
-            return False
-        await self._report("Succeeded", instances=result.instances, warnings=result.warnings)
-        return True
+            await self._converge(self._target, surge=0, state="Creating")
+        except ProvisionFailed as failed:
+            # Compensate: nothing half-made stays behind.
+            await workflow.execute_activity(
+                "delete_instances",
+                DeleteInstancesInput(endpoint=self._target.endpoint, deployment=self._target.name),
+                **options.DEPROVISION,
+            )
+            self._standing, self._error = "Failed", str(failed)
+            await self._report("Failed", instances=[], error=str(failed))
 
-    async def _ensure(self, target: DeploymentTarget) -> EnsureInstancesResult:
-        return await workflow.execute_activity(
-            "ensure_instances",
-            EnsureInstancesInput(runtime=target.runtime, instance_count=target.instance_count),
-            result_type=EnsureInstancesResult,
-            **options.PROVISION,
+    async def _change(self, target: DeploymentTarget) -> None:
+        """Roll to `target` one instance at a time; if a new one fails, roll back the same way."""
+        previous = self._target
+        await self._report("Updating")
+        try:
+            await self._converge(target, surge=ROLLING_SURGE, state="Updating")
+            self._standing, self._error = "Succeeded", None
+        except ProvisionFailed as failed:
+            reason = f"update failed, rolled back: {failed}"
+            try:
+                await self._converge(previous, surge=ROLLING_SURGE, state="Updating")
+            except ProvisionFailed as again:
+                reason += f"\nrolling back failed too: {again}"
+            self._standing, self._error = "Failed", reason
+            await self._report("Failed", error=reason)
+
+    async def _converge(self, target: DeploymentTarget, *, surge: int, state: ProvisioningState) -> None:
+        """Ask for `target`, then follow the instances (routing the ready ones) until it holds."""
+        status = await self._request(target, target.instance_count, surge)
+        while True:
+            seen = assess(status, target.runtime.spec_hash, target.instance_count)
+            if seen.environment_error:
+                raise ProvisionFailed(f"environment build failed: {seen.environment_error}")
+            new_failures = [i for i in seen.failed if i.spec_hash == target.runtime.spec_hash]
+            if new_failures:
+                raise ProvisionFailed(failure_text(new_failures[0]))
+            if seen.converged:
+                self._target = target
+                await self._report("Succeeded", seen=seen, warnings=status.warnings)
+                return
+            if state == "Updating":
+                await self._report("Updating", seen=seen)
+            status = await self._watch_blocking()
+
+    async def _request(self, target: DeploymentTarget, count: int, surge: int) -> DeploymentInstances:
+        try:
+            status = await workflow.execute_activity(
+                "request_instances",
+                RequestInstancesInput(runtime=target.runtime, instance_count=count, max_surge=surge),
+                result_type=DeploymentInstances,
+                **options.REQUEST,
+            )
+        except ActivityError as err:
+            raise ProvisionFailed(failure_reason(err)) from None
+        self._version = max(self._version, status.version)
+        return status
+
+    # ---- the control loop -----------------------------------------------------------------
+    async def _watch_blocking(self) -> DeploymentInstances:
+        status = await workflow.execute_activity(
+            "watch_instances",
+            WatchInstancesInput(
+                endpoint=self._target.endpoint,
+                deployment=self._target.name,
+                since_version=self._version,
+                timeout_seconds=WATCH_SECONDS,
+            ),
+            result_type=DeploymentInstances,
+            **options.WATCH,
+        )
+        self._version = max(self._version, status.version)
+        return status
+
+    async def _watch(self) -> DeploymentInstances | None:
+        """One long poll, cut short by a signal (update/delete) or the next timed job."""
+        wake = min(self._next_scale_check, self._next_replacement)
+        wait = max(1.0, min(WATCH_SECONDS, (wake - workflow.now()).total_seconds()))
+        handle = workflow.start_activity(
+            "watch_instances",
+            WatchInstancesInput(
+                endpoint=self._target.endpoint,
+                deployment=self._target.name,
+                since_version=self._version,
+                timeout_seconds=wait,
+            ),
+            result_type=DeploymentInstances,
+            **options.WATCH,
+        )
+        await workflow.wait_condition(lambda: handle.done() or self._delete or self._pending is not None)
+        if not handle.done():
+            handle.cancel()
+            return None
+        try:
+            status = handle.result()
+        except ActivityError as err:
+            workflow.logger.warning("watching instances failed: %s", failure_reason(err))
+            return None
+        self._version = max(self._version, status.version)
+        return status
+
+    async def _keep_healthy(self, status: DeploymentInstances) -> None:
+        """Out of the table first (the report), then a replacement, backing off in a crash loop."""
+        target = self._target
+        seen = assess(status, target.runtime.spec_hash, target.instance_count)
+        missing = target.instance_count - len([i for i in status.instances if i.state != "failed"])
+        health: Health = "Healthy"
+        reason = None
+        if seen.failed or missing > 0:
+            restarts = max([i.restarts for i in seen.failed] + [seen.restarts])
+            if restarts >= 2:
+                health, reason = (
+                    "Degraded",
+                    f"crash loop ({restarts} replacements): "
+                    + (failure_text(seen.failed[0]) if seen.failed else "instances missing"),
+                )
+            if workflow.now() >= self._next_replacement:
+                for instance in seen.failed:
+                    workflow.logger.info("instance.replaced %s (restarts %d)", instance.id, instance.restarts)
+                delay = replacement_delay(restarts + 1)
+                self._next_replacement = workflow.now() + timedelta(seconds=delay)
+                await self._steady_report(seen, health, reason)
+                try:
+                    await self._request(target, target.instance_count, 0)
+                except ProvisionFailed as failed:
+                    workflow.logger.warning("replacement refused: %s", failed)
+                return
+        await self._steady_report(seen, health, reason)
+
+    async def _steady_report(self, seen: Assessment, health: Health, reason: str | None) -> None:
+        await self._report(
+            self._standing, seen=seen, error=self._error, health=health, health_reason=reason
         )
 
+    async def _autoscale(self) -> None:
+        settings = self._target.autoscale
+        if settings is None or workflow.now() < self._next_scale_check:
+            return
+        self._next_scale_check = workflow.now() + timedelta(seconds=max(settings.polling_interval, 1.0))
+        try:
+            stats = await workflow.execute_activity(
+                "query_window",
+                QueryWindowInput(
+                    endpoint=self._target.endpoint,
+                    deployment=self._target.name,
+                    window_seconds=max(10.0, settings.polling_interval),
+                ),
+                result_type=WindowStats,
+                **options.MONITOR,
+            )
+        except ActivityError as err:
+            workflow.logger.warning("autoscale: no metrics: %s", failure_reason(err))
+            return
+        values = list(stats.utilisation.values())
+        utilisation = sum(values) / len(values) if values else None
+        decision = desired_instances(
+            settings,
+            current=self._target.instance_count,
+            utilisation=utilisation,
+            memory=self._memory,
+            now=workflow.now(),
+        )
+        self._memory = decision.memory
+        if decision.instances != self._target.instance_count:
+            workflow.logger.info("autoscale %s", decision.reason)
+            scaled = self._target.model_copy(update={"instance_count": decision.instances})
+            scaled.spec = {**scaled.spec, "instance_count": decision.instances}
+            await self._converge(scaled, surge=0, state="Updating")
+
+    # ---- reporting to the endpoint ----------------------------------------------------------
     async def _report(
         self,
         state: ProvisioningState,
         *,
-        instances: list | None = None,
+        seen: Assessment | None = None,
+        instances: list[InstanceRoute] | None = None,
         error: str | None = None,
         warnings: list[str] | None = None,
+        health: Health = "Healthy",
+        health_reason: str | None = None,
     ) -> None:
+        """Tell the endpoint, only when something it routes or shows has changed."""
+        if seen is not None:
+            instances = seen.serving
+        key = (
+            state,
+            tuple(i.id for i in instances) if instances is not None else ("-",),
+            f"{health}{health_reason}{error}{seen.details if seen else ''}",
+        )
+        if key == self._reported:
+            return
+        self._reported = key
         report = DeploymentReport(
             name=self._target.name,
             provisioning_state=state,
             instances=instances,
             error=error,
             warnings=warnings or [],
+            health=health,
+            health_reason=health_reason,
+            details=seen.details if seen else None,
         )
         handle = workflow.get_external_workflow_handle(endpoint_id(self._target.endpoint))
         await handle.signal("deployment_reported", report)

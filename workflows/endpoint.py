@@ -316,6 +316,9 @@ class EndpointWorkflow:
                 record.instances = list(report.instances)
             record.error = report.error
             record.warnings = list(report.warnings)
+            record.health, record.health_reason = report.health, report.health_reason
+            if report.details is not None:
+                record.details = list(report.details)
         self._dirty = True
 
     # ---- the loop ------------------------------------------------------------------------

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from config.routes import InstanceRoute
+from decisions.autoscale import AutoscaleMemory
+from decisions.instances import InstanceDetail
 from decisions.rollout import Plan, RolloutState
-from decisions.state import DeploymentTarget, EndpointState, KeyType, ProvisioningState
+from decisions.state import DeploymentTarget, EndpointState, Health, KeyType, ProvisioningState
 
 
 class EndpointWorkflowInput(BaseModel):
@@ -46,6 +48,8 @@ class RegenerateKeysInput(BaseModel):
 class DeploymentWorkflowInput(BaseModel):
     target: DeploymentTarget
     provisioned: bool = Field(default=False, description="true after continue-as-new")
+    version: int = Field(default=0, description="the provider's instance version last seen")
+    autoscale_memory: AutoscaleMemory = Field(default_factory=AutoscaleMemory)
 
 
 class DeploymentReport(BaseModel):
@@ -58,6 +62,9 @@ class DeploymentReport(BaseModel):
     )
     error: str | None = None
     warnings: list[str] = Field(default_factory=list)
+    health: Health = "Healthy"
+    health_reason: str | None = None
+    details: list[InstanceDetail] | None = None
 
 
 class StartRolloutInput(BaseModel):

@@ -14,12 +14,6 @@ KEYS = {
     "start_to_close_timeout": timedelta(seconds=15),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=3), maximum_attempts=10),
 }
-# Environment builds can take minutes; the activity heartbeats while it polls the host.
-PROVISION = {
-    "start_to_close_timeout": timedelta(minutes=30),
-    "heartbeat_timeout": timedelta(seconds=60),
-    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20),
-}
 DEPROVISION = {
     "start_to_close_timeout": timedelta(minutes=2),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=20),
@@ -32,4 +26,14 @@ MONITOR = {
 TRAFFIC = {
     "start_to_close_timeout": timedelta(seconds=60),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=5), maximum_attempts=10),
+}
+REQUEST = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=5), maximum_attempts=20),
+}
+# A long poll: heartbeats between chunks, so a cancel (a signal arrived) lands within seconds.
+WATCH = {
+    "start_to_close_timeout": timedelta(seconds=90),
+    "heartbeat_timeout": timedelta(seconds=15),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=5)),
 }

@@ -24,9 +24,11 @@ def record(name: str, state: str, instances: int = 1) -> DeploymentRecord:
 
 @pytest.mark.parametrize(
     ("state", "routable"),
-    [("Succeeded", True), ("Updating", True), ("Creating", False), ("Failed", False), ("Deleting", False)],
+    [("Succeeded", True), ("Updating", True), ("Failed", True), ("Creating", False), ("Deleting", False)],
 )
-def test_a_deployment_is_routable_only_while_provisioned(state: str, routable: bool) -> None:
+def test_a_deployment_with_instances_is_routable_unless_creating_or_deleting(
+    state: str, routable: bool
+) -> None:
     endpoint = EndpointState(name="ep", deployments={"blue": record("blue", state)}, traffic={"blue": 100})
     route = build_endpoint_route(endpoint, generation=5)
     assert ("blue" in route.deployments) is routable

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.messages import (
     ApplyRouteInput,
     DeleteInstancesInput,
     DeleteKeysInput,
-    EnsureInstancesInput,
-    EnsureInstancesResult,
     EnsureKeysInput,
     EnsureKeysResult,
     RemoveRouteInput,
+    RequestInstancesInput,
+    WatchInstancesInput,
 )
-from config.routes import EndpointRoute, InstanceRoute
+from config.host_api import DeploymentInstances, InstanceStatus
+from config.routes import EndpointRoute
 
 
 @dataclass
@@ -27,8 +28,9 @@ class Recorder:
     fail_provision: str | None = None
     calls: list[str] = field(default_factory=list)
     routes: list[EndpointRoute] = field(default_factory=list)
-    ensured: list[EnsureInstancesInput] = field(default_factory=list)
+    ensured: list[RequestInstancesInput] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    hosts: dict[str, DeploymentInstances] = field(default_factory=dict)
 
     def activities(self) -> list:
         @activity.defn(name="apply_route")
@@ -51,19 +53,40 @@ class Recorder:
         async def delete_keys(request: DeleteKeysInput) -> None:
             self.calls.append("delete_keys")
 
-        @activity.defn(name="ensure_instances")
-        async def ensure_instances(request: EnsureInstancesInput) -> EnsureInstancesResult:
-            self.calls.append("ensure_instances")
+        @activity.defn(name="request_instances")
+        async def request_instances(request: RequestInstancesInput) -> DeploymentInstances:
+            """A host in memory: instances are ready at once, or failed like a broken init()."""
+            self.calls.append("request_instances")
             self.ensured.append(request)
-            if self.fail_provision:
-                raise ApplicationError(self.fail_provision, type="InstanceFailed", non_retryable=True)
             runtime = request.runtime
-            return EnsureInstancesResult(
+            previous = self.hosts.get(runtime.deployment)
+            state = "failed" if self.fail_provision else "ready"
+            status = DeploymentInstances(
+                endpoint=runtime.endpoint,
+                deployment=runtime.deployment,
+                environment_state="ready",
+                version=(previous.version if previous else 0) + 1,
                 instances=[
-                    InstanceRoute(id=f"{runtime.deployment}-{i}", url=f"http://127.0.0.1:{40000 + i}")
+                    InstanceStatus(
+                        id=f"{runtime.deployment}-{i}",
+                        port=40000 + i,
+                        url=f"http://127.0.0.1:{40000 + i}",
+                        state=state,  # type: ignore[arg-type]
+                        spec_hash=runtime.spec_hash,
+                        error=self.fail_provision,
+                    )
                     for i in range(request.instance_count)
-                ]
+                ],
             )
+            self.hosts[runtime.deployment] = status
+            return status
+
+        @activity.defn(name="watch_instances")
+        async def watch_instances(request: WatchInstancesInput) -> DeploymentInstances:
+            status = self.hosts[request.deployment]
+            if status.version <= request.since_version:
+                await asyncio.sleep(min(request.timeout_seconds, 0.2))
+            return status
 
         @activity.defn(name="delete_instances")
         async def delete_instances(request: DeleteInstancesInput) -> None:
@@ -75,6 +98,7 @@ class Recorder:
             remove_route,
             ensure_keys,
             delete_keys,
-            ensure_instances,
+            request_instances,
+            watch_instances,
             delete_instances,
         ]

@@ -1,0 +1,54 @@
+"""What a deployment's instances amount to: who may serve, is it converged, what failed. Pure."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from config.host_api import DeploymentInstances, InstanceStatus
+from config.routes import InstanceRoute
+
+
+class InstanceDetail(BaseModel):
+    """One instance as `online-deployment show` lists it."""
+
+    id: str
+    state: str
+    restarts: int = 0
+    url: str
+
+
+class Assessment(BaseModel):
+    serving: list[InstanceRoute] = Field(description="ready instances: the route table's")
+    converged: bool = Field(description="exactly `count` ready instances of the spec, nothing else")
+    failed: list[InstanceStatus] = Field(default_factory=list)
+    environment_error: str | None = None
+    restarts: int = 0
+    details: list[InstanceDetail] = Field(default_factory=list)
+
+
+def assess(status: DeploymentInstances, spec_hash: str, count: int) -> Assessment:
+    ready = [i for i in status.instances if i.state == "ready"]
+    current_ready = [i for i in ready if i.spec_hash == spec_hash]
+    failed = [i for i in status.instances if i.state == "failed"]
+    converged = (
+        status.environment_state == "ready"
+        and len(current_ready) == count
+        and len(status.instances) == count
+    )
+    return Assessment(
+        serving=[InstanceRoute(id=i.id, url=i.url) for i in sorted(ready, key=lambda i: i.id)],
+        converged=converged,
+        failed=failed,
+        environment_error=status.environment_error if status.environment_state == "failed" else None,
+        restarts=max((i.restarts for i in status.instances), default=0),
+        details=[
+            InstanceDetail(id=i.id, state=i.state, restarts=i.restarts, url=i.url)
+            for i in sorted(status.instances, key=lambda i: i.id)
+        ],
+    )
+
+
+def failure_text(instance: InstanceStatus) -> str:
+    """The reason a user reads: which instance, how it ended, the tail of its log."""
+    how = f"exited with code {instance.exit_code}" if instance.exit_code is not None else "failed"
+    return f"instance {instance.id} {how}:\n{instance.error or '(no log)'}".rstrip()
