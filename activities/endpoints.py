@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from activities.messages import RetireDeploymentInput
+from activities.messages import PatchDeploymentInput, PatchDeploymentResult, RetireDeploymentInput
+from decisions.instances import patched
 from decisions.state import EndpointState
 from workflows.ids import endpoint_id
 from workflows.messages import (
@@ -36,6 +39,39 @@ class EndpointActivities:
         """Returns once every gateway serves the new split (the update waits for the push)."""
         endpoint = request.rollout_id.split("/")[1]
         await self._update(endpoint, "set_rollout_traffic", request, EndpointState)
+
+    @activity.defn(name="patch_deployment")
+    async def patch_deployment(self, request: PatchDeploymentInput) -> PatchDeploymentResult:
+        """Roll one deployment onto a refreshed environment and wait until it has settled."""
+        handle = self._client.get_workflow_handle(endpoint_id(request.endpoint))
+        state = await handle.query("describe", result_type=EndpointState)
+        record = state.deployments.get(request.deployment)
+        if record is None or record.provisioning_state != "Succeeded":
+            shown = record.provisioning_state if record else "gone"
+            return PatchDeploymentResult(
+                endpoint=request.endpoint, deployment=request.deployment, outcome="Skipped", detail=shown
+            )
+        target = record.target.model_copy(update={"runtime": patched(record.target.runtime)})
+        await self._update(request.endpoint, "update_deployment", UpdateDeploymentInput(target=target))
+        while True:
+            await asyncio.sleep(1.0)
+            activity.heartbeat()
+            state = await handle.query("describe", result_type=EndpointState)
+            record = state.deployments.get(request.deployment)
+            if record is None:
+                return PatchDeploymentResult(
+                    endpoint=request.endpoint,
+                    deployment=request.deployment,
+                    outcome="Skipped",
+                    detail="deleted",
+                )
+            if record.provisioning_state in ("Succeeded", "Failed"):
+                return PatchDeploymentResult(
+                    endpoint=request.endpoint,
+                    deployment=request.deployment,
+                    outcome=record.provisioning_state,
+                    detail=record.error or f"environment patch level {target.runtime.environment.patch}",
+                )
 
     @activity.defn(name="retire_deployment")
     async def retire_deployment(self, request: RetireDeploymentInput) -> None:

@@ -65,3 +65,15 @@ class QueryWindowInput(BaseModel):
     endpoint: str
     deployment: str
     window_seconds: float
+
+
+class PatchDeploymentInput(BaseModel):
+    endpoint: str
+    deployment: str
+
+
+class PatchDeploymentResult(BaseModel):
+    endpoint: str
+    deployment: str
+    outcome: str = Field(description="Succeeded | Failed | Skipped")
+    detail: str = ""

@@ -98,9 +98,7 @@ class ModelRegistry:
         """`azureml:name:version` or `azureml:name@latest` → the registered copy."""
         match = _REGISTERED.match(reference)
         if match is None:
-            raise BadRequest(
-                f"model: '{reference}' is neither a path nor azureml:<name>:<version>"
-            )
+            raise BadRequest(f"model: '{reference}' is neither a path nor azureml:<name>:<version>")
         name, version = match["name"], match["version"]
         if version is None:
             versions = self.list(name)

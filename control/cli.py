@@ -177,14 +177,36 @@ def gateway() -> None:
     run(load_settings())
 
 
-@main.command()
-def host() -> None:
-    """Run the local compute host alone (instances as azmlinfsrv processes)."""
+@main.group(invoke_without_command=True)
+@click.pass_context
+def host(ctx: click.Context) -> None:
+    """Run the local compute host alone (instances as azmlinfsrv processes); `host patch`."""
+    if ctx.invoked_subcommand is not None:
+        return
     from config.logging import configure_logging
     from host.server import run
 
     configure_logging()
     run(load_settings())
+
+
+@host.command("patch")
+@click.option(
+    "-e", "--endpoint-name", "--endpoint", "endpoint", default=None, help="Default: every endpoint."
+)
+@click.option("-d", "--deployment", default=None, help="Default: every deployment.")
+@click.option("--no-wait", is_flag=True)
+@azure_options
+@run_async
+async def host_patch(endpoint, deployment, no_wait, resource_group, workspace_name, output, query):
+    """Replace every instance with one on a refreshed environment, rolling, as a workflow."""
+    tg = await facade()
+    with err_console.status("patching (a HostPatchWorkflow; watch it in the Temporal UI)..."):
+        result = await tg.host_patch(endpoint, deployment, wait=not no_wait)
+    emit(result, output, query)
+    failed = [r for r in result.get("results", []) if r["outcome"] == "Failed"]
+    if failed:
+        fail(f"{failed[0]['endpoint']}/{failed[0]['deployment']}: {failed[0]['detail']}")
 
 
 # ---- online-endpoint -----------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -31,10 +32,12 @@ from workflows.messages import (
     CreateDeploymentInput,
     DeleteDeploymentInput,
     EndpointWorkflowInput,
+    HostPatchInput,
     RegenerateKeysInput,
     UpdateDeploymentInput,
     UpdateEndpointInput,
 )
+from workflows.patch import HostPatchWorkflow
 
 POLL_SECONDS = 0.25
 _DONE = ("Succeeded", "Failed")
@@ -52,8 +55,7 @@ class Tidegate:
             client = await connect(settings)
         except RuntimeError as err:
             raise TidegateError(
-                f"cannot reach Temporal at {settings.temporal_target}: is `tidegate up` running? "
-                f"({err})"
+                f"cannot reach Temporal at {settings.temporal_target}: is `tidegate up` running? ({err})"
             ) from None
         return cls(settings, client)
 
@@ -74,9 +76,7 @@ class Tidegate:
         try:
             await self.client.start_workflow(
                 EndpointWorkflow.run,
-                EndpointWorkflowInput(
-                    state=state, repush_seconds=self.settings.route_repush_seconds
-                ),
+                EndpointWorkflowInput(state=state, repush_seconds=self.settings.route_repush_seconds),
                 id=endpoint_id(spec.name),
                 task_queue=self.settings.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -105,8 +105,7 @@ class Tidegate:
     async def list_endpoints(self) -> list[dict[str, Any]]:
         query = 'WorkflowType = "EndpointWorkflow" AND ExecutionStatus = "Running"'
         names = [
-            execution.id.removeprefix("endpoint/")
-            async for execution in self.client.list_workflows(query)
+            execution.id.removeprefix("endpoint/") async for execution in self.client.list_workflows(query)
         ]
         views = []
         for name in sorted(set(names)):
@@ -116,9 +115,7 @@ class Tidegate:
                 continue  # deleted between the list and the query
         return views
 
-    async def update_endpoint(
-        self, name: str, change: UpdateEndpointInput
-    ) -> dict[str, Any]:
+    async def update_endpoint(self, name: str, change: UpdateEndpointInput) -> dict[str, Any]:
         await self.describe(name)
         state = await self.execute_update(name, EndpointWorkflow.update_endpoint, change)
         return self.endpoint_view(EndpointState.model_validate(state))
@@ -152,9 +149,7 @@ class Tidegate:
         if deployment:
             headers["azureml-model-deployment"] = deployment
         context = ssl.create_default_context(cafile=str(self.settings.tls_dir / "ca.pem"))
-        url = (
-            f"https://localhost:{self.settings.gateway_https_port}/endpoints/{name}/score"
-        )
+        url = f"https://localhost:{self.settings.gateway_https_port}/endpoints/{name}/score"
         async with aiohttp.ClientSession() as session:
             async with session.post(url, data=body, headers=headers, ssl=context) as response:
                 return (
@@ -244,6 +239,32 @@ class Tidegate:
                 response.raise_for_status()
                 return await response.text()
 
+    # ---- the host ------------------------------------------------------------------------
+    async def host_patch(
+        self, endpoint: str | None = None, deployment: str | None = None, *, wait: bool = True
+    ) -> dict[str, Any]:
+        """Start a HostPatchWorkflow over every (or the named) deployment; its id and results."""
+        names = [endpoint] if endpoint else [e["name"] for e in await self.list_endpoints()]
+        pairs: list[tuple[str, str]] = []
+        for name in names:
+            state = await self.describe(name)
+            for dep in sorted(state.deployments):
+                if deployment is None or dep == deployment:
+                    pairs.append((name, dep))
+        if not pairs:
+            raise NotFound("no deployment to patch")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        handle = await self.client.start_workflow(
+            HostPatchWorkflow.run,
+            HostPatchInput(deployments=pairs),
+            id=f"host-patch/{stamp}",
+            task_queue=self.settings.task_queue,
+        )
+        if not wait:
+            return {"id": handle.id, "deployments": [f"{e}/{d}" for e, d in pairs]}
+        result = await handle.result()
+        return {"id": handle.id, "results": [r.model_dump() for r in result.results]}
+
     # ---- views: what `show` prints, in Azure's shape -------------------------------------
     def endpoint_view(self, state: EndpointState) -> dict[str, Any]:
         name = state.name
@@ -278,9 +299,13 @@ class Tidegate:
                 "type": "managed",
                 "provisioning_state": record.provisioning_state,
                 "instance_count": record.target.instance_count,
-                "instances": [i.model_dump() for i in record.instances],
+                "health": record.health,
+                "instances": [i.model_dump() for i in record.details]
+                or [{"id": i.id, "state": "ready", "restarts": 0, "url": i.url} for i in record.instances],
             }
         )
+        if record.health_reason:
+            view["health_reason"] = record.health_reason
         if record.error:
             view["error"] = record.error
         if record.warnings:

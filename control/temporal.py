@@ -14,9 +14,7 @@ async def connect(settings: Settings) -> Client:
         tls = TLSConfig(
             client_cert=settings.temporal_tls_cert.read_bytes(),
             client_private_key=settings.temporal_tls_key.read_bytes(),
-            server_root_ca_cert=(
-                settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None
-            ),
+            server_root_ca_cert=(settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None),
         )
     return await Client.connect(
         settings.temporal_target,

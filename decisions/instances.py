@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import BaseModel, Field
 
-from config.host_api import DeploymentInstances, InstanceStatus
+from config.host_api import DeploymentInstances, DeploymentRuntime, InstanceStatus
 from config.routes import InstanceRoute
 
 
@@ -52,3 +54,11 @@ def failure_text(instance: InstanceStatus) -> str:
     """The reason a user reads: which instance, how it ended, the tail of its log."""
     how = f"exited with code {instance.exit_code}" if instance.exit_code is not None else "failed"
     return f"instance {instance.id} {how}:\n{instance.error or '(no log)'}".rstrip()
+
+
+def patched(runtime: DeploymentRuntime) -> DeploymentRuntime:
+    """The same deployment on a refreshed environment: next patch level, a new spec hash."""
+    level = runtime.environment.patch + 1
+    environment = runtime.environment.model_copy(update={"patch": level})
+    digest = hashlib.sha256(f"{runtime.spec_hash}/patch-{level}".encode()).hexdigest()[:16]
+    return runtime.model_copy(update={"environment": environment, "spec_hash": digest})

@@ -20,11 +20,12 @@ from config.settings import Settings
 from control.temporal import connect
 from workflows.deployment import DeploymentWorkflow
 from workflows.endpoint import EndpointWorkflow
+from workflows.patch import HostPatchWorkflow
 from workflows.rollout import RolloutWorkflow
 
 log = structlog.get_logger()
 
-WORKFLOWS = [EndpointWorkflow, DeploymentWorkflow, RolloutWorkflow]
+WORKFLOWS = [EndpointWorkflow, DeploymentWorkflow, RolloutWorkflow, HostPatchWorkflow]
 
 
 def build_worker(client: Client, settings: Settings) -> Worker:
@@ -47,6 +48,7 @@ def build_worker(client: Client, settings: Settings) -> Worker:
             monitor.query_window,
             endpoints.set_rollout_traffic,
             endpoints.retire_deployment,
+            endpoints.patch_deployment,
         ],
     )
 

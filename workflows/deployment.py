@@ -240,9 +240,7 @@ class DeploymentWorkflow:
         await self._steady_report(seen, health, reason)
 
     async def _steady_report(self, seen: Assessment, health: Health, reason: str | None) -> None:
-        await self._report(
-            self._standing, seen=seen, error=self._error, health=health, health_reason=reason
-        )
+        await self._report(self._standing, seen=seen, error=self._error, health=health, health_reason=reason)
 
     async def _autoscale(self) -> None:
         settings = self._target.autoscale

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from activities.messages import PatchDeploymentResult
 from config.routes import InstanceRoute
 from decisions.autoscale import AutoscaleMemory
 from decisions.instances import InstanceDetail
@@ -95,3 +96,11 @@ class RolloutWorkflowInput(BaseModel):
     pool: int = 100
     state: RolloutState | None = None
     search_attributes: bool = True
+
+
+class HostPatchInput(BaseModel):
+    deployments: list[tuple[str, str]] = Field(description="(endpoint, deployment) pairs, in order")
+
+
+class HostPatchResult(BaseModel):
+    results: list[PatchDeploymentResult]

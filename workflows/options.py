@@ -37,3 +37,9 @@ WATCH = {
     "heartbeat_timeout": timedelta(seconds=15),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=5)),
 }
+# A patch waits for a rolling replacement of every instance of one deployment.
+PATCH = {
+    "start_to_close_timeout": timedelta(minutes=30),
+    "heartbeat_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=3),
+}
