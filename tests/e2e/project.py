@@ -40,6 +40,24 @@ SCORE_FAULTY = SCORE.replace(
     '    data = json.loads(raw_data)["data"]',
 )
 
+# A model that, once a flag file appears, kills its own process a moment after it starts: a
+# crash loop for the control loop to back off from.
+SCORE_CRASHES = SCORE.replace(
+    "def init():\n    global model",
+    "import threading, time\n"
+    'FLAG = os.environ.get("TIDEGATE_CRASH_FILE", "")\n\n'
+    "def _die_when_flagged():\n"
+    "    while True:\n"
+    "        if FLAG and os.path.exists(FLAG):\n"
+    "            time.sleep(0.5)\n"
+    "            os.kill(os.getppid(), 9)  # the server itself, not just this worker\n"
+    "            os._exit(7)\n"
+    "        time.sleep(0.2)\n\n"
+    "def init():\n"
+    "    threading.Thread(target=_die_when_flagged, daemon=True).start()\n"
+    "    global model",
+)
+
 SCORE_INIT_RAISES = SCORE.replace(
     "global model", 'raise RuntimeError("init() exploded on purpose: tidegate-init-marker")'
 )
@@ -103,6 +121,7 @@ def write_project(root: Path) -> dict[str, list[float]]:
         ("code-run-raises", SCORE_RUN_RAISES),
         ("code-init-raises", SCORE_INIT_RAISES),
         ("code-faulty", SCORE_FAULTY),
+        ("code-crashes", SCORE_CRASHES),
     ):
         (root / folder).mkdir()
         (root / folder / "score.py").write_text(script)
@@ -118,5 +137,7 @@ def write_project(root: Path) -> dict[str, list[float]]:
     (root / "init-raises.yml").write_text(deployment_yaml("noinit", "model-1", "code-init-raises"))
     fault = {"TIDEGATE_FAULT_FILE": str(root / "fault")}
     (root / "faulty.yml").write_text(deployment_yaml("green", "model-2", "code-faulty", env=fault))
+    crash = {"TIDEGATE_CRASH_FILE": str(root / "crash")}
+    (root / "crashes.yml").write_text(deployment_yaml("blue", "model-1", "code-crashes", env=crash))
     (root / "request.json").write_text('{"data": ' + str(REQUEST) + "}")
     return answers

@@ -1,0 +1,155 @@
+"""Node recovery, crash loops, rolling updates and runtime patches on a real stack under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from tests.e2e.project import REQUEST
+from tests.support.load import SteadyLoad
+from tests.support.stack import LocalStack
+
+BODY = json.dumps({"data": REQUEST}).encode()
+
+
+def host_instances(stack: LocalStack, endpoint: str, deployment: str) -> list[dict]:
+    async def fetch() -> list[dict]:
+        url = f"http://127.0.0.1:{stack.port('host')}/deployments/{endpoint}/{deployment}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as response:
+                return (await response.json())["instances"]
+
+    return asyncio.run(fetch())
+
+
+def served(stack: LocalStack, root: Path, name: str, file: str = "blue.yml", count: int = 2) -> str:
+    stack.ok("online-endpoint", "create", "--name", name, "-f", "endpoint.yml", cwd=root)
+    stack.ok(
+        "online-deployment",
+        "create",
+        "-n",
+        "blue",
+        "-e",
+        name,
+        "-f",
+        file,
+        "--all-traffic",
+        "--set",
+        f"instance_count={count}",
+        cwd=root,
+    )
+    return stack.key(name)
+
+
+def until(predicate, what: str, polls: int = 600) -> None:  # noqa: ANN001
+    """Poll a condition a bounded number of times (each poll runs the CLI or an HTTP call)."""
+    for _ in range(polls):
+        if predicate():
+            return
+    raise AssertionError(f"never: {what}")
+
+
+def test_a_killed_instance_is_replaced_and_clients_see_no_error(
+    stack: LocalStack, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    key = served(stack, root, "heal-ep")
+    victim = host_instances(stack, "heal-ep", "blue")[0]
+    with SteadyLoad(f"{stack.http_base}/endpoints/heal-ep/score", key, BODY) as load:
+        os.kill(victim["pid"], signal.SIGKILL)
+        until(
+            lambda: any(
+                i["restarts"] == 1 and i["state"] == "ready" for i in host_instances(stack, "heal-ep", "blue")
+            ),
+            "a ready replacement",
+        )
+    shown = stack.json("online-deployment", "show", "-n", "blue", "-e", "heal-ep")
+    assert shown["provisioning_state"] == "Succeeded"
+    assert sorted(i["restarts"] for i in shown["instances"]) == [0, 1]
+    assert load.failures_from("blue") == 0 and load.seen[("-", 0)] == 0
+    assert load.answered_by("blue") > 0
+
+
+def test_with_one_instance_only_requests_in_flight_at_the_kill_fail(
+    stack: LocalStack, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    key = served(stack, root, "solo-ep", count=1)
+    (victim,) = host_instances(stack, "solo-ep", "blue")
+    with SteadyLoad(f"{stack.http_base}/endpoints/solo-ep/score", key, BODY, concurrency=2) as load:
+        os.kill(victim["pid"], signal.SIGKILL)
+        until(
+            lambda: any(
+                i["restarts"] == 1 and i["state"] == "ready" for i in host_instances(stack, "solo-ep", "blue")
+            ),
+            "a ready replacement",
+        )
+        before = sum(load.seen.values())
+        until(lambda: sum(load.seen.values()) > before + 20, "traffic after the replacement")
+    failed = sum(n for (_, status), n in load.seen.items() if status != 200)
+    print(f"requests failed around the kill with one instance: {failed} of {sum(load.seen.values())}")
+    statuses = {status for (_, status), n in load.seen.items() if status != 200}
+    assert statuses <= {502, 503}, load.seen  # no instance to answer, never a hang or a 500
+
+
+def test_a_crash_loop_backs_off_and_reports_degraded_with_the_reason(
+    stack: LocalStack, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    served(stack, root, "loop-ep", file="crashes.yml", count=1)
+    (root / "crash").write_text("now")
+    try:
+        until(
+            lambda: (
+                stack.json("online-deployment", "show", "-n", "blue", "-e", "loop-ep", "--query", "health")
+                == "Degraded"
+            ),
+            "Degraded",
+        )
+        shown = stack.json("online-deployment", "show", "-n", "blue", "-e", "loop-ep")
+        assert "crash loop" in shown["health_reason"] and "exited with code" in shown["health_reason"]
+        assert shown["provisioning_state"] == "Succeeded"
+        assert max(i["restarts"] for i in shown["instances"]) >= 2
+    finally:
+        (root / "crash").unlink()
+
+
+def test_a_rolling_update_changes_every_instance_with_no_client_error(
+    stack: LocalStack, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    key = served(stack, root, "roll-upd")
+    before = {i["id"] for i in host_instances(stack, "roll-upd", "blue")}
+    with SteadyLoad(f"{stack.http_base}/endpoints/roll-upd/score", key, BODY) as load:
+        stack.ok(
+            "online-deployment",
+            "update",
+            "-n",
+            "blue",
+            "-e",
+            "roll-upd",
+            "--set",
+            "environment_variables.RELEASE=2",
+        )
+    after = {i["id"] for i in host_instances(stack, "roll-upd", "blue")}
+    assert before.isdisjoint(after) and len(after) == 2
+    assert load.failures_from("blue") == 0 and load.seen[("-", 0)] == 0
+
+
+def test_a_host_patch_replaces_instances_with_no_client_error(
+    stack: LocalStack, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    key = served(stack, root, "patch-ep")
+    before = {i["id"] for i in host_instances(stack, "patch-ep", "blue")}
+    with SteadyLoad(f"{stack.http_base}/endpoints/patch-ep/score", key, BODY) as load:
+        result = stack.json("host", "patch", "--endpoint", "patch-ep")
+    assert [r["outcome"] for r in result["results"]] == ["Succeeded"]
+    assert result["id"].startswith("host-patch/")
+    assert before.isdisjoint({i["id"] for i in host_instances(stack, "patch-ep", "blue")})
+    assert load.failures_from("blue") == 0 and load.seen[("-", 0)] == 0
