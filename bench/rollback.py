@@ -112,12 +112,9 @@ def main() -> None:
     print("| measure | value |")
     print("|---|---|")
     print(f"| fault injected → green at 0 % | {elapsed:.1f} s |")
-    print(
-        f"| check interval / window / failure limit | {args.check_interval} / {args.window} / {args.failure_limit} |"
-    )
-    print(
-        f"| client requests failed in between (all from green) | {failed} (blue: {blue_failed}) of {total} sent |"
-    )
+    settings = f"{args.check_interval} / {args.window} / {args.failure_limit}"
+    print(f"| check interval / window / failure limit | {settings} |")
+    print(f"| client requests failed in between | {failed} (from blue: {blue_failed}) of {total} sent |")
     print("| Argo Rollouts / Flagger default analysis interval | 60 s (Flagger: interval 1m) |")
     print("| SageMaker deployment guardrails | CloudWatch alarms on 1-minute metrics at best |")
 
