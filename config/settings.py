@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     # How often an endpoint re-pushes its route table so a gateway that lost state heals.
     route_repush_seconds: float = 30.0
+    # Autoscale: how long utilisation must stay low before one instance goes (Azure has no field).
+    scale_in_cooldown_seconds: float = 300.0
 
     # Secrets are never in settings dumps.
     admin_token: SecretStr | None = None

@@ -83,6 +83,7 @@ def build_target(spec: DeploymentSpec, settings: Settings) -> DeploymentTarget:
             max_instances=scale.max_instances,
             target_utilization_percentage=scale.target_utilization_percentage,
             polling_interval=scale.polling_interval,
+            scale_in_cooldown=settings.scale_in_cooldown_seconds,
         )
     return DeploymentTarget(
         name=spec.name,
