@@ -5,16 +5,18 @@ from __future__ import annotations
 from config.routes import DeploymentRoute, EndpointRoute
 from decisions.state import EndpointState
 
-# A deployment is routable while it has ready instances: a failed update that was rolled back
+# Provisioned deployments stay in the table even when no instance is ready right now (the
+# gateway answers 503 and the control loop replaces them); a failed update that was rolled back
 # (Failed, old instances serving) still serves; Creating and Deleting never do.
-_ROUTABLE = frozenset({"Succeeded", "Updating", "Failed"})
+_PROVISIONED = frozenset({"Succeeded", "Updating"})
 
 
 def build_endpoint_route(state: EndpointState, generation: int) -> EndpointRoute:
     """The endpoint's slice of the table: live deployments, their instances, the split."""
     deployments: dict[str, DeploymentRoute] = {}
     for name, record in sorted(state.deployments.items()):
-        if record.provisioning_state not in _ROUTABLE or not record.instances:
+        serving = record.provisioning_state == "Failed" and bool(record.instances)
+        if record.provisioning_state not in _PROVISIONED and not serving:
             continue
         settings = record.target.request_settings
         deployments[name] = DeploymentRoute(

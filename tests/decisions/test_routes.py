@@ -35,8 +35,13 @@ def test_a_deployment_with_instances_is_routable_unless_creating_or_deleting(
     assert ("blue" in route.traffic) is routable
 
 
-def test_a_deployment_without_instances_is_not_routed() -> None:
+def test_a_provisioned_deployment_with_no_ready_instance_stays_routed_for_a_503() -> None:
     endpoint = EndpointState(name="ep", deployments={"blue": record("blue", "Succeeded", instances=0)})
+    assert build_endpoint_route(endpoint, generation=1).deployments["blue"].instances == []
+
+
+def test_a_failed_deployment_is_routed_only_while_old_instances_serve() -> None:
+    endpoint = EndpointState(name="ep", deployments={"blue": record("blue", "Failed", instances=0)})
     assert build_endpoint_route(endpoint, generation=1).deployments == {}
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import aiohttp
@@ -41,16 +42,19 @@ def served(stack: LocalStack, root: Path, name: str, file: str = "blue.yml", cou
         "--all-traffic",
         "--set",
         f"instance_count={count}",
+        "--set",
+        "request_settings.max_concurrent_requests_per_instance=4",
         cwd=root,
     )
     return stack.key(name)
 
 
-def until(predicate, what: str, polls: int = 600) -> None:  # noqa: ANN001
-    """Poll a condition a bounded number of times (each poll runs the CLI or an HTTP call)."""
+def until(predicate, what: str, polls: int = 1800) -> None:  # noqa: ANN001
+    """Poll a condition; the bound only keeps a broken build from hanging CI."""
     for _ in range(polls):
         if predicate():
             return
+        time.sleep(0.1)
     raise AssertionError(f"never: {what}")
 
 
@@ -89,12 +93,12 @@ def test_with_one_instance_only_requests_in_flight_at_the_kill_fail(
             ),
             "a ready replacement",
         )
-        before = sum(load.seen.values())
-        until(lambda: sum(load.seen.values()) > before + 20, "traffic after the replacement")
+        served_before = load.seen[("blue", 200)]
+        until(lambda: load.seen[("blue", 200)] > served_before + 20, "answers from the replacement")
     failed = sum(n for (_, status), n in load.seen.items() if status != 200)
     print(f"requests failed around the kill with one instance: {failed} of {sum(load.seen.values())}")
     statuses = {status for (_, status), n in load.seen.items() if status != 200}
-    assert statuses <= {502, 503}, load.seen  # no instance to answer, never a hang or a 500
+    assert statuses <= {429, 502, 503}, load.seen  # no instance to answer: never a hang or a 500
 
 
 def test_a_crash_loop_backs_off_and_reports_degraded_with_the_reason(
