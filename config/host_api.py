@@ -53,6 +53,13 @@ class EnsureInstancesRequest(BaseModel):
         description="0: a new spec replaces every instance at once; N: rolling, at most N "
         "extra instances at a time, an old one stopped only after a new one is ready",
     )
+    drain_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="how long a ready instance that is leaving (rolling update, scale-in) stays "
+        "up in state 'draining' before it is stopped, so its in-flight requests finish",
+    )
 
 
 InstanceState = Literal["starting", "ready", "failed", "stopped", "draining"]

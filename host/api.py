@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ log = structlog.get_logger("host.api")
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor", Supervisor)
 DEFAULT_LOG_LINES = 100
 MAX_LOG_LINES = 100_000
+DEFAULT_WAIT_SECONDS = 30.0
+MAX_WAIT_SECONDS = 60.0
 # Names become path segments of log files: letters, digits, '-' and '_' only.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
@@ -94,8 +97,28 @@ async def _list(request: web.Request) -> web.Response:
 
 
 async def _get(request: web.Request) -> web.Response:
+    """The deployment's instances; with `wait_version=N` a long poll: answered as soon as the
+    version passes N, or after `timeout` seconds (default 30, at most 60) as it is then."""
     endpoint, deployment = _names(request)
-    return _model(request.app[SUPERVISOR].get(endpoint, deployment))
+    supervisor = request.app[SUPERVISOR]
+    raw_version = request.query.get("wait_version")
+    if raw_version is None:
+        return _model(supervisor.get(endpoint, deployment))
+    try:
+        after = int(raw_version)
+    except ValueError:
+        after = -1
+    if after < 0:
+        raise bad_request(f"wait_version must be a non-negative integer, got {raw_version!r}")
+    raw_timeout = request.query.get("timeout")
+    try:
+        timeout = DEFAULT_WAIT_SECONDS if raw_timeout is None else float(raw_timeout)
+    except ValueError:
+        timeout = math.nan
+    if not math.isfinite(timeout) or timeout < 0:
+        raise bad_request(f"timeout must be a number of seconds >= 0, got {raw_timeout!r}")
+    waited = await supervisor.wait(endpoint, deployment, after=after, timeout=min(timeout, MAX_WAIT_SECONDS))
+    return _model(waited)
 
 
 async def _put(request: web.Request) -> web.Response:

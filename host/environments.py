@@ -5,6 +5,11 @@ line (so azmlinfsrv, flask, numpy... are there at once, while anything installed
 into the venv comes first on sys.path). Requirements are installed with the host's
 pip aimed at the venv's interpreter; what the host already has is "already
 satisfied" and costs nothing.
+
+A runtime patch (`RuntimeEnvironment.patch` > 0) is part of the content hash, so it
+gets a virtualenv of its own, built with `pip install --upgrade` of every listed
+requirement and of azureml-inference-server-http: the newest versions the
+requirements allow, installed into the venv over the host's copies.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ log = structlog.get_logger("host.environments")
 
 MARKER = "tidegate-env.json"
 PTH_NAME = "_tidegate_host.pth"
+# What a runtime patch refreshes besides the listed requirements: the scoring server itself.
+INFERENCE_SERVER = "azureml-inference-server-http"
 
 # conda package names whose PyPI distribution is called something else.
 CONDA_TO_PYPI: dict[str, str] = {
@@ -86,8 +93,9 @@ CONDA_ONLY: frozenset[str] = frozenset(
 # whether `--no-control-socket` exists (gunicorn >= 25.1 otherwise shares ~/.gunicorn/gunicorn.ctl
 # between all instances).
 _PROBE = (
-    "import json, azureml_inference_server_http, gunicorn; "
-    "print(json.dumps({'gunicorn': gunicorn.__version__}))"
+    "import json, importlib.metadata as md, azureml_inference_server_http, gunicorn; "
+    "print(json.dumps({'gunicorn': gunicorn.__version__, "
+    "'inference_server': md.version('azureml-inference-server-http')}))"
 )
 
 _CONDA_NAME = re.compile(r"^([A-Za-z0-9_.\-]+)\s*(.*)$")
@@ -105,6 +113,12 @@ class EnvironmentPlan:
     requirements: list[str]
     warnings: list[str]
     error: str | None = None
+    patch: int = 0
+
+    @property
+    def upgrade(self) -> bool:
+        """A patched environment is built with `pip install --upgrade`."""
+        return self.patch > 0
 
 
 @dataclass
@@ -141,6 +155,8 @@ def environment_key(env: RuntimeEnvironment) -> str:
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "base": host_site_packages(),
     }
+    if env.patch > 0:  # patch 0 keeps the keys (and the virtualenvs) made before patches existed
+        material["patch"] = env.patch
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -226,8 +242,22 @@ def plan_environment(env: RuntimeEnvironment) -> EnvironmentPlan:
             warnings.extend(warnings_)
         requirements.extend(_pip_entries(list(env.pip_requirements)))
     except EnvironmentSpecError as exc:
-        return EnvironmentPlan(key=key, requirements=[], warnings=warnings, error=str(exc))
-    return EnvironmentPlan(key=key, requirements=requirements, warnings=warnings)
+        return EnvironmentPlan(key=key, requirements=[], warnings=warnings, error=str(exc), patch=env.patch)
+    if env.patch > 0 and INFERENCE_SERVER not in _requirement_names(requirements):
+        requirements.append(INFERENCE_SERVER)
+    return EnvironmentPlan(key=key, requirements=requirements, warnings=warnings, patch=env.patch)
+
+
+def _requirement_names(args: list[str]) -> set[str]:
+    """Normalised project names among pip arguments (options and their values skipped)."""
+    names = set()
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)", arg)
+        if match and "://" not in arg and "/" not in arg:
+            names.add(re.sub(r"[-_.]+", "-", match.group(1)).lower())
+    return names
 
 
 def _conda_requirements(conda_text: str) -> tuple[list[str], list[str]]:
@@ -428,6 +458,9 @@ class Environments:
                         "install",
                         "--no-input",
                         "--disable-pip-version-check",
+                        # Newest allowed version of each listed package, into the venv (pip
+                        # leaves the host's copy alone: "outside environment").
+                        *(["--upgrade"] if plan.upgrade else []),
                         *plan.requirements,
                     ],
                     log_file=build_log,
@@ -445,11 +478,17 @@ class Environments:
             tmp.write_text(json.dumps({"key": plan.key, **facts}))
             tmp.replace(path / MARKER)
             status.state, status.gunicorn_version = "ready", facts.get("gunicorn")
-            log.info(
-                "environment.ready",
-                env=plan.key,
-                seconds=round(asyncio.get_running_loop().time() - started, 2),
-            )
+            seconds = round(asyncio.get_running_loop().time() - started, 2)
+            log.info("environment.ready", env=plan.key, seconds=seconds)
+            if plan.upgrade:
+                log.info(
+                    "environment.patched",
+                    env=plan.key,
+                    patch=plan.patch,
+                    upgraded=plan.requirements,
+                    inference_server=facts.get("inference_server"),
+                    gunicorn=facts.get("gunicorn"),
+                )
 
     def _link_host_packages(self, path: Path) -> None:
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"

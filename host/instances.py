@@ -59,7 +59,11 @@ class Instance:
     process: ProcessHandle | None = None
     exit_code: int | None = None
     error: str | None = None
-    probe: asyncio.Task[None] | None = None
+    env_key: str | None = None
+    restarts: int = 0
+    replaces: str | None = None
+    drain_until: float | None = None  # wall clock, so it survives a host restart
+    probe: asyncio.Task[None] | None = None  # readiness, then liveness, while it runs
 
     @property
     def url(self) -> str:
@@ -79,6 +83,8 @@ class Instance:
             spec_hash=self.spec_hash,
             exit_code=self.exit_code,
             error=self.error,
+            restarts=self.restarts,
+            replaces=self.replaces,
         )
 
     def record(self) -> InstanceRecord:
@@ -91,6 +97,10 @@ class Instance:
             state=self.state,
             exit_code=self.exit_code,
             error=self.error,
+            env_key=self.env_key,
+            restarts=self.restarts,
+            replaces=self.replaces,
+            drain_until=self.drain_until,
         )
 
     def failure_tail(self) -> str:
@@ -177,3 +187,17 @@ async def wait_ready(
         if time.monotonic() >= deadline:
             return False, f"not ready after {startup_deadline_seconds(probe):.0f} s"
         await asyncio.sleep(READINESS_POLL_SECONDS)
+
+
+async def probe_liveness(instance: Instance, session: aiohttp.ClientSession, probe: ProbeSpec) -> str | None:
+    """One liveness probe, `GET /` within the probe's timeout: None if healthy, else why not."""
+    timeout = aiohttp.ClientTimeout(total=max(0.1, float(probe.timeout)))
+    try:
+        async with session.get(instance.url + LIVENESS_PATH, timeout=timeout) as resp:
+            if resp.status == 200:
+                return None
+            return f"GET {LIVENESS_PATH} answered {resp.status}"
+    except TimeoutError:
+        return f"GET {LIVENESS_PATH} timed out after {probe.timeout} s"
+    except aiohttp.ClientError as exc:
+        return f"GET {LIVENESS_PATH} failed: {str(exc) or type(exc).__name__}"

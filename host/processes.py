@@ -79,12 +79,20 @@ class ProcessHandle:
             return  # never signal a pid that may now belong to someone else
         killpg(self.pid, sig)
 
+    def kill_leftovers(self) -> None:
+        """After the leader died on its own: SIGKILL what it left in its group (a gunicorn
+        worker whose master was killed lingers, port open, until it notices). Call it as soon
+        as the exit is seen; see the note at the end of `stop`."""
+        killpg(self.pid, signal.SIGKILL)
+
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> int | None:
         """SIGTERM the group, SIGKILL it after `grace` seconds; returns the exit code if known."""
         exited, code = self.poll()
         if exited:
             return code
         self.signal_group(signal.SIGTERM)
+        # A stopped (SIGSTOP, hung in a debugger) group would hold the TERM until the KILL.
+        self.signal_group(signal.SIGCONT)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -56,7 +56,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         await (stop or asyncio.Event()).wait()
         log.info("host.stopping")
     finally:
-        # Runs on cancellation too; these awaits are the shutdown itself.
+        # Runs on cancellation too; these awaits are the shutdown itself. Long polls are
+        # answered first: the runner's cleanup waits for every open request.
+        supervisor.release_waiters()
         await runner.cleanup()
         await supervisor.close()
         lock.close()

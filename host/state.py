@@ -30,11 +30,22 @@ class InstanceRecord(BaseModel):
     state: InstanceState = "starting"
     exit_code: int | None = None
     error: str | None = None
+    env_key: str | None = Field(
+        default=None, description="virtualenv it runs in; None in records older than runtime patches"
+    )
+    restarts: int = 0
+    replaces: str | None = None
+    drain_until: float | None = Field(
+        default=None, description="wall-clock time (epoch seconds) a draining instance is stopped at"
+    )
 
 
 class DeploymentRecord(BaseModel):
     runtime: DeploymentRuntime
     instance_count: int
+    max_surge: int = 0
+    drain_seconds: float = 2.0
+    version: int = 0
     instances: list[InstanceRecord] = Field(default_factory=list)
 
 
@@ -47,6 +58,11 @@ class ProcessRecord(BaseModel):
 
 class HostState(BaseModel):
     version: int = STATE_VERSION
+    sequence: int = Field(
+        default=0,
+        description="last deployment version handed out; versions come from this one counter, so "
+        "they only grow, across restarts and a deployment deleted and made again",
+    )
     deployments: list[DeploymentRecord] = Field(default_factory=list)
     stopping: list[ProcessRecord] = Field(default_factory=list)
 

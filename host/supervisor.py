@@ -5,14 +5,31 @@ instances one move closer (never blocking: processes are started at once, stoppe
 in the background, environments built in the background) and is run on every PUT
 and on every supervisor tick (about once a second, sooner when something changed).
 
-Replacement of a new spec_hash is surge-style: instances of the new spec start at
-once and the old ones are stopped when as many new ones are ready as were asked
-for, so a deployment keeps serving while it is replaced; if the new ones fail, the
-old ones keep running and both show in the listing.
+An instance is *current* when it runs the deployment's spec_hash in its environment
+(so a runtime patch, which changes the environment, replaces instances too). A new
+spec replaces the others in one of two ways:
 
-Not done here, on purpose: restarting an instance that failed. A failed instance
-stays failed (with its exit code and the tail of its log) until the next PUT of the
-deployment, which replaces it; deciding to do that is the workflows' job.
+- `max_surge` 0: every new instance starts at once; the old ones leave when as many
+  new ones are ready as were asked for.
+- `max_surge` N: rolling. At most `instance_count + N` instances run (draining ones
+  included); an old ready instance leaves only while the ready ones, without it,
+  still number `instance_count`. A current instance that failed halts the rollout
+  where it is: the old ones keep serving until a PUT replaces the failed one or
+  puts the old spec back (which converges the same way, rolling).
+
+A ready instance that leaves (replaced, scaled in) is first `draining` for
+`drain_seconds`, so the caller can take it out of the route table before it stops.
+
+Ready instances are probed on `GET /` every liveness period; `failure_threshold`
+failures in a row, or the process exiting, mark an instance failed. A failed
+instance is not restarted here: it stays failed (exit code, log tail) until a PUT of
+the deployment, which starts a replacement (`replaces`, `restarts` + 1); the failed
+one stays listed until its replacement is ready or has failed as well. Deciding when
+to replace, and backing off in a crash loop, is the workflows' job.
+
+Every change of a deployment's instance states (or its environment's) gives it a new
+`version` from one host-wide counter, written to disk before anyone can see it, so
+versions only grow across host restarts; `wait` long-polls on it.
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +50,9 @@ from config.host_api import (
     EnsureInstancesRequest,
 )
 from config.settings import Settings
-from host.environments import Environments, EnvironmentStatus
+from host.environments import Environments, EnvironmentStatus, environment_key
 from host.errors import HostError, not_found
-from host.instances import Instance, spawn, wait_ready
+from host.instances import Instance, probe_liveness, spawn, wait_ready
 from host.processes import ProcessHandle, is_alive, port_is_free, tail_lines
 from host.state import (
     DeploymentRecord,
@@ -49,6 +67,13 @@ log = structlog.get_logger("host.supervisor")
 
 TICK_SECONDS = 1.0
 MAX_PORT = 65535
+DEFAULT_DRAIN_SECONDS = 2.0
+# The liveness loop never spins faster than this, whatever the probe spec says.
+MIN_PROBE_PERIOD_SECONDS = 0.5
+# Not serving and never coming back by themselves.
+_DOWN = ("failed", "stopped")
+# Holding a process (or about to): what max_surge counts.
+_RUNNING = ("starting", "ready", "draining")
 # Which instances go first when a deployment shrinks: broken before booting before serving.
 _SHED_ORDER = {"failed": 0, "stopped": 0, "starting": 1, "ready": 2}
 
@@ -57,9 +82,17 @@ _SHED_ORDER = {"failed": 0, "stopped": 0, "starting": 1, "ready": 2}
 class Deployment:
     runtime: DeploymentRuntime
     instance_count: int
+    env_key: str
+    max_surge: int = 0
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    version: int = 0
     instances: list[Instance] = field(default_factory=list)
     environment: EnvironmentStatus | None = None
     stopping: set[asyncio.Task[None]] = field(default_factory=set)
+    # What the version was last bumped for: environment state and (id, state) of each instance.
+    signature: tuple[object, ...] | None = None
+    # Set (and replaced) on every version bump; long polls wait on it.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def endpoint(self) -> str:
@@ -68,6 +101,11 @@ class Deployment:
     @property
     def name(self) -> str:
         return self.runtime.deployment
+
+    def is_current(self, instance: Instance) -> bool:
+        """Runs the desired spec in the desired environment (records from before runtime
+        patches carry no environment key and count as current)."""
+        return instance.spec_hash == self.runtime.spec_hash and instance.env_key in (None, self.env_key)
 
 
 @dataclass
@@ -89,6 +127,8 @@ class Supervisor:
         self._stopping: dict[int, _Stopping] = {}
         self._wake = asyncio.Event()
         self._dirty = False
+        self._sequence = 0
+        self._closing = False
         self._session: aiohttp.ClientSession | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -97,15 +137,26 @@ class Supervisor:
 
     async def start(self) -> None:
         """Load the state file: adopt live instances, start again those whose process is gone."""
-        self._session = aiohttp.ClientSession()
+        # A fresh connection per probe: a pooled one to a port whose instance was replaced
+        # would fail a healthy instance's probe.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         state = load_state(self._state_path)
+        self._sequence = state.sequence
         for proc in state.stopping:
             handle = ProcessHandle(proc.pid, proc.create_time)
             if is_alive(proc.pid, proc.create_time):
                 self._stop_in_background(handle, port=0)
         adopted = restarted = 0
         for record in state.deployments:
-            dep = Deployment(runtime=record.runtime, instance_count=record.instance_count)
+            dep = Deployment(
+                runtime=record.runtime,
+                instance_count=record.instance_count,
+                env_key=environment_key(record.runtime.environment),
+                max_surge=record.max_surge,
+                drain_seconds=record.drain_seconds,
+                version=record.version,
+            )
+            self._sequence = max(self._sequence, dep.version)
             self._deployments[(dep.endpoint, dep.name)] = dep
             for rec in record.instances:
                 instance = self._restore(dep, rec)
@@ -121,12 +172,15 @@ class Supervisor:
                         instance=instance.id,
                         pid=instance.pid,
                         port=instance.port,
+                        state=instance.state,
+                        restarts=instance.restarts,
                     )
-                    if instance.state == "starting":
-                        self._watch_startup(dep, instance)
+                    if instance.state in ("starting", "ready"):
+                        self._watch(dep, instance)
                 elif instance.state == "starting":
                     restarted += 1
         self._dirty = True
+        # Each deployment's first step bumps its version past anything handed out before.
         for dep in list(self._deployments.values()):
             self._step(dep, explicit=False)
         self._save_if_dirty()
@@ -137,11 +191,19 @@ class Supervisor:
             deployments=len(self._deployments),
             adopted=adopted,
             restarting=restarted,
+            version=self._sequence,
         )
+
+    def release_waiters(self) -> None:
+        """Answer every long poll now (the host is stopping) and any later one at once."""
+        self._closing = True
+        for dep in self._deployments.values():
+            dep.changed.set()
 
     async def close(self) -> None:
         """Stop every instance process but keep the desired state, so the next start brings
         them back on the same ports."""
+        self.release_waiters()
         if not self.ready.is_set():  # never started (e.g. the API port was taken): nothing ran
             if self._session is not None:
                 await self._session.close()
@@ -157,7 +219,7 @@ class Supervisor:
         await self._envs.close()
         stops = []
         for dep in self._deployments.values():
-            for instance in dep.instances:
+            for instance in list(dep.instances):
                 if instance.process is not None:
                     stops.append(self._stop_for_shutdown(dep, instance))
         await asyncio.gather(*stops)
@@ -173,7 +235,9 @@ class Supervisor:
         assert process is not None
         await process.stop()
         instance.process = None
-        if instance.state != "failed":
+        if instance.state == "draining":
+            dep.instances.remove(instance)  # it was leaving: not started again next time
+        elif instance.state != "failed":
             instance.state = "stopped"
         log.info(
             "instance.stopped",
@@ -193,17 +257,24 @@ class Supervisor:
             state=rec.state,
             exit_code=rec.exit_code,
             error=rec.error,
+            env_key=rec.env_key,
+            restarts=rec.restarts,
+            replaces=rec.replaces,
+            drain_until=rec.drain_until,
         )
         if rec.state == "failed":
             return instance
         if rec.pid and rec.create_time is not None and is_alive(rec.pid, rec.create_time):
             instance.process = ProcessHandle(rec.pid, rec.create_time)
-            # A ready instance stays ready (the tick notices if it dies); a starting one is
-            # probed again.
-            instance.state = "ready" if rec.state == "ready" else "starting"
+            # A ready instance stays ready (probed for liveness; the tick notices if it dies), a
+            # starting one is probed for readiness again, a draining one finishes its drain.
+            if rec.state == "draining":
+                instance.drain_until = rec.drain_until or time.time()
+            else:
+                instance.state = "ready" if rec.state == "ready" else "starting"
             return instance
-        if rec.spec_hash != dep.runtime.spec_hash:
-            return None  # an old-spec instance that was being replaced: not started again
+        if rec.state == "draining" or not dep.is_current(instance):
+            return None  # it was leaving anyway: not started again
         # Gone: started again on the same port by the next step (pid None, state starting).
         instance.state = "starting"
         return instance
@@ -213,18 +284,23 @@ class Supervisor:
     def ensure(self, request: EnsureInstancesRequest) -> DeploymentInstances:
         runtime = request.runtime
         key = (runtime.endpoint, runtime.deployment)
+        env_key = environment_key(runtime.environment)
         dep = self._deployments.get(key)
         if dep is None:
-            dep = Deployment(runtime=runtime, instance_count=request.instance_count)
+            dep = Deployment(runtime=runtime, instance_count=request.instance_count, env_key=env_key)
             self._deployments[key] = dep
-        else:
-            dep.runtime, dep.instance_count = runtime, request.instance_count
+        dep.runtime, dep.instance_count, dep.env_key = runtime, request.instance_count, env_key
+        dep.max_surge, dep.drain_seconds = request.max_surge, request.drain_seconds
         log.info(
             "deployment.ensure",
             endpoint=runtime.endpoint,
             deployment=runtime.deployment,
             spec_hash=runtime.spec_hash,
+            env=env_key,
+            patch=runtime.environment.patch,
             instance_count=request.instance_count,
+            max_surge=request.max_surge,
+            drain_seconds=request.drain_seconds,
         )
         self._dirty = True
         self._step(dep, explicit=True)
@@ -234,6 +310,25 @@ class Supervisor:
     def get(self, endpoint: str, deployment: str) -> DeploymentInstances:
         return self._view(self._require(endpoint, deployment))
 
+    async def wait(
+        self, endpoint: str, deployment: str, *, after: int, timeout: float
+    ) -> DeploymentInstances:
+        """The deployment once its version passes `after`, or as it is after `timeout` seconds.
+
+        404 if it is (or gets) deleted meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            dep = self._require(endpoint, deployment)
+            view = self._view(dep)
+            remaining = deadline - loop.time()
+            if view.version > after or remaining <= 0 or self._closing:
+                return view
+            with contextlib.suppress(TimeoutError):
+                # This await yields until the next version bump (or delete) or the deadline.
+                await asyncio.wait_for(dep.changed.wait(), remaining)
+
     def list_deployments(self) -> list[DeploymentInstances]:
         return [self._view(dep) for dep in self._deployments.values()]
 
@@ -242,8 +337,9 @@ class Supervisor:
         dep = self._deployments.pop((endpoint, deployment), None)
         if dep is None:
             return False
+        dep.changed.set()  # long polls on it answer 404
         for instance in list(dep.instances):
-            self._discard(dep, instance)
+            self._discard(dep, instance, reason="deployment deleted")
         self._dirty = True
         self._save_if_dirty()
         # Includes instances replaced or scaled away earlier and still shutting down.
@@ -273,63 +369,142 @@ class Supervisor:
     # ---- reconcile ---------------------------------------------------------------------
 
     def _step(self, dep: Deployment, *, explicit: bool) -> None:
-        """One move toward `instance_count` instances of `runtime.spec_hash`; never blocks.
+        """One move toward `instance_count` current instances; never blocks.
 
         `explicit` (a PUT) also replaces failed instances and retries a failed environment.
         """
-        runtime = dep.runtime
-        env = self._envs.ensure(runtime.environment, retry_failed=explicit, on_done=self.wake)
+        env = self._envs.ensure(dep.runtime.environment, retry_failed=explicit, on_done=self.wake)
         dep.environment = env
-        current = [i for i in dep.instances if i.spec_hash == runtime.spec_hash]
-        old = [i for i in dep.instances if i.spec_hash != runtime.spec_hash]
+        self._end_drains(dep)
+        staying = [i for i in dep.instances if i.state != "draining"]
+        old = [i for i in staying if not dep.is_current(i)]
+        superseded = {i.replaces for i in staying if i.replaces}
+        # The places instance_count counts: a failed instance whose replacement is under way
+        # is only listed (for the caller to see), the replacement holds its place.
+        slots = [i for i in staying if dep.is_current(i) and not (i.state in _DOWN and i.id in superseded)]
 
-        discard = []
-        if explicit:
-            discard += [i for i in current if i.state in ("failed", "stopped")]
-        if env.state == "failed":
-            discard += [i for i in current if i.process is None and i.state == "starting"]
-        for instance in discard:
-            self._discard(dep, instance)
-            current.remove(instance)
+        if env.state == "failed":  # nothing can start: what waited for the environment goes
+            for instance in [i for i in slots if i.process is None and i.state == "starting"]:
+                self._discard(dep, instance, reason="environment failed")
+                slots.remove(instance)
 
-        excess = len(current) - dep.instance_count
+        excess = len(slots) - dep.instance_count
         if excess > 0:
-            ranked = sorted(enumerate(current), key=lambda p: (_SHED_ORDER[p[1].state], -p[0]))
+            ranked = sorted(enumerate(slots), key=lambda p: (_SHED_ORDER[p[1].state], -p[0]))
             for _, instance in ranked[:excess]:
-                self._discard(dep, instance)
-                current.remove(instance)
-        missing = dep.instance_count - len(current) if env.state != "failed" else 0
-        for _ in range(missing):
-            instance = self._new_instance(dep)
-            dep.instances.append(instance)
-            current.append(instance)
-            self._dirty = True
+                self._retire(dep, instance, reason="scale-in")
+                slots.remove(instance)
+
+        if env.state != "failed":
+            if explicit:
+                for n, instance in enumerate(slots):
+                    if instance.state in _DOWN:
+                        slots[n] = self._add_instance(dep, replacing=instance)
+            missing = dep.instance_count - len(slots)
+            if dep.max_surge > 0:
+                running = sum(1 for i in dep.instances if i.state in _RUNNING)
+                missing = min(missing, dep.instance_count + dep.max_surge - running)
+            for _ in range(missing):
+                slots.append(self._add_instance(dep))
 
         if env.state == "ready":
-            for instance in current:
+            for instance in slots:
                 if instance.process is None and instance.state == "starting":
                     self._launch(dep, instance, env)
 
-        ready = sum(1 for i in current if i.state == "ready")
-        for instance in old:
-            if (
-                instance.state in ("failed", "stopped")
-                or instance.process is None
-                or dep.instance_count == 0
-                or ready >= dep.instance_count
-            ):
-                self._discard(dep, instance)
+        self._replace_old(dep, old, slots)
+        self._changed(dep)
 
-    def _new_instance(self, dep: Deployment) -> Instance:
+    def _replace_old(self, dep: Deployment, old: list[Instance], slots: list[Instance]) -> None:
+        """Let old-spec instances go as far as the current ones can take over."""
+        count = dep.instance_count
+        ready = sum(1 for i in slots if i.state == "ready")
+        if dep.max_surge == 0:
+            for instance in old:
+                if instance.state in _DOWN or instance.process is None or count == 0 or ready >= count:
+                    self._retire(dep, instance, reason="replaced")
+            return
+        serving = []
+        for instance in old:
+            if instance.state == "ready" and count > 0:
+                serving.append(instance)
+            else:  # not serving (or not wanted at all): nothing to wait for
+                self._retire(dep, instance, reason="replaced")
+        if any(i.state in _DOWN for i in slots):
+            if serving:
+                log.debug("rollout.halted", endpoint=dep.endpoint, deployment=dep.name)
+            return  # a new instance failed: the old ones keep serving until the caller decides
+        capacity = ready + len(serving)
+        for instance in serving:
+            if capacity - 1 < count:
+                break
+            self._retire(dep, instance, reason="replaced")
+            capacity -= 1
+            log.info(
+                "rollout.step",
+                endpoint=dep.endpoint,
+                deployment=dep.name,
+                retired=instance.id,
+                ready_current=ready,
+                old_left=sum(1 for i in dep.instances if not dep.is_current(i) and i.state == "ready"),
+            )
+
+    def _retire(self, dep: Deployment, instance: Instance, *, reason: str) -> None:
+        """A ready instance drains first (the caller takes it out of its routes); others go."""
+        if instance.state != "ready" or instance.process is None or dep.drain_seconds <= 0:
+            self._discard(dep, instance, reason=reason)
+            return
+        instance.state = "draining"
+        instance.drain_until = time.time() + dep.drain_seconds
+        if instance.probe is not None:
+            instance.probe.cancel()
+            instance.probe = None
+        self._dirty = True
+        # A little late rather than early: the drain is measured on the wall clock.
+        asyncio.get_running_loop().call_later(dep.drain_seconds + 0.05, self.wake)
+        log.info(
+            "instance.draining",
+            endpoint=dep.endpoint,
+            deployment=dep.name,
+            instance=instance.id,
+            port=instance.port,
+            seconds=dep.drain_seconds,
+            reason=reason,
+        )
+
+    def _end_drains(self, dep: Deployment) -> None:
+        now = time.time()
+        for instance in [i for i in dep.instances if i.state == "draining"]:
+            process = instance.process
+            if process is None or process.poll()[0]:
+                self._discard(dep, instance, reason="exited while draining")
+            elif instance.drain_until is None or now >= instance.drain_until:
+                self._discard(dep, instance, reason="drained")
+
+    def _add_instance(self, dep: Deployment, *, replacing: Instance | None = None) -> Instance:
         taken = {i.id for i in dep.instances}
         while (instance_id := f"{dep.name}-{secrets.token_hex(3)}") in taken:
             pass
-        return Instance(
+        instance = Instance(
             id=instance_id,
             port=self._allocate_port(),
             spec_hash=dep.runtime.spec_hash,
             log_path=self._log_path(dep, instance_id),
+            env_key=dep.env_key,
         )
+        if replacing is not None:
+            instance.restarts, instance.replaces = replacing.restarts + 1, replacing.id
+            log.info(
+                "instance.replacing",
+                endpoint=dep.endpoint,
+                deployment=dep.name,
+                instance=instance.id,
+                replaces=replacing.id,
+                restarts=instance.restarts,
+            )
+        dep.instances.append(instance)
+        self._dirty = True
+        return instance
 
     def _launch(self, dep: Deployment, instance: Instance, env: EnvironmentStatus) -> None:
         if not self._port_usable(instance.port):
@@ -359,45 +534,94 @@ class Supervisor:
             port=instance.port,
             pid=instance.pid,
             spec_hash=instance.spec_hash,
+            restarts=instance.restarts,
         )
-        self._watch_startup(dep, instance)
+        self._watch(dep, instance)
 
-    def _watch_startup(self, dep: Deployment, instance: Instance) -> None:
-        instance.probe = asyncio.create_task(self._startup(dep, instance), name=f"probe-{instance.id}")
+    # ---- probes ------------------------------------------------------------------------
 
-    async def _startup(self, dep: Deployment, instance: Instance) -> None:
+    def _watch(self, dep: Deployment, instance: Instance) -> None:
+        instance.probe = asyncio.create_task(self._probe(dep, instance), name=f"probe-{instance.id}")
+
+    async def _probe(self, dep: Deployment, instance: Instance) -> None:
+        """Readiness (if starting), then liveness for as long as the instance is ready."""
+        if instance.state == "starting" and not await self._await_ready(dep, instance):
+            return
+        await self._keep_alive(dep, instance)
+
+    async def _await_ready(self, dep: Deployment, instance: Instance) -> bool:
         assert self._session is not None
         ready, reason = await wait_ready(instance, self._session, dep.runtime.readiness_probe)
         if instance not in dep.instances or instance.state != "starting":
-            return  # discarded or failed while we waited
-        if ready:
-            instance.state = "ready"
-            log.info(
-                "instance.ready",
+            return False  # discarded or failed while we waited
+        if not ready:
+            self._mark_failed(dep, instance, reason if reason not in (None, "exited") else None)
+            return False
+        instance.state = "ready"
+        log.info(
+            "instance.ready",
+            endpoint=dep.endpoint,
+            deployment=dep.name,
+            instance=instance.id,
+            port=instance.port,
+            restarts=instance.restarts,
+        )
+        self._drop_predecessor(dep, instance)
+        self._dirty = True
+        self._changed(dep)
+        self.wake()
+        return True
+
+    async def _keep_alive(self, dep: Deployment, instance: Instance) -> None:
+        assert self._session is not None
+        failures = 0
+        while True:
+            probe = dep.runtime.liveness_probe  # a PUT may have changed it
+            await asyncio.sleep(max(float(probe.period), MIN_PROBE_PERIOD_SECONDS))
+            if not self._serving(dep, instance):
+                return
+            error = await probe_liveness(instance, self._session, probe)
+            if not self._serving(dep, instance):
+                return  # this await yielded: it may have died, drained or gone meanwhile
+            if error is None:
+                if failures:
+                    log.info("instance.liveness_recovered", instance=instance.id, failures=failures)
+                failures = 0
+                continue
+            failures += 1
+            log.warning(
+                "instance.liveness_failed",
                 endpoint=dep.endpoint,
                 deployment=dep.name,
                 instance=instance.id,
-                port=instance.port,
+                failures=failures,
+                failure_threshold=probe.failure_threshold,
+                error=error,
             )
-            self._dirty = True
-            self.wake()
-            return
-        process = instance.process
-        if process is not None:
-            exited, _ = process.poll()
-            if not exited:
-                await process.stop()  # this await yields: up to the stop grace period
-        self._mark_failed(dep, instance, reason if reason not in (None, "exited") else None)
+            if failures >= probe.failure_threshold:
+                self._mark_failed(dep, instance, f"liveness probe failed {failures} times in a row: {error}")
+                return
+
+    @staticmethod
+    def _serving(dep: Deployment, instance: Instance) -> bool:
+        return instance in dep.instances and instance.state == "ready" and instance.process is not None
+
+    # ---- failure and removal -----------------------------------------------------------
 
     def _mark_failed(self, dep: Deployment, instance: Instance, reason: str | None) -> None:
-        if instance.state == "failed":
+        """Failed, with exit code and log tail; a process still running is stopped."""
+        if instance.state == "failed" or instance not in dep.instances:
             return
         code = None
-        if instance.process is not None:
-            _, code = instance.process.poll()
+        process, instance.process = instance.process, None
+        if process is not None:
+            exited, code = process.poll()
+            if exited:
+                process.kill_leftovers()
+            else:  # hung or unready: stopped in the background, its port held meanwhile
+                self._stop_tracked(dep, process, instance.port)
         tail = instance.failure_tail()
         # The exited process is let go: its pid may be reused, never signal it again.
-        instance.process = None
         instance.state, instance.exit_code = "failed", code
         instance.error = f"{reason}\n{tail}" if reason else tail
         log.warning(
@@ -407,15 +631,26 @@ class Supervisor:
             instance=instance.id,
             port=instance.port,
             exit_code=code,
+            restarts=instance.restarts,
             reason=reason or "process exited",
         )
+        # Its predecessor's story is told by this one now (restarts counts on).
+        self._drop_predecessor(dep, instance)
         self._dirty = True
+        self._changed(dep)
         self.wake()
 
-    def _discard(self, dep: Deployment, instance: Instance) -> None:
+    def _drop_predecessor(self, dep: Deployment, instance: Instance) -> None:
+        """The failed instance this one replaced has been listed long enough."""
+        for other in list(dep.instances):
+            if other.id == instance.replaces and other.state in _DOWN:
+                self._discard(dep, other, reason=f"replaced by {instance.id}")
+
+    def _discard(self, dep: Deployment, instance: Instance, *, reason: str) -> None:
         """Drop an instance from the deployment; its process is stopped in the background."""
-        if instance in dep.instances:
-            dep.instances.remove(instance)
+        if instance not in dep.instances:
+            return
+        dep.instances.remove(instance)
         if instance.probe is not None:
             instance.probe.cancel()
         self._dirty = True
@@ -427,11 +662,17 @@ class Supervisor:
             instance=instance.id,
             port=instance.port,
             pid=process.pid if process else None,
+            reason=reason,
         )
         if process is not None:
-            task = self._stop_in_background(process, port=instance.port)
-            dep.stopping.add(task)
-            task.add_done_callback(dep.stopping.discard)
+            self._stop_tracked(dep, process, instance.port)
+        if instance.replaces:  # a replacement going away takes its failed predecessor along
+            self._drop_predecessor(dep, instance)
+
+    def _stop_tracked(self, dep: Deployment, process: ProcessHandle, port: int) -> None:
+        task = self._stop_in_background(process, port=port)
+        dep.stopping.add(task)
+        task.add_done_callback(dep.stopping.discard)
 
     def _stop_in_background(self, process: ProcessHandle, *, port: int) -> asyncio.Task[None]:
         async def stop() -> None:
@@ -445,6 +686,8 @@ class Supervisor:
         task = asyncio.create_task(stop(), name=f"stop-{process.pid}")
         self._stopping[process.pid] = _Stopping(process=process, port=port, task=task)
         return task
+
+    # ---- the loop ----------------------------------------------------------------------
 
     async def _supervise(self) -> None:
         while True:
@@ -473,6 +716,21 @@ class Supervisor:
 
     # ---- helpers -----------------------------------------------------------------------
 
+    def _changed(self, dep: Deployment) -> None:
+        """Bump the version if an instance's (or the environment's) state moved since the last
+        bump; persisted before it is returned, so a restarted host never hands it out again."""
+        env = dep.environment
+        signature = (env.state if env else "building", tuple((i.id, i.state) for i in dep.instances))
+        if signature == dep.signature:
+            return
+        dep.signature = signature
+        self._sequence += 1
+        dep.version = self._sequence
+        self._dirty = True
+        self._save_if_dirty()
+        event, dep.changed = dep.changed, asyncio.Event()
+        event.set()
+
     def _require(self, endpoint: str, deployment: str) -> Deployment:
         dep = self._deployments.get((endpoint, deployment))
         if dep is None:
@@ -483,6 +741,7 @@ class Supervisor:
         return dep
 
     def _view(self, dep: Deployment) -> DeploymentInstances:
+        self._changed(dep)
         env = dep.environment
         return DeploymentInstances(
             endpoint=dep.endpoint,
@@ -491,6 +750,7 @@ class Supervisor:
             environment_error=env.error if env else None,
             warnings=list(env.warnings) if env else [],
             instances=[i.status() for i in dep.instances],
+            version=dep.version,
         )
 
     def _log_path(self, dep: Deployment, instance_id: str) -> Path:
@@ -526,10 +786,14 @@ class Supervisor:
             return
         self._dirty = False
         state = HostState(
+            sequence=self._sequence,
             deployments=[
                 DeploymentRecord(
                     runtime=dep.runtime,
                     instance_count=dep.instance_count,
+                    max_surge=dep.max_surge,
+                    drain_seconds=dep.drain_seconds,
+                    version=dep.version,
                     instances=[i.record() for i in dep.instances],
                 )
                 for dep in self._deployments.values()

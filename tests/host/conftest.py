@@ -11,7 +11,14 @@ import pytest
 import pytest_asyncio
 from sklearn.linear_model import LinearRegression
 
-from tests.host.helpers import INIT_FAILS_PY, SCORE_PY, HostProcess, UserFiles, kill_leftovers
+from tests.host.helpers import (
+    FLAKY_PY,
+    INIT_FAILS_PY,
+    SCORE_PY,
+    HostProcess,
+    UserFiles,
+    kill_leftovers,
+)
 from tests.support.ports import free_port
 
 
@@ -28,10 +35,14 @@ def user_files(tmp_path_factory: pytest.TempPathFactory) -> UserFiles:
     init_fails_dir = root / "code-init-fails"
     init_fails_dir.mkdir()
     (init_fails_dir / "score.py").write_text(INIT_FAILS_PY)
+    flaky_dir = root / "code-flaky"
+    flaky_dir.mkdir()
+    (flaky_dir / "score.py").write_text(FLAKY_PY)
     return UserFiles(
         model_dir=model_dir,
         code_dir=code_dir,
         init_fails_dir=init_fails_dir,
+        flaky_dir=flaky_dir,
         expected=lambda rows: model.predict(rows).tolist(),
     )
 

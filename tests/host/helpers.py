@@ -54,6 +54,21 @@ def run(raw_data):
     return None
 """
 
+# Fails to start while the file FAIL_FLAG names exists: a new spec that goes bad part way.
+FLAKY_PY = """\
+import os
+
+
+def init():
+    if os.path.exists(os.environ["FAIL_FLAG"]):
+        raise RuntimeError("flag file present: failing init (on purpose)")
+    print("flaky init passed")
+
+
+def run(raw_data):
+    return "flaky"
+"""
+
 # scikit-learn unpinned: the host already has it, so the environment builds without downloads.
 CONDA_YAML = """\
 name: tidegate-test
@@ -72,6 +87,7 @@ class UserFiles:
     model_dir: Path
     code_dir: Path
     init_fails_dir: Path
+    flaky_dir: Path
     expected: Callable[[list[list[float]]], list[float]]
 
 
@@ -84,17 +100,27 @@ def runtime(
     spec_hash: str = "spec-1",
     conda_file: str | None = CONDA_YAML,
     pip_requirements: list[str] | None = None,
+    patch: int = 0,
+    environment_variables: dict[str, str] | None = None,
+    liveness_probe: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    return {
+    rt: dict[str, Any] = {
         "endpoint": endpoint,
         "deployment": deployment,
         "code_dir": str(code_dir),
         "scoring_script": "score.py",
         "model_dir": str(model_dir) if model_dir else None,
-        "environment": {"conda_file": conda_file, "pip_requirements": pip_requirements or []},
-        "environment_variables": {"TIDEGATE_TEST_VAR": "1"},
+        "environment": {
+            "conda_file": conda_file,
+            "pip_requirements": pip_requirements or [],
+            "patch": patch,
+        },
+        "environment_variables": {"TIDEGATE_TEST_VAR": "1", **(environment_variables or {})},
         "spec_hash": spec_hash,
     }
+    if liveness_probe is not None:
+        rt["liveness_probe"] = liveness_probe
+    return rt
 
 
 @dataclass
@@ -164,11 +190,44 @@ class HostProcess:
 
     # ---- the API, as the compute provider calls it ----
 
-    async def put(self, rt: dict[str, Any], count: int) -> tuple[int, dict[str, Any]]:
+    async def put(self, rt: dict[str, Any], count: int, **options: Any) -> tuple[int, dict[str, Any]]:
+        """PUT the desired instances; `options` are further request fields (max_surge, ...)."""
         path = f"/deployments/{rt['endpoint']}/{rt['deployment']}"
-        body = {"runtime": rt, "instance_count": count}
+        body = {"runtime": rt, "instance_count": count, **options}
         async with self.session.put(self.url + path, json=body) as resp:
             return resp.status, await resp.json()
+
+    async def watch(
+        self, endpoint: str, deployment: str, *, after: int | str, timeout: float | str = 30
+    ) -> tuple[int, Any]:
+        """One long poll: the status once its version passes `after`, or after `timeout` s."""
+        params = {"wait_version": str(after), "timeout": str(timeout)}
+        url = f"{self.url}/deployments/{endpoint}/{deployment}"
+        async with self.session.get(url, params=params) as resp:
+            return resp.status, await resp.json()
+
+    async def follow(
+        self,
+        endpoint: str,
+        deployment: str,
+        done: Callable[[dict[str, Any]], bool],
+        *,
+        after: int = 0,
+        each: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Long-poll version after version until `done(status)`; `each` sees every answer."""
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while True:
+            assert self.running(), "host process died"
+            code, status = await self.watch(endpoint, deployment, after=after, timeout=10)
+            assert code == 200, status
+            assert status["version"] >= after, "versions never go back"
+            if each is not None:
+                each(status)
+            if done(status):
+                return status
+            assert time.monotonic() < deadline, f"never reached: {json.dumps(status, indent=1)}"
+            after = status["version"]
 
     async def get(self, endpoint: str, deployment: str) -> tuple[int, Any]:
         async with self.session.get(f"{self.url}/deployments/{endpoint}/{deployment}") as resp:

@@ -164,3 +164,39 @@ def test_instance_environment_keeps_host_settings_out_and_the_deployment_in() ->
     assert out["GUNICORN_CMD_ARGS"] == "--no-control-socket"
     older = EnvironmentStatus(key="k", path=Path("/e"), state="ready", gunicorn_version="22.0")
     assert "GUNICORN_CMD_ARGS" not in instance_environment(runtime, older, base)
+
+
+def test_a_runtime_patch_is_a_new_environment_and_patch_0_keeps_the_old_keys() -> None:
+    base = RuntimeEnvironment(pip_requirements=["joblib"])
+    assert environment_key(base) == environment_key(base.model_copy(update={"patch": 0}))
+    patched = [environment_key(base.model_copy(update={"patch": n})) for n in (1, 2)]
+    assert len({environment_key(base), *patched}) == 3
+
+
+@pytest.mark.parametrize(
+    ("pip_requirements", "expected"),
+    [
+        (["joblib"], ["joblib", "azureml-inference-server-http"]),
+        ([], ["azureml-inference-server-http"]),
+        (["azureml-inference-server-http==1.4.1"], ["azureml-inference-server-http==1.4.1"]),
+        (["AzureML_Inference.Server-HTTP>=1.3"], ["AzureML_Inference.Server-HTTP>=1.3"]),
+    ],
+    ids=[
+        "listed-requirements-and-the-server",
+        "the-server-alone",
+        "a-pinned-server-keeps-its-pin",
+        "the-server-named-another-way-is-not-added-twice",
+    ],
+)
+def test_a_patched_environment_upgrades_its_requirements_and_the_server(
+    pip_requirements: list[str], expected: list[str]
+) -> None:
+    plan = plan_environment(RuntimeEnvironment(pip_requirements=pip_requirements, patch=1))
+    assert plan.upgrade and plan.error is None
+    assert plan.requirements == expected
+
+
+def test_an_unpatched_environment_installs_as_listed_without_upgrading() -> None:
+    plan = plan_environment(RuntimeEnvironment(pip_requirements=["joblib"]))
+    assert not plan.upgrade
+    assert plan.requirements == ["joblib"]
