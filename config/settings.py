@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,10 @@ class Settings(BaseSettings):
 
     # How often an endpoint re-pushes its route table so a gateway that lost state heals.
     route_repush_seconds: float = 30.0
+    # Where gates and autoscaling read their windows: the gateways' /stats, or Prometheus.
+    monitor_provider: Literal["local", "prometheus"] = "local"
+    prometheus_url: str = "http://127.0.0.1:9090"
+
     # Autoscale: how long utilisation must stay low before one instance goes (Azure has no field).
     scale_in_cooldown_seconds: float = 300.0
 

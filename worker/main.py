@@ -16,6 +16,7 @@ from activities.local.monitor import LocalMonitorProvider
 from activities.local.network import LocalNetworkProvider
 from activities.monitor import MonitorActivities
 from activities.network import NetworkActivities
+from activities.prometheus.monitor import PrometheusMonitorProvider
 from config.settings import Settings
 from control.temporal import connect
 from workflows.deployment import DeploymentWorkflow
@@ -31,7 +32,11 @@ WORKFLOWS = [EndpointWorkflow, DeploymentWorkflow, RolloutWorkflow, HostPatchWor
 def build_worker(client: Client, settings: Settings) -> Worker:
     compute = ComputeActivities(LocalComputeProvider(settings))
     network = NetworkActivities(LocalNetworkProvider(settings))
-    monitor = MonitorActivities(LocalMonitorProvider(settings))
+    monitor = MonitorActivities(
+        PrometheusMonitorProvider(settings.prometheus_url)
+        if settings.monitor_provider == "prometheus"
+        else LocalMonitorProvider(settings)
+    )
     endpoints = EndpointActivities(client)
     return Worker(
         client,
