@@ -607,8 +607,19 @@ async def rollout_start(
         return
     view = await rollouts.wait(endpoint, rid, _rollout_progress())
     emit(view, output, query)
+    _exit_for(view)
+
+
+def _exit_for(view: dict[str, Any]) -> None:
+    """0 Succeeded, 1 RolledBack, 2 Paused (waiting for `rollout resume|promote|rollback`)."""
+    if view["phase"] == "Paused":
+        err_console.print(
+            f"rollout {view['id']} is paused: {view['reason']}; "
+            f"steer it with `tidegate rollout resume|promote|rollback --endpoint {view['endpoint']}`"
+        )
+        _exit(2)
     if view["phase"] != "Succeeded":
-        fail(f"rollout {rid} {view['phase']}: {view['reason']}")
+        fail(f"rollout {view['id']} {view['phase']}: {view['reason']}")
 
 
 def _rollout_progress() -> Callable[[dict[str, Any]], None]:
@@ -641,9 +652,10 @@ async def rollout_status(endpoint, watch, resource_group, workspace_name, output
     if watch:
         rid = await rollouts.current_id(endpoint)
         view = await rollouts.wait(endpoint, rid, _rollout_progress())
+        emit(view, output, query)
+        _exit_for(view)
     else:
-        view = await rollouts.status(endpoint)
-    emit(view, output, query)
+        emit(await rollouts.status(endpoint), output, query)
 
 
 def _steer(name: str, doc: str, with_reason: bool) -> None:
