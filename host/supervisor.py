@@ -617,7 +617,10 @@ class Supervisor:
         if process is not None:
             exited, code = process.poll()
             if exited:
-                process.kill_leftovers()
+                # A killed gunicorn master leaves its worker finishing the request in hand. Let
+                # it, for the drain time, while the workflow takes the instance out of the route
+                # table; then nothing of the group may linger.
+                asyncio.get_running_loop().call_later(dep.drain_seconds, process.kill_leftovers)
             else:  # hung or unready: stopped in the background, its port held meanwhile
                 self._stop_tracked(dep, process, instance.port)
         tail = instance.failure_tail()

@@ -58,7 +58,7 @@ def until(predicate, what: str, polls: int = 1800) -> None:  # noqa: ANN001
     raise AssertionError(f"never: {what}")
 
 
-def test_a_killed_instance_is_replaced_and_clients_see_no_error(
+def test_a_killed_instance_is_replaced_and_only_requests_it_held_can_fail(
     stack: LocalStack, project: tuple[Path, dict]
 ) -> None:
     root, _ = project
@@ -75,7 +75,12 @@ def test_a_killed_instance_is_replaced_and_clients_see_no_error(
     shown = stack.json("online-deployment", "show", "-n", "blue", "-e", "heal-ep")
     assert shown["provisioning_state"] == "Succeeded"
     assert sorted(i["restarts"] for i in shown["instances"]) == [0, 1]
-    assert load.failures_from("blue") == 0 and load.seen[("-", 0)] == 0
+    # What can still fail is a request the killed instance had already accepted (in flight or in
+    # its accept queue): retrying it could run the model twice, so the gateway does not. At most
+    # one per client; usually none (the orphaned worker finishes what it holds).
+    failed = load.failures_from("blue") + load.seen[("-", 0)]
+    print(f"client errors with 2 instances, one killed: {failed} of {sum(load.seen.values())}")
+    assert failed <= load.concurrency
     assert load.answered_by("blue") > 0
 
 
