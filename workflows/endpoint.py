@@ -43,9 +43,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.rollout import RolloutWorkflow
 
-HISTORY_LIMIT = 2000
-
-
 def _bad_request(message: str) -> ApplicationError:
     return ApplicationError(message, type="BadRequest", non_retryable=True)
 
@@ -356,12 +353,10 @@ class EndpointWorkflow:
                 )
                 s.provisioning_state = "Deleted"
                 return s
-            if workflow.info().get_current_history_length() > HISTORY_LIMIT:
+            if workflow.info().get_current_history_length() > input.history_limit:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if not self._has_work():
-                    workflow.continue_as_new(
-                        EndpointWorkflowInput(state=s, repush_seconds=input.repush_seconds, continued=True)
-                    )
+                    workflow.continue_as_new(input.model_copy(update={"state": s, "continued": True}))
 
     async def _ensure_keys(self) -> None:
         s = self._state
@@ -399,11 +394,15 @@ class EndpointWorkflow:
             return
         s.generation = next_generation(s.generation, int(workflow.now().timestamp() * 1000))
         self._dirty = False
-        await workflow.execute_activity(
-            "remove_route",
-            RemoveRouteInput(endpoint=s.name, generation=s.generation),
-            **options.PUSH,
-        )
+        try:
+            await workflow.execute_activity(
+                "remove_route",
+                RemoveRouteInput(endpoint=s.name, generation=s.generation),
+                **options.PUSH,
+            )
+        except ActivityError as err:
+            workflow.logger.warning("route removal failed: %s", err.cause or err)
+            self._dirty = True
 
     async def _carry_out(self) -> None:
         """Start, change and delete deployments, each after the route table stops using it."""

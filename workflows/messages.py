@@ -19,6 +19,7 @@ class EndpointWorkflowInput(BaseModel):
     search_attributes: bool = Field(
         default=True, description="false where the server has no custom search attributes"
     )
+    history_limit: int = Field(default=2000, description="continue-as-new past this many events")
 
 
 class UpdateEndpointInput(BaseModel):

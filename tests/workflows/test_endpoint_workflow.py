@@ -205,3 +205,31 @@ async def test_deleting_the_endpoint_unroutes_then_deprovisions_everything(stack
     calls = stack.recorder.calls
     assert calls.index("remove_route") < calls.index("delete_instances")
     assert calls[-1] == "delete_keys"
+
+
+async def test_state_survives_continue_as_new(stack: Stack) -> None:
+    name = unique("ep")
+    handle = await stack.env.client.start_workflow(
+        EndpointWorkflow.run,
+        EndpointWorkflowInput(state=EndpointState(name=name), history_limit=40),
+        id=endpoint_id(name),
+        task_queue=stack.task_queue,
+    )
+    first_run = (await handle.describe()).run_id
+    await handle.execute_update(
+        EndpointWorkflow.create_deployment, CreateDeploymentInput(target=target(name, "blue"))
+    )
+    await wait_for(handle, lambda s: s.deployments["blue"].provisioning_state == "Succeeded")
+    for share in (100, 0, 100, 0, 100):
+        await handle.execute_update(
+            EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic={"blue": share})
+        )
+    latest = stack.env.client.get_workflow_handle(endpoint_id(name))
+    while (await latest.describe()).run_id == first_run:
+        await asyncio.sleep(0.05)
+    state = await latest.query(EndpointWorkflow.describe)
+    assert state.traffic == {"blue": 100}
+    assert state.deployments["blue"].provisioning_state == "Succeeded"
+    generation = state.generation
+    await latest.execute_update(EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic={"blue": 0}))
+    assert (await wait_for(latest, lambda s: s.generation > generation)).traffic == {"blue": 0}
