@@ -1,18 +1,34 @@
-"""Gateway benchmark: prints rps, p50 and p99 for the gateway against direct and nginx.
+"""Gateway benchmark: prints rps, p50 and p99 for the gateway against direct and nginx,
+the cost of each gateway feature, rps per process count, and the gateway's memory.
 
 Rows:
   direct          a trivial backend, no proxy
-  gateway         Tidegate's gateway: key auth + 90/10 split over two trivial backends
-  gateway-tls     the same over HTTPS
   nginx           nginx doing the same key check (map) and 90/10 split (split_clients)
+  gateway         Tidegate's gateway, every feature on: key auth, 90/10 split, least
+                  outstanding choice, limits (64 per instance: checked, never binding),
+                  windows, access log to its file
+  gateway-tls     the same over HTTPS
+  gw-echo         the same, access lines also echoed to stderr (log level info)
+  gw-no-limits    gateway with the limits off (TIDEGATE_GATEWAY_DISABLE=limits)
+  gw-no-windows   ... windows off
+  gw-no-accesslog ... access log off
+  gw-bare         ... limits, windows, access log and mirroring all off
+  gw-mirror10     every feature on and 10 % of requests mirrored to a shadow deployment
+  gw-2proc        every feature on, TIDEGATE_GATEWAY_WORKERS=2 (SO_REUSEPORT)
   azml-direct     azmlinfsrv serving a trivial score.py
   azml-gateway    the same through the gateway
+
+Memory: the gateway's RSS idle, with 10,000 open idle keep-alive connections, and under
+overload (a backend of 8 slots x 10 ms, far more offered than it serves: 429s).
 
 Load: ``wrk -t1 -c32 -d10s`` when wrk is on PATH, else a Python asyncio load generator.
 The trivial backend is nginx ``return 200`` when nginx is on PATH, else a small uvloop
 server. Every server here listens on 127.0.0.1 only. Figures are printed, never asserted.
+``--rounds N`` runs the gateway rows N times, interleaved, and prints each row's median:
+other work on the machine moves single runs by more than some features cost.
 
-    .venv/bin/python bench/gateway.py [--duration 10] [--connections 32] [--no-azml]
+    .venv/bin/python bench/gateway.py [--duration 10] [--connections 32] [--rounds 1]
+                                      [--no-azml] [--no-memory]
 """
 
 from __future__ import annotations
@@ -28,10 +44,12 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -57,6 +75,9 @@ class Result:
     p99_ms: float
     errors: int
     note: str = ""
+    non_2xx: int = 0
+    total: int = 0
+    cpu_us: float = float("nan")  # the proxy's CPU time (all its processes) per request
 
 
 # --- tools ---
@@ -174,8 +195,9 @@ http {{
 
 UVLOOP_BACKEND = textwrap.dedent(
     """
-    import asyncio, sys, uvloop, httptools
+    import asyncio, os, sys, uvloop, httptools
     BODY = %r
+    DELAY = float(os.environ.get("BENCH_DELAY_MS", "0")) / 1000
     RESP = (b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: "
             + str(len(BODY)).encode() + b"\\r\\n\\r\\n" + BODY)
     class P(asyncio.Protocol):
@@ -188,8 +210,15 @@ UVLOOP_BACKEND = textwrap.dedent(
             except httptools.HttpParserError:
                 self.t.close()
         def on_message_complete(self):
+            if DELAY:
+                asyncio.get_running_loop().call_later(DELAY, self.answer, self.p.should_keep_alive())
+            else:
+                self.answer(self.p.should_keep_alive())
+        def answer(self, keep):
+            if self.t.is_closing():
+                return
             self.t.write(RESP)
-            if not self.p.should_keep_alive():
+            if not keep:
                 self.t.close()
     async def main():
         loop = asyncio.get_running_loop()
@@ -199,6 +228,19 @@ UVLOOP_BACKEND = textwrap.dedent(
     uvloop.run(main())
     """
 ) % (RESPONSE_BODY,)
+
+
+def start_slow_backend(
+    procs: Procs, work: Path, ports: list[int], delay_ms: float
+) -> subprocess.Popen[bytes]:
+    """The uvloop backend answering each request ``delay_ms`` late (concurrency unbounded)."""
+    script = work / "backend.py"
+    script.write_text(UVLOOP_BACKEND)
+    env = {**os.environ, "BENCH_DELAY_MS": str(delay_ms)}
+    proc = procs.start([sys.executable, str(script), *map(str, ports)], log=work / "slow.out", env=env)
+    for port in ports:
+        wait_port(port, proc)
+    return proc
 
 
 def start_backends(procs: Procs, work: Path, port_a: int, port_b: int, nginx: str | None) -> str:
@@ -293,19 +335,35 @@ def start_gateway(
     return proc
 
 
-def push_route(admin_port: int, deployments: dict[str, str], traffic: dict[str, int]) -> None:
+def push_route(
+    admin_port: int,
+    deployments: dict[str, str | list[str]],
+    traffic: dict[str, int],
+    *,
+    max_concurrent: int = 64,
+    max_queue_wait_ms: int = 500,
+    mirror: dict[str, int] | None = None,
+) -> None:
+    """The bench endpoint; limits roomy by default so the rows price checking them, not
+    queueing (Azure's default of 1 per instance would make every row a queueing test)."""
     route = {
         "name": ENDPOINT,
-        "generation": int(time.time() * 1000),
+        "generation": time.time_ns() // 1000,
         "key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()],
         "traffic": traffic,
+        "mirror_traffic": mirror or {},
         "deployments": {
             name: {
                 "name": name,
-                "instances": [{"id": f"{name}-0", "url": url}],
+                "instances": [
+                    {"id": f"{name}-{i}", "url": url}
+                    for i, url in enumerate([urls] if isinstance(urls, str) else urls)
+                ],
                 "request_timeout_ms": 60000,
+                "max_concurrent_requests_per_instance": max_concurrent,
+                "max_queue_wait_ms": max_queue_wait_ms,
             }
-            for name, url in deployments.items()
+            for name, urls in deployments.items()
         },
     }
     request = urllib.request.Request(
@@ -372,18 +430,26 @@ def check(port: int, headers: dict[str, str], expect_status: int = 200, cafile: 
     return response.headers.get("azureml-model-deployment") or ""
 
 
-def run_wrk(url: str, headers: dict[str, str], duration: int, connections: int, work: Path) -> Result:
+def run_wrk(
+    url: str, headers: dict[str, str], duration: float, connections: int, work: Path, delay_ms: int = 0
+) -> Result:
+    """wrk, closed loop; ``delay_ms`` paces each connection (one request per delay + latency)."""
     script = work / "post.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY.decode())}"]
+    if delay_ms:
+        lines.append(f"function delay() return {delay_ms} end")
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non_2xx_found = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    non_2xx = int(non_2xx_found.group(1)) if non_2xx_found else 0
     p50 = _wrk_latency(out, "50%")
     p99 = _wrk_latency(out, "99%")
     errors = 0
@@ -394,7 +460,7 @@ def run_wrk(url: str, headers: dict[str, str], duration: int, connections: int, 
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+)", out)
     if socket_errors:
         errors += sum(int(x) for x in socket_errors.groups())
-    return Result("", rps, p50, p99, errors)
+    return Result("", rps, p50, p99, errors, non_2xx=non_2xx, total=total)
 
 
 def _wrk_latency(out: str, percentile: str) -> float:
@@ -478,12 +544,23 @@ def run_python_load(url: str, headers: dict[str, str], duration: int, connection
 
 
 def measure(
-    name: str, url: str, headers: dict[str, str], args: argparse.Namespace, work: Path, note: str = ""
+    name: str,
+    url: str,
+    headers: dict[str, str],
+    args: argparse.Namespace,
+    work: Path,
+    note: str = "",
+    pid: int | None = None,
 ) -> Result:
+    """One row; with ``pid``, also that process tree's CPU time per request (steadier than
+    rps when other work shares the machine)."""
     print(f"running {name}: {url} ...", file=sys.stderr)
     time.sleep(0.5)
     if shutil.which("wrk") and not args.python_load:
+        cpu_before = cpu_seconds(pid) if pid else 0.0
         result = run_wrk(url, headers, args.duration, args.connections, work)
+        if pid and result.total:
+            result.cpu_us = (cpu_seconds(pid) - cpu_before) / result.total * 1e6
     else:
         if url.startswith("https://"):
             return Result(
@@ -508,34 +585,340 @@ def print_table(results: list[Result], notes: list[str], args: argparse.Namespac
     load = "wrk -t1" if shutil.which("wrk") and not args.python_load else "python asyncio"
     print(
         f"\nload: {load} -c{args.connections} -d{args.duration}s, POST {len(BODY)} B body; "
-        f"{os.cpu_count()} CPUs\n"
+        f"{os.cpu_count()} CPUs; gateway rows: median of {args.rounds} round(s)\n"
     )
     header = (
-        f"{'row':<14} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-        f"{'/direct':>8} {'/nginx':>7}  note"
+        f"{'row':<16} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'/direct':>8} {'/nginx':>7} {'cpu us/req':>10}  note"
     )
     print(header)
     print("-" * len(header))
-    order = ["direct", "nginx", "gateway", "gateway-quiet", "gateway-tls", "azml-direct", "azml-gateway"]
-    for r in sorted(results, key=lambda r: order.index(r.name) if r.name in order else 99):
+    for r in sorted(results, key=lambda r: ROW_ORDER.index(r.name) if r.name in ROW_ORDER else 99):
         base = azml_direct if r.name.startswith("azml") else direct
         to_direct = f"{r.rps / base.rps:.2f}" if base and base.rps == base.rps else "-"
         to_nginx = "-"
         if nginx and not r.name.startswith("azml") and nginx.rps == nginx.rps:
             to_nginx = f"{r.rps / nginx.rps:.2f}"
         print(
-            f"{r.name:<14} {r.rps:>10.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7} "
-            f"{to_direct:>8} {to_nginx:>7}  {r.note}"
+            f"{r.name:<16} {r.rps:>10.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>7} "
+            f"{to_direct:>8} {to_nginx:>7} {r.cpu_us:>10.1f}  {r.note}"
         )
+    gateway = by_name.get("gateway")
+    if nginx and gateway:
+        print(
+            f"\ngoal (issue 4): gateway >= 90 % of nginx's rps and p99 <= nginx p99 + 0.5 ms: "
+            f"{100 * gateway.rps / nginx.rps:.0f} % of nginx, p99 {gateway.p99_ms:.2f} ms vs "
+            f"{nginx.p99_ms + 0.5:.2f} ms"
+        )
+    print_feature_costs(by_name)
+    print_processes(by_name)
     for note in notes:
         print(f"note: {note}")
+
+
+def print_feature_costs(by_name: dict[str, Result]) -> None:
+    on = by_name.get("gateway")
+    if on is None:
+        return
+    print("\nfeature cost: gateway with the feature off vs every feature on")
+    header = (
+        f"{'feature':<22} {'rps off':>9} {'rps on':>9} {'rps lost':>9} {'us/req (rps)':>13} "
+        f"{'cpu us/req off':>15} {'on':>6} {'cost':>6}"
+    )
+    print(header)
+    print("  us/req (rps) = 1/rps_on - 1/rps_off; cpu = the gateway's own CPU time per request")
+    print("-" * len(header))
+    for feature, row, feature_on in (
+        ("limits", "gw-no-limits", on),
+        ("windows", "gw-no-windows", on),
+        ("access log (file)", "gw-no-accesslog", on),
+        ("all three", "gw-bare", on),
+        ("access log to stderr", "gateway", by_name.get("gw-echo")),
+        ("mirror 10 %", "gateway", by_name.get("gw-mirror10")),
+    ):
+        off = by_name.get(row)
+        if off is None or feature_on is None:
+            continue
+        lost = 100 * (1 - feature_on.rps / off.rps)
+        cost_us = (1 / feature_on.rps - 1 / off.rps) * 1e6
+        cpu_cost = feature_on.cpu_us - off.cpu_us
+        print(
+            f"{feature:<22} {off.rps:>9.0f} {feature_on.rps:>9.0f} {lost:>8.1f}% {cost_us:>13.2f} "
+            f"{off.cpu_us:>15.1f} {feature_on.cpu_us:>6.1f} {cpu_cost:>6.1f}"
+        )
+
+
+def print_processes(by_name: dict[str, Result]) -> None:
+    rows = [(1, by_name.get("gateway")), (2, by_name.get("gw-2proc"))]
+    if rows[1][1] is None:
+        return
+    print("\nprocesses (TIDEGATE_GATEWAY_WORKERS), every feature on")
+    header = f"{'processes':>9} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'x 1 process':>12}"
+    print(header)
+    print("-" * len(header))
+    one = rows[0][1]
+    for count, r in rows:
+        if r is None:
+            continue
+        ratio = f"{r.rps / one.rps:.2f}" if one else "-"
+        print(f"{count:>9} {r.rps:>10.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>12}")
+
+
+ROW_ORDER = [
+    "direct",
+    "nginx",
+    "gateway",
+    "gateway-tls",
+    "gw-echo",
+    "gw-no-limits",
+    "gw-no-windows",
+    "gw-no-accesslog",
+    "gw-bare",
+    "gw-mirror10",
+    "gw-2proc",
+    "azml-direct",
+    "azml-gateway",
+]
+
+# Gateway rows: (name, extra environment, mirror share, note)
+GATEWAY_ROWS: list[tuple[str, dict[str, str], int, str]] = [
+    ("gateway", {}, 0, "every feature on; access log to its file"),
+    ("gw-echo", {"TIDEGATE_LOG_LEVEL": "info"}, 0, "same + access lines echoed to stderr"),
+    ("gw-no-limits", {"TIDEGATE_GATEWAY_DISABLE": "limits"}, 0, "limits off"),
+    ("gw-no-windows", {"TIDEGATE_GATEWAY_DISABLE": "windows"}, 0, "windows off"),
+    ("gw-no-accesslog", {"TIDEGATE_GATEWAY_DISABLE": "accesslog"}, 0, "access log off"),
+    ("gw-bare", {"TIDEGATE_GATEWAY_DISABLE": "limits,windows,accesslog,mirror"}, 0, "all of them off"),
+    ("gw-mirror10", {}, 10, "every feature on + 10 % mirrored to a shadow"),
+    ("gw-2proc", {"TIDEGATE_GATEWAY_WORKERS": "2"}, 0, "every feature on, 2 processes"),
+]
+
+
+def median_result(name: str, runs: list[Result]) -> Result:
+    ordered = sorted(runs, key=lambda r: r.rps)
+    middle = ordered[len(ordered) // 2]
+    note = middle.note
+    if len(runs) > 1:
+        note += f" [rps of {len(runs)} runs: {', '.join(f'{r.rps:.0f}' for r in runs)}]"
+    cpu = [r.cpu_us for r in runs if r.cpu_us == r.cpu_us]
+    if len(runs) > 1 and cpu:
+        note += f" [cpu us/req: {', '.join(f'{c:.1f}' for c in cpu)}]"
+    median_cpu = statistics.median(cpu) if cpu else float("nan")
+    return Result(name, middle.rps, middle.p50_ms, middle.p99_ms, middle.errors, note, cpu_us=median_cpu)
+
+
+# --- memory ---
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (gateway processes 1..N-1, nginx workers)."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set of ``pid`` and its descendants, in KiB."""
+    total = 0
+    for current in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants (all threads)."""
+    total = 0.0
+    for current in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+async def _hold_idle(
+    port: int, count: int, request: bytes, ready: threading.Event, release: threading.Event
+) -> int:
+    """Open ``count`` connections, one request on each, then keep them open and idle."""
+    writers: list[asyncio.StreamWriter] = []
+    failed = 0
+    limit = asyncio.Semaphore(256)
+
+    async def one() -> None:
+        nonlocal failed
+        async with limit:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+                await reader.readexactly(length)
+                writers.append(writer)
+            except (OSError, asyncio.IncompleteReadError, AttributeError):
+                failed += 1
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    ready.set()
+    await asyncio.to_thread(release.wait)
+    for writer in writers:
+        writer.close()
+    return failed
+
+
+def measure_idle_connections(
+    gateway: subprocess.Popen[bytes], port: int, headers: dict[str, str], count: int
+) -> dict[str, float]:
+    head = ["POST /score HTTP/1.1", f"Content-Length: {len(BODY)}"] + [
+        f"{k}: {v}" for k, v in headers.items()
+    ]
+    request = ("\r\n".join(head) + "\r\n\r\n").encode() + BODY
+    before = rss_kb(gateway.pid)
+    ready, release = threading.Event(), threading.Event()
+    outcome: dict[str, int] = {}
+
+    def run() -> None:
+        import uvloop
+
+        outcome["failed"] = uvloop.run(_hold_idle(port, count, request, ready, release))
+
+    holder = threading.Thread(target=run, daemon=True)
+    holder.start()
+    ready.wait(120)
+    time.sleep(1.0)
+    held = rss_kb(gateway.pid)
+    release.set()
+    holder.join(60)
+    time.sleep(1.0)
+    after = rss_kb(gateway.pid)
+    return {
+        "before_kb": before,
+        "held_kb": held,
+        "after_kb": after,
+        "failed": outcome.get("failed", count),
+        "per_conn_kb": (held - before) / max(1, count - outcome.get("failed", 0)),
+    }
+
+
+def measure_overload(
+    procs: Procs,
+    work: Path,
+    gateway: subprocess.Popen[bytes],
+    ports: dict[str, int],
+    slow_ports: list[int],
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    """8 slots (2 instances x 4) of a 10 ms backend (capacity ~800 rps), overloaded: 1500
+    connections each sending one request per 100 ms (wrk's delay()). The queue (512) fills
+    and its requests wait up to 100 ms, which bounds what wrk offers (about 7x measured);
+    the rest is refused at once."""
+    slow = start_slow_backend(procs, work, slow_ports, delay_ms=10)
+    push_route(
+        ports["admin"],
+        {"blue": [f"http://127.0.0.1:{p}" for p in slow_ports]},
+        {"blue": 100},
+        max_concurrent=4,
+        max_queue_wait_ms=100,
+    )
+    host = {"Host": f"{ENDPOINT}.localhost:{ports['http']}", "Authorization": f"Bearer {KEY}"}
+    check(ports["http"], {**host, "Content-Type": "application/json"})
+    before = rss_kb(gateway.pid)
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            samples.append(rss_kb(gateway.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    result = run_wrk(
+        f"http://127.0.0.1:{ports['http']}/score", host, args.duration * 2, 1000, work, delay_ms=100
+    )
+    stop.set()
+    sampler.join()
+    time.sleep(1.0)
+    after = rss_kb(gateway.pid)
+    alive = gateway.poll() is None
+    try:
+        check(ports["http"], {**host, "Content-Type": "application/json"})
+        serving = True
+    except (OSError, RuntimeError):
+        serving = False
+    procs.stop(slow)
+    served = result.total - result.non_2xx
+    seconds = args.duration * 2
+    half = len(samples) // 2
+    return {
+        "offered_rps": result.rps,
+        "served_rps": served / seconds,
+        "capacity_rps": 8 / 0.010,
+        "non_2xx_share": result.non_2xx / max(1, result.total),
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "before_kb": before,
+        "peak_kb": max(samples, default=before),
+        "first_half_peak_kb": max(samples[:half], default=before),
+        "second_half_peak_kb": max(samples[half:], default=before),
+        "after_kb": after,
+        "alive": float(alive and serving),
+    }
+
+
+def print_memory(idle: dict[str, float] | None, overload: dict[str, float] | None, count: int) -> None:
+    if idle is None and overload is None:
+        return
+    print("\nmemory (RSS of the gateway, 1 process, every feature on)")
+    if idle is not None:
+        print(
+            f"  {count} idle keep-alive connections (one request each, then held): "
+            f"{idle['before_kb'] / 1024:.1f} MiB before, {idle['held_kb'] / 1024:.1f} MiB held "
+            f"({idle['per_conn_kb']:.1f} KiB per connection), "
+            f"{idle['after_kb'] / 1024:.1f} MiB after closing; "
+            f"{int(idle['failed'])} failed to open"
+        )
+    if overload is not None:
+        times = overload["offered_rps"] / overload["capacity_rps"]
+        print(
+            f"  overload: offered {overload['offered_rps']:.0f} rps = {times:.0f}x a capacity of "
+            f"{overload['capacity_rps']:.0f} rps (8 slots x 10 ms; wrk -c1500, 100 ms between requests); "
+            f"served {overload['served_rps']:.0f} rps, "
+            f"{100 * overload['non_2xx_share']:.1f} % answered 429; p50 {overload['p50_ms']:.2f} ms, "
+            f"p99 {overload['p99_ms']:.2f} ms"
+        )
+        print(
+            f"  overload RSS: {overload['before_kb'] / 1024:.1f} MiB before, peak "
+            f"{overload['first_half_peak_kb'] / 1024:.1f} MiB in the first half and "
+            f"{overload['second_half_peak_kb'] / 1024:.1f} MiB in the second (bounded: flat), "
+            f"{overload['after_kb'] / 1024:.1f} MiB after; "
+            f"{'alive and serving after' if overload['alive'] else 'NOT serving after'}"
+        )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each gateway row (median printed)")
+    parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--no-azml", action="store_true", help="skip the azmlinfsrv rows")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    parser.add_argument("--rows", help="only these gateway rows (comma-separated names)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     parser.add_argument(
         "--python-load", action="store_true", help="use the Python load generator even if wrk is here"
@@ -548,10 +931,16 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tidegate-bench-"))
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
         (work / sub).mkdir()
-    port_a, port_b, ngw, https, http, admin, azml = free_ports(7)
+    port_a, port_b, ngw, https, http, admin, azml, slow_a, slow_b = free_ports(9)
+    ports = {"https": https, "http": http, "admin": admin}
     procs = Procs()
     results: list[Result] = []
     auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    host = {"Host": f"{ENDPOINT}.localhost:{http}"}
+    split = {"blue": f"http://127.0.0.1:{port_a}", "green": f"http://127.0.0.1:{port_b}"}
+    wanted = set(args.rows.split(",")) if args.rows else None
+    idle: dict[str, float] | None = None
+    overload: dict[str, float] | None = None
     try:
         kind = start_backends(procs, work, port_a, port_b, nginx)
         notes.append(f"trivial backend: {kind}")
@@ -560,44 +949,8 @@ def main() -> int:
                 "direct", f"http://127.0.0.1:{port_a}/score", {"Content-Type": "application/json"}, args, work
             )
         )
-
-        gateway = start_gateway(procs, work, {"https": https, "http": http, "admin": admin})
-        push_route(
-            admin,
-            {"blue": f"http://127.0.0.1:{port_a}", "green": f"http://127.0.0.1:{port_b}"},
-            {"blue": 90, "green": 10},
-        )
-        host = {"Host": f"{ENDPOINT}.localhost:{http}"}
-        check(http, {**auth, **host})
-        check(http, {**host}, expect_status=401)
-        results.append(
-            measure(
-                "gateway",
-                f"http://127.0.0.1:{http}/score",
-                {**auth, **host},
-                args,
-                work,
-                "key auth + 90/10 split; access log to file+stderr",
-            )
-        )
-        cafile = str(work / "home" / "tls" / "ca.pem")
-        try:
-            check(https, {**auth, **host}, cafile=cafile)
-            results.append(
-                measure(
-                    "gateway-tls",
-                    f"https://127.0.0.1:{https}/score",
-                    {**auth, **host},
-                    args,
-                    work,
-                    "same, HTTPS",
-                )
-            )
-        except (OSError, RuntimeError) as exc:
-            notes.append(f"gateway-tls skipped: {exc}")
-
         if nginx:
-            start_nginx_gateway(procs, work, nginx, ngw, port_a, port_b)
+            nginx_gateway = start_nginx_gateway(procs, work, nginx, ngw, port_a, port_b)
             check(ngw, dict(auth))
             check(ngw, {}, expect_status=401)
             results.append(
@@ -608,27 +961,73 @@ def main() -> int:
                     args,
                     work,
                     "map key check + split_clients 90/10, 1 worker",
+                    pid=nginx_gateway.pid,
                 )
             )
+            procs.stop(nginx_gateway)  # idle from here on, but off the machine
 
-        # Same home: the restarted gateway serves from its persisted route table.
-        procs.stop(gateway)
-        gateway = start_gateway(
-            procs, work, {"https": https, "http": http, "admin": admin}, TIDEGATE_LOG_LEVEL="warning"
-        )
-        check(http, {**auth, **host})
-        results.append(
-            measure(
-                "gateway-quiet",
-                f"http://127.0.0.1:{http}/score",
-                {**auth, **host},
-                args,
-                work,
-                "same, log level warning: access log to file only",
-            )
-        )
+        runs: dict[str, list[Result]] = {}
+        for _ in range(args.rounds):
+            for name, env, mirror, note in GATEWAY_ROWS:
+                if wanted is not None and name not in wanted:
+                    continue
+                gateway = start_gateway(procs, work, ports, **{"TIDEGATE_LOG_LEVEL": "warning", **env})
+                deployments: dict[str, str | list[str]] = dict(split)
+                if mirror:
+                    deployments["shadow"] = f"http://127.0.0.1:{port_b}"
+                push_route(
+                    admin,
+                    deployments,
+                    {"blue": 90, "green": 10},
+                    mirror={"shadow": mirror} if mirror else None,
+                )
+                check(http, {**auth, **host})
+                check(http, {**host}, expect_status=401)
+                if name == "gw-2proc":
+                    time.sleep(1.0)  # the second process follows the pushed table
+                runs.setdefault(name, []).append(
+                    measure(
+                        name,
+                        f"http://127.0.0.1:{http}/score",
+                        {**auth, **host},
+                        args,
+                        work,
+                        note,
+                        gateway.pid,
+                    )
+                )
+                if name == "gateway":
+                    cafile = str(work / "home" / "tls" / "ca.pem")
+                    try:
+                        check(https, {**auth, **host}, cafile=cafile)
+                        runs.setdefault("gateway-tls", []).append(
+                            measure(
+                                "gateway-tls",
+                                f"https://127.0.0.1:{https}/score",
+                                {**auth, **host},
+                                args,
+                                work,
+                                "same, HTTPS",
+                                gateway.pid,
+                            )
+                        )
+                    except (OSError, RuntimeError) as exc:
+                        notes.append(f"gateway-tls skipped: {exc}")
+                procs.stop(gateway)
+        results.extend(median_result(name, found) for name, found in runs.items())
+
+        if not args.no_memory:
+            gateway = start_gateway(procs, work, ports, TIDEGATE_LOG_LEVEL="warning")
+            push_route(admin, split, {"blue": 90, "green": 10})
+            check(http, {**auth, **host})
+            print(f"holding {args.idle_connections} idle connections ...", file=sys.stderr)
+            idle = measure_idle_connections(gateway, http, {**auth, **host}, args.idle_connections)
+            print("overload ...", file=sys.stderr)
+            overload = measure_overload(procs, work, gateway, ports, [slow_a, slow_b], args)
+            procs.stop(gateway)
 
         if not args.no_azml:
+            gateway = start_gateway(procs, work, ports, TIDEGATE_LOG_LEVEL="warning")
             azml_proc = start_azmlinfsrv(procs, work, azml)
             results.append(
                 measure(
@@ -653,7 +1052,7 @@ def main() -> int:
                 )
             )
             procs.stop(azml_proc)
-        procs.stop(gateway)
+            procs.stop(gateway)
     finally:
         procs.stop_all()
         if not args.keep:
@@ -665,6 +1064,7 @@ def main() -> int:
         "other work on this machine skews the figures"
     )
     print_table(results, notes, args)
+    print_memory(idle, overload, args.idle_connections)
     return 0
 
 

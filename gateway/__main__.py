@@ -20,6 +20,9 @@ def main() -> int:
     except OSError as exc:  # typically a port already in use
         structlog.get_logger("gateway").error("gateway.failed", error=str(exc))
         return 1
+    except ValueError as exc:  # a bad TIDEGATE_GATEWAY_WORKERS or TIDEGATE_GATEWAY_DISABLE
+        structlog.get_logger("gateway").error("gateway.bad_setting", error=str(exc))
+        return 2
     return 0
 
 

@@ -1,12 +1,19 @@
-"""Access log: the event loop appends a tuple; a thread formats JSON lines and writes them.
+"""Access log: one JSON line per request, formatted on the event loop, written by a thread.
 
-Formatting and file writes never run on the event loop. Entries carry no key and no
-Authorization header: the proxy never passes them in.
+The line is formatted where the request ends (about 1 µs, measured) and queued; a daemon
+thread writes the queue out every ``FLUSH_INTERVAL_S``. Formatting in the thread instead
+cost the gateway about 6 µs per request (measured with ``bench/gateway.py``): the thread
+and the event loop hand the GIL back and forth thousands of times a second. Writes never
+run on the event loop. Entries carry no key and no Authorization header: the proxy never
+passes them in. Each flush is one ``write`` on an ``O_APPEND`` descriptor, so several
+gateway processes can share the file without interleaving lines (Linux holds the file lock
+for a regular file's whole write).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import threading
@@ -14,13 +21,12 @@ import time
 from collections import deque
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, BinaryIO, NamedTuple
 
 import structlog
 
 FLUSH_INTERVAL_S = 0.2
 MAX_BACKLOG = 200_000  # entries held while the file cannot be written
-YIELD_EVERY = 128  # entries formatted between two releases of the GIL
 
 
 class AccessEntry(NamedTuple):
@@ -58,6 +64,33 @@ class _Clock:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._prefix}.{int((when - second) * 1000):03d}Z"
 
+    def prefix(self, second: int) -> str:
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return self._prefix
+
+
+_LINE = (
+    '{"time":"%s.%03dZ","method":%s,"path":%s,"endpoint":%s,"deployment":%s,"instance":%s,'
+    '"status":%d,"code":%s,"latency_ms":%.3f,"bytes_in":%d,"bytes_out":%d,"request_id":%s}'
+)
+_QUOTED_MAX = 4096
+# JSON forms of the values that repeat (methods, paths, names, codes), made once each.
+_quoted: dict[object, str] = {None: "null"}
+
+
+def _quoted_value(value: str | bytes | None) -> str:
+    found = _quoted.get(value)
+    if found is None:
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        found = encode_basestring(text)
+        if len(_quoted) >= _QUOTED_MAX:  # client-chosen paths must not grow it for ever
+            _quoted.clear()
+            _quoted[None] = "null"
+        _quoted[value] = found
+    return found
+
 
 def format_entry(entry: tuple[Any, ...], clock: _Clock) -> str:
     """One JSON line (no newline) for an ``AccessEntry``-shaped tuple."""
@@ -75,12 +108,21 @@ def format_entry(entry: tuple[Any, ...], clock: _Clock) -> str:
         bytes_out,
         request_id,
     ) = entry
-    return (
-        f'{{"time":"{clock.iso(when)}","method":{_quote(method.decode("latin-1"))},'
-        f'"path":{_quote(path.decode("latin-1"))},"endpoint":{_quote(endpoint)},'
-        f'"deployment":{_quote(deployment)},"instance":{_quote(instance)},'
-        f'"status":{status},"code":{_quote(code)},"latency_ms":{latency_ms:.3f},'
-        f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"request_id":{_quote(request_id)}}}'
+    second = int(when)
+    return _LINE % (
+        clock.prefix(second),
+        int((when - second) * 1000),
+        _quoted_value(method),
+        _quoted_value(path),
+        _quoted_value(endpoint),
+        _quoted_value(deployment),
+        _quoted_value(instance),
+        status,
+        _quoted_value(code),
+        latency_ms,
+        bytes_in,
+        bytes_out,
+        "null" if request_id is None else encode_basestring(request_id),
     )
 
 
@@ -88,28 +130,30 @@ _EVENT_TAIL = ',"event":"access","level":"info","logger":"gateway.access"}'
 
 
 class AccessLog:
-    """Buffered JSON-lines access log written by a daemon thread.
+    """JSON-lines access log: ``record`` formats, a daemon thread writes.
 
-    ``record`` is a deque append (thread-safe, no formatting). Each entry also goes to the
-    structlog stream as an ``access`` event at level info (nothing when the level is above
-    info). When that stream is not a terminal (structlog renders JSON) the thread writes
-    the JSON lines itself, in one write per flush: structlog's processor chain per event
-    would cost the gateway about half its throughput. On a terminal each entry goes through
-    structlog, for its console renderer.
+    Each entry also goes to the structlog stream as an ``access`` event at level info
+    (nothing when the level is above info). When that stream is not a terminal (structlog
+    renders JSON) the thread writes the JSON lines itself, in one write per flush:
+    structlog's processor chain per event would cost the gateway about half its
+    throughput. On a terminal each entry goes through structlog, for its console renderer.
     """
 
     def __init__(self, path: Path, *, stream: IO[str] | None = None) -> None:
         self._path = path
         # Bounded so a log that cannot be written costs memory only up to a point (the
-        # oldest entries go first); at 40k requests/s this is several seconds of backlog.
-        self._queue: deque[tuple[Any, ...]] = deque(maxlen=MAX_BACKLOG)
+        # oldest lines go first); at 40k requests/s this is several seconds of backlog.
+        self._queue: deque[str] = deque(maxlen=MAX_BACKLOG)
         self._wake = threading.Event()
         self._stop = False
         self._log = structlog.get_logger("gateway.access")
         self._thread: threading.Thread | None = None
-        self._clock = _Clock()
+        self._clock = _Clock()  # used on the recording thread only
         self._stream = stream if stream is not None else sys.stderr
-        self.record = self._queue.append
+
+    def record(self, entry: tuple[Any, ...]) -> None:
+        """Queue one ``AccessEntry``-shaped tuple (formatted here, written later)."""
+        self._queue.append(format_entry(entry, self._clock))
 
     def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,13 +169,13 @@ class AccessLog:
             self._thread = None
 
     def _run(self) -> None:
-        out: IO[str] | None = None
+        out: BinaryIO | None = None
         failed = False
         while True:
             self._wake.wait(FLUSH_INTERVAL_S)
             try:
                 if out is None:
-                    out = open(self._path, "a", encoding="utf-8")
+                    out = open(self._path, "ab", buffering=0)
                 self._drain(out)
                 failed = False
             except OSError as exc:  # disk full, permissions: keep serving, say so once
@@ -149,51 +193,37 @@ class AccessLog:
                         out.close()
                 return
 
-    def _drain(self, out: IO[str]) -> None:
-        """Format and write every queued entry (a write error leaves the rest queued)."""
+    def _drain(self, out: BinaryIO) -> None:
+        """Write every queued line (lines taken before a write error are lost)."""
         queue = self._queue
-        clock = self._clock
+        popleft = queue.popleft
         lines: list[str] = []
-        echoed: list[str] = []
+        append = lines.append
+        try:
+            for _ in range(len(queue)):
+                append(popleft())
+        except IndexError:
+            pass
+        if not lines:
+            return
         stream = self._stream
-        info = None
         echo = self._log.is_enabled_for(logging.INFO)
         if echo and stream.isatty():
-            info, echo = self._log.info, False
-        count = 0
-        while True:
-            try:
-                entry = queue.popleft()
-            except IndexError:
-                break
-            count += 1
-            if count % YIELD_EVERY == 0:
-                # Hand the GIL back to the event loop: held for the interpreter's whole
-                # switch interval (5 ms) it would stall requests, and show in their p99.
-                time.sleep(0)
-            line = format_entry(entry, clock)
-            lines.append(line)
-            if echo:
-                echoed.append(f'{line[:-1]},"timestamp":"{clock.iso(entry[0])}"{_EVENT_TAIL}')
-            elif info is not None:
-                info("access", **_fields(entry, clock))
-        if lines:
-            lines.append("")
-            out.write("\n".join(lines))
-            out.flush()
-        if echoed:
+            info = self._log.info
+            for line in lines:
+                info("access", **json.loads(line))
+            echo = False
+        lines.append("")
+        data = memoryview("\n".join(lines).encode())
+        while data:
+            written = out.write(data) or 0
+            data = data[written:]
+        if echo:
+            # The time is at a fixed place in the line: '{"time":"' then 24 characters.
+            echoed = [f'{line[:-1]},"timestamp":"{line[9:33]}"{_EVENT_TAIL}' for line in lines[:-1]]
             echoed.append("")
             try:
                 stream.write("\n".join(echoed))
                 stream.flush()
             except (OSError, ValueError):  # stderr closed or gone: the file still has them
                 pass
-
-
-def _fields(entry: tuple[Any, ...], clock: _Clock) -> dict[str, Any]:
-    fields = AccessEntry(*entry)._asdict()
-    fields["time"] = clock.iso(entry[0])
-    fields["method"] = entry[1].decode("latin-1")
-    fields["path"] = entry[2].decode("latin-1")
-    fields["latency_ms"] = round(entry[8], 3)
-    return fields

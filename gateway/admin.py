@@ -3,6 +3,11 @@
 ``PUT /routes/{endpoint}`` and ``DELETE /routes/{endpoint}?generation=N`` follow the
 generation rules in ``gateway.table``; every applied change is persisted before the answer,
 so a push that got ``applied: true`` survives a crash.
+
+``GET /stats?endpoint=E&deployment=D&window=30s`` answers a ``config.stats.WindowStats``
+(the monitor contract; ``deployment`` omitted: the endpoint as clients saw it). An endpoint
+or deployment with no data yet answers zero requests, not 404: a canary that got no traffic
+is "no data". ``GET /metrics`` is Prometheus text (see ``gateway.metrics``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from config.routes import ApplyRouteResult, EndpointRoute
+from gateway.metrics import StatsSource, render
 from gateway.table import (
     FieldProblem,
     RouteTable,
@@ -25,6 +31,7 @@ from gateway.table import (
     route_problems,
     save_table,
 )
+from gateway.windows import parse_window
 
 log = structlog.get_logger("gateway.admin")
 
@@ -77,6 +84,7 @@ def create_app(
     persist: Callable[[], Awaitable[None]],
     *,
     admin_token: str | None = None,
+    stats: StatsSource | None = None,
 ) -> web.Application:
     """The admin application; ``persist`` is awaited after every applied change."""
     expected = f"Bearer {admin_token}".encode() if admin_token else None
@@ -171,7 +179,31 @@ def create_app(
                 500, "PersistFailed", "applied in memory but not persisted; push again"
             ) from None
 
+    async def get_stats(request: web.Request) -> web.Response:
+        if stats is None:
+            raise AdminError(404, "NotFound", "this gateway keeps no windows")
+        endpoint = request.query.get("endpoint", "").strip().lower()
+        if not endpoint:
+            raise _bad_request([FieldProblem("endpoint", "query parameter is required")])
+        deployment = request.query.get("deployment", "").strip()
+        try:
+            seconds = parse_window(request.query.get("window"))
+        except ValueError as exc:
+            raise _bad_request([FieldProblem("window", f"{exc}; e.g. 30s, 5m or 90")]) from None
+        data = await stats.window(endpoint, deployment, seconds)
+        return web.json_response(data.to_stats(endpoint, deployment, seconds).model_dump(mode="json"))
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        if stats is None:
+            raise AdminError(404, "NotFound", "this gateway keeps no windows")
+        text = render(await stats.snapshot())
+        return web.Response(
+            text=text, content_type="text/plain", charset="utf-8", headers={"X-Prometheus-Format": "0.0.4"}
+        )
+
     app = web.Application(middlewares=[errors], client_max_size=8 * 1024 * 1024)
+    app.router.add_get("/stats", get_stats)
+    app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/routes", list_routes)
     app.router.add_get("/routes/{endpoint}", get_route)

@@ -4,18 +4,39 @@ Requests are parsed with httptools, routed with the pure functions in ``gateway.
 and forwarded over pooled keep-alive connections (``gateway.upstream``). A connection
 serves its requests one at a time, in order (pipelined requests wait in a queue).
 
+Per deployment, each instance takes at most ``limit`` requests at once (its
+``max_concurrent_requests_per_instance``, shared between gateway processes); beyond that a
+request waits in the deployment's bounded FIFO queue for up to ``max_queue_wait_ms``, then
+is answered 429. The instance is chosen by least outstanding requests among the healthy
+ones; one that fails ``EJECT_AFTER`` connections in a row (refused, or closed with no byte
+back) is ejected until a probe (``GET /``) answers, after a back-off doubling from
+``EJECT_BASE_S``; with every instance ejected the answer is 503. ``request_timeout_ms`` runs
+from the moment the request is sent to an instance (the queue has its own bound) and ends
+in 408 with the slot handed on.
+
+Retries: a request goes to another instance only when nothing reached the first (the
+connect failed), each instance at most once. One exception, kept from the first version:
+a request written on a reused keep-alive connection that closes with no byte back is sent
+once more on a fresh connection, because that is how an instance closing an idle
+connection just as we reuse it looks; an instance that read the request and died at that
+moment would see it twice.
+
 Hazards kept in mind here: httptools calls back synchronously from ``feed_data`` (several
 requests may complete in one call), so nothing in a callback may raise; every request
-releases its instance's outstanding count exactly once (``_release``).
+releases its instance's outstanding count exactly once (``_release``) and leaves the queue
+exactly once (``waiting`` is cleared by whoever takes it out); a freed slot goes to the
+queue before any new arrival (a new request queues behind waiting ones).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import ssl
 import time
 from collections import deque
+from collections.abc import Iterable
 from functools import partial
 from typing import Final, cast
 
@@ -23,6 +44,7 @@ import httptools
 import structlog
 
 from gateway.accesslog import AccessLog
+from gateway.mirror import MirrorCopy
 from gateway.responses import (
     CONNECTION_CLOSE,
     CONNECTION_KEEP_ALIVE,
@@ -34,7 +56,10 @@ from gateway.responses import (
     status_line,
 )
 from gateway.routing import (
+    FULL,
+    SCORE,
     SWAGGER,
+    RequestIds,
     RequestTarget,
     RoutingError,
     bearer_token,
@@ -47,13 +72,33 @@ from gateway.routing import (
 )
 from gateway.table import DeploymentState, EndpointState, RouteTable
 from gateway.upstream import InstanceState, UpstreamConnection
+from gateway.windows import (
+    HORIZON_S,
+    MIRROR_DROPPED,
+    MIRROR_REQUESTS,
+    InstanceLoad,
+    WindowData,
+    bucket_of,
+)
+
+_perf = time.perf_counter
 
 log = structlog.get_logger("gateway.proxy")
 
 MAX_HEAD_BYTES: Final = 64 * 1024  # request line + headers
 MAX_PIPELINED: Final = 32  # queued requests before the connection stops reading
 LINGER_S: Final = 2.0  # how long a rejected upload is drained before closing
-EJECT_S: Final = 5.0  # an instance that refused a connection is avoided this long
+EJECT_AFTER: Final = 5  # connection failures in a row that eject an instance
+EJECT_BASE_S: Final = 1.0  # first back-off before the probe; doubles per ejection in a row
+EJECT_MAX_S: Final = 30.0
+PROBE_TIMEOUT_S: Final = 2.0
+RETRY_AFTER: Final = b"retry-after: 1\r\n"
+TOO_MANY_HEADERS: Final = JSON_CONTENT_TYPE + RETRY_AFTER
+PRUNE_EVERY_S: Final = 60
+# Request timeouts and queue waits are checked by one sweep this often (not a timer per
+# request: uvloop's call_later plus cancel costs more than the rest of the limiter).
+DEADLINE_SWEEP_S: Final = 0.01
+FEATURES: Final = frozenset({"limits", "windows", "accesslog", "mirror"})
 IDLE_SWEEP_S: Final = 30.0  # client connections idle for one to two sweeps are closed
 DRAIN_S: Final = 10.0  # on stop, in-flight requests get this long to finish
 _TARGET_CACHE_MAX: Final = 4096
@@ -72,13 +117,14 @@ _WANTED_HEADERS: Final = frozenset(
     }
 )
 _METHODS: Final = {b"POST", b"GET"}
+_RESOURCE_BYTES: Final = {SCORE: SCORE.encode(), SWAGGER: SWAGGER.encode()}
 _CRLF: Final = b"\r\n"
 _RID: Final = b"x-request-id: "
 _CLEN: Final = b"\r\ncontent-length: "
 
 
 class Gateway:
-    """What every client connection shares: the route table, the log, cached header bytes."""
+    """What every client connection shares: the route table, windows, log, cached bytes."""
 
     def __init__(
         self,
@@ -86,9 +132,12 @@ class Gateway:
         domain: str,
         access_log: AccessLog,
         upstream_ssl: ssl.SSLContext | None = None,
+        *,
+        features: Iterable[str] = FEATURES,
     ) -> None:
         self.table = table
         self.live = table.live  # mutated in place by the table, never rebound
+        self.windows = table.windows
         self.domain = domain
         self.record = access_log.record
         self.date = DateHeader()
@@ -96,13 +145,34 @@ class Gateway:
         self.connections: set[ClientProtocol] = set()
         self.targets: dict[tuple[bytes, bytes | None], RequestTarget | RoutingError] = {}
         self.upstream_ssl = upstream_ssl
+        self.request_id = RequestIds()
+        # Features the bench turns off one at a time to price them; all on in service.
+        enabled = frozenset(features)
+        self.limits = "limits" in enabled
+        self.windows_on = "windows" in enabled
+        self.logging = "accesslog" in enabled
+        self.mirroring = "mirror" in enabled
+        self.second = int(time.time())  # the second windows are recording into
+        self.second_started = _perf()
+        self.opened = 0  # client connections accepted since start
         self._ticker: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._deadliner: asyncio.TimerHandle | None = None
+        self._probes: set[asyncio.Task[None]] = set()
+        # What the deadline sweep checks: requests and mirror copies on an instance (each
+        # with ``deadline`` and ``expire()``), and deployments with requests waiting.
+        self.timed: set[_Request | MirrorCopy] = set()
+        self.queueing: set[DeploymentState] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        table.on_rebuilt = self._rebuilt
 
     def start(self) -> None:
+        self.loop = loop = asyncio.get_running_loop()
+        self.second = int(time.time())
+        self.second_started = _perf()
         self._tick()
-        loop = asyncio.get_running_loop()
         self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep)
+        self._deadliner = loop.call_later(DEADLINE_SWEEP_S, self._check_deadlines)
 
     async def stop(self, drain_s: float = DRAIN_S) -> None:
         """Close idle connections now; let in-flight requests finish for up to ``drain_s``."""
@@ -114,9 +184,11 @@ class Gateway:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.shut()
-        for handle in (self._ticker, self._sweeper):
+        for handle in (self._ticker, self._sweeper, self._deadliner):
             if handle is not None:
                 handle.cancel()
+        for task in list(self._probes):
+            task.cancel()
 
     def protocol_factory(self) -> ClientProtocol:
         return ClientProtocol(self)
@@ -124,9 +196,55 @@ class Gateway:
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         now = time.time()
-        self.wall_offset = now - time.perf_counter()
+        perf = _perf()
+        self.wall_offset = now - perf
         self.date.refresh(now)
+        second = int(now)
+        if second != self.second:
+            closing = self.second
+            if self.windows_on:
+                self.windows.close(closing)
+                for endpoint in self.live.values():
+                    for deployment in endpoint.deployments.values():
+                        for instance in deployment.instances:
+                            instance.seal_second(closing, perf)
+                if second % PRUNE_EVERY_S == 0:
+                    self.windows.prune(second, self._window_keys())
+            self.second = second
+            self.second_started = perf
         self._ticker = loop.call_later(1.0 - (now % 1.0) + 0.001, self._tick)
+
+    def _check_deadlines(self) -> None:
+        now = _perf()
+        timed = self.timed
+        if timed:
+            expired = [item for item in timed if item.deadline <= now]
+            for item in expired:
+                timed.discard(item)
+                item.expire()
+        if self.queueing:
+            for deployment in list(self.queueing):
+                waiting = deployment.waiting
+                wait = deployment.queue_wait
+                while waiting:
+                    req = waiting[0]
+                    if not req.waiting:
+                        waiting.popleft()
+                    elif req.queued_at + wait <= now:  # FIFO: the oldest expires first
+                        waiting.popleft()
+                        req.proto._wait_expired(req, now)
+                    else:
+                        break
+                if not deployment.queued:
+                    self.queueing.discard(deployment)
+        self._deadliner = asyncio.get_running_loop().call_later(DEADLINE_SWEEP_S, self._check_deadlines)
+
+    def _window_keys(self) -> list[tuple[str, str]]:
+        keys = []
+        for name, endpoint in self.live.items():
+            keys.append((name, ""))
+            keys.extend((name, deployment) for deployment in endpoint.deployments)
+        return keys
 
     def _sweep(self) -> None:
         for conn in list(self.connections):
@@ -146,11 +264,177 @@ class Gateway:
             self.targets[key] = found
         return found
 
+    # --- the limiter's queue ---
+    def wake(self, deployment: DeploymentState) -> None:
+        """Give free slots to waiting requests, oldest first."""
+        waiting = deployment.waiting
+        limit = deployment.limit if self.limits else 0
+        now = _perf()
+        while deployment.queued and waiting:
+            req = waiting[0]
+            if not req.waiting:
+                waiting.popleft()
+                continue
+            index = pick_instance(deployment.instances, deployment.rotor, now, limit)
+            if index is None or index < 0:
+                return
+            deployment.rotor += 1
+            waiting.popleft()
+            req.waiting = False
+            deployment.queued -= 1
+            proto = req.proto
+            if self.windows_on:
+                deployment.window.record_queue_wait((now - req.queued_at) * 1000.0)
+            proto._send_to(req, deployment.instances[index], now)
+
+    def _rebuilt(self, endpoint: EndpointState) -> None:
+        """A push may have added instances: hand their slots to waiting requests."""
+        if self.loop is None:
+            return
+        for deployment in endpoint.deployments.values():
+            if deployment.queued:
+                self.wake(deployment)
+
+    # --- instance health ---
+    def instance_failed(self, instance: InstanceState) -> None:
+        """A connection to ``instance`` failed before any byte came back."""
+        instance.failures += 1
+        if instance.failures < EJECT_AFTER or instance.ejected_until or instance.retired:
+            return
+        backoff = min(EJECT_MAX_S, EJECT_BASE_S * 2 ** min(instance.ejections, 16))
+        instance.ejected_until = math.inf
+        instance.ejections += 1
+        log.warning(
+            "upstream.ejected",
+            instance=instance.id,
+            url=instance.url,
+            failures=instance.failures,
+            probe_in_s=backoff,
+        )
+        assert self.loop is not None
+        self.loop.call_later(backoff, self._probe_later, instance)
+
+    def _probe_later(self, instance: InstanceState) -> None:
+        if instance.retired:
+            return
+        task = asyncio.get_running_loop().create_task(self._probe(instance))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, instance: InstanceState) -> None:
+        alive = await probe(instance, self.upstream_ssl)
+        if instance.retired:
+            return
+        if not alive:
+            backoff = min(EJECT_MAX_S, EJECT_BASE_S * 2 ** min(instance.ejections, 16))
+            instance.ejections += 1
+            log.info("upstream.probe_failed", instance=instance.id, url=instance.url, probe_in_s=backoff)
+            asyncio.get_running_loop().call_later(backoff, self._probe_later, instance)
+            return
+        instance.ejected_until = 0.0
+        instance.failures = 0
+        instance.ejections = 0
+        log.info("upstream.returned", instance=instance.id, url=instance.url)
+        for endpoint in self.live.values():
+            self._rebuilt(endpoint)
+
+    # --- mirroring ---
+    def mirror(self, req: _Request, endpoint: EndpointState, now: float) -> None:
+        """Copy ``req`` to each shadow deployment its share says; never waits for a slot."""
+        copies: list[MirrorCopy] = []
+        chosen = req.deployment
+        for deployment, share in endpoint.mirrors:
+            if deployment is chosen or random.random() >= share:
+                continue
+            window = deployment.window
+            limit = deployment.limit if self.limits else 0
+            index = pick_instance(deployment.instances, deployment.rotor, now, limit)
+            deployment.rotor += 1
+            if index is None or index < 0 or deployment.queued:
+                window.record_mirror(MIRROR_DROPPED)
+                continue
+            instance = deployment.instances[index]
+            copy = MirrorCopy(self, deployment, instance, upstream_request(req, instance))
+            window.record_mirror(MIRROR_REQUESTS)
+            copy.start(now)
+            copies.append(copy)
+        if copies:
+            req.mirrors = copies
+
+    # --- reading the windows ---
+    def window_data(self, endpoint: str, deployment: str, seconds: float) -> WindowData:
+        """This process's part of a window (the admin API sums the processes)."""
+        window = self.windows.find(endpoint, deployment)
+        data = window.data(seconds, self.second) if window is not None else WindowData.empty()
+        state = self.live.get(endpoint.lower())
+        dep = state.deployments.get(deployment) if state is not None and deployment else None
+        if dep is not None:
+            now = _perf()
+            span = max(1, min(HORIZON_S - 1, math.ceil(seconds)))
+            partial_s = now - self.second_started
+            for instance in dep.instances:
+                busy, covered = instance.busy_over(span, self.second, now, partial_s)
+                data.instances[instance.id] = InstanceLoad(busy, covered, dep.instance_limit)
+        return data
+
+
+async def probe(instance: InstanceState, upstream_ssl: ssl.SSLContext | None) -> bool:
+    """Whether the instance answers HTTP at all (``GET /``, azmlinfsrv's liveness route)."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(
+                instance.host, instance.port, ssl=upstream_ssl if instance.tls else None
+            )
+            writer.write(
+                b"GET "
+                + instance.path_prefix
+                + b"/ HTTP/1.1\r\nhost: "
+                + instance.host_header
+                + b"\r\nconnection: close\r\n\r\n"
+            )
+            line = await reader.readline()
+            return line.startswith(b"HTTP/1.")
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def upstream_request(req: _Request, instance: InstanceState) -> bytes:
+    """The request as the instance gets it: its own path prefix and host, our request id."""
+    headers = req.headers
+    body = req.body[0] if req.body else b""
+    parts = [
+        req.method,
+        b" ",
+        instance.path_prefix,
+        req.resource_bytes,
+        req.query,
+        b" HTTP/1.1\r\nhost: ",
+        instance.host_header,
+        b"\r\nx-request-id: ",
+        req.rid_bytes,
+        _CRLF,
+    ]
+    content_type = headers.get(b"content-type")
+    if content_type is not None:
+        parts += (b"content-type: ", content_type, _CRLF)
+    client_rid = headers.get(b"x-ms-client-request-id")
+    if client_rid is not None:
+        parts += (b"x-ms-client-request-id: ", client_rid, _CRLF)
+    if body or req.method == b"POST":
+        parts += (b"content-length: ", str(len(body)).encode(), _CRLF)
+    parts += (_CRLF, body)
+    return b"".join(parts)
+
 
 class _Request:
     """One request from parse to answer."""
 
     __slots__ = (
+        "proto",
         "started",
         "url",
         "headers",
@@ -163,10 +447,13 @@ class _Request:
         "answered",
         "endpoint",
         "deployment",
+        "targeted",
         "instance",
+        "last_instance",
         "tried",
         "rid",
-        "resource",
+        "rid_bytes",
+        "resource_bytes",
         "query",
         "path",
         "body",
@@ -175,12 +462,21 @@ class _Request:
         "upstream",
         "conn",
         "connecting",
-        "timer",
+        "deadline",
         "replayed",
         "done",
+        "counted",
+        "waiting",
+        "queued_at",
+        "sent_at",
+        "upstream_status",
+        "upstream_body",
+        "upstream_ms",
+        "mirrors",
     )
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, proto: ClientProtocol, started: float) -> None:
+        self.proto = proto
         self.started = started
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
@@ -193,10 +489,13 @@ class _Request:
         self.answered = False
         self.endpoint: EndpointState | None = None
         self.deployment: DeploymentState | None = None
-        self.instance: InstanceState | None = None
-        self.tried: list[InstanceState] = []
+        self.targeted = False  # the client named the deployment (never mirrored)
+        self.instance: InstanceState | None = None  # holds a slot on it
+        self.last_instance: InstanceState | None = None
+        self.tried: list[InstanceState] | None = None  # instances that failed to connect
         self.rid = ""
-        self.resource = ""
+        self.rid_bytes = b""
+        self.resource_bytes = b""
         self.query = b""
         self.path = b""
         self.body: list[bytes] = []
@@ -205,9 +504,21 @@ class _Request:
         self.upstream = b""
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # while on an instance: when it times out (in Gateway.timed)
         self.replayed = False
         self.done = False
+        self.counted = False  # in its deployment's in-flight gauge
+        self.waiting = False  # in its deployment's queue
+        self.queued_at = 0.0
+        self.sent_at = 0.0
+        self.upstream_status = 0
+        self.upstream_body = b""
+        self.upstream_ms: float | None = None
+        self.mirrors: list[MirrorCopy] | None = None
+
+    def expire(self) -> None:
+        self.deadline = 0.0
+        self.proto._on_timeout(self)
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -235,6 +546,7 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.gw.connections.add(self)
+        self.gw.opened += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gw.connections.discard(self)
@@ -264,7 +576,7 @@ class ClientProtocol(asyncio.Protocol):
 
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
-        self.req = _Request(time.perf_counter())
+        self.req = _Request(self, _perf())
         self.in_head = True
 
     def on_url(self, url: bytes) -> None:
@@ -341,7 +653,8 @@ class ClientProtocol(asyncio.Protocol):
         xrid = headers.get(b"x-request-id")
         crid = headers.get(b"x-ms-client-request-id")
         if xrid is None and crid is None:
-            req.rid = fresh_request_id()
+            req.rid = gw.request_id()
+            req.rid_bytes = req.rid.encode("latin-1")
         else:
             rid = request_id(
                 xrid.decode("latin-1") if xrid else None,
@@ -349,10 +662,12 @@ class ClientProtocol(asyncio.Protocol):
                 "",
             )
             if isinstance(rid, RoutingError):
-                req.rid = fresh_request_id()
+                req.rid = gw.request_id()
+                req.rid_bytes = req.rid.encode("latin-1")
                 req.error = rid
                 return
-            req.rid = rid or fresh_request_id()
+            req.rid = rid or gw.request_id()
+            req.rid_bytes = req.rid.encode("latin-1")
         if url[:1] != b"/":
             req.error = RoutingError(400, "BadRequest", "the request target must be a path")
             return
@@ -363,7 +678,7 @@ class ClientProtocol(asyncio.Protocol):
         if req.method not in _METHODS or (target.resource == SWAGGER and req.method != b"GET"):
             req.error = RoutingError(405, "MethodNotAllowed", f"{req.method.decode()} is not allowed here")
             return
-        req.resource = target.resource
+        req.resource_bytes = _RESOURCE_BYTES[target.resource]
         endpoint = gw.live.get(target.endpoint)
         if endpoint is None:
             req.error = RoutingError(404, "EndpointNotFound", f"no endpoint named {target.endpoint!r}")
@@ -396,6 +711,7 @@ class ClientProtocol(asyncio.Protocol):
             req.error = self._too_large(req)
             return
         target_header = headers.get(b"azureml-model-deployment")
+        req.targeted = target_header is not None
         chosen = choose_deployment(
             endpoint.plan,
             target_header.decode("latin-1") if target_header else None,
@@ -434,62 +750,94 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _dispatch(self, req: _Request) -> None:
+        """The request's turn on its connection: take a slot (or queue), copy to shadows."""
         deployment = req.deployment
         assert deployment is not None
-        instances = deployment.instances
-        index = pick_instance(instances, deployment.rotor, self.loop.time())
-        deployment.rotor += 1
-        if index is None:
-            req.error = RoutingError(
-                503,
-                "NoHealthyInstance",
-                f"deployment {deployment.name} has no instance to serve the request",
-            )
-            self._answer_error(req)
-            self._after()
-            return
         body_parts = req.body
         req.body = [b"".join(body_parts)] if len(body_parts) > 1 else body_parts
-        req.timer = self.loop.call_later(deployment.timeout, self._on_timeout, req)
-        self._send_to(req, instances[index])
+        gw = self.gw
+        if gw.windows_on:
+            deployment.window.in_flight += 1
+            req.counted = True
+        now = _perf()
+        endpoint = req.endpoint
+        assert endpoint is not None
+        if deployment.queued and gw.limits:  # first come, first served: behind the waiting ones
+            self._queue_or_refuse(req, now)
+        else:
+            limit = deployment.limit if gw.limits else 0
+            index = pick_instance(deployment.instances, deployment.rotor, now, limit)
+            deployment.rotor += 1
+            self._place(req, index, now)
+        if endpoint.mirrors and not req.targeted and not req.done and gw.mirroring:
+            gw.mirror(req, endpoint, now)  # after the live request is on its way
 
-    def _send_to(self, req: _Request, instance: InstanceState) -> None:
+    def _place(self, req: _Request, index: int | None, now: float) -> None:
+        deployment = req.deployment
+        assert deployment is not None
+        if index is None:
+            self._fail(
+                req,
+                503,
+                "NoHealthyInstance",
+                f"deployment {deployment.name} has no healthy instance to serve the request",
+            )
+        elif index == FULL:
+            self._queue_or_refuse(req, now)
+        else:
+            if self.gw.windows_on:
+                deployment.window.record_no_wait()
+            self._send_to(req, deployment.instances[index], now)
+
+    def _queue_or_refuse(self, req: _Request, now: float) -> None:
+        deployment = req.deployment
+        assert deployment is not None
+        if deployment.queued >= deployment.queue_limit:
+            self._too_many(req, deployment.busy_body, "TooManyRequests")
+            return
+        waiting = deployment.waiting
+        if len(waiting) > 2 * deployment.queue_limit + 16:
+            # Requests that stopped waiting are removed lazily; shed them before the deque grows.
+            live = [r for r in waiting if r.waiting]
+            waiting.clear()
+            waiting.extend(live)
+        req.waiting = True
+        req.queued_at = now
+        deployment.queued += 1
+        waiting.append(req)
+        self.gw.queueing.add(deployment)
+
+    def _wait_expired(self, req: _Request, now: float) -> None:
+        """The deadline sweep took ``req`` out of the queue: it waited max_queue_wait_ms."""
+        deployment = req.deployment
+        assert deployment is not None
+        req.waiting = False
+        deployment.queued -= 1
+        if self.gw.windows_on:
+            deployment.window.record_queue_wait((now - req.queued_at) * 1000.0)
+        self._too_many(req, deployment.wait_body, "TooManyRequests")
+
+    def _too_many(self, req: _Request, body: bytes, code: str) -> None:
+        self._finish(req, 429, TOO_MANY_HEADERS, body, code)
+
+    def _send_to(self, req: _Request, instance: InstanceState, now: float) -> None:
+        instance.busy += instance.outstanding * (now - instance.mark)
+        instance.mark = now
         instance.outstanding += 1
-        req.instance = instance
-        req.tried.append(instance)
-        req.upstream = self._upstream_request(req, instance)
+        req.instance = req.last_instance = instance
+        req.sent_at = now
+        if not req.deadline:
+            deployment = req.deployment
+            assert deployment is not None
+            req.deadline = now + deployment.timeout
+            self.gw.timed.add(req)
+        req.upstream = upstream_request(req, instance)
         conn = instance.take_idle()
         if conn is not None:
             req.conn = conn
             conn.send(self, req.upstream)
         else:
             req.connecting = self.loop.create_task(self._connect(req, instance))
-
-    def _upstream_request(self, req: _Request, instance: InstanceState) -> bytes:
-        headers = req.headers
-        body = req.body[0] if req.body else b""
-        parts = [
-            req.method,
-            b" ",
-            instance.path_prefix,
-            req.resource.encode("latin-1"),
-            req.query,
-            b" HTTP/1.1\r\nhost: ",
-            instance.host_header,
-            b"\r\nx-request-id: ",
-            req.rid.encode("latin-1"),
-            _CRLF,
-        ]
-        content_type = headers.get(b"content-type")
-        if content_type is not None:
-            parts += (b"content-type: ", content_type, _CRLF)
-        client_rid = headers.get(b"x-ms-client-request-id")
-        if client_rid is not None:
-            parts += (b"x-ms-client-request-id: ", client_rid, _CRLF)
-        if body or req.method == b"POST":
-            parts += (b"content-length: ", str(len(body)).encode(), _CRLF)
-        parts += (_CRLF, body)
-        return b"".join(parts)
 
     async def _connect(self, req: _Request, instance: InstanceState) -> None:
         try:
@@ -512,23 +860,33 @@ class ClientProtocol(asyncio.Protocol):
         conn.send(self, req.upstream)
 
     def _connect_failed(self, req: _Request, instance: InstanceState, reason: str) -> None:
-        now = self.loop.time()
-        instance.ejected_until = now + EJECT_S
-        self._release(req)
+        """Nothing reached the instance: try another one of the deployment (each at most once)."""
+        self._release(req, wake=False)
+        self.gw.instance_failed(instance)
         log.warning(
             "upstream.connect_failed",
             instance=instance.id,
             url=instance.url,
             error=reason,
-            ejected_s=EJECT_S,
+            failures=instance.failures,
         )
         deployment = req.deployment
         assert deployment is not None
-        index = pick_instance(deployment.instances, deployment.rotor, now)
-        if index is not None and deployment.instances[index] not in req.tried:
-            self._send_to(req, deployment.instances[index])
-            return
-        self._fail(req, 502, "BadGateway", f"could not reach an instance of {deployment.name}")
+        tried = req.tried
+        if tried is None:
+            tried = req.tried = []
+        tried.append(instance)
+        now = _perf()
+        limit = deployment.limit if self.gw.limits else 0
+        index = pick_instance(deployment.instances, deployment.rotor, now, limit, tried)
+        if index is None:
+            self._fail(req, 502, "BadGateway", f"could not reach an instance of {deployment.name}")
+        elif index == FULL:
+            self._queue_or_refuse(req, now)
+        else:
+            self._send_to(req, deployment.instances[index], now)
+        if deployment.queued:
+            self.gw.wake(deployment)
 
     # --- called by UpstreamConnection ---
     def upstream_response(self, status: int, headers: bytes, body: bytes) -> None:
@@ -536,13 +894,23 @@ class ClientProtocol(asyncio.Protocol):
         if req is None or req.done:
             return
         req.conn = None
-        self._release(req)
+        now = _perf()
+        instance = req.instance
+        if instance is not None and instance.failures:
+            instance.failures = 0
+        self._release(req, now=now, wake=False)
         deployment = req.deployment
         assert deployment is not None
+        if req.mirrors is not None:
+            req.upstream_status = status
+            req.upstream_body = body
+            req.upstream_ms = (now - req.sent_at) * 1000.0
         if status >= 500:
             self._finish(req, 424, JSON_CONTENT_TYPE, model_error_body(deployment.name), "ModelError")
         else:
             self._finish(req, status, headers, body, None)
+        if deployment.queued:
+            self.gw.wake(deployment)
 
     def upstream_failed(self, conn: UpstreamConnection, replay_safe: bool) -> None:
         req = self.active
@@ -552,16 +920,17 @@ class ClientProtocol(asyncio.Protocol):
         instance = req.instance
         assert instance is not None
         if replay_safe and not req.replayed:
-            # The instance closed an idle pooled connection as we reused it: the request
-            # never reached it, so send it once more on a fresh connection.
+            # The instance closed an idle pooled connection as we reused it: nothing came
+            # back, so send it once more on a fresh connection (see the module notes).
             req.replayed = True
             req.connecting = self.loop.create_task(self._connect(req, instance))
             return
         self._release(req)
+        if not conn.received:
+            self.gw.instance_failed(instance)
         self._fail(req, 502, "BadGateway", f"the connection to instance {instance.id} failed")
 
     def _on_timeout(self, req: _Request) -> None:
-        req.timer = None
         if req.done or req is not self.active:
             return
         self._abandon(req)
@@ -575,24 +944,36 @@ class ClientProtocol(asyncio.Protocol):
         )
 
     def _abandon(self, req: _Request) -> None:
-        """Stop waiting upstream: drop the connection (it is mid-exchange) or the connect."""
+        """Stop waiting upstream: drop the connection (it is mid-exchange), the connect or
+        the place in the queue; the slot goes to the next waiting request."""
         conn, req.conn = req.conn, None
         if conn is not None:
             conn.abort()
         task, req.connecting = req.connecting, None
         if task is not None:
             task.cancel()
-        if req.timer is not None:
-            req.timer.cancel()
-            req.timer = None
+        if req.deadline:
+            req.deadline = 0.0
+            self.gw.timed.discard(req)
+        if req.waiting:
+            req.waiting = False
+            deployment = req.deployment
+            assert deployment is not None
+            deployment.queued -= 1
         self._release(req)
         req.done = True
 
-    @staticmethod
-    def _release(req: _Request) -> None:
+    def _release(self, req: _Request, now: float = 0.0, wake: bool = True) -> None:
         instance, req.instance = req.instance, None
-        if instance is not None:
-            instance.outstanding -= 1
+        if instance is None:
+            return
+        now = now or _perf()
+        instance.busy += instance.outstanding * (now - instance.mark)
+        instance.mark = now
+        instance.outstanding -= 1
+        deployment = req.deployment
+        if wake and deployment is not None and deployment.queued:
+            self.gw.wake(deployment)
 
     # --- answers ---
     def _fail(self, req: _Request, status: int, code: str, message: str) -> None:
@@ -615,9 +996,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def _finish(self, req: _Request, status: int, headers: bytes, body: bytes, code: str | None) -> None:
         req.done = True
-        if req.timer is not None:
-            req.timer.cancel()
-            req.timer = None
+        if req.deadline:
+            req.deadline = 0.0
+            self.gw.timed.discard(req)
         if self.transport is not None:
             self._write(req, status, headers, body)
         self._log(req, status, code, len(body))
@@ -658,7 +1039,7 @@ class ClientProtocol(asyncio.Protocol):
                     headers,
                     deployment.header if deployment is not None else b"",
                     _RID,
-                    req.rid.encode("latin-1"),
+                    req.rid_bytes,
                     length,
                     connection,
                     _CRLF,
@@ -668,27 +1049,46 @@ class ClientProtocol(asyncio.Protocol):
         )
 
     def _log(self, req: _Request, status: int, code: str | None, bytes_out: int) -> None:
+        """Every request ends here once: windows, mirror comparisons, the access log."""
+        gw = self.gw
+        started = req.started
+        latency_ms = (_perf() - started) * 1000.0
         endpoint = req.endpoint
         deployment = req.deployment
-        tried = req.tried
-        started = req.started
-        # A plain tuple in AccessEntry's field order: the log thread does the rest.
-        self.gw.record(
-            (
-                started + self.gw.wall_offset,
-                req.method,
-                req.path,
-                endpoint.name if endpoint is not None else None,
-                deployment.name if deployment is not None else None,
-                tried[-1].id if tried else None,
-                status,
-                code,
-                (time.perf_counter() - started) * 1000.0,
-                req.body_size,
-                bytes_out,
-                req.rid or None,
+        if gw.windows_on and endpoint is not None:
+            bucket = bucket_of(latency_ms)
+            endpoint.window.record_at(status, latency_ms, bucket)
+            if deployment is not None:
+                window = deployment.window
+                window.record_at(status, latency_ms, bucket)
+                if req.counted:
+                    window.in_flight -= 1
+        mirrors = req.mirrors
+        if mirrors is not None:
+            upstream_ms = req.upstream_ms
+            for copy in mirrors:
+                copy.live_finished(req.upstream_status, req.upstream_body, upstream_ms)
+            req.mirrors = None
+            req.upstream_body = b""
+        if gw.logging:
+            instance = req.last_instance
+            # A plain tuple in AccessEntry's field order: the log thread does the rest.
+            gw.record(
+                (
+                    started + gw.wall_offset,
+                    req.method,
+                    req.path,
+                    endpoint.name if endpoint is not None else None,
+                    deployment.name if deployment is not None else None,
+                    instance.id if instance is not None else None,
+                    status,
+                    code,
+                    latency_ms,
+                    req.body_size,
+                    bytes_out,
+                    req.rid or None,
+                )
             )
-        )
 
     # --- connection lifecycle ---
     def _fatal(self, status: int, code: str, message: str) -> None:
@@ -699,7 +1099,7 @@ class ClientProtocol(asyncio.Protocol):
             self._close()
             return
         if self.active is None and not self.queue and self.transport is not None:
-            req = req or _Request(time.perf_counter())
+            req = req or _Request(self, _perf())
             req.rid = req.rid or fresh_request_id()
             req.close = True
             req.error = RoutingError(status, code, message)

@@ -8,7 +8,9 @@ is written whole and atomically on every change and read back at start.
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +19,19 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from config.routes import ApplyRouteResult, EndpointRoute
+from config.routes import ApplyRouteResult, DeploymentRoute, EndpointRoute
+from gateway.responses import error_body
 from gateway.routing import TrafficPlan, route_plan
 from gateway.upstream import InstanceState
+from gateway.windows import Window, WindowSet
 
 log = structlog.get_logger("gateway.table")
 
 TABLE_FORMAT = 1
+# The queue is bounded in time by max_queue_wait_ms (Azure's only bound); these bound its
+# memory: waiting requests a deployment holds per instance slot, and at most this many.
+QUEUE_PER_SLOT = 64
+MAX_QUEUE = 4096
 
 
 # --- decisions (pure) ---
@@ -67,6 +75,9 @@ def route_problems(route: EndpointRoute, path_name: str | None = None) -> list[F
     for name, weight in route.traffic.items():
         if weight < 0:
             problems.append(FieldProblem(f"traffic.{name}", "weight must be >= 0"))
+    for name, share in route.mirror_traffic.items():
+        if not 0 <= share <= 100:
+            problems.append(FieldProblem(f"mirror_traffic.{name}", "must be between 0 and 100"))
     for digest in route.key_sha256:
         if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
             problems.append(FieldProblem("key_sha256", "each entry must be 64 hex characters"))
@@ -75,6 +86,10 @@ def route_problems(route: EndpointRoute, path_name: str | None = None) -> list[F
         where = f"deployments.{key}"
         if deployment.request_timeout_ms <= 0:
             problems.append(FieldProblem(f"{where}.request_timeout_ms", "must be > 0"))
+        if deployment.max_concurrent_requests_per_instance < 1:
+            problems.append(FieldProblem(f"{where}.max_concurrent_requests_per_instance", "must be >= 1"))
+        if deployment.max_queue_wait_ms < 0:
+            problems.append(FieldProblem(f"{where}.max_queue_wait_ms", "must be >= 0"))
         for index, instance in enumerate(deployment.instances):
             try:
                 InstanceState(instance.id, instance.url)
@@ -92,29 +107,98 @@ def describe_validation_error(exc: ValidationError) -> list[FieldProblem]:
 # --- hot-path form ---
 
 
+def process_share(limit: int, processes: int) -> int:
+    """This process's part of a per-instance limit when ``processes`` share the port: the
+    kernel spreads connections, not requests, so each takes an equal share, at least 1."""
+    return max(1, math.ceil(limit / max(1, processes)))
+
+
 class DeploymentState:
-    """One deployment as the proxy uses it: pre-encoded header, timeout, live instances."""
+    """One deployment as the proxy uses it. Kept across pushes (updated in place) so its
+    waiting queue and in-flight requests survive a route change."""
 
-    __slots__ = ("name", "header", "timeout", "instances", "rotor")
+    __slots__ = (
+        "endpoint",
+        "name",
+        "header",
+        "timeout",
+        "instances",
+        "rotor",
+        "limit",
+        "instance_limit",
+        "queue_wait",
+        "queue_limit",
+        "waiting",
+        "queued",
+        "window",
+        "busy_body",
+        "wait_body",
+    )
 
-    def __init__(self, name: str, timeout_ms: int, instances: list[InstanceState]) -> None:
+    def __init__(self, endpoint: str, name: str, window: Window) -> None:
+        self.endpoint = endpoint
         self.name = name
         self.header = b"azureml-model-deployment: " + name.encode("latin-1") + b"\r\n"
-        self.timeout = timeout_ms / 1000.0
-        self.instances = instances
+        self.window = window
         self.rotor = 0
+        self.waiting: deque[Any] = deque()  # requests waiting for a slot (lazily removed)
+        self.queued = 0  # how many in ``waiting`` still wait
+        self.timeout = 5.0
+        self.instances: list[InstanceState] = []
+        self.limit = 1
+        self.instance_limit = 1
+        self.queue_wait = 0.5
+        self.queue_limit = QUEUE_PER_SLOT
+        self.busy_body = b""
+        self.wait_body = b""
+
+    def update(self, route: DeploymentRoute, instances: list[InstanceState], processes: int) -> None:
+        self.timeout = route.request_timeout_ms / 1000.0
+        self.instances = instances
+        self.instance_limit = route.max_concurrent_requests_per_instance
+        self.limit = process_share(self.instance_limit, processes)
+        self.queue_wait = route.max_queue_wait_ms / 1000.0
+        slots = max(1, len(instances)) * self.limit
+        self.queue_limit = min(MAX_QUEUE, slots * QUEUE_PER_SLOT) if route.max_queue_wait_ms > 0 else 0
+        self.busy_body = too_many_body(
+            f"deployment {self.name}: every instance has {self.instance_limit} requests in flight "
+            f"(max_concurrent_requests_per_instance) and the queue of {self.queue_limit} is full",
+            "instance_concurrency",
+        )
+        self.wait_body = too_many_body(
+            f"deployment {self.name}: no instance freed a slot within max_queue_wait_ms="
+            f"{route.max_queue_wait_ms}",
+            "queue_wait",
+        )
+
+
+def too_many_body(message: str, limit: str) -> bytes:
+    body = json.loads(error_body("TooManyRequests", message))
+    body["error"]["limit"] = limit
+    return json.dumps(body).encode()
 
 
 class EndpointState:
     """One endpoint as the proxy uses it, rebuilt on every applied push."""
 
-    __slots__ = ("name", "route", "auth_mode", "key_sha256", "plan", "deployments", "max_bytes")
+    __slots__ = (
+        "name",
+        "route",
+        "auth_mode",
+        "key_sha256",
+        "plan",
+        "deployments",
+        "max_bytes",
+        "window",
+        "mirrors",
+    )
 
     def __init__(
         self,
         route: EndpointRoute,
         plan: TrafficPlan,
         deployments: dict[str, DeploymentState],
+        window: Window | None = None,
     ) -> None:
         self.name = route.name
         self.route = route
@@ -123,20 +207,41 @@ class EndpointState:
         self.plan = plan
         self.deployments = deployments
         self.max_bytes = route.max_request_bytes
+        self.window = window if window is not None else Window(route.name.lower(), "")
+        # Shadow deployments and the share of requests each gets a copy of.
+        self.mirrors = tuple(
+            (deployments[name], min(share, 100) / 100.0)
+            for name, share in route.mirror_traffic.items()
+            if share > 0 and name in deployments
+        )
 
 
 def build_endpoint_state(
-    route: EndpointRoute, previous: dict[tuple[str, str], InstanceState]
+    route: EndpointRoute,
+    previous: dict[tuple[str, str], InstanceState],
+    *,
+    old: EndpointState | None = None,
+    windows: WindowSet | None = None,
+    processes: int = 1,
 ) -> EndpointState:
-    """Hot-path form of a route, keeping each unchanged instance's load and pooled connections."""
+    """Hot-path form of a route, keeping each unchanged instance's load and pooled
+    connections and each kept deployment's queue."""
+    endpoint = route.name.lower()
+    kept = old.deployments if old is not None else {}
     deployments: dict[str, DeploymentState] = {}
     for name, deployment in route.deployments.items():
         instances = [
             previous.get((inst.id, inst.url)) or InstanceState(inst.id, inst.url)
             for inst in deployment.instances
         ]
-        deployments[name] = DeploymentState(name, deployment.request_timeout_ms, instances)
-    return EndpointState(route, route_plan(route), deployments)
+        state = kept.get(name)
+        if state is None:
+            window = windows.get(endpoint, name) if windows is not None else Window(endpoint, name)
+            state = DeploymentState(endpoint, name, window)
+        state.update(deployment, instances, processes)
+        deployments[name] = state
+    window = windows.get(endpoint) if windows is not None else None
+    return EndpointState(route, route_plan(route), deployments, window)
 
 
 def _instances_of(state: EndpointState | None) -> dict[tuple[str, str], InstanceState]:
@@ -149,9 +254,9 @@ def _instances_of(state: EndpointState | None) -> dict[tuple[str, str], Instance
     }
 
 
-def _retire_dropped(old: EndpointState | None, new: EndpointState | None) -> None:
+def _retire_dropped(old: dict[tuple[str, str], InstanceState], new: EndpointState | None) -> None:
     kept = set(map(id, _instances_of(new).values()))
-    for inst in _instances_of(old).values():
+    for inst in old.values():
         if id(inst) not in kept:
             inst.retire()
 
@@ -164,6 +269,9 @@ class RouteTable:
     tombstones: dict[str, int] = field(default_factory=dict)
     live: dict[str, EndpointState] = field(default_factory=dict)
     on_change: Callable[[], None] | None = None
+    windows: WindowSet = field(default_factory=WindowSet)
+    processes: int = 1  # gateway processes sharing the ports (limits are split between them)
+    on_rebuilt: Callable[[EndpointState], None] | None = None
 
     @staticmethod
     def _key(name: str) -> str:
@@ -181,11 +289,14 @@ class RouteTable:
             current = held_gen if held_gen is not None else tombstone
             return ApplyRouteResult(applied=False, generation=current or 0)
         old = self.live.get(key)
-        new = build_endpoint_state(route, _instances_of(old))
+        previous = _instances_of(old)  # before the build: kept deployments update in place
+        new = build_endpoint_state(route, previous, old=old, windows=self.windows, processes=self.processes)
         self.routes[key] = route
         self.tombstones.pop(key, None)
         self.live[key] = new
-        _retire_dropped(old, new)
+        _retire_dropped(previous, new)
+        if self.on_rebuilt is not None:
+            self.on_rebuilt(new)
         self._changed()
         return ApplyRouteResult(applied=True, generation=route.generation)
 
@@ -199,7 +310,7 @@ class RouteTable:
             return ApplyRouteResult(applied=False, generation=current or 0)
         self.routes.pop(key, None)
         self.tombstones[key] = generation
-        _retire_dropped(self.live.pop(key, None), None)
+        _retire_dropped(_instances_of(self.live.pop(key, None)), None)
         self._changed()
         return ApplyRouteResult(applied=True, generation=generation)
 
@@ -220,21 +331,40 @@ class RouteTable:
         table = cls()
         for key, generation in dict(document.get("tombstones", {})).items():
             table.tombstones[str(key)] = int(generation)
-        for raw in dict(document.get("routes", {})).values():
-            route = EndpointRoute.model_validate(raw)
-            problems = route_problems(route)
-            if problems:
-                log.warning(
-                    "routes.skipped",
-                    endpoint=route.name,
-                    problems=[f"{p.field}: {p.message}" for p in problems],
-                )
-                continue
+        for route in _valid_routes(document):
             table.put(route)
         return table
 
+    def apply_document(self, document: dict[str, Any]) -> int:
+        """Take in a table another process persisted, under the generation rules (nothing
+        older replaces what is held); unchanged routes are left alone. Returns the changes."""
+        changes = 0
+        for key, generation in dict(document.get("tombstones", {})).items():
+            if self.tombstones.get(str(key)) != int(generation):
+                changes += self.delete(str(key), int(generation)).applied
+        for route in _valid_routes(document):
+            if self.routes.get(self._key(route.name)) != route:
+                changes += self.put(route).applied
+        return changes
+
     def endpoints(self) -> Iterable[str]:
         return self.routes.keys()
+
+
+def _valid_routes(document: dict[str, Any]) -> list[EndpointRoute]:
+    routes = []
+    for raw in dict(document.get("routes", {})).values():
+        route = EndpointRoute.model_validate(raw)
+        problems = route_problems(route)
+        if problems:
+            log.warning(
+                "routes.skipped",
+                endpoint=route.name,
+                problems=[f"{p.field}: {p.message}" for p in problems],
+            )
+            continue
+        routes.append(route)
+    return routes
 
 
 # --- persistence I/O ---

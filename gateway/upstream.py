@@ -8,10 +8,13 @@ back to its ``Exchange`` owner by plain method calls: no futures or tasks on the
 from __future__ import annotations
 
 import asyncio
+from array import array
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from gateway.windows import HORIZON_S
 
 # Idle connections kept per instance; more are closed when they come back.
 MAX_IDLE_PER_INSTANCE = 256
@@ -35,6 +38,22 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 )
 
 
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_KEEP, _DROP, _FRAMED = 0, 1, 2
+# What to do with a response header, by its name as the instance spelled it (instances
+# send the same few names over and over); bounded, since names come from the instance.
+_HEADER_ACTION: dict[bytes, int] = {}
+_HEADER_ACTION_MAX = 1024
+
+
+def _header_action(name: bytes) -> int:
+    lower = name.lower()
+    action = _FRAMED if lower in _FRAMING else _DROP if lower in _DROPPED_RESPONSE_HEADERS else _KEEP
+    if len(_HEADER_ACTION) < _HEADER_ACTION_MAX:
+        _HEADER_ACTION[name] = action
+    return action
+
+
 class Exchange(Protocol):
     """The side waiting for an upstream answer (the client connection)."""
 
@@ -44,7 +63,12 @@ class Exchange(Protocol):
 
 
 class InstanceState:
-    """Live state of one instance: its address, load and idle connection pool."""
+    """Live state of one instance: its address, load, health and idle connection pool.
+
+    ``busy`` integrates ``outstanding`` over time (slot-seconds) for the current second;
+    the gateway's tick seals it into ``busy_ring`` (one entry per second, tagged in
+    ``busy_tag``), from which a window's utilisation is read.
+    """
 
     __slots__ = (
         "id",
@@ -56,9 +80,15 @@ class InstanceState:
         "path_prefix",
         "outstanding",
         "ejected_until",
+        "failures",
+        "ejections",
         "idle",
         "retired",
-        "log_id",
+        "busy",
+        "mark",
+        "busy_ring",
+        "busy_tag",
+        "born",
     )
 
     def __init__(self, instance_id: str, url: str) -> None:
@@ -73,9 +103,40 @@ class InstanceState:
         self.host_header = (parts.netloc).encode("latin-1")
         self.path_prefix = parts.path.rstrip("/").encode("latin-1")
         self.outstanding = 0
-        self.ejected_until = 0.0
+        self.ejected_until = 0.0  # inf while ejected: a probe brings it back
+        self.failures = 0  # connection failures in a row
+        self.ejections = 0  # ejections in a row (the back-off doubles with each)
         self.idle: list[UpstreamConnection] = []
         self.retired = False
+        self.busy = 0.0
+        self.mark = 0.0
+        self.busy_ring = array("d", bytes(8 * HORIZON_S))
+        self.busy_tag = array("q", [-1]) * HORIZON_S
+        self.born = -1
+
+    def seal_second(self, second: int, now: float) -> None:
+        """Close ``second``: its busy slot-seconds go into the ring."""
+        if self.born < 0:
+            self.born = second
+        busy = self.busy + self.outstanding * (now - self.mark) if self.mark else self.busy
+        self.mark = now
+        slot = second % HORIZON_S
+        self.busy_ring[slot] = busy
+        self.busy_tag[slot] = second
+        self.busy = 0.0
+
+    def busy_over(self, span: int, now_second: int, now: float, partial: float) -> tuple[float, float]:
+        """Busy slot-seconds and covered wall seconds over the current second and the
+        ``span - 1`` before it."""
+        busy = self.busy + (self.outstanding * (now - self.mark) if self.mark else 0.0)
+        ring, tags = self.busy_ring, self.busy_tag
+        full = 0
+        for second in range(now_second - span + 1, now_second):
+            slot = second % HORIZON_S
+            if tags[slot] == second:
+                busy += ring[slot]
+                full += 1
+        return busy, full + partial
 
     def take_idle(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -109,7 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
         "owner",
         "usable",
         "reused",
-        "_received",
+        "received",
         "_status",
         "_headers",
         "_body",
@@ -127,7 +188,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        self._received = False
+        self.received = False
         self._status = 0
         self._headers: list[bytes] = []
         self._body: list[bytes] = []
@@ -140,7 +201,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.usable = True
 
     def data_received(self, data: bytes) -> None:
-        self._received = True
+        self.received = True
         if self.owner is None:  # bytes nobody asked for: the stream is out of step
             self.close()
             return
@@ -166,15 +227,17 @@ class UpstreamConnection(asyncio.Protocol):
             return
         # Nothing came back on a connection that had served before: the instance closed it
         # while idle, so the request was never seen and may be sent again.
-        owner.upstream_failed(self, self.reused and not self._received)
+        owner.upstream_failed(self, self.reused and not self.received)
 
     # --- httptools callbacks ---
     def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        if lower == b"content-length" or lower == b"transfer-encoding":
-            self._framed = True
-        if lower not in _DROPPED_RESPONSE_HEADERS:
+        action = _HEADER_ACTION.get(name)
+        if action is None:
+            action = _header_action(name)
+        if action == _KEEP:
             self._headers.append(b"%s: %s\r\n" % (name, value))
+        elif action == _FRAMED:
+            self._framed = True
 
     def on_headers_complete(self) -> None:
         self._headers_done = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -36,24 +37,45 @@ def key_hash(key: str) -> str:
 
 @dataclass
 class Backend:
-    """A stand-in model instance: ``behaviour`` decides what /score does."""
+    """A stand-in model instance: ``behaviour`` decides what /score does.
+
+    ``echo`` answers ``{"y": <the JSON body>}`` after sleeping the body's ``sleep_ms`` (if
+    any) with the body's ``status`` (if any); ``active`` and ``peak`` count requests in its
+    handler now and at most.
+    """
 
     name: str
-    behaviour: str = "ok"  # ok | fail | slow | reject | empty | hold
+    behaviour: str = "ok"  # ok | fail | slow | reject | empty | hold | echo
     port: int = 0
     seen: Counter[str] = field(default_factory=Counter)
     headers: list[CIMultiDict[str]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     runner: web.AppRunner | None = None
+    active: int = 0
+    peak: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def score(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            return await self._score(request)
+        finally:
+            self.active -= 1
+
+    async def _score(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.seen["score"] += 1
         self.headers.append(request.headers.copy())
+        if self.behaviour == "echo":
+            document = json.loads(body)
+            if isinstance(document, dict) and document.get("sleep_ms"):
+                await asyncio.sleep(document["sleep_ms"] / 1000)
+            status = document.get("status", 200) if isinstance(document, dict) else 200
+            return web.json_response({"y": document}, status=status)
         if self.behaviour == "fail":
             return web.Response(status=500, text=MODEL_TRACEBACK)
         if self.behaviour == "slow":  # past any timeout a test sets; released at teardown
@@ -76,15 +98,18 @@ class Backend:
         app.router.add_get("/swagger.json", self.swagger)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
         await site.start()
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
+        """Stop as a host stops an instance: no new connections, idle ones closed, the
+        requests in its handler answered."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            await runner.cleanup()
 
 
 @dataclass
@@ -177,7 +202,11 @@ def route_body(
     keys: list[str] | None = None,
     timeout_ms: int = 5000,
     max_request_bytes: int = 1024 * 1024,
+    max_concurrent: int = 16,
+    max_queue_wait_ms: int = 500,
+    mirror: dict[str, int] | None = None,
 ) -> dict[str, Any]:
+    """A route as an endpoint pushes it. Limits default roomy: tests of limits set them."""
     return {
         "name": name,
         "generation": generation,
@@ -189,9 +218,12 @@ def route_body(
                 "name": dep,
                 "instances": [{"id": f"{dep}-{i}", "url": url} for i, url in enumerate(urls)],
                 "request_timeout_ms": timeout_ms,
+                "max_concurrent_requests_per_instance": max_concurrent,
+                "max_queue_wait_ms": max_queue_wait_ms,
             }
             for dep, urls in deployments.items()
         },
+        "mirror_traffic": mirror or {},
         "max_request_bytes": max_request_bytes,
     }
 

@@ -12,13 +12,10 @@ import signal
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from multidict import CIMultiDictProxy
 
 from tests.gateway.conftest import (
     KEY,
@@ -27,73 +24,7 @@ from tests.gateway.conftest import (
     GatewayProcess,
     route_body,
 )
-
-GUARD_S = 20.0  # bounds a wait that would otherwise hang on a broken gateway; not a timing test
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def error_code(self) -> str:
-        return str(self.json()["error"]["code"])
-
-
-async def push(
-    client: aiohttp.ClientSession, gw: GatewayProcess, body: dict[str, Any], **headers: str
-) -> dict[str, Any]:
-    async with client.put(f"{gw.admin}/routes/{body['name']}", json=body, headers=headers) as response:
-        assert response.status == 200, await response.text()
-        return dict(await response.json())
-
-
-async def delete(
-    client: aiohttp.ClientSession, gw: GatewayProcess, name: str, generation: int
-) -> dict[str, Any]:
-    async with client.delete(f"{gw.admin}/routes/{name}", params={"generation": str(generation)}) as response:
-        assert response.status == 200, await response.text()
-        return dict(await response.json())
-
-
-async def score(
-    client: aiohttp.ClientSession,
-    gw: GatewayProcess,
-    endpoint: str,
-    *,
-    key: str | None = KEY,
-    headers: dict[str, str] | None = None,
-    data: Any = b'{"data": [1, 2, 3]}',
-    path_form: bool = False,
-    method: str = "POST",
-    resource: str = "/score",
-    **kwargs: Any,
-) -> Reply:
-    sent = {"Content-Type": "application/json"}
-    if key is not None:
-        sent["Authorization"] = f"Bearer {key}"
-    if path_form:
-        url = f"{gw.http}/endpoints/{endpoint}{resource}"
-    else:
-        url = f"{gw.http}{resource}"
-        sent["Host"] = f"{endpoint}.localhost:{gw.http_port}"
-    sent.update(headers or {})
-    async with client.request(method, url, data=data, headers=sent, **kwargs) as response:
-        return Reply(response.status, response.headers, await response.read())
-
-
-async def eventually(condition: Any) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + GUARD_S
-    while not condition():
-        assert loop.time() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
-
+from tests.gateway.helpers import delete, eventually, push, score
 
 # --- scoring and auth ---
 

@@ -10,8 +10,10 @@ import pytest
 
 from config.routes import DeploymentRoute, EndpointRoute
 from gateway.routing import (
+    FULL,
     SCORE,
     SWAGGER,
+    RequestIds,
     RequestTarget,
     RoutingError,
     bearer_token,
@@ -244,7 +246,7 @@ class Load:
         ([Load(1), Load(1), Load(1)], 5, 0.0, 2),
         ([Load(0, ejected_until=10.0), Load(4)], 0, 5.0, 1),
         ([Load(0, ejected_until=10.0), Load(4)], 0, 11.0, 0),
-        ([Load(2, ejected_until=10.0), Load(1, ejected_until=10.0)], 0, 5.0, 1),
+        ([Load(2, ejected_until=10.0), Load(1, ejected_until=10.0)], 0, 5.0, None),
     ],
     ids=[
         "no_instances",
@@ -255,11 +257,47 @@ class Load:
         "start_wraps_around",
         "ejected_instance_avoided",
         "ejection_expires",
-        "all_ejected_falls_back_to_least_loaded",
+        "all_ejected_is_none_healthy",
     ],
 )
 def test_pick_instance(loads: list[Load], start: int, now: float, expected: int | None) -> None:
     assert pick_instance(loads, start, now) == expected
+
+
+A, B, C = Load(2), Load(0), Load(1)
+
+
+@pytest.mark.parametrize(
+    ("loads", "limit", "exclude", "expected"),
+    [
+        ([Load(1), Load(0)], 1, (), 1),
+        ([Load(1), Load(1)], 1, (), FULL),
+        ([Load(3), Load(2)], 4, (), 1),
+        ([Load(1, ejected_until=10.0), Load(1)], 1, (), FULL),
+        ([Load(0, ejected_until=10.0), Load(1)], 1, (), FULL),
+        ([Load(0, ejected_until=10.0)], 1, (), None),
+        ([A, B, C], 0, (B,), 2),
+        ([A, B, C], 0, (A, B, C), None),
+        ([A, B, C], 2, (B, C), FULL),
+        ([], 1, (), None),
+    ],
+    ids=[
+        "below_the_limit_is_chosen",
+        "every_instance_at_the_limit_is_full",
+        "least_outstanding_below_the_limit",
+        "ejected_instance_never_counts_as_room",
+        "ejected_idle_instance_is_not_used",
+        "only_ejected_is_none_healthy",
+        "excluded_instance_is_skipped",
+        "every_instance_excluded_is_none",
+        "excluded_and_full_is_full",
+        "no_instances_is_none",
+    ],
+)
+def test_pick_instance_with_limits(
+    loads: list[Load], limit: int, exclude: tuple[Load, ...], expected: int | None
+) -> None:
+    assert pick_instance(loads, 0, 5.0, limit, exclude) == expected
 
 
 @pytest.mark.parametrize(
@@ -299,3 +337,12 @@ def test_fresh_request_id_is_a_version_4_uuid(bits: int | None) -> None:
     assert str(parsed) == made
     assert parsed.version == 4
     assert parsed.variant == uuid.RFC_4122
+
+
+def test_hot_path_request_ids_are_unique_version_4_uuids() -> None:
+    ids = RequestIds()
+    made = [ids() for _ in range(1000)]
+    assert len(set(made)) == 1000
+    for value in made[::100]:
+        parsed = uuid.UUID(value)
+        assert (str(parsed), parsed.version, parsed.variant) == (value, 4, uuid.RFC_4122)

@@ -9,10 +9,13 @@ import pytest
 
 from config.routes import DeploymentRoute, EndpointRoute, InstanceRoute
 from gateway.table import (
+    MAX_QUEUE,
+    QUEUE_PER_SLOT,
     RouteTable,
     accepts_delete,
     accepts_put,
     load_table,
+    process_share,
     route_problems,
     save_table,
 )
@@ -187,3 +190,63 @@ def test_persisted_route_that_no_longer_validates_is_skipped(tmp_path: Path) -> 
     good = route(1).model_dump(mode="json")
     path.write_text(json.dumps({"format": 1, "routes": {"bad": bad, "my-ep": good}}))
     assert list(load_table(path).live) == ["my-ep"]
+
+
+@pytest.mark.parametrize(
+    ("limit", "processes", "share"),
+    [(1, 1, 1), (8, 1, 8), (8, 2, 4), (5, 2, 3), (1, 4, 1), (3, 4, 1)],
+)
+def test_each_process_takes_a_share_of_the_instance_limit(limit: int, processes: int, share: int) -> None:
+    assert process_share(limit, processes) == share
+
+
+def test_deployment_limits_come_from_the_route() -> None:
+    table = RouteTable(processes=2)
+    body = route(1)
+    body.deployments["blue"].max_concurrent_requests_per_instance = 6
+    body.deployments["blue"].max_queue_wait_ms = 250
+    table.put(body)
+    blue = table.live["my-ep"].deployments["blue"]
+    assert (blue.limit, blue.instance_limit, blue.queue_wait) == (3, 6, 0.25)
+    assert blue.queue_limit == min(MAX_QUEUE, 3 * QUEUE_PER_SLOT)
+    assert b'"limit": "instance_concurrency"' in blue.busy_body
+
+
+def test_no_queue_wait_means_no_queue() -> None:
+    table = RouteTable()
+    body = route(1)
+    body.deployments["blue"].max_queue_wait_ms = 0
+    table.put(body)
+    assert table.live["my-ep"].deployments["blue"].queue_limit == 0
+
+
+def test_a_repush_keeps_the_deployment_its_queue_and_its_window() -> None:
+    table = RouteTable()
+    table.put(route(1))
+    blue = table.live["my-ep"].deployments["blue"]
+    blue.window.record(200, 1.0)
+    table.put(route(2, url="http://127.0.0.1:31009"))
+    again = table.live["my-ep"].deployments["blue"]
+    assert again is blue and again.window.cur[0] == 1
+    assert again.instances[0].url == "http://127.0.0.1:31009"
+
+
+def test_mirror_share_out_of_range_is_a_problem() -> None:
+    body = route(1)
+    body.mirror_traffic = {"blue": 101}
+    assert [p.field for p in route_problems(body)] == ["mirror_traffic.blue"]
+
+
+def test_a_table_another_process_wrote_is_taken_in_under_the_generation_rules() -> None:
+    writer, follower = RouteTable(), RouteTable()
+    writer.put(route(3))
+    writer.put(route(1, name="other"))
+    assert follower.apply_document(writer.to_document()) == 2
+    assert follower.apply_document(writer.to_document()) == 0  # unchanged: nothing rebuilt
+    writer.delete("other", 2)
+    stale = RouteTable()
+    stale.put(route(2))  # older than what the follower holds
+    follower.apply_document(stale.to_document())
+    assert follower.routes["my-ep"].generation == 3
+    follower.apply_document(writer.to_document())
+    assert "other" not in follower.live and follower.tombstones["other"] == 2

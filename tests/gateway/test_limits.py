@@ -1,0 +1,219 @@
+"""Limits and instance health through the real gateway process: per-instance concurrency,
+the bounded queue and its 429s, request timeouts, stopped and failing instances."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest_asyncio
+
+from tests.gateway.conftest import Backend, GatewayProcess, route_body
+from tests.gateway.helpers import eventually, metrics, push, score, stats, until
+from tests.support.ports import free_port
+
+QUEUE_PER_SLOT = 64  # gateway.table.QUEUE_PER_SLOT: the queue's memory bound per slot
+
+
+@pytest_asyncio.fixture
+async def wide_client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client with no connection cap, for more requests in flight than the queue holds."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield session
+
+
+@pytest_asyncio.fixture
+async def fresh() -> AsyncIterator[list[Backend]]:
+    """Backends a test starts itself (``await start(...)``); all stopped at teardown."""
+    made: list[Backend] = []
+    yield made
+    for backend in made:
+        backend.release.set()
+        await backend.stop()
+
+
+async def start(fresh: list[Backend], name: str, behaviour: str, port: int = 0) -> Backend:
+    backend = Backend(name, behaviour, port=port)
+    await backend.start()
+    fresh.append(backend)
+    return backend
+
+
+async def test_beyond_the_concurrency_limit_requests_queue_then_429_when_the_queue_is_full(
+    gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    held = await start(fresh, "held", "hold")
+    await push(
+        wide_client,
+        gateway,
+        route_body(
+            "l-queue", 1, {"blue": [held.url]}, {"blue": 100}, max_concurrent=1, max_queue_wait_ms=20_000
+        ),
+    )
+    pending = [asyncio.create_task(score(wide_client, gateway, "l-queue")) for _ in range(1 + QUEUE_PER_SLOT)]
+
+    async def all_in() -> bool:
+        return (await stats(wide_client, gateway, "l-queue", "blue"))["in_flight"] == 1 + QUEUE_PER_SLOT
+
+    await until(all_in)  # one on the instance, the rest waiting in the gateway
+    assert held.seen["score"] == 1
+    refused = await score(wide_client, gateway, "l-queue")
+    assert refused.status == 429
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json()["error"]["code"] == "TooManyRequests"
+    assert refused.json()["error"]["limit"] == "instance_concurrency"
+    held.release.set()
+    replies = await asyncio.gather(*pending)
+    assert [r.status for r in replies] == [200] * (1 + QUEUE_PER_SLOT)
+    assert held.peak == 1  # never more than max_concurrent_requests_per_instance at once
+    window = await stats(wide_client, gateway, "l-queue", "blue")
+    assert window["requests"] == 2 + QUEUE_PER_SLOT
+    assert window["status"]["429"] == 1 and window["status"]["2xx"] == 1 + QUEUE_PER_SLOT
+    assert window["in_flight"] == 0
+    assert window["queue_wait_ms"]["p99"] > 0
+
+
+async def test_a_queued_request_is_429_queue_wait_after_max_queue_wait_ms(
+    gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    held = await start(fresh, "held", "hold")
+    await push(
+        wide_client,
+        gateway,
+        route_body("l-wait", 1, {"blue": [held.url]}, {"blue": 100}, max_concurrent=1, max_queue_wait_ms=200),
+    )
+    first = asyncio.create_task(score(wide_client, gateway, "l-wait"))
+    await eventually(lambda: held.seen["score"] == 1)
+    waited = await score(wide_client, gateway, "l-wait")
+    assert waited.status == 429
+    assert waited.headers["Retry-After"] == "1"
+    assert waited.json()["error"]["limit"] == "queue_wait"
+    assert "max_queue_wait_ms=200" in waited.json()["error"]["message"]
+    held.release.set()
+    assert (await first).status == 200
+    window = await stats(wide_client, gateway, "l-wait", "blue")
+    assert window["status"]["429"] == 1
+    assert window["queue_wait_ms"]["p99"] >= 200 * 0.99  # it waited the whole max_queue_wait_ms
+
+
+async def test_a_freed_slot_goes_to_the_queue_first_in_first_out(
+    gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    held = await start(fresh, "held", "hold")
+    await push(
+        wide_client,
+        gateway,
+        route_body(
+            "l-fifo", 1, {"blue": [held.url]}, {"blue": 100}, max_concurrent=1, max_queue_wait_ms=20_000
+        ),
+    )
+    order: list[int] = []
+
+    async def one(i: int) -> None:
+        reply = await score(wide_client, gateway, "l-fifo", data=f'{{"i": {i}}}'.encode())
+        assert reply.status == 200
+        order.append(i)
+
+    tasks = []
+    for i in range(5):  # each queued before the next is sent
+        tasks.append(asyncio.create_task(one(i)))
+
+        async def queued(n: int = i + 1) -> bool:
+            return (await stats(wide_client, gateway, "l-fifo", "blue"))["in_flight"] == n
+
+        await until(queued)
+    held.release.set()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_timeout_is_408_and_frees_the_instance_slot(
+    gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
+) -> None:
+    await push(
+        client,
+        gateway,
+        route_body(
+            "l-408",
+            1,
+            {"blue": [backends["slow"].url]},
+            {"blue": 100},
+            timeout_ms=200,
+            max_concurrent=1,
+            max_queue_wait_ms=0,
+        ),
+    )
+    first = await score(client, gateway, "l-408")
+    assert (first.status, first.error_code) == (408, "RequestTimeout")
+    # With no queue, a slot still held would make these 429: one gets the freed slot (and
+    # times out), the other finds it taken.
+    both = await asyncio.gather(score(client, gateway, "l-408"), score(client, gateway, "l-408"))
+    assert sorted(r.status for r in both) == [408, 429]
+    assert [r.json()["error"]["limit"] for r in both if r.status == 429] == ["instance_concurrency"]
+    assert (await score(client, gateway, "l-408")).status == 408
+    window = await stats(client, gateway, "l-408", "blue")
+    assert (window["status"]["408"], window["status"]["429"], window["in_flight"]) == (3, 1, 0)
+
+
+async def test_stopping_an_instance_mid_load_costs_no_client_errors(
+    gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    a = await start(fresh, "a", "ok")
+    b = await start(fresh, "b", "ok")
+    await push(wide_client, gateway, route_body("l-kill", 1, {"blue": [a.url, b.url]}, {"blue": 100}))
+    statuses: list[int] = []
+    limit = asyncio.Semaphore(16)
+    served_by_a: list[int] = []
+
+    async def one() -> None:
+        async with limit:
+            reply = await score(wide_client, gateway, "l-kill")
+            statuses.append(reply.status)
+            if len(statuses) == 150:
+                await a.stop()  # no new connections; idle ones closed; its requests answered
+                served_by_a.append(a.seen["score"])
+
+    await asyncio.gather(*(one() for _ in range(600)))
+    assert statuses == [200] * 600
+    assert a.seen["score"] == served_by_a[0]  # nothing more reached it once stopped
+    assert b.seen["score"] == 600 - served_by_a[0] > 450
+
+
+async def test_an_instance_failing_5_connections_in_a_row_is_ejected_then_probed_back(
+    gateway: GatewayProcess, fresh: list[Backend], client: aiohttp.ClientSession
+) -> None:
+    good = await start(fresh, "good", "ok")
+    dead_port = free_port()
+    await push(
+        client,
+        gateway,
+        route_body("l-eject", 1, {"blue": [f"http://127.0.0.1:{dead_port}", good.url]}, {"blue": 100}),
+    )
+    # Sequential requests alternate between the two (ties rotate); each one tried on the
+    # dead instance fails to connect and is retried on the good one.
+    replies = [await score(client, gateway, "l-eject") for _ in range(12)]
+    assert [r.status for r in replies] == [200] * 12
+    ejected = r'tidegate_instance_ejected\{endpoint="l-eject",deployment="blue",instance="blue-0"\} (\d)'
+    assert re.search(ejected, await metrics(client, gateway)).group(1) == "1"  # type: ignore[union-attr]
+    assert "upstream.ejected" in gateway.stderr_path.read_text()
+    back = await start(fresh, "back", "ok", port=dead_port)  # the instance comes back
+
+    async def serving() -> bool:
+        assert (await score(client, gateway, "l-eject")).status == 200
+        return back.seen["score"] > 0
+
+    await until(serving)
+    assert re.search(ejected, await metrics(client, gateway)).group(1) == "0"  # type: ignore[union-attr]
+
+
+async def test_every_instance_ejected_is_503(gateway: GatewayProcess, client: aiohttp.ClientSession) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    await push(client, gateway, route_body("l-all-out", 1, {"blue": [dead]}, {"blue": 100}))
+    first = [await score(client, gateway, "l-all-out") for _ in range(5)]
+    assert [(r.status, r.error_code) for r in first] == [(502, "BadGateway")] * 5
+    after = await score(client, gateway, "l-all-out")
+    assert (after.status, after.error_code) == (503, "NoHealthyInstance")
+    window = await stats(client, gateway, "l-all-out", "blue")
+    assert (window["status"]["5xx"], window["status"]["503"]) == (6, 1)

@@ -1,0 +1,377 @@
+"""The windows: log-bucket histograms and 1-second buckets (pure), then ``/stats`` and
+``/metrics`` of the real gateway against the requests a test sent."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+
+from config.stats import STATUS_KEYS, WindowStats
+from gateway.metrics import Snapshot, render
+from gateway.windows import (
+    ALPHA,
+    HORIZON_S,
+    MIRROR_DROPPED,
+    InstanceLoad,
+    Window,
+    WindowData,
+    bucket_of,
+    parse_window,
+    percentile,
+)
+from tests.gateway.conftest import KEY, Backend, GatewayProcess, route_body
+from tests.gateway.helpers import metrics, push, score, stats
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def exact(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def recorded(values: list[float]) -> Window:
+    window = Window("ep", "blue")
+    for value in values:
+        window.record(200, value)
+    return window
+
+
+DISTRIBUTIONS: dict[str, Callable[[random.Random], float]] = {
+    "lognormal": lambda r: r.lognormvariate(1.0, 1.5),
+    "uniform_0_to_5ms": lambda r: r.uniform(0.0, 5.0),
+    "bimodal_1ms_and_300ms": lambda r: r.choice((1.0, 300.0)) * r.uniform(0.9, 1.1),
+    "sub_millisecond": lambda r: r.uniform(0.01, 0.9),
+    "minutes": lambda r: r.uniform(30_000.0, 300_000.0),
+}
+
+
+@pytest.mark.parametrize("draw", DISTRIBUTIONS.values(), ids=DISTRIBUTIONS.keys())
+@pytest.mark.parametrize("count", [1, 7, 100, 5000])
+def test_percentiles_are_within_2_percent_of_the_exact_sample(
+    draw: Callable[[random.Random], float], count: int
+) -> None:
+    rng = random.Random(count)
+    values = [draw(rng) for _ in range(count)]
+    data = recorded(values).data(60, 0)
+    for q in QUANTILES:
+        found = percentile(data.latency, count, q)
+        assert found is not None
+        assert abs(found - exact(values, q)) <= 0.02 * exact(values, q), q
+    assert ALPHA <= 0.02
+
+
+def test_zero_is_its_own_bucket_and_huge_values_share_the_last() -> None:
+    assert bucket_of(0.0) == 0
+    assert bucket_of(1e-9) == 0
+    assert bucket_of(1e12) == bucket_of(1e13)
+
+
+def test_status_counts_by_class_and_code() -> None:
+    window = Window("ep", "blue")
+    for status in (200, 201, 204, 400, 401, 408, 422, 424, 429, 499, 500, 502, 503, 302):
+        window.record(status, 1.0)
+    stats = window.data(60, 0).to_stats("ep", "blue", 60)
+    assert stats.requests == 14
+    assert stats.status == {
+        "2xx": 3,
+        "4xx": 7,
+        "5xx": 3,
+        "408": 1,
+        "424": 1,
+        "429": 1,
+        "503": 1,
+    }
+    assert set(stats.status) == set(STATUS_KEYS)
+    assert stats.errors == 3 + 1 + 1 + 1  # 5xx + 408 + 424 + 429, as the gates count them
+
+
+def test_seconds_roll_into_the_ring_and_out_of_the_window() -> None:
+    window = Window("ep", "blue")
+    for second in range(100, 130):
+        for _ in range(second - 99):  # second 100 has 1 request, 129 has 30
+            window.record(200, 2.0)
+        window.close(second)
+    window.record(200, 2.0)  # the current second, 130
+    assert window.data(1, 130).counts[0] == 1
+    assert window.data(2, 130).counts[0] == 1 + 30
+    assert window.data(10, 130).counts[0] == 1 + sum(range(22, 31))
+    assert window.data(600, 130).counts[0] == 1 + sum(range(1, 31))
+    # Seconds older than the ring are never read back, even where their slot is reused.
+    assert window.data(600, 130 + HORIZON_S).counts[0] == 1
+
+
+def test_a_second_with_no_data_is_not_kept() -> None:
+    window = Window("ep", "blue")
+    window.close(5)
+    assert window.ring[5 % HORIZON_S] is None
+    assert window.last_data == -1
+
+
+def test_windows_of_several_processes_merge_exactly() -> None:
+    rng = random.Random(7)
+    values = [rng.lognormvariate(2.0, 1.0) for _ in range(3000)]
+    parts = [values[:1000], values[1000:2500], values[2500:]]
+    merged = WindowData.empty()
+    for part in parts:
+        merged.merge(WindowData.from_json(recorded(part).data(60, 0).to_json()))
+    whole = recorded(values).data(60, 0)
+    assert merged.counts == whole.counts or all(
+        math.isclose(a, b) for a, b in zip(merged.counts, whole.counts, strict=True)
+    )
+    assert merged.latency == whole.latency
+
+
+def test_mirror_comparisons_and_signed_latency_difference() -> None:
+    window = Window("ep", "green")
+    for diff in (-5.0, -1.0, 2.0, 3.0, 40.0):
+        window.record_comparison(diff > 0, diff)
+    window.record_mirror(MIRROR_DROPPED)
+    mirror = window.data(60, 0).to_stats("ep", "green", 60).mirror
+    assert (mirror.compared, mirror.matches, mirror.dropped) == (5, 3, 1)
+    assert mirror.latency_diff_ms_p50 == pytest.approx(2.0, rel=0.02)
+
+
+def test_utilisation_is_busy_slot_time_over_capacity() -> None:
+    assert InstanceLoad(busy_s=15.0, covered_s=30.0, limit=1).utilisation == 0.5
+    assert InstanceLoad(busy_s=15.0, covered_s=30.0, limit=2).utilisation == 0.25
+    assert InstanceLoad(busy_s=0.0, covered_s=0.0, limit=1).utilisation == 0.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("30s", 30.0), ("5m", 300.0), ("90", 90.0), ("2.5", 2.5), (None, 60.0), ("10M", 600.0)],
+)
+def test_window_parameter(raw: str | None, seconds: float) -> None:
+    assert parse_window(raw) == seconds
+
+
+@pytest.mark.parametrize("raw", ["0", "-5s", "11m", "soon", "5x", "nan"])
+def test_bad_window_parameter(raw: str) -> None:
+    with pytest.raises(ValueError):
+        parse_window(raw)
+
+
+def test_recording_is_cheap() -> None:
+    """Not a timing assertion: prints the cost, asserts only that nothing grows per request."""
+    window = Window("ep", "blue")
+    before = len(window.ring), len(window.latency)
+    started = time.perf_counter()
+    for i in range(100_000):
+        window.record(200, 0.5 + (i % 100) * 0.1)
+    cost_ns = (time.perf_counter() - started) / 100_000 * 1e9
+    print(f"Window.record: {cost_ns:.0f} ns")
+    assert (len(window.ring), len(window.latency)) == before
+
+
+# --- Prometheus text ---
+
+_SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$'
+)
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """A strict reader of the text format: HELP/TYPE lines and samples, nothing else."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    typed: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            continue
+        if line.startswith("# TYPE "):
+            name, kind = line[7:].split(" ")
+            assert kind in ("gauge", "counter", "summary", "histogram"), line
+            typed.add(name)
+            continue
+        found = _SAMPLE.match(line)
+        assert found is not None, f"not a sample line: {line!r}"
+        name, labels, value = found.group(1), found.group(2) or "", found.group(3)
+        family = re.sub(r"_(sum|count)$", "", name)
+        assert name in typed or family in typed, f"sample before its TYPE: {line!r}"
+        parsed = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', labels))
+        samples.setdefault(name, []).append((parsed, float(value)))
+    try:  # the reference parser too, where it is installed
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError:
+        pass
+    else:
+        list(text_string_to_metric_families(text))
+    return samples
+
+
+def sample(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    matches = [v for found, v in samples[name] if all(found.get(k) == w for k, w in labels.items())]
+    assert len(matches) == 1, (name, labels, matches)
+    return matches[0]
+
+
+def test_an_empty_snapshot_renders() -> None:
+    assert "ConnectionsActive 0" in render(Snapshot())
+    parse_prometheus(render(Snapshot()))
+
+
+# --- the real gateway ---
+
+
+async def test_stats_count_exactly_what_was_sent_by_status(
+    gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
+) -> None:
+    echo = Backend("echo", "echo")
+    await echo.start()
+    try:
+        await push(client, gateway, route_body("w-count", 1, {"blue": [echo.url]}, {"blue": 100}))
+        sent = [200] * 30 + [422] * 5 + [500] * 4
+        random.Random(3).shuffle(sent)
+        replies = await asyncio.gather(
+            *(score(client, gateway, "w-count", data=f'{{"status": {s}}}'.encode()) for s in sent)
+        )
+        assert sorted(r.status for r in replies) == sorted(424 if s == 500 else s for s in sent)
+        for _ in range(3):
+            assert (await score(client, gateway, "w-count", key="wrong")).status == 401
+        blue = WindowStats.model_validate(await stats(client, gateway, "w-count", "blue", "30s"))
+        assert blue.requests == 39
+        assert blue.status == {"2xx": 30, "4xx": 9, "5xx": 0, "408": 0, "424": 4, "429": 0, "503": 0}
+        assert blue.error_rate == pytest.approx(4 / 39)
+        assert blue.in_flight == 0
+        assert blue.window_seconds == 30
+        endpoint = WindowStats.model_validate(await stats(client, gateway, "w-count", window="5m"))
+        assert (endpoint.deployment, endpoint.requests, endpoint.status["4xx"]) == ("", 42, 12)
+        assert endpoint.window_seconds == 300
+    finally:
+        await echo.stop()
+
+
+async def test_stats_percentiles_lie_between_the_backend_time_and_the_client_time(
+    gateway: GatewayProcess, client: aiohttp.ClientSession
+) -> None:
+    """Each gateway latency is at least the backend's sleep and at most what the client
+    measured, so each percentile is too, within the histogram's 1 %."""
+    echo = Backend("echo", "echo")
+    await echo.start()
+    try:
+        await push(client, gateway, route_body("w-latency", 1, {"blue": [echo.url]}, {"blue": 100}))
+        rng = random.Random(11)
+        sleeps = [0] * 60 + [rng.choice((20, 40, 80)) for _ in range(30)] + [150] * 10
+        client_ms: list[float] = []
+
+        async def one(sleep_ms: int) -> None:
+            started = time.perf_counter()
+            reply = await score(client, gateway, "w-latency", data=f'{{"sleep_ms": {sleep_ms}}}'.encode())
+            client_ms.append((time.perf_counter() - started) * 1000)
+            assert reply.status == 200
+
+        await asyncio.gather(*(one(s) for s in sleeps))
+        window = await stats(client, gateway, "w-latency", "blue", "60s")
+        assert window["requests"] == 100
+        latency = window["latency_ms"]
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            assert exact([float(s) for s in sleeps], q) * 0.99 <= latency[name] <= exact(client_ms, q) * 1.01
+        assert sum(sleeps) / 100 <= latency["mean"] <= sum(client_ms) / 100
+    finally:
+        await echo.stop()
+
+
+async def test_in_flight_and_utilisation_follow_held_requests(
+    gateway: GatewayProcess, client: aiohttp.ClientSession
+) -> None:
+    held = Backend("held", "hold")
+    idle = Backend("idle", "ok")
+    await held.start()
+    await idle.start()
+    try:
+        await push(
+            client,
+            gateway,
+            route_body(
+                "w-busy",
+                1,
+                {"blue": [held.url], "green": [idle.url]},
+                {"blue": 100, "green": 0},
+                max_concurrent=2,
+            ),
+        )
+        pending = [asyncio.create_task(score(client, gateway, "w-busy")) for _ in range(2)]
+        while held.seen["score"] < 2:
+            await asyncio.sleep(0.02)
+        busy = await stats(client, gateway, "w-busy", "blue", "60s")
+        assert busy["in_flight"] == 2
+        assert 0 < busy["utilisation"]["blue-0"] <= 1.0
+        quiet = await stats(client, gateway, "w-busy", "green", "60s")
+        assert quiet["utilisation"] == {"green-0": 0.0}
+        held.release.set()
+        assert [r.status for r in await asyncio.gather(*pending)] == [200, 200]
+        after = await stats(client, gateway, "w-busy", "blue", "60s")
+        assert after["in_flight"] == 0 and after["requests"] == 2
+    finally:
+        held.release.set()
+        await held.stop()
+        await idle.stop()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "deployment"),
+    [("w-nobody", "blue"), ("w-busy", "never-served")],
+    ids=["endpoint", "deployment"],
+)
+async def test_stats_of_something_never_served_is_zero_requests_not_404(
+    gateway: GatewayProcess, client: aiohttp.ClientSession, endpoint: str, deployment: str
+) -> None:
+    window = WindowStats.model_validate(await stats(client, gateway, endpoint, deployment, "30s"))
+    assert (window.endpoint, window.deployment, window.requests) == (endpoint, deployment, 0)
+    assert window.latency_ms.p50 is None and window.error_rate is None
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [({"window": "30s"}, "endpoint"), ({"endpoint": "e", "window": "soon"}, "window")],
+    ids=["no_endpoint", "bad_window"],
+)
+async def test_bad_stats_query_is_400(
+    gateway: GatewayProcess, client: aiohttp.ClientSession, query: dict[str, str], field: str
+) -> None:
+    async with client.get(f"{gateway.admin}/stats", params=query) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["field"] == field
+
+
+async def test_metrics_parse_and_count_what_was_sent(
+    gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
+) -> None:
+    await push(
+        client,
+        gateway,
+        route_body(
+            "w-prom",
+            1,
+            {"blue": [backends["blue"].url], "broken": [backends["fail"].url]},
+            {"blue": 100, "broken": 0},
+        ),
+    )
+    for _ in range(7):
+        assert (await score(client, gateway, "w-prom")).status == 200
+    for _ in range(2):
+        reply = await score(client, gateway, "w-prom", headers={"azureml-model-deployment": "broken"})
+        assert reply.status == 424
+    samples = parse_prometheus(await metrics(client, gateway))
+    assert sample(samples, "RequestsPerMinute", endpoint="w-prom", deployment="blue", status_class="2xx") == 7
+    assert sample(samples, "RequestsPerMinute", endpoint="w-prom", deployment="", status_class="2xx") == 7
+    assert sample(samples, "RequestsPerMinute", endpoint="w-prom", deployment="", status_class="4xx") == 2
+    assert (
+        sample(samples, "tidegate_responses_total", endpoint="w-prom", deployment="broken", code="424") == 2
+    )
+    assert sample(samples, "RequestLatency_count", endpoint="w-prom", deployment="blue") == 7
+    p99 = sample(samples, "RequestLatency_P99", endpoint="w-prom", deployment="blue")
+    assert p99 == sample(samples, "RequestLatency", endpoint="w-prom", deployment="blue", quantile="0.99") > 0
+    assert (
+        sample(samples, "tidegate_instance_ejected", endpoint="w-prom", deployment="blue", instance="blue-0")
+        == 0
+    )
+    assert sample(samples, "ConnectionsActive") >= 1
+    assert KEY not in await metrics(client, gateway)

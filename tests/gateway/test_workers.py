@@ -1,0 +1,128 @@
+"""``TIDEGATE_GATEWAY_WORKERS=2``: two processes on the same ports with SO_REUSEPORT;
+pushes reach both, process 0 answers for both, a dead process is restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.gateway.conftest import Backend, GatewayProcess, route_body
+from tests.gateway.helpers import metrics, push, score, stats, until
+
+
+@pytest_asyncio.fixture(scope="module")
+async def two(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayProcess]:
+    home = tmp_path_factory.mktemp("two")
+    process = GatewayProcess.create(home, TIDEGATE_GATEWAY_WORKERS="2")
+    await process.start()
+    try:
+        yield process
+    finally:
+        await process.stop()
+
+
+@pytest_asyncio.fixture
+async def fresh_connections() -> AsyncIterator[aiohttp.ClientSession]:
+    """A new connection per request, so the kernel spreads them over both processes."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=16)) as session:
+        yield session
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(child) for child in text)
+    return found
+
+
+async def processes(client: aiohttp.ClientSession, gw: GatewayProcess) -> int:
+    found = re.search(r"^tidegate_processes (\d+)$", await metrics(client, gw), re.M)
+    assert found is not None
+    return int(found.group(1))
+
+
+async def deployments_seen(
+    client: aiohttp.ClientSession, gw: GatewayProcess, endpoint: str, n: int
+) -> Counter[str]:
+    replies = await asyncio.gather(*(score(client, gw, endpoint) for _ in range(n)))
+    return Counter(r.headers.get("azureml-model-deployment", str(r.status)) for r in replies)
+
+
+async def test_two_processes_follow_pushes_and_count_as_one(
+    two: GatewayProcess, backends: dict[str, Backend], fresh_connections: aiohttp.ClientSession
+) -> None:
+    client = fresh_connections
+    deployments = {"blue": [backends["blue"].url], "green": [backends["green"].url]}
+    await push(client, two, route_body("p-two", 1, deployments, {"blue": 100}))
+
+    async def all_blue() -> bool:
+        return await deployments_seen(client, two, "p-two", 40) == Counter(blue=40)
+
+    await until(all_blue)  # the second process took the table in from routes.json
+
+    async def both_answer() -> bool:
+        return await processes(client, two) == 2
+
+    await until(both_answer)
+    before = (await stats(client, two, "p-two", "blue"))["requests"]
+    assert await deployments_seen(client, two, "p-two", 200) == Counter(blue=200)
+    # 200 fresh connections land on both processes; process 0 counts them all, exactly.
+    assert (await stats(client, two, "p-two", "blue"))["requests"] == before + 200
+    await push(client, two, route_body("p-two", 2, deployments, {"green": 100}))
+
+    async def all_green() -> bool:
+        return await deployments_seen(client, two, "p-two", 40) == Counter(green=40)
+
+    await until(all_green)
+
+
+async def test_a_killed_process_is_restarted_and_the_other_keeps_serving(
+    two: GatewayProcess, backends: dict[str, Backend], fresh_connections: aiohttp.ClientSession
+) -> None:
+    client = fresh_connections
+    await push(client, two, route_body("p-kill", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    assert two.proc is not None
+
+    async def settled() -> bool:
+        return len(children(two.proc.pid)) == 1 and await deployments_seen(
+            client, two, "p-kill", 20
+        ) == Counter(blue=20)
+
+    await until(settled)
+    (worker,) = children(two.proc.pid)
+    os.kill(worker, signal.SIGKILL)
+
+    async def restarted() -> bool:
+        now = children(two.proc.pid)  # type: ignore[union-attr]
+        return len(now) == 1 and now[0] != worker and await processes(client, two) == 2
+
+    await until(restarted)
+    assert await deployments_seen(client, two, "p-kill", 40) == Counter(blue=40)
+
+
+async def test_stopping_process_0_stops_the_others(
+    tmp_path: Path, backends: dict[str, Backend], client: aiohttp.ClientSession
+) -> None:
+    process = GatewayProcess.create(tmp_path / "home", TIDEGATE_GATEWAY_WORKERS="3")
+    await process.start()
+    assert process.proc is not None
+    pid = process.proc.pid
+
+    async def all_up() -> bool:
+        return len(children(pid)) == 2
+
+    await until(all_up)
+    workers = children(pid)
+    assert await process.stop() == 0
+    for worker in workers:
+        assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text()
