@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     gateway_https_port: int = 8443
     gateway_http_port: int = 8080
     gateway_admin_port: int = 8081
+    gateway_workers: int = Field(default=1, ge=1, description="processes sharing the ports (SO_REUSEPORT)")
     gateway_admin_urls: list[str] | None = Field(
         default=None, description="admin URLs of every gateway the route table is pushed to"
     )

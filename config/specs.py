@@ -210,8 +210,8 @@ class EndpointSpec(_Spec):
     traffic: dict[str, Percent] = Field(
         default_factory=dict, description="deployment -> percent; sums to 100, or all 0"
     )
-    mirror_traffic: dict[str, Annotated[int, Field(ge=0, le=50)]] = Field(
-        default_factory=dict, description="at most one deployment, at most 50 percent"
+    mirror_traffic: dict[str, Annotated[int, Field(ge=0, le=100)]] = Field(
+        default_factory=dict, description="at most one deployment; Azure caps it at 50 percent, Tidegate at 100"
     )
     compute: str | None = Field(
         default=None, description="Kubernetes endpoints only in Azure; rejected here"

@@ -49,7 +49,8 @@ def check_traffic(traffic: Mapping[str, int], deployments: Iterable[str]) -> Non
 
 
 def check_mirror(mirror: Mapping[str, int], traffic: Mapping[str, int], deployments: Iterable[str]) -> None:
-    """Azure's rule: one shadow deployment, at most 50 %, not one that takes live traffic."""
+    """One shadow deployment, not one that takes live traffic. Azure caps the share at 50 %;
+    Tidegate allows any share up to 100 % (the gateway sheds copies the shadow cannot take)."""
     known = set(deployments)
     live = {name: pct for name, pct in mirror.items() if pct > 0}
     if len(live) > 1:
@@ -57,8 +58,8 @@ def check_mirror(mirror: Mapping[str, int], traffic: Mapping[str, int], deployme
     for name, percent in live.items():
         if name not in known:
             raise TrafficError(f"mirror_traffic: deployment '{name}' does not exist in this endpoint")
-        if percent > 50:
-            raise TrafficError(f"mirror_traffic: {name}={percent} must be at most 50")
+        if percent > 100:
+            raise TrafficError(f"mirror_traffic: {name}={percent} must be at most 100")
         if traffic.get(name, 0) > 0:
             raise TrafficError(
                 f"mirror_traffic: {name} takes live traffic; a deployment cannot mirror and serve"

@@ -387,9 +387,9 @@ ENDPOINT_CASES = [
         id="traffic_not_summing_to_100",
     ),
     pytest.param(
-        [("auth_mode: key\n", "auth_mode: key\nmirror_traffic:\n  green: 60\n")],
-        "endpoint.yml:5 mirror_traffic.green: must be ≤ 50 (got 60)",
-        id="mirror_traffic_above_50",
+        [("auth_mode: key\n", "auth_mode: key\nmirror_traffic:\n  green: 160\n")],
+        "endpoint.yml:5 mirror_traffic.green: must be ≤ 100 (got 160)",
+        id="mirror_traffic_above_100",
     ),
     pytest.param(
         [("auth_mode: key\n", "auth_mode: key\nmirror_traffic:\n  green: 10\n  red: 10\n")],

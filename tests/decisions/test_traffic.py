@@ -63,11 +63,11 @@ def test_naming_only_some_deployments_keeps_the_others_shares() -> None:
 @pytest.mark.parametrize(
     ("mirror", "named"),
     [
-        ({"green": 60}, "at most 50"),
+        ({"green": 101}, "at most 100"),
         ({"green": 10, "red": 10}, "only one deployment"),
         ({"blue": 10}, "takes live traffic"),
     ],
-    ids=["over-50", "two-shadows", "live-deployment"],
+    ids=["over-100", "two-shadows", "live-deployment"],
 )
 def test_mirror_traffic_follows_azures_rules(mirror: dict[str, int], named: str) -> None:
     with pytest.raises(TrafficError, match=named):
