@@ -211,7 +211,7 @@ class EndpointSpec(_Spec):
         default_factory=dict, description="deployment -> percent; sums to 100, or all 0"
     )
     mirror_traffic: dict[str, Annotated[int, Field(ge=0, le=100)]] = Field(
-        default_factory=dict, description="at most one deployment; Azure caps it at 50 percent, Tidegate at 100"
+        default_factory=dict, description="one deployment; Azure caps it at 50 percent, Tidegate at 100"
     )
     compute: str | None = Field(
         default=None, description="Kubernetes endpoints only in Azure; rejected here"
