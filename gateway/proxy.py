@@ -10,9 +10,13 @@ request waits in the deployment's bounded FIFO queue for up to ``max_queue_wait_
 is answered 429. The instance is chosen by least outstanding requests among the healthy
 ones; one that fails ``EJECT_AFTER`` connections in a row (refused, or closed with no byte
 back) is ejected until a probe (``GET /``) answers, after a back-off doubling from
-``EJECT_BASE_S``; with every instance ejected the answer is 503. ``request_timeout_ms`` runs
-from the moment the request is sent to an instance (the queue has its own bound) and ends
-in 408 with the slot handed on.
+``EJECT_BASE_S``. With no healthy instance (none in the route, or every one ejected) a
+request is held in the same queue for up to ``request_timeout_ms`` (a recovery, not an
+overload: ``max_queue_wait_ms`` does not apply) until a push or a probe brings one, then
+503; a push that takes the deployment or the endpoint away answers the held ones 404. Held
+requests that find the instances back but full become ordinary waiters from that moment.
+``request_timeout_ms`` runs from the moment the request is sent to an instance (the queue
+has its own bound) and ends in 408 with the slot handed on.
 
 Retries: a request goes to another instance only when nothing reached the first (the
 connect failed), each instance at most once. One exception, kept from the first version:
@@ -165,6 +169,7 @@ class Gateway:
         self.queueing: set[DeploymentState] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         table.on_rebuilt = self._rebuilt
+        table.on_dropped = self._dropped
 
     def start(self) -> None:
         self.loop = loop = asyncio.get_running_loop()
@@ -226,15 +231,24 @@ class Gateway:
             for deployment in list(self.queueing):
                 waiting = deployment.waiting
                 wait = deployment.queue_wait
+                hold = deployment.timeout
                 while waiting:
                     req = waiting[0]
                     if not req.waiting:
                         waiting.popleft()
-                    elif req.queued_at + wait <= now:  # FIFO: the oldest expires first
+                    elif req.queued_at + (hold if req.held else wait) <= now:  # FIFO: oldest first
                         waiting.popleft()
                         req.proto._wait_expired(req, now)
                     else:
                         break
+                if deployment.held:
+                    # Held and overloaded waiters have different bounds: the order says nothing.
+                    expired = [
+                        r for r in waiting if r.waiting and r.queued_at + (hold if r.held else wait) <= now
+                    ]
+                    for req in expired:
+                        if req.waiting:
+                            req.proto._wait_expired(req, now)
                 if not deployment.queued:
                     self.queueing.discard(deployment)
         self._deadliner = asyncio.get_running_loop().call_later(DEADLINE_SWEEP_S, self._check_deadlines)
@@ -276,16 +290,46 @@ class Gateway:
                 waiting.popleft()
                 continue
             index = pick_instance(deployment.instances, deployment.rotor, now, limit)
-            if index is None or index < 0:
+            if index is None:
+                return
+            if index < 0:
+                if deployment.held:
+                    self._unhold(deployment, now)
                 return
             deployment.rotor += 1
             waiting.popleft()
             req.waiting = False
             deployment.queued -= 1
+            if req.held:
+                req.held = False
+                deployment.held -= 1
             proto = req.proto
             if self.windows_on:
                 deployment.window.record_queue_wait((now - req.queued_at) * 1000.0)
             proto._send_to(req, deployment.instances[index], now)
+
+    @staticmethod
+    def _unhold(deployment: DeploymentState, now: float) -> None:
+        """Instances are back but full: held requests wait as overloaded ones, from now."""
+        for req in deployment.waiting:
+            if req.waiting and req.held:
+                req.held = False
+                req.queued_at = now
+        deployment.held = 0
+
+    def _dropped(self, deployments: list[DeploymentState], endpoint_gone: bool) -> None:
+        """A push or delete took these away: their held requests get the 404 routing gives."""
+        for deployment in deployments:
+            if not deployment.held:
+                continue
+            if endpoint_gone:
+                code, message = "EndpointNotFound", f"no endpoint named {deployment.endpoint!r}"
+            else:
+                code, message = "DeploymentNotFound", f"no deployment named {deployment.name!r}"
+            for req in [r for r in deployment.waiting if r.waiting and r.held]:
+                if req.waiting:
+                    req.proto._leave_queue(req)
+                    req.proto._fail(req, 404, code, message)
 
     def _rebuilt(self, endpoint: EndpointState) -> None:
         """A push may have added instances: hand their slots to waiting requests."""
@@ -402,6 +446,13 @@ async def probe(instance: InstanceState, upstream_ssl: ssl.SSLContext | None) ->
             writer.close()
 
 
+def _any_healthy(instances: list[InstanceState], now: float) -> bool:
+    for instance in instances:
+        if instance.ejected_until <= now:
+            return True
+    return False
+
+
 def upstream_request(req: _Request, instance: InstanceState) -> bytes:
     """The request as the instance gets it: its own path prefix and host, our request id."""
     headers = req.headers
@@ -467,6 +518,7 @@ class _Request:
         "done",
         "counted",
         "waiting",
+        "held",
         "queued_at",
         "sent_at",
         "upstream_status",
@@ -509,6 +561,7 @@ class _Request:
         self.done = False
         self.counted = False  # in its deployment's in-flight gauge
         self.waiting = False  # in its deployment's queue
+        self.held = False  # ... waiting for a healthy instance (counted in deployment.held)
         self.queued_at = 0.0
         self.sent_at = 0.0
         self.upstream_status = 0
@@ -763,7 +816,10 @@ class ClientProtocol(asyncio.Protocol):
         endpoint = req.endpoint
         assert endpoint is not None
         if deployment.queued and gw.limits:  # first come, first served: behind the waiting ones
-            self._queue_or_refuse(req, now)
+            if _any_healthy(deployment.instances, now):
+                self._queue_or_refuse(req, now)
+            else:
+                self._hold(req, now)
         else:
             limit = deployment.limit if gw.limits else 0
             index = pick_instance(deployment.instances, deployment.rotor, now, limit)
@@ -776,12 +832,7 @@ class ClientProtocol(asyncio.Protocol):
         deployment = req.deployment
         assert deployment is not None
         if index is None:
-            self._fail(
-                req,
-                503,
-                "NoHealthyInstance",
-                f"deployment {deployment.name} has no healthy instance to serve the request",
-            )
+            self._hold(req, now)
         elif index == FULL:
             self._queue_or_refuse(req, now)
         else:
@@ -789,14 +840,40 @@ class ClientProtocol(asyncio.Protocol):
                 deployment.window.record_no_wait()
             self._send_to(req, deployment.instances[index], now)
 
+    def _no_instance(self, req: _Request) -> None:
+        deployment = req.deployment
+        assert deployment is not None
+        self._fail(
+            req,
+            503,
+            "NoHealthyInstance",
+            f"deployment {deployment.name} has no healthy instance to serve the request",
+        )
+
+    def _hold(self, req: _Request, now: float) -> None:
+        """No healthy instance: wait in the queue for one (up to request_timeout_ms)."""
+        deployment = req.deployment
+        assert deployment is not None
+        if deployment.queued >= deployment.hold_limit:
+            self._no_instance(req)
+            return
+        req.held = True
+        deployment.held += 1
+        self._enqueue(req, now)
+
     def _queue_or_refuse(self, req: _Request, now: float) -> None:
         deployment = req.deployment
         assert deployment is not None
         if deployment.queued >= deployment.queue_limit:
             self._too_many(req, deployment.busy_body, "TooManyRequests")
             return
+        self._enqueue(req, now)
+
+    def _enqueue(self, req: _Request, now: float) -> None:
+        deployment = req.deployment
+        assert deployment is not None
         waiting = deployment.waiting
-        if len(waiting) > 2 * deployment.queue_limit + 16:
+        if len(waiting) > 2 * deployment.hold_limit + 16:
             # Requests that stopped waiting are removed lazily; shed them before the deque grows.
             live = [r for r in waiting if r.waiting]
             waiting.clear()
@@ -808,14 +885,28 @@ class ClientProtocol(asyncio.Protocol):
         self.gw.queueing.add(deployment)
 
     def _wait_expired(self, req: _Request, now: float) -> None:
-        """The deadline sweep took ``req`` out of the queue: it waited max_queue_wait_ms."""
+        """The deadline sweep took ``req`` out of the queue: it waited max_queue_wait_ms (or,
+        held for want of a healthy instance, request_timeout_ms)."""
+        deployment = req.deployment
+        assert deployment is not None
+        held = req.held
+        self._leave_queue(req)
+        if self.gw.windows_on:
+            deployment.window.record_queue_wait((now - req.queued_at) * 1000.0)
+        if held:
+            self._no_instance(req)
+        else:
+            self._too_many(req, deployment.wait_body, "TooManyRequests")
+
+    def _leave_queue(self, req: _Request) -> None:
+        """Out of the deployment's queue without a slot (the deque drops it lazily)."""
         deployment = req.deployment
         assert deployment is not None
         req.waiting = False
         deployment.queued -= 1
-        if self.gw.windows_on:
-            deployment.window.record_queue_wait((now - req.queued_at) * 1000.0)
-        self._too_many(req, deployment.wait_body, "TooManyRequests")
+        if req.held:
+            req.held = False
+            deployment.held -= 1
 
     def _too_many(self, req: _Request, body: bytes, code: str) -> None:
         self._finish(req, 429, TOO_MANY_HEADERS, body, code)
@@ -956,10 +1047,7 @@ class ClientProtocol(asyncio.Protocol):
             req.deadline = 0.0
             self.gw.timed.discard(req)
         if req.waiting:
-            req.waiting = False
-            deployment = req.deployment
-            assert deployment is not None
-            deployment.queued -= 1
+            self._leave_queue(req)
         self._release(req)
         req.done = True
 

@@ -128,8 +128,10 @@ class DeploymentState:
         "instance_limit",
         "queue_wait",
         "queue_limit",
+        "hold_limit",
         "waiting",
         "queued",
+        "held",
         "window",
         "busy_body",
         "wait_body",
@@ -143,12 +145,14 @@ class DeploymentState:
         self.rotor = 0
         self.waiting: deque[Any] = deque()  # requests waiting for a slot (lazily removed)
         self.queued = 0  # how many in ``waiting`` still wait
+        self.held = 0  # of those, how many wait for a healthy instance (none when they came)
         self.timeout = 5.0
         self.instances: list[InstanceState] = []
         self.limit = 1
         self.instance_limit = 1
         self.queue_wait = 0.5
         self.queue_limit = QUEUE_PER_SLOT
+        self.hold_limit = QUEUE_PER_SLOT
         self.busy_body = b""
         self.wait_body = b""
 
@@ -159,7 +163,10 @@ class DeploymentState:
         self.limit = process_share(self.instance_limit, processes)
         self.queue_wait = route.max_queue_wait_ms / 1000.0
         slots = max(1, len(instances)) * self.limit
-        self.queue_limit = min(MAX_QUEUE, slots * QUEUE_PER_SLOT) if route.max_queue_wait_ms > 0 else 0
+        # Waiting out a missing instance is a recovery, not an overload: the memory bound
+        # applies, max_queue_wait_ms does not (a deployment with no overload queue still holds).
+        self.hold_limit = min(MAX_QUEUE, slots * QUEUE_PER_SLOT)
+        self.queue_limit = self.hold_limit if route.max_queue_wait_ms > 0 else 0
         self.busy_body = too_many_body(
             f"deployment {self.name}: every instance has {self.instance_limit} requests in flight "
             f"(max_concurrent_requests_per_instance) and the queue of {self.queue_limit} is full",
@@ -272,6 +279,8 @@ class RouteTable:
     windows: WindowSet = field(default_factory=WindowSet)
     processes: int = 1  # gateway processes sharing the ports (limits are split between them)
     on_rebuilt: Callable[[EndpointState], None] | None = None
+    # Deployments a push or delete took away (the flag: the whole endpoint went).
+    on_dropped: Callable[[list[DeploymentState], bool], None] | None = None
 
     @staticmethod
     def _key(name: str) -> str:
@@ -297,6 +306,11 @@ class RouteTable:
         _retire_dropped(previous, new)
         if self.on_rebuilt is not None:
             self.on_rebuilt(new)
+        if old is not None and self.on_dropped is not None:
+            kept_states = set(map(id, new.deployments.values()))
+            gone = [state for state in old.deployments.values() if id(state) not in kept_states]
+            if gone:
+                self.on_dropped(gone, False)
         self._changed()
         return ApplyRouteResult(applied=True, generation=route.generation)
 
@@ -310,7 +324,10 @@ class RouteTable:
             return ApplyRouteResult(applied=False, generation=current or 0)
         self.routes.pop(key, None)
         self.tombstones[key] = generation
-        _retire_dropped(_instances_of(self.live.pop(key, None)), None)
+        old = self.live.pop(key, None)
+        _retire_dropped(_instances_of(old), None)
+        if old is not None and self.on_dropped is not None and old.deployments:
+            self.on_dropped(list(old.deployments.values()), True)
         self._changed()
         return ApplyRouteResult(applied=True, generation=generation)
 

@@ -258,7 +258,8 @@ async def test_connection_failure_retries_another_instance(
 async def test_deployment_without_instances_is_503(
     gateway: GatewayProcess, client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("t-empty", 1, {"blue": []}, {"blue": 100}))
+    # Held for request_timeout_ms in case an instance comes, then 503.
+    await push(client, gateway, route_body("t-empty", 1, {"blue": []}, {"blue": 100}, timeout_ms=300))
     reply = await score(client, gateway, "t-empty")
     assert (reply.status, reply.error_code) == (503, "NoHealthyInstance")
 

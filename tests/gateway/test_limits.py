@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from functools import partial
 
 import aiohttp
 import pytest_asyncio
 
 from tests.gateway.conftest import Backend, GatewayProcess, route_body
-from tests.gateway.helpers import eventually, metrics, push, score, stats, until
+from tests.gateway.helpers import delete, eventually, metrics, push, score, stats, until
 from tests.support.ports import free_port
 
 QUEUE_PER_SLOT = 64  # gateway.table.QUEUE_PER_SLOT: the queue's memory bound per slot
@@ -210,10 +211,101 @@ async def test_an_instance_failing_5_connections_in_a_row_is_ejected_then_probed
 
 async def test_every_instance_ejected_is_503(gateway: GatewayProcess, client: aiohttp.ClientSession) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    await push(client, gateway, route_body("l-all-out", 1, {"blue": [dead]}, {"blue": 100}))
+    # Held for want of an instance for request_timeout_ms, then 503 (the probe keeps failing).
+    await push(client, gateway, route_body("l-all-out", 1, {"blue": [dead]}, {"blue": 100}, timeout_ms=500))
     first = [await score(client, gateway, "l-all-out") for _ in range(5)]
     assert [(r.status, r.error_code) for r in first] == [(502, "BadGateway")] * 5
     after = await score(client, gateway, "l-all-out")
     assert (after.status, after.error_code) == (503, "NoHealthyInstance")
     window = await stats(client, gateway, "l-all-out", "blue")
     assert (window["status"]["5xx"], window["status"]["503"]) == (6, 1)
+
+
+async def in_flight(client: aiohttp.ClientSession, gateway: GatewayProcess, endpoint: str, n: int) -> None:
+    """Until ``n`` requests of ``endpoint``'s deployment blue are in the gateway."""
+
+    async def there() -> bool:
+        return (await stats(client, gateway, endpoint, "blue"))["in_flight"] == n
+
+    await until(there)
+
+
+async def test_with_no_instance_requests_are_held_until_a_push_brings_one(
+    gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    # The only instance was killed: the control plane pushes the deployment with none, then
+    # with the replacement. Requests in that gap wait for it instead of failing.
+    replacement = await start(fresh, "replacement", "ok")
+    route = partial(route_body, "l-hold", timeout_ms=20_000, max_concurrent=1, max_queue_wait_ms=20_000)
+    await push(wide_client, gateway, route(1, {"blue": []}, {"blue": 100}))
+    pending = []
+    for i in range(5):  # each held before the next is sent
+        ids = {"x-ms-client-request-id": f"held-{i}"}
+        pending.append(asyncio.create_task(score(wide_client, gateway, "l-hold", headers=ids)))
+        await in_flight(wide_client, gateway, "l-hold", i + 1)
+    done, _ = await asyncio.wait(pending, timeout=0.3)
+    assert not done  # held, not answered 503
+    await push(wide_client, gateway, route(2, {"blue": [replacement.url]}, {"blue": 100}))
+    replies = await asyncio.gather(*pending)
+    assert [r.status for r in replies] == [200] * 5
+    # Through the normal slot logic (one at a time here), oldest first.
+    assert [h["x-ms-client-request-id"] for h in replacement.headers] == [f"held-{i}" for i in range(5)]
+    assert replacement.peak == 1
+    window = await stats(wide_client, gateway, "l-hold", "blue")
+    assert (window["status"]["2xx"], window["in_flight"]) == (5, 0)
+
+
+async def test_with_no_instance_a_request_is_503_after_request_timeout_ms(
+    gateway: GatewayProcess, wide_client: aiohttp.ClientSession
+) -> None:
+    # max_queue_wait_ms=0 (no overload queue) does not stop a request waiting for an instance.
+    await push(
+        wide_client,
+        gateway,
+        route_body("l-hold-503", 1, {"blue": []}, {"blue": 100}, timeout_ms=300, max_queue_wait_ms=0),
+    )
+    reply = await score(wide_client, gateway, "l-hold-503")
+    assert (reply.status, reply.error_code) == (503, "NoHealthyInstance")
+    assert "no healthy instance" in reply.json()["error"]["message"]
+    window = await stats(wide_client, gateway, "l-hold-503", "blue")
+    assert (window["status"]["503"], window["in_flight"]) == (1, 0)
+    assert window["queue_wait_ms"]["p99"] >= 300 * 0.99  # it was held the whole request_timeout_ms
+
+
+async def test_held_requests_are_404_when_a_push_removes_the_deployment_or_the_endpoint(
+    gateway: GatewayProcess, backends: dict[str, Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    route = partial(route_body, "l-hold-gone", timeout_ms=20_000)
+    await push(wide_client, gateway, route(1, {"blue": []}, {"blue": 100}))
+    first = asyncio.create_task(score(wide_client, gateway, "l-hold-gone"))
+    await in_flight(wide_client, gateway, "l-hold-gone", 1)
+    await push(wide_client, gateway, route(2, {"green": [backends["green"].url]}, {"green": 100}))
+    reply = await first
+    assert (reply.status, reply.error_code) == (404, "DeploymentNotFound")
+
+    await push(wide_client, gateway, route(3, {"blue": []}, {"blue": 100}))
+    second = asyncio.create_task(score(wide_client, gateway, "l-hold-gone"))
+    await in_flight(wide_client, gateway, "l-hold-gone", 1)
+    await delete(wide_client, gateway, "l-hold-gone", 4)
+    reply = await second
+    assert (reply.status, reply.error_code) == (404, "EndpointNotFound")
+
+
+async def test_a_request_held_while_every_instance_is_ejected_goes_to_it_once_probed_back(
+    gateway: GatewayProcess, fresh: list[Backend], client: aiohttp.ClientSession
+) -> None:
+    dead_port = free_port()
+    dead = f"http://127.0.0.1:{dead_port}"
+    await push(
+        client, gateway, route_body("l-hold-eject", 1, {"blue": [dead]}, {"blue": 100}, timeout_ms=20_000)
+    )
+    failed = [await score(client, gateway, "l-hold-eject") for _ in range(5)]
+    assert [r.status for r in failed] == [502] * 5  # now ejected
+    held = asyncio.create_task(score(client, gateway, "l-hold-eject"))
+    await in_flight(client, gateway, "l-hold-eject", 1)
+    done, _ = await asyncio.wait([held], timeout=0.3)
+    assert not done
+    back = await start(fresh, "back", "ok", port=dead_port)
+    reply = await held
+    assert reply.status == 200
+    assert back.seen["score"] == 1
