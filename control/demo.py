@@ -18,12 +18,13 @@ SAMPLES = Path(__file__).resolve().parent.parent / "config" / "samples"
 ENDPOINT = "demo-ep"
 
 
-def tidegate(*args: str, check: bool = True) -> str:
+def tidegate(*args: str, check: bool = True, echo: bool = True) -> str:
     argv = [sys.executable, "-m", "control.cli", *args]
-    print(f"\n$ tidegate {shlex.join(args)}", flush=True)
+    if echo:
+        print(f"\n$ tidegate {shlex.join(args)}", flush=True)
     done = subprocess.run(argv, cwd=SAMPLES, capture_output=True, text=True)
     out = done.stdout.strip()
-    if out:
+    if out and echo:
         print(out, flush=True)
     if done.returncode != 0:
         print(done.stderr.strip(), file=sys.stderr, flush=True)
@@ -35,7 +36,9 @@ def tidegate(*args: str, check: bool = True) -> str:
 @contextlib.contextmanager
 def steady_load(settings: Settings, endpoint: str) -> Iterator[None]:
     """A client calling the endpoint while the rollout runs: the gates judge its requests."""
-    key = tidegate("online-endpoint", "get-credentials", "-n", endpoint, "-o", "tsv", "--query", "primaryKey")
+    key = tidegate(
+        "online-endpoint", "get-credentials", "-n", endpoint, "-o", "tsv", "--query", "primaryKey", echo=False
+    )
     body = (SAMPLES / "sample-request.json").read_bytes()
     url = f"http://127.0.0.1:{settings.gateway_http_port}/endpoints/{endpoint}/score"
     stop = threading.Event()
