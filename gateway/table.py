@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from config.files import write_atomically
 from config.routes import ApplyRouteResult, DeploymentRoute, EndpointRoute
 from gateway.responses import error_body
 from gateway.routing import TrafficPlan, route_plan
@@ -387,25 +388,6 @@ def _valid_routes(document: dict[str, Any]) -> list[EndpointRoute]:
 # --- persistence I/O ---
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` so a crash leaves either the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_table(path: Path, table: RouteTable) -> None:

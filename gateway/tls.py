@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import ipaddress
-import os
 import re
 import ssl
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from config.files import write_atomically
 from config.settings import Settings
 
 log = structlog.get_logger("gateway.tls")
@@ -182,15 +182,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    write_atomically(path, data, mode)
 
 
 def _load_cert(path: Path) -> x509.Certificate | None:

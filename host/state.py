@@ -12,6 +12,7 @@ from pathlib import Path
 import structlog
 from pydantic import BaseModel, Field, ValidationError
 
+from config.files import write_atomically
 from config.host_api import DeploymentRuntime, InstanceState
 
 log = structlog.get_logger("host.state")
@@ -83,17 +84,4 @@ def load_state(path: Path) -> HostState:
 
 
 def save_state(path: Path, state: HostState) -> None:
-    """tmp + fsync + rename, then fsync the directory, so a crash leaves old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    data = state.model_dump_json(indent=2).encode()
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, state.model_dump_json(indent=2).encode())

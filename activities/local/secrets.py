@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 from pathlib import Path
 
+from config.files import write_atomically
 from config.settings import Settings
 
 KEY_TYPES = ("primary", "secondary")
@@ -54,10 +54,4 @@ class LocalSecretStore:
 
     def _write(self, endpoint: str, data: dict) -> None:
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self._path(endpoint).with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path(endpoint))
+        write_atomically(self._path(endpoint), json.dumps(data).encode(), 0o600)
