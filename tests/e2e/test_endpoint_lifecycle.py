@@ -228,3 +228,40 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_registered_model_serves_as_azureml_name_version(
+    stack: LocalStack, project: tuple[Path, dict[str, list[float]]]
+) -> None:
+    root, answers = project
+    registered = stack.json(
+        "model", "create", "--name", "diabetes", "--version", "3", "--path", "model-2/model", cwd=root
+    )
+    assert registered["name"] == "diabetes" and registered["version"] == "3"
+    again = stack.tidegate(
+        "model", "create", "--name", "diabetes", "--version", "3", "--path", "model-2/model", cwd=root
+    )
+    assert again.returncode != 0 and "diabetes:3 already exists" in again.stderr
+    (root / "registered.yml").write_text(
+        (root / "blue.yml")
+        .read_text()
+        .replace("model:\n  path: model-1/model/\n", "model: azureml:diabetes:3\n")
+    )
+    stack.ok("online-endpoint", "create", "--name", "reg-ep", "-f", "endpoint.yml", cwd=root)
+    stack.ok(
+        "online-deployment",
+        "create",
+        "-n",
+        "blue",
+        "-e",
+        "reg-ep",
+        "-f",
+        "registered.yml",
+        "--all-traffic",
+        cwd=root,
+    )
+    out = stack.ok(
+        "online-endpoint", "invoke", "--name", "reg-ep", "--request-file", "request.json", cwd=root
+    )
+    assert json.loads(out) == pytest.approx(answers["model-2"])
+    stack.ok("online-endpoint", "delete", "--name", "reg-ep", "--yes")

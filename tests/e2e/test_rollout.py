@@ -103,8 +103,26 @@ def test_a_good_canary_takes_all_traffic_and_blue_is_retired(
     assert [r["id"] for r in rows] == ["rollout/roll-good/1"]
 
 
+def test_retry_after_a_rollback_runs_the_same_plan_again(
+    stack: LocalStack, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    (root / "fault").write_text("0.3")
+    key = stack.key("roll-bad")
+    with SteadyLoad(f"{stack.http_base}/endpoints/roll-bad/score", key, BODY):
+        started = stack.json("rollout", "retry", "--endpoint", "roll-bad")
+        assert started["id"] == "rollout/roll-bad/2"
+        done = stack.tidegate("rollout", "status", "--endpoint", "roll-bad", "--watch")
+    (root / "fault").unlink()
+    assert done.returncode == 1 and "RolledBack" in done.stderr
+    assert stack.json("rollout", "status", "--endpoint", "roll-bad", "--query", "[id, phase]") == [
+        "rollout/roll-bad/2",
+        "RolledBack",
+    ]
+
+
 @pytest.mark.parametrize("verb", ["pause", "promote"])
 def test_steering_a_finished_rollout_is_refused(stack: LocalStack, verb: str) -> None:
     done = stack.tidegate("rollout", verb, "--endpoint", "roll-bad")
     assert done.returncode != 0
-    assert "rollout/roll-bad/1" in done.stderr
+    assert "rollout/roll-bad/" in done.stderr
