@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         return [f"http://127.0.0.1:{self.gateway_admin_port}"]
 
     @property
+    def admin_headers(self) -> dict[str, str]:
+        """What a caller of the gateways' admin API sends (the token, when one is set)."""
+        token = self.admin_token
+        return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+
+    @property
     def host_target(self) -> str:
         return self.host_url or f"http://127.0.0.1:{self.host_port}"
 

@@ -14,13 +14,12 @@ from gateway.server import run
 
 def main() -> int:
     configure_logging(level=os.environ.get("TIDEGATE_LOG_LEVEL", "INFO"))
-    settings = load_settings()
     try:
-        run(settings)
+        run(load_settings())
     except OSError as exc:  # typically a port already in use
         structlog.get_logger("gateway").error("gateway.failed", error=str(exc))
         return 1
-    except ValueError as exc:  # a bad TIDEGATE_GATEWAY_WORKERS or TIDEGATE_GATEWAY_DISABLE
+    except ValueError as exc:  # a bad setting (TIDEGATE_GATEWAY_WORKERS, …) or TIDEGATE_GATEWAY_DISABLE
         structlog.get_logger("gateway").error("gateway.bad_setting", error=str(exc))
         return 2
     return 0

@@ -3,7 +3,7 @@
 Nothing happens at import time: ``serve(settings)`` starts everything and runs until
 cancelled; ``run(settings)`` is the blocking entry point (uvloop, SIGTERM/SIGINT).
 
-``TIDEGATE_GATEWAY_WORKERS=N`` (``settings.gateway_workers`` to be) runs N processes on the
+``TIDEGATE_GATEWAY_WORKERS=N`` (``settings.gateway_workers``) runs N processes on the
 same ports with SO_REUSEPORT; see ``gateway.workers`` for how they share the route table
 and windows. ``TIDEGATE_GATEWAY_DISABLE=limits,windows,accesslog,mirror`` turns features off
 for the benchmark that prices each one; never set it in service.
@@ -37,7 +37,6 @@ from gateway.workers import (
     create_peer_app,
     socket_path,
     start_peer_site,
-    worker_count,
     worker_index,
 )
 
@@ -98,7 +97,7 @@ async def create_server(settings: Settings) -> RunningGateway:
     """Load the persisted table, then listen on the HTTPS, HTTP and admin ports (process 0)
     or the HTTPS and HTTP ports and a Unix socket for process 0 (processes 1..N-1)."""
     loop = asyncio.get_running_loop()
-    workers = worker_count()
+    workers = settings.gateway_workers
     index = worker_index()
     features = enabled_features()
     gateway_dir = settings.gateway_dir

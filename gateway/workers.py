@@ -42,21 +42,12 @@ from gateway.windows import WindowData, parse_window
 
 log = structlog.get_logger("gateway.workers")
 
-WORKERS_ENV: Final = "TIDEGATE_GATEWAY_WORKERS"  # settings.gateway_workers, once it exists
 INDEX_ENV: Final = "TIDEGATE_GATEWAY_WORKER_INDEX"  # set by process 0 for the ones it starts
 WATCH_S: Final = 0.1
 PEER_TIMEOUT_S: Final = 2.0
 RESTART_S: Final = 1.0
 STOP_S: Final = 15.0
 _SOCKET_DIR: Final = "workers"
-
-
-def worker_count(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
-    raw = environ.get(WORKERS_ENV, "1").strip() or "1"
-    count = int(raw)  # ValueError: a clear start-up failure
-    if count < 1:
-        raise ValueError(f"{WORKERS_ENV} must be >= 1, got {count}")
-    return count
 
 
 def worker_index(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:

@@ -169,15 +169,18 @@ class DeploymentWorkflow:
         return status
 
     # ---- the control loop -----------------------------------------------------------------
+    def _watch_input(self, timeout_seconds: float) -> WatchInstancesInput:
+        return WatchInstancesInput(
+            endpoint=self._target.endpoint,
+            deployment=self._target.name,
+            since_version=self._version,
+            timeout_seconds=timeout_seconds,
+        )
+
     async def _watch_blocking(self) -> DeploymentInstances:
         status = await workflow.execute_activity(
             "watch_instances",
-            WatchInstancesInput(
-                endpoint=self._target.endpoint,
-                deployment=self._target.name,
-                since_version=self._version,
-                timeout_seconds=WATCH_SECONDS,
-            ),
+            self._watch_input(WATCH_SECONDS),
             result_type=DeploymentInstances,
             **options.WATCH,
         )
@@ -189,15 +192,7 @@ class DeploymentWorkflow:
         wake = min(self._next_scale_check, self._next_replacement)
         wait = max(1.0, min(WATCH_SECONDS, (wake - workflow.now()).total_seconds()))
         handle = workflow.start_activity(
-            "watch_instances",
-            WatchInstancesInput(
-                endpoint=self._target.endpoint,
-                deployment=self._target.name,
-                since_version=self._version,
-                timeout_seconds=wait,
-            ),
-            result_type=DeploymentInstances,
-            **options.WATCH,
+            "watch_instances", self._watch_input(wait), result_type=DeploymentInstances, **options.WATCH
         )
         await workflow.wait_condition(lambda: handle.done() or self._delete or self._pending is not None)
         if not handle.done():

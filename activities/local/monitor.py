@@ -12,8 +12,7 @@ from config.stats import LatencySummary, MirrorSummary, WindowStats
 class LocalMonitorProvider:
     def __init__(self, settings: Settings) -> None:
         self._targets = settings.gateway_admin_targets
-        token = settings.admin_token
-        self._headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        self._headers = settings.admin_headers
 
     async def query_window(self, request: QueryWindowInput) -> WindowStats:
         params = {

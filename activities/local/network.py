@@ -22,8 +22,7 @@ class LocalNetworkProvider:
     def __init__(self, settings: Settings) -> None:
         self._targets = settings.gateway_admin_targets
         self._secrets = LocalSecretStore(settings)
-        token = settings.admin_token
-        self._headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        self._headers = settings.admin_headers
 
     async def apply_route(self, request: ApplyRouteInput) -> None:
         body = request.route.model_dump(mode="json")
