@@ -221,3 +221,39 @@ def test_deleting_the_endpoint_makes_its_uri_404(stack: LocalStack, served: dict
     done = stack.tidegate("online-endpoint", "show", "-n", EP)
     assert done.returncode != 0 and f"endpoint {EP} does not exist" in done.stderr
 
+
+def test_a_registered_model_serves_as_azureml_name_version(
+    stack: LocalStack, project: tuple[Path, dict[str, list[float]]]
+) -> None:
+    root, answers = project
+    registered = stack.json(
+        "model", "create", "--name", "diabetes", "--version", "3", "--path", "model-2/model", cwd=root
+    )
+    assert registered["name"] == "diabetes" and registered["version"] == "3"
+    again = stack.tidegate(
+        "model", "create", "--name", "diabetes", "--version", "3", "--path", "model-2/model", cwd=root
+    )
+    assert again.returncode != 0 and "diabetes:3 already exists" in again.stderr
+    (root / "registered.yml").write_text(
+        (root / "blue.yml")
+        .read_text()
+        .replace("model:\n  path: model-1/model/\n", "model: azureml:diabetes:3\n")
+    )
+    stack.ok("online-endpoint", "create", "--name", "reg-ep", "-f", "endpoint.yml", cwd=root)
+    stack.ok(
+        "online-deployment",
+        "create",
+        "-n",
+        "blue",
+        "-e",
+        "reg-ep",
+        "-f",
+        "registered.yml",
+        "--all-traffic",
+        cwd=root,
+    )
+    out = stack.ok(
+        "online-endpoint", "invoke", "--name", "reg-ep", "--request-file", "request.json", cwd=root
+    )
+    assert json.loads(out) == pytest.approx(answers["model-2"])
+    stack.ok("online-endpoint", "delete", "--name", "reg-ep", "--yes")
