@@ -20,11 +20,14 @@ class RuntimeEnvironment(BaseModel):
 
 
 class ProbeSpec(BaseModel):
-    initial_delay: int = 10
-    period: int = 10
-    timeout: int = 2
-    success_threshold: int = 1
-    failure_threshold: int = 30
+    """Azure's probe settings, in seconds (see decisions/probes.py for how the host honours
+    them). The spec asks for initial_delay >= 1; the host also takes 0."""
+
+    initial_delay: int = Field(default=10, ge=0)
+    period: int = Field(default=10, ge=1)
+    timeout: int = Field(default=2, ge=1)
+    success_threshold: int = Field(default=1, ge=1)
+    failure_threshold: int = Field(default=30, ge=1)
 
 
 class DeploymentRuntime(BaseModel):
@@ -34,9 +37,7 @@ class DeploymentRuntime(BaseModel):
     deployment: str
     code_dir: str = Field(description="absolute path of the snapshot of the code folder")
     scoring_script: str = "score.py"
-    model_dir: str | None = Field(
-        default=None, description="absolute path used as AZUREML_MODEL_DIR"
-    )
+    model_dir: str | None = Field(default=None, description="absolute path used as AZUREML_MODEL_DIR")
     environment: RuntimeEnvironment = Field(default_factory=RuntimeEnvironment)
     environment_variables: dict[str, str] = Field(default_factory=dict)
     readiness_probe: ProbeSpec = Field(default_factory=ProbeSpec)
@@ -62,7 +63,9 @@ class EnsureInstancesRequest(BaseModel):
     )
 
 
-InstanceState = Literal["starting", "ready", "failed", "stopped", "draining"]
+# unready: running, but its readiness probe failed failure_threshold times in a row (out of
+# the route table until it passes success_threshold times in a row).
+InstanceState = Literal["starting", "ready", "unready", "failed", "stopped", "draining"]
 EnvironmentState = Literal["building", "ready", "failed"]
 
 

@@ -33,6 +33,9 @@ class EndpointRoute(BaseModel):
     mirror_traffic: dict[str, int] = Field(default_factory=dict)
     deployments: dict[str, DeploymentRoute] = Field(default_factory=dict)
     max_request_bytes: int = 16 * 1024 * 1024
+    max_requests_per_second: float = Field(
+        default=0.0, description="enforced by each gateway process on its own; 0: no limit"
+    )
 
 
 class ApplyRouteResult(BaseModel):

@@ -12,7 +12,9 @@ Values are plain JSON types (paths are strings) so specs travel through Temporal
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,19 +24,25 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
+    "DEFAULT_MAX_REQUEST_BYTES",
     "DEPLOYMENT_NAME_RULE",
     "ENDPOINT_NAME_RULE",
+    "MAX_REQUESTS_PER_SECOND",
+    "MAX_REQUEST_BYTES",
     "NAME_PATTERN",
     "BuildContextSpec",
     "CodeConfigurationSpec",
     "DefaultScaleSettings",
     "DeploymentSpec",
+    "EndpointLimits",
     "EndpointSpec",
     "EnvironmentSpec",
     "IdentitySpec",
@@ -46,7 +54,9 @@ __all__ = [
     "RouteSpec",
     "TargetUtilizationScaleSettings",
     "UserAssignedIdentity",
+    "endpoint_limits",
     "is_asset_ref",
+    "property_problems",
     "validate_deployment_name",
     "validate_endpoint_name",
 ]
@@ -160,9 +170,88 @@ def _check_asset_ref(kind: str, value: str) -> str:
 
 class _Spec(BaseModel):
     # strict: YAML already gives real ints and bools; "5" for an int is a mistake to report.
-    model_config = ConfigDict(
-        extra="forbid", strict=True, populate_by_name=True, protected_namespaces=()
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, protected_namespaces=())
+
+
+# ---------------------------------------------------------------------------------------
+# Tidegate's endpoint limits, in Azure's free-form `properties` map
+# ---------------------------------------------------------------------------------------
+
+# Azure's `properties` is a map of strings it stores and does not read, so a file carrying
+# these keys stays valid for `az ml online-endpoint create`. Keys under the prefix are
+# Tidegate's; any other key is the user's own and passes untouched.
+PROPERTY_PREFIX = "tidegate/"
+MAX_REQUEST_BYTES = "tidegate/max_request_bytes"
+MAX_REQUESTS_PER_SECOND = "tidegate/max_requests_per_second"
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # TIDEGATE_MAX_REQUEST_BYTES' default
+_KNOWN_PROPERTIES = (MAX_REQUEST_BYTES, MAX_REQUESTS_PER_SECOND)
+
+
+class EndpointLimits(BaseModel):
+    """What the gateway enforces for one endpoint, as its properties set them."""
+
+    max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, gt=0)
+    max_requests_per_second: float = Field(default=0.0, ge=0, description="0: no limit")
+
+
+def _positive_int(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _rate(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def property_problems(properties: Mapping[str, str]) -> dict[str, str]:
+    """Each Tidegate property that is misspelt or holds a value it cannot use, with what is
+    wrong; other keys are not looked at."""
+    problems: dict[str, str] = {}
+    for key, text in properties.items():
+        if key == MAX_REQUEST_BYTES:
+            if _positive_int(text) is None:
+                problems[key] = f"must be an integer > 0, in bytes (got {text!r})"
+        elif key == MAX_REQUESTS_PER_SECOND:
+            if _rate(text) is None:
+                problems[key] = f"must be a number ≥ 0; 0 is no limit (got {text!r})"
+        elif key.lower().startswith(PROPERTY_PREFIX):
+            problems[key] = f"unknown Tidegate property; known: {', '.join(_KNOWN_PROPERTIES)}"
+    return problems
+
+
+def endpoint_limits(properties: Mapping[str, str], *, default_max_request_bytes: int) -> EndpointLimits:
+    """The limits `properties` set, the default where they set none; ValueError naming the
+    first bad property (validated specs never have one)."""
+    problems = property_problems(properties)
+    if problems:
+        key, message = next(iter(problems.items()))
+        raise ValueError(f"properties.{key}: {message}")
+    size = properties.get(MAX_REQUEST_BYTES)
+    rate = properties.get(MAX_REQUESTS_PER_SECOND)
+    return EndpointLimits(
+        max_request_bytes=default_max_request_bytes if size is None else int(size),
+        max_requests_per_second=0.0 if rate is None else float(rate),
     )
+
+
+def _property_errors(properties: Mapping[str, str], problems: dict[str, str]) -> ValidationError:
+    """One error per bad property, located at its key (so a YAML error names its line)."""
+    details: list[InitErrorDetails] = [
+        {
+            "type": PydanticCustomError("tidegate_property", message),
+            "loc": (key,),
+            "input": properties[key],
+        }
+        for key, message in problems.items()
+    ]
+    return ValidationError.from_exception_data("properties", details)
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,9 +271,7 @@ class UserAssignedIdentity(_Spec):
 class IdentitySpec(_Spec):
     """Managed identity of the endpoint. Accepted and stored; the Azure provider uses it."""
 
-    type: Annotated[
-        Literal["system_assigned", "user_assigned", "none"], BeforeValidator(_lower_snake)
-    ]
+    type: Annotated[Literal["system_assigned", "user_assigned", "none"], BeforeValidator(_lower_snake)]
     user_assigned_identities: list[UserAssignedIdentity] | None = None
     principal_id: str | None = Field(default=None, description="output only")
     tenant_id: str | None = Field(default=None, description="output only")
@@ -213,9 +300,7 @@ class EndpointSpec(_Spec):
     mirror_traffic: dict[str, Annotated[int, Field(ge=0, le=100)]] = Field(
         default_factory=dict, description="one deployment; Azure caps it at 50 percent, Tidegate at 100"
     )
-    compute: str | None = Field(
-        default=None, description="Kubernetes endpoints only in Azure; rejected here"
-    )
+    compute: str | None = Field(default=None, description="Kubernetes endpoints only in Azure; rejected here")
     # Output-only fields of `az ml online-endpoint show`; accepted (so its output can be fed
     # back with -f) and otherwise ignored, as the az ml loader does.
     id: str | None = None
@@ -244,9 +329,17 @@ class EndpointSpec(_Spec):
     def _no_compute(cls, value: str | None) -> str | None:
         if value is not None:
             raise ValueError(
-                "compute is for Azure Arc Kubernetes endpoints; Tidegate endpoints are managed "
-                "(remove it)"
+                "compute is for Azure Arc Kubernetes endpoints; Tidegate endpoints are managed (remove it)"
             )
+        return value
+
+    @field_validator("properties")
+    @classmethod
+    def _tidegate_properties(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = property_problems(value)
+        if problems:
+            # Raised as a ValidationError so each problem keeps its own key in the location.
+            raise _property_errors(value, problems)
         return value
 
     @field_validator("traffic")
@@ -369,8 +462,7 @@ class TargetUtilizationScaleSettings(_Spec):
     def _min_le_max(self) -> TargetUtilizationScaleSettings:
         if self.min_instances > self.max_instances:
             raise ValueError(
-                f"min_instances ({self.min_instances}) must be ≤ max_instances "
-                f"({self.max_instances})"
+                f"min_instances ({self.min_instances}) must be ≤ max_instances ({self.max_instances})"
             )
         return self
 

@@ -364,9 +364,7 @@ def _local_path(value: str) -> str | None:
     return value
 
 
-def _resolve_deployment_paths(
-    doc: dict[str, Any], base_dir: Path, locate: _Locator
-) -> list[SpecIssue]:
+def _resolve_deployment_paths(doc: dict[str, Any], base_dir: Path, locate: _Locator) -> list[SpecIssue]:
     """Make local paths absolute (in `doc`) and report the ones that are not there."""
     issues: list[SpecIssue] = []
     for keys, want in _DEPLOYMENT_PATHS:

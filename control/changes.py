@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from config.specs import EndpointSpec
 from control.errors import BadRequest
+from decisions.state import EndpointState
 from decisions.traffic import parse_traffic
 from workflows.messages import UpdateEndpointInput
 
-_SETTABLE = ("description", "tags")
+_SETTABLE = ("description", "tags.<key>", "properties.<key>")
 
 
 def endpoint_change(
-    current: dict[str, Any],
+    current: EndpointState,
     spec: EndpointSpec | None,
     traffic: str | None,
     mirror_traffic: str | None,
@@ -26,6 +25,8 @@ def endpoint_change(
             change.description = spec.description
         if "tags" in given:
             change.tags = dict(spec.tags)
+        if "properties" in given:
+            change.properties = dict(spec.properties)
         if "traffic" in given:
             change.traffic = dict(spec.traffic)
         if "mirror_traffic" in given:
@@ -41,9 +42,14 @@ def endpoint_change(
         if path == "description":
             change.description = value
         elif path.startswith("tags."):
-            tags = dict(change.tags if change.tags is not None else current.get("tags") or {})
+            tags = dict(change.tags if change.tags is not None else current.tags)
             tags[path.removeprefix("tags.")] = value
             change.tags = tags
+        elif path.startswith("properties."):
+            # e.g. properties.tidegate/max_requests_per_second=200; the workflow checks the value.
+            properties = dict(change.properties if change.properties is not None else current.properties)
+            properties[path.removeprefix("properties.")] = value
+            change.properties = properties
         else:
             raise BadRequest(
                 f"--set: '{path}' cannot be set on an endpoint; settable: "

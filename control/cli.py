@@ -264,13 +264,13 @@ async def endpoint_list(resource_group, workspace_name, output, query):
 @click.option("-f", "--file", type=click.Path(path_type=Path), default=None)
 @click.option("--traffic", default=None, help='Split, e.g. "blue=90 green=10".')
 @click.option("--mirror-traffic", default=None, help='Shadow share, e.g. "green=10".')
-@click.option("--set", "assignments", multiple=True, help="path=value (description, tags.x).")
+@click.option("--set", "assignments", multiple=True, help="path=value (description, tags.x, properties.x).")
 @azure_options
 @run_async
 async def endpoint_update(
     name, file, traffic, mirror_traffic, assignments, resource_group, workspace_name, output, query
 ):
-    """Change traffic, mirror traffic, description or tags."""
+    """Change traffic, mirror traffic, description, tags or properties (Tidegate's limits)."""
     from control.changes import endpoint_change
 
     if name is None and file is None:
@@ -278,7 +278,7 @@ async def endpoint_update(
     spec = _endpoint_spec(file, name) if file is not None else None
     target = name or spec.name
     tg = await facade()
-    current = await tg.show_endpoint(target)
+    current = await tg.describe(target)
     change = endpoint_change(current, spec, traffic, mirror_traffic, list(assignments))
     emit(await tg.update_endpoint(target, change), output, query)
 

@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.local.secrets import LocalSecretStore
 from config.settings import Settings
-from config.specs import DeploymentSpec, EndpointSpec
+from config.specs import DeploymentSpec, EndpointSpec, endpoint_limits
 from control.errors import BadRequest, Conflict, NotFound, OperationFailed, TidegateError
 from control.targets import build_target
 from control.temporal import connect
@@ -66,17 +66,24 @@ class Tidegate:
                 "traffic: a new endpoint has no deployments yet; create them, then "
                 "`online-endpoint update --traffic`"
             )
+        limits = endpoint_limits(spec.properties, default_max_request_bytes=self.settings.max_request_bytes)
         state = EndpointState(
             name=spec.name,
             description=spec.description,
             tags=dict(spec.tags or {}),
+            properties=dict(spec.properties),
             auth_mode=spec.auth_mode,
-            max_request_bytes=self.settings.max_request_bytes,
+            max_request_bytes=limits.max_request_bytes,
+            max_requests_per_second=limits.max_requests_per_second,
         )
         try:
             await self.client.start_workflow(
                 EndpointWorkflow.run,
-                EndpointWorkflowInput(state=state, repush_seconds=self.settings.route_repush_seconds),
+                EndpointWorkflowInput(
+                    state=state,
+                    repush_seconds=self.settings.route_repush_seconds,
+                    default_max_request_bytes=self.settings.max_request_bytes,
+                ),
                 id=endpoint_id(spec.name),
                 task_queue=self.settings.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -283,6 +290,7 @@ class Tidegate:
             "openapi_uri": self.settings.openapi_uri(name),
             "public_network_access": "enabled",
             "properties": {
+                **state.properties,
                 "created_at": state.created_at,
                 "route_generation": state.generation,
                 "deployments": sorted(state.deployments),

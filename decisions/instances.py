@@ -33,9 +33,7 @@ def assess(status: DeploymentInstances, spec_hash: str, count: int) -> Assessmen
     current_ready = [i for i in ready if i.spec_hash == spec_hash]
     failed = [i for i in status.instances if i.state == "failed"]
     converged = (
-        status.environment_state == "ready"
-        and len(current_ready) == count
-        and len(status.instances) == count
+        status.environment_state == "ready" and len(current_ready) == count and len(status.instances) == count
     )
     return Assessment(
         serving=[InstanceRoute(id=i.id, url=i.url) for i in sorted(ready, key=lambda i: i.id)],

@@ -35,6 +35,7 @@ def build_endpoint_route(state: EndpointState, generation: int) -> EndpointRoute
         mirror_traffic={k: v for k, v in sorted(state.mirror_traffic.items()) if k in deployments},
         deployments=deployments,
         max_request_bytes=state.max_request_bytes,
+        max_requests_per_second=state.max_requests_per_second,
     )
 
 

@@ -68,7 +68,11 @@ class EndpointState(BaseModel):
     key_versions: dict[str, int] = Field(default_factory=lambda: {"primary": 1, "secondary": 1})
     keys_applied: dict[str, int] = Field(default_factory=dict)
     generation: int = 0
+    properties: dict[str, str] = Field(
+        default_factory=dict, description="the spec's properties as given (tidegate/ keys set the limits)"
+    )
     max_request_bytes: int = 16 * 1024 * 1024
+    max_requests_per_second: float = Field(default=0.0, description="per gateway process; 0: no limit")
     created_at: str | None = None
     rollout_id: str | None = Field(default=None, description="the running rollout, if any")
     rollout_deployments: list[str] = Field(default_factory=list)

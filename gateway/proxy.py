@@ -14,16 +14,20 @@ back) is ejected until a probe (``GET /``) answers, after a back-off doubling fr
 request is held in the same queue for up to ``request_timeout_ms`` (a recovery, not an
 overload: ``max_queue_wait_ms`` does not apply) until a push or a probe brings one, then
 503; a push that takes the deployment or the endpoint away answers the held ones 404. Held
-requests that find the instances back but full become ordinary waiters from that moment.
-``request_timeout_ms`` runs from the moment the request is sent to an instance (the queue
-has its own bound) and ends in 408 with the slot handed on.
+requests that find the instances back but full become ordinary waiters from that moment;
+waiters that see the last healthy instance go become held ones. ``request_timeout_ms`` runs
+from the moment the request is sent to an instance (the queue has its own bound) and ends
+in 408 with the slot handed on.
 
 Retries: a request goes to another instance only when nothing reached the first (the
-connect failed), each instance at most once. One exception, kept from the first version:
-a request written on a reused keep-alive connection that closes with no byte back is sent
-once more on a fresh connection, because that is how an instance closing an idle
-connection just as we reuse it looks; an instance that read the request and died at that
-moment would see it twice.
+connect failed), each instance at most once; when every instance refused it, it is held as
+above (at the front of the queue), so the only instance of a deployment being killed and
+replaced fails only the requests it had already accepted. A held request may go to any
+instance a push or a probe brings, one that refused it included: nothing reached it. One
+exception, kept from the first version: a request written on a reused keep-alive connection
+that closes with no byte back is sent once more on a fresh connection, because that is how
+an instance closing an idle connection just as we reuse it looks; an instance that read the
+request and died at that moment would see it twice.
 
 Hazards kept in mind here: httptools calls back synchronously from ``feed_data`` (several
 requests may complete in one call), so nothing in a callback may raise; every request
@@ -74,7 +78,7 @@ from gateway.routing import (
     pick_instance,
     request_id,
 )
-from gateway.table import DeploymentState, EndpointState, RouteTable
+from gateway.table import DeploymentState, EndpointState, RouteTable, rate_limited
 from gateway.upstream import InstanceState, UpstreamConnection
 from gateway.windows import (
     HORIZON_S,
@@ -291,6 +295,8 @@ class Gateway:
                 continue
             index = pick_instance(deployment.instances, deployment.rotor, now, limit)
             if index is None:
+                if deployment.held < deployment.queued:
+                    self._hold_all(deployment)
                 return
             if index < 0:
                 if deployment.held:
@@ -317,15 +323,22 @@ class Gateway:
                 req.queued_at = now
         deployment.held = 0
 
+    @staticmethod
+    def _hold_all(deployment: DeploymentState) -> None:
+        """No healthy instance is left (the last one went, or was ejected): requests waiting
+        for a slot on one now wait for an instance, up to request_timeout_ms from when they
+        came, as a request arriving now would."""
+        for req in deployment.waiting:
+            if req.waiting and not req.held:
+                req.held = True
+        deployment.held = deployment.queued
+
     def _dropped(self, deployments: list[DeploymentState], endpoint_gone: bool) -> None:
         """A push or delete took these away: their held requests get the 404 routing gives."""
         for deployment in deployments:
             if not deployment.held:
                 continue
-            if endpoint_gone:
-                code, message = "EndpointNotFound", f"no endpoint named {deployment.endpoint!r}"
-            else:
-                code, message = "DeploymentNotFound", f"no deployment named {deployment.name!r}"
+            code, message = _gone(deployment, endpoint_gone)
             for req in [r for r in deployment.waiting if r.waiting and r.held]:
                 if req.waiting:
                     req.proto._leave_queue(req)
@@ -444,6 +457,13 @@ async def probe(instance: InstanceState, upstream_ssl: ssl.SSLContext | None) ->
     finally:
         if writer is not None:
             writer.close()
+
+
+def _gone(deployment: DeploymentState, endpoint_gone: bool) -> tuple[str, str]:
+    """The 404 a request for a deployment a push or delete took away gets (code, message)."""
+    if endpoint_gone:
+        return "EndpointNotFound", f"no endpoint named {deployment.endpoint!r}"
+    return "DeploymentNotFound", f"no deployment named {deployment.name!r}"
 
 
 def _any_healthy(instances: list[InstanceState], now: float) -> bool:
@@ -763,6 +783,14 @@ class ClientProtocol(asyncio.Protocol):
         if length is not None and int(length) > endpoint.max_bytes:
             req.error = self._too_large(req)
             return
+        limiter = endpoint.limiter
+        if limiter is not None:
+            # The endpoint's own rate, before a deployment is chosen: a 429 here is the
+            # endpoint's (its window counts it), never held against a deployment's gates.
+            wait = limiter.take(_perf())
+            if wait:
+                req.error = rate_limited(endpoint.name, limiter.rate, wait)
+                return
         target_header = headers.get(b"azureml-model-deployment")
         req.targeted = target_header is not None
         chosen = choose_deployment(
@@ -840,14 +868,19 @@ class ClientProtocol(asyncio.Protocol):
                 deployment.window.record_no_wait()
             self._send_to(req, deployment.instances[index], now)
 
-    def _no_instance(self, req: _Request) -> None:
+    def _no_instance(self, req: _Request, expired: bool = False) -> None:
+        """503: held for request_timeout_ms with no instance coming, or no room to hold."""
         deployment = req.deployment
         assert deployment is not None
+        if expired:
+            why = f"within request_timeout_ms={round(deployment.timeout * 1000)}"
+        else:
+            why = f"and {deployment.queued} requests already wait for one"
         self._fail(
             req,
             503,
             "NoHealthyInstance",
-            f"deployment {deployment.name} has no healthy instance to serve the request",
+            f"deployment {deployment.name} has no healthy instance to serve the request {why}",
         )
 
     def _hold(self, req: _Request, now: float) -> None:
@@ -861,6 +894,25 @@ class ClientProtocol(asyncio.Protocol):
         deployment.held += 1
         self._enqueue(req, now)
 
+    def _hold_again(self, req: _Request, now: float) -> None:
+        """Every instance left refused the connection: nothing reached one, so wait for an
+        instance as a request that found none does, at the front (it was sent before anything
+        now waiting) and from when it first waited, so re-holds cannot stretch the bound."""
+        deployment = req.deployment
+        assert deployment is not None
+        endpoint = self.gw.live.get(deployment.endpoint)
+        if endpoint is None or endpoint.deployments.get(deployment.name) is not deployment:
+            # A push took the deployment away while it connected: nothing would wake it.
+            self._fail(req, 404, *_gone(deployment, endpoint is None))
+            return
+        if deployment.queued >= deployment.hold_limit:
+            self._no_instance(req)
+            return
+        req.tried = None  # a push or a probe may bring back any instance, these included
+        req.held = True
+        deployment.held += 1
+        self._enqueue(req, req.queued_at or now, front=True)
+
     def _queue_or_refuse(self, req: _Request, now: float) -> None:
         deployment = req.deployment
         assert deployment is not None
@@ -869,7 +921,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         self._enqueue(req, now)
 
-    def _enqueue(self, req: _Request, now: float) -> None:
+    def _enqueue(self, req: _Request, since: float, front: bool = False) -> None:
         deployment = req.deployment
         assert deployment is not None
         waiting = deployment.waiting
@@ -879,9 +931,12 @@ class ClientProtocol(asyncio.Protocol):
             waiting.clear()
             waiting.extend(live)
         req.waiting = True
-        req.queued_at = now
+        req.queued_at = since
         deployment.queued += 1
-        waiting.append(req)
+        if front:
+            waiting.appendleft(req)
+        else:
+            waiting.append(req)
         self.gw.queueing.add(deployment)
 
     def _wait_expired(self, req: _Request, now: float) -> None:
@@ -894,7 +949,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.gw.windows_on:
             deployment.window.record_queue_wait((now - req.queued_at) * 1000.0)
         if held:
-            self._no_instance(req)
+            self._no_instance(req, expired=True)
         else:
             self._too_many(req, deployment.wait_body, "TooManyRequests")
 
@@ -951,7 +1006,9 @@ class ClientProtocol(asyncio.Protocol):
         conn.send(self, req.upstream)
 
     def _connect_failed(self, req: _Request, instance: InstanceState, reason: str) -> None:
-        """Nothing reached the instance: try another one of the deployment (each at most once)."""
+        """Nothing reached the instance: try another one of the deployment not tried yet;
+        with none left, hold the request for an instance (a push or a probe brings one)
+        rather than fail a request that never reached run()."""
         self._release(req, wake=False)
         self.gw.instance_failed(instance)
         log.warning(
@@ -967,11 +1024,17 @@ class ClientProtocol(asyncio.Protocol):
         if tried is None:
             tried = req.tried = []
         tried.append(instance)
+        if req.deadline:  # off the instance: request_timeout_ms starts again when it is sent
+            req.deadline = 0.0
+            self.gw.timed.discard(req)
         now = _perf()
         limit = deployment.limit if self.gw.limits else 0
         index = pick_instance(deployment.instances, deployment.rotor, now, limit, tried)
         if index is None:
-            self._fail(req, 502, "BadGateway", f"could not reach an instance of {deployment.name}")
+            # The wake below may send it straight back to an instance that refused it, if
+            # that one is not ejected yet: safe (nothing reached it) and bounded (each
+            # refusal counts towards EJECT_AFTER, and an ejected instance is not picked).
+            self._hold_again(req, now)
         elif index == FULL:
             self._queue_or_refuse(req, now)
         else:
@@ -1071,8 +1134,11 @@ class ClientProtocol(asyncio.Protocol):
         error = req.error
         assert error is not None
         req.done = True
-        body = error_body(error.code, error.message)
-        self._write(req, error.status, JSON_CONTENT_TYPE, body)
+        body = error_body(error.code, error.message, error.limit)
+        headers = JSON_CONTENT_TYPE
+        if error.retry_after:
+            headers += b"retry-after: %d\r\n" % error.retry_after
+        self._write(req, error.status, headers, body)
         self._log(req, error.status, error.code, len(body))
 
     def _answer_early(self, req: _Request) -> None:

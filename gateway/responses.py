@@ -23,8 +23,12 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
+def error_body(code: str, message: str, limit: str | None = None) -> bytes:
+    """Azure's error shape; a 429 also says which ``limit`` was hit."""
+    error = {"code": code, "message": message}
+    if limit is not None:
+        error["limit"] = limit
+    return json.dumps({"error": error}).encode()
 
 
 def model_error_body(deployment: str) -> bytes:

@@ -27,11 +27,14 @@ MAX_REQUEST_ID_CHARS = 100
 
 @dataclass(frozen=True, slots=True)
 class RoutingError:
-    """A request the gateway answers itself; ``code`` follows Azure's names where it has one."""
+    """A request the gateway answers itself; ``code`` follows Azure's names where it has one.
+    A 429 names the ``limit`` it hit and when to come back (``retry_after``, seconds)."""
 
     status: int
     code: str
     message: str
+    limit: str | None = None
+    retry_after: int = 0
 
 
 @dataclass(frozen=True, slots=True)

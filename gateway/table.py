@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from pydantic import ValidationError
 
 from config.files import write_atomically
 from config.routes import ApplyRouteResult, DeploymentRoute, EndpointRoute
+from gateway.ratelimit import TokenBucket, retry_after_s
 from gateway.responses import error_body
-from gateway.routing import TrafficPlan, route_plan
+from gateway.routing import RoutingError, TrafficPlan, route_plan
 from gateway.upstream import InstanceState
 from gateway.windows import Window, WindowSet
 
@@ -33,6 +35,7 @@ TABLE_FORMAT = 1
 # memory: waiting requests a deployment holds per instance slot, and at most this many.
 QUEUE_PER_SLOT = 64
 MAX_QUEUE = 4096
+TOO_MANY_REQUESTS = "TooManyRequests"  # every 429's code; the body's "limit" says which one
 
 
 # --- decisions (pure) ---
@@ -73,6 +76,8 @@ def route_problems(route: EndpointRoute, path_name: str | None = None) -> list[F
         problems.append(FieldProblem("generation", "must be >= 0"))
     if route.max_request_bytes <= 0:
         problems.append(FieldProblem("max_request_bytes", "must be > 0"))
+    if not (math.isfinite(route.max_requests_per_second) and route.max_requests_per_second >= 0):
+        problems.append(FieldProblem("max_requests_per_second", "must be a number >= 0 (0: no limit)"))
     for name, weight in route.traffic.items():
         if weight < 0:
             problems.append(FieldProblem(f"traffic.{name}", "weight must be >= 0"))
@@ -181,9 +186,18 @@ class DeploymentState:
 
 
 def too_many_body(message: str, limit: str) -> bytes:
-    body = json.loads(error_body("TooManyRequests", message))
-    body["error"]["limit"] = limit
-    return json.dumps(body).encode()
+    return error_body(TOO_MANY_REQUESTS, message, limit)
+
+
+def rate_limited(endpoint: str, rate: float, wait: float) -> RoutingError:
+    """The 429 for a request over ``endpoint``'s rate; ``wait``: seconds until a token is back."""
+    return RoutingError(
+        429,
+        TOO_MANY_REQUESTS,
+        f"endpoint {endpoint} allows {rate:g} requests/s",
+        limit="endpoint_rate",
+        retry_after=retry_after_s(wait),
+    )
 
 
 class EndpointState:
@@ -197,6 +211,7 @@ class EndpointState:
         "plan",
         "deployments",
         "max_bytes",
+        "limiter",
         "window",
         "mirrors",
     )
@@ -207,6 +222,7 @@ class EndpointState:
         plan: TrafficPlan,
         deployments: dict[str, DeploymentState],
         window: Window | None = None,
+        limiter: TokenBucket | None = None,
     ) -> None:
         self.name = route.name
         self.route = route
@@ -215,6 +231,7 @@ class EndpointState:
         self.plan = plan
         self.deployments = deployments
         self.max_bytes = route.max_request_bytes
+        self.limiter = limiter  # None: no rate limit (the hot path checks only this)
         self.window = window if window is not None else Window(route.name.lower(), "")
         # Shadow deployments and the share of requests each gets a copy of.
         self.mirrors = tuple(
@@ -231,6 +248,7 @@ def build_endpoint_state(
     old: EndpointState | None = None,
     windows: WindowSet | None = None,
     processes: int = 1,
+    now: float = 0.0,
 ) -> EndpointState:
     """Hot-path form of a route, keeping each unchanged instance's load and pooled
     connections and each kept deployment's queue."""
@@ -249,7 +267,19 @@ def build_endpoint_state(
         state.update(deployment, instances, processes)
         deployments[name] = state
     window = windows.get(endpoint) if windows is not None else None
-    return EndpointState(route, route_plan(route), deployments, window)
+    return EndpointState(route, route_plan(route), deployments, window, _limiter(route, old, now))
+
+
+def _limiter(route: EndpointRoute, old: EndpointState | None, now: float) -> TokenBucket | None:
+    """The endpoint's bucket: kept across pushes while the rate stays (a re-push every
+    route_repush_seconds must not refill it), a full new one when the rate changes."""
+    rate = route.max_requests_per_second
+    if rate <= 0:
+        return None
+    kept = old.limiter if old is not None else None
+    if kept is not None and kept.rate == rate:
+        return kept
+    return TokenBucket(rate, now)
 
 
 def _instances_of(state: EndpointState | None) -> dict[tuple[str, str], InstanceState]:
@@ -300,7 +330,9 @@ class RouteTable:
             return ApplyRouteResult(applied=False, generation=current or 0)
         old = self.live.get(key)
         previous = _instances_of(old)  # before the build: kept deployments update in place
-        new = build_endpoint_state(route, previous, old=old, windows=self.windows, processes=self.processes)
+        new = build_endpoint_state(
+            route, previous, old=old, windows=self.windows, processes=self.processes, now=time.perf_counter()
+        )
         self.routes[key] = route
         self.tombstones.pop(key, None)
         self.live[key] = new
@@ -386,8 +418,6 @@ def _valid_routes(document: dict[str, Any]) -> list[EndpointRoute]:
 
 
 # --- persistence I/O ---
-
-
 
 
 def save_table(path: Path, table: RouteTable) -> None:

@@ -6,6 +6,9 @@ route. Gunicorn listens before its worker has run the user's init(), so a reques
 `/` waits until init() is done: a 200 there means ready. When init() raises, the worker
 logs the traceback and exits with 3, and the gunicorn master exits with 3 as well
 ("Worker failed to boot"); the process is gone, not left up unhealthy.
+
+So both of Azure's probes, liveness and readiness, are `GET /` here, each on its own
+schedule and with its own numbers (decisions/probes.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,8 +30,7 @@ from host.state import InstanceRecord
 
 # A script, not a module: the instance's interpreter cannot import the host package.
 LAUNCHER = Path(__file__).with_name("loopback_server.py")
-LIVENESS_PATH = "/"
-READINESS_POLL_SECONDS = 0.25
+PROBE_PATH = "/"
 
 # Variables that steer azmlinfsrv or the interpreter: the host sets them, never inherits them.
 _NOT_INHERITED = frozenset(
@@ -63,7 +64,8 @@ class Instance:
     restarts: int = 0
     replaces: str | None = None
     drain_until: float | None = None  # wall clock, so it survives a host restart
-    probe: asyncio.Task[None] | None = None  # readiness, then liveness, while it runs
+    probe: asyncio.Task[None] | None = None  # readiness and liveness, while it runs
+    started_at: float | None = None  # time.monotonic() when its process started (this host's clock)
 
     @property
     def url(self) -> str:
@@ -155,49 +157,15 @@ def spawn(instance: Instance, runtime: DeploymentRuntime, env: EnvironmentStatus
     return ProcessHandle(popen.pid, create_time(popen.pid), popen)
 
 
-def startup_deadline_seconds(probe: ProbeSpec) -> float:
-    """How long an instance may take to answer its liveness route before it counts as failed
-    (Azure's readiness budget: initial delay plus period times failure threshold)."""
-    return float(probe.initial_delay + probe.period * probe.failure_threshold)
-
-
-async def wait_ready(
-    instance: Instance, session: aiohttp.ClientSession, probe: ProbeSpec
-) -> tuple[bool, str | None]:
-    """Poll `GET /` until it answers 200 (ready), the process exits, or the deadline passes.
-
-    Returns (ready, reason-if-not). Polls far more often than the probe period: the spec's
-    numbers bound how long to wait, not how soon to notice.
-    """
-    deadline = time.monotonic() + startup_deadline_seconds(probe)
-    timeout = aiohttp.ClientTimeout(total=max(1.0, float(probe.timeout)))
-    while True:
-        process = instance.process
-        if process is None:
-            return False, "no process"
-        exited, _ = process.poll()
-        if exited:
-            return False, "exited"
-        try:
-            async with session.get(instance.url + LIVENESS_PATH, timeout=timeout) as resp:
-                if resp.status == 200:
-                    return True, None
-        except (aiohttp.ClientError, TimeoutError):
-            pass
-        if time.monotonic() >= deadline:
-            return False, f"not ready after {startup_deadline_seconds(probe):.0f} s"
-        await asyncio.sleep(READINESS_POLL_SECONDS)
-
-
-async def probe_liveness(instance: Instance, session: aiohttp.ClientSession, probe: ProbeSpec) -> str | None:
-    """One liveness probe, `GET /` within the probe's timeout: None if healthy, else why not."""
-    timeout = aiohttp.ClientTimeout(total=max(0.1, float(probe.timeout)))
+async def probe_once(instance: Instance, session: aiohttp.ClientSession, probe: ProbeSpec) -> str | None:
+    """One probe, `GET /` within the probe's timeout: None if it answered 200, else why not."""
+    timeout = aiohttp.ClientTimeout(total=float(probe.timeout))
     try:
-        async with session.get(instance.url + LIVENESS_PATH, timeout=timeout) as resp:
+        async with session.get(instance.url + PROBE_PATH, timeout=timeout) as resp:
             if resp.status == 200:
                 return None
-            return f"GET {LIVENESS_PATH} answered {resp.status}"
+            return f"GET {PROBE_PATH} answered {resp.status}"
     except TimeoutError:
-        return f"GET {LIVENESS_PATH} timed out after {probe.timeout} s"
+        return f"GET {PROBE_PATH} timed out after {probe.timeout} s"
     except aiohttp.ClientError as exc:
-        return f"GET {LIVENESS_PATH} failed: {str(exc) or type(exc).__name__}"
+        return f"GET {PROBE_PATH} failed: {str(exc) or type(exc).__name__}"

@@ -39,6 +39,16 @@ def create_time(pid: int) -> int | None:
     return stat.start_time if stat else None
 
 
+def seconds_since_start(start_time: int) -> float | None:
+    """How long ago a process with this /proc start time (clock ticks since boot) started;
+    None if the clock cannot be read."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - start_time / os.sysconf("SC_CLK_TCK"))
+
+
 def is_alive(pid: int | None, start_time: int | None) -> bool:
     """True if `pid` still runs and is the process that was started (not a reused pid)."""
     if not pid:

@@ -20,8 +20,15 @@ spec replaces the others in one of two ways:
 A ready instance that leaves (replaced, scaled in) is first `draining` for
 `drain_seconds`, so the caller can take it out of the route table before it stops.
 
-Ready instances are probed on `GET /` every liveness period; `failure_threshold`
-failures in a row, or the process exiting, mark an instance failed. A failed
+Every running instance is probed as Azure (Kubernetes) probes a container, with the
+deployment's `readiness_probe` and `liveness_probe`, each on its own schedule: no probe
+before `initial_delay` after the process started, then one every `period`, each given
+`timeout` seconds (decisions/probes.py counts). Readiness: `success_threshold` passes in a
+row make a starting (or unready) instance ready; `failure_threshold` failures in a row make a
+ready one `unready` (out of the route table, not replaced); an instance never ready within
+initial_delay + period x failure_threshold has failed to start. Liveness, which runs from
+initial_delay whether the instance is ready or not: `failure_threshold` failures in a row
+mark it failed, as does its process exiting (seen within a tick). A failed
 instance is not restarted here: it stays failed (exit code, log tail) until a PUT of
 the deployment, which starts a replacement (`replaces`, `restarts` + 1); the failed
 one stays listed until its replacement is ready or has failed as well. Deciding when
@@ -50,10 +57,11 @@ from config.host_api import (
     EnsureInstancesRequest,
 )
 from config.settings import Settings
+from decisions.probes import ProbeCount, count_probe, next_probe_at, startup_budget_seconds
 from host.environments import Environments, EnvironmentStatus, environment_key
 from host.errors import HostError, not_found
-from host.instances import Instance, probe_liveness, spawn, wait_ready
-from host.processes import ProcessHandle, is_alive, port_is_free, tail_lines
+from host.instances import Instance, probe_once, spawn
+from host.processes import ProcessHandle, is_alive, port_is_free, seconds_since_start, tail_lines
 from host.state import (
     DeploymentRecord,
     HostState,
@@ -68,14 +76,14 @@ log = structlog.get_logger("host.supervisor")
 TICK_SECONDS = 1.0
 MAX_PORT = 65535
 DEFAULT_DRAIN_SECONDS = 2.0
-# The liveness loop never spins faster than this, whatever the probe spec says.
-MIN_PROBE_PERIOD_SECONDS = 0.5
 # Not serving and never coming back by themselves.
 _DOWN = ("failed", "stopped")
 # Holding a process (or about to): what max_surge counts.
-_RUNNING = ("starting", "ready", "draining")
+_RUNNING = ("starting", "ready", "unready", "draining")
+# Holding a process that the probes watch.
+_PROBED = ("starting", "ready", "unready")
 # Which instances go first when a deployment shrinks: broken before booting before serving.
-_SHED_ORDER = {"failed": 0, "stopped": 0, "starting": 1, "ready": 2}
+_SHED_ORDER = {"failed": 0, "stopped": 0, "starting": 1, "unready": 1, "ready": 2}
 
 
 @dataclass
@@ -175,7 +183,7 @@ class Supervisor:
                         state=instance.state,
                         restarts=instance.restarts,
                     )
-                    if instance.state in ("starting", "ready"):
+                    if instance.state in _PROBED:
                         self._watch(dep, instance)
                 elif instance.state == "starting":
                     restarted += 1
@@ -266,12 +274,15 @@ class Supervisor:
             return instance
         if rec.pid and rec.create_time is not None and is_alive(rec.pid, rec.create_time):
             instance.process = ProcessHandle(rec.pid, rec.create_time)
-            # A ready instance stays ready (probed for liveness; the tick notices if it dies), a
-            # starting one is probed for readiness again, a draining one finishes its drain.
+            # Its probes' initial delay counts from when the process really started.
+            age = seconds_since_start(rec.create_time)
+            instance.started_at = time.monotonic() - (age or 0.0)
+            # A ready (or unready) instance keeps its state and its probes go on, a starting one
+            # is probed for readiness again, a draining one finishes its drain.
             if rec.state == "draining":
                 instance.drain_until = rec.drain_until or time.time()
-            else:
-                instance.state = "ready" if rec.state == "ready" else "starting"
+            elif rec.state not in ("ready", "unready"):
+                instance.state = "starting"
             return instance
         if rec.state == "draining" or not dep.is_current(instance):
             return None  # it was leaving anyway: not started again
@@ -519,6 +530,7 @@ class Supervisor:
             )
         try:
             instance.process = spawn(instance, dep.runtime, env)
+            instance.started_at = time.monotonic()
         except OSError as exc:
             instance.state, instance.error = "failed", f"cannot start azmlinfsrv: {exc}"
             log.error("instance.failed", instance=instance.id, error=instance.error)
@@ -544,67 +556,128 @@ class Supervisor:
         instance.probe = asyncio.create_task(self._probe(dep, instance), name=f"probe-{instance.id}")
 
     async def _probe(self, dep: Deployment, instance: Instance) -> None:
-        """Readiness (if starting), then liveness for as long as the instance is ready."""
-        if instance.state == "starting" and not await self._await_ready(dep, instance):
-            return
-        await self._keep_alive(dep, instance)
+        """Readiness and liveness side by side, each on its own schedule, while it runs."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._readiness(dep, instance))
+            group.create_task(self._liveness(dep, instance))
 
-    async def _await_ready(self, dep: Deployment, instance: Instance) -> bool:
-        assert self._session is not None
-        ready, reason = await wait_ready(instance, self._session, dep.runtime.readiness_probe)
-        if instance not in dep.instances or instance.state != "starting":
-            return False  # discarded or failed while we waited
-        if not ready:
-            self._mark_failed(dep, instance, reason if reason not in (None, "exited") else None)
-            return False
-        instance.state = "ready"
-        log.info(
-            "instance.ready",
-            endpoint=dep.endpoint,
-            deployment=dep.name,
-            instance=instance.id,
-            port=instance.port,
-            restarts=instance.restarts,
-        )
-        self._drop_predecessor(dep, instance)
-        self._dirty = True
-        self._changed(dep)
-        self.wake()
-        return True
+    async def _readiness(self, dep: Deployment, instance: Instance) -> None:
+        """Starting -> ready (or failed to start); ready <-> unready, as the counts say.
 
-    async def _keep_alive(self, dep: Deployment, instance: Instance) -> None:
+        Polls every `period` from `initial_delay`, also before the first success: Azure probes
+        no sooner, and a faster poll would bunch `success_threshold`'s passes into a moment.
+        azmlinfsrv holds `GET /` until init() is done, so a probe in flight (up to `timeout`)
+        answers as soon as it is. Small `initial_delay`/`period` make instances serve sooner.
+        """
         assert self._session is not None
-        failures = 0
+        count = ProbeCount.readiness(ready=instance.state == "ready")  # adopted ones keep theirs
+        previous: float | None = None
+        while True:
+            probe = dep.runtime.readiness_probe  # a PUT may have changed it
+            await self._sleep_until(next_probe_at(probe, started=self._started(instance), previous=previous))
+            if not self._probed(dep, instance):
+                return
+            previous = time.monotonic()
+            error = await probe_once(instance, self._session, probe)
+            if not self._probed(dep, instance):
+                return  # this await yielded: it may have died, drained or gone meanwhile
+            count = count_probe(probe, count, ok=error is None)
+            if instance.state == "starting":
+                if count.passing:
+                    self._became_ready(dep, instance, count)
+                elif time.monotonic() - self._started(instance) >= startup_budget_seconds(probe):
+                    budget = startup_budget_seconds(probe)
+                    self._mark_failed(dep, instance, f"not ready after {budget:.0f} s: {error}")
+                    return
+            elif instance.state == "ready" and not count.passing:
+                self._became_unready(dep, instance, count, probe.failure_threshold, error)
+            elif instance.state == "unready" and count.passing:
+                self._became_ready(dep, instance, count)
+
+    async def _liveness(self, dep: Deployment, instance: Instance) -> None:
+        """From `initial_delay` on, ready or not: `failure_threshold` failures in a row fail it."""
+        assert self._session is not None
+        count = ProbeCount.liveness()
+        previous: float | None = None
         while True:
             probe = dep.runtime.liveness_probe  # a PUT may have changed it
-            await asyncio.sleep(max(float(probe.period), MIN_PROBE_PERIOD_SECONDS))
-            if not self._serving(dep, instance):
+            await self._sleep_until(next_probe_at(probe, started=self._started(instance), previous=previous))
+            if not self._probed(dep, instance):
                 return
-            error = await probe_liveness(instance, self._session, probe)
-            if not self._serving(dep, instance):
+            previous = time.monotonic()
+            error = await probe_once(instance, self._session, probe)
+            if not self._probed(dep, instance):
                 return  # this await yielded: it may have died, drained or gone meanwhile
+            failures = count.failures
+            count = count_probe(probe, count, ok=error is None)
             if error is None:
                 if failures:
                     log.info("instance.liveness_recovered", instance=instance.id, failures=failures)
-                failures = 0
                 continue
-            failures += 1
             log.warning(
                 "instance.liveness_failed",
                 endpoint=dep.endpoint,
                 deployment=dep.name,
                 instance=instance.id,
-                failures=failures,
+                state=instance.state,
+                failures=count.failures,
                 failure_threshold=probe.failure_threshold,
                 error=error,
             )
-            if failures >= probe.failure_threshold:
-                self._mark_failed(dep, instance, f"liveness probe failed {failures} times in a row: {error}")
+            if not count.passing:
+                reason = f"liveness probe failed {count.failures} times in a row: {error}"
+                self._mark_failed(dep, instance, reason)
                 return
 
+    def _became_ready(self, dep: Deployment, instance: Instance, count: ProbeCount) -> None:
+        again = instance.state == "unready"
+        instance.state = "ready"
+        log.info(
+            "instance.ready_again" if again else "instance.ready",
+            endpoint=dep.endpoint,
+            deployment=dep.name,
+            instance=instance.id,
+            port=instance.port,
+            successes=count.successes,
+            restarts=instance.restarts,
+        )
+        if not again:
+            self._drop_predecessor(dep, instance)
+        self._dirty = True
+        self._changed(dep)
+        self.wake()
+
+    def _became_unready(
+        self, dep: Deployment, instance: Instance, count: ProbeCount, threshold: int, error: str | None
+    ) -> None:
+        instance.state = "unready"
+        log.warning(
+            "instance.unready",
+            endpoint=dep.endpoint,
+            deployment=dep.name,
+            instance=instance.id,
+            port=instance.port,
+            failures=count.failures,
+            failure_threshold=threshold,
+            error=error,
+        )
+        self._dirty = True
+        self._changed(dep)
+        self.wake()
+
     @staticmethod
-    def _serving(dep: Deployment, instance: Instance) -> bool:
-        return instance in dep.instances and instance.state == "ready" and instance.process is not None
+    def _started(instance: Instance) -> float:
+        return instance.started_at if instance.started_at is not None else time.monotonic()
+
+    @staticmethod
+    async def _sleep_until(moment: float) -> None:
+        delay = moment - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    @staticmethod
+    def _probed(dep: Deployment, instance: Instance) -> bool:
+        return instance in dep.instances and instance.state in _PROBED and instance.process is not None
 
     # ---- failure and removal -----------------------------------------------------------
 
@@ -707,7 +780,7 @@ class Supervisor:
     def _tick(self) -> None:
         for dep in list(self._deployments.values()):
             for instance in list(dep.instances):
-                if instance.state == "ready" and instance.process is not None:
+                if instance.state in _PROBED and instance.process is not None:
                     exited, _ = instance.process.poll()
                     if exited:
                         self._mark_failed(dep, instance, None)

@@ -62,6 +62,7 @@ class DeploymentWorkflow:
         self._reported: tuple[str, tuple[str, ...], str] | None = None
         self._next_replacement = workflow.now()
         self._next_scale_check = workflow.now()
+        self._scale_failures = 0  # autoscale changes in a row that ended in a failed instance
         # What steady-state reports say: a failed update keeps saying so (old spec serving).
         self._standing: ProvisioningState = "Succeeded"
         self._error: str | None = None
@@ -270,7 +271,23 @@ class DeploymentWorkflow:
             workflow.logger.info("autoscale %s", decision.reason)
             scaled = self._target.model_copy(update={"instance_count": decision.instances})
             scaled.spec = {**scaled.spec, "instance_count": decision.instances}
-            await self._converge(scaled, surge=0, state="Updating")
+            try:
+                await self._converge(scaled, surge=0, state="Updating")
+            except ProvisionFailed as failed:
+                # Left to rise, this would fail every workflow task from here on. The count in
+                # force stands (the loop replaces what failed); the next try backs off.
+                self._scale_failures += 1
+                delay = replacement_delay(self._scale_failures)
+                self._next_scale_check = workflow.now() + timedelta(seconds=delay)
+                workflow.logger.warning(
+                    "autoscale to %d failed (%d in a row, next try in %gs): %s",
+                    decision.instances,
+                    self._scale_failures,
+                    delay,
+                    failed,
+                )
+                return
+            self._scale_failures = 0
 
     # ---- reporting to the endpoint ----------------------------------------------------------
     async def _report(

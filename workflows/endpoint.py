@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
         EnsureKeysResult,
         RemoveRouteInput,
     )
+    from config.specs import endpoint_limits, property_problems
     from decisions.routes import build_endpoint_route, next_generation
     from decisions.state import DeploymentRecord, DeploymentTarget, EndpointState
     from decisions.traffic import (
@@ -43,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.rollout import RolloutWorkflow
 
+
 def _bad_request(message: str) -> ApplicationError:
     return ApplicationError(message, type="BadRequest", non_retryable=True)
 
@@ -54,6 +56,7 @@ class EndpointWorkflow:
         self._state: EndpointState = input.state
         self._repush = timedelta(seconds=input.repush_seconds)
         self._search_attributes = input.search_attributes
+        self._default_max_request_bytes = input.default_max_request_bytes
         self._dirty = True
         self._to_start: list[DeploymentTarget] = []
         self._to_update: list[DeploymentTarget] = []
@@ -92,6 +95,13 @@ class EndpointWorkflow:
             s.description = change.description
         if change.tags is not None:
             s.tags = dict(change.tags)
+        if change.properties is not None:
+            limits = endpoint_limits(
+                change.properties, default_max_request_bytes=self._default_max_request_bytes
+            )
+            s.properties = dict(change.properties)
+            s.max_request_bytes = limits.max_request_bytes
+            s.max_requests_per_second = limits.max_requests_per_second
         self._dirty = True
         return s
 
@@ -99,6 +109,9 @@ class EndpointWorkflow:
     def _validate_update_endpoint(self, change: UpdateEndpointInput) -> None:
         self._refuse_if_deleting()
         s = self._state
+        problems = property_problems(change.properties or {})
+        if problems:
+            raise _bad_request("; ".join(f"properties.{key}: {problem}" for key, problem in problems.items()))
         if s.rollout_id and (change.traffic is not None or change.mirror_traffic is not None):
             raise _bad_request(
                 f"endpoint {s.name} is under rollout {s.rollout_id}; steer it with "

@@ -20,6 +20,10 @@ class EndpointWorkflowInput(BaseModel):
         default=True, description="false where the server has no custom search attributes"
     )
     history_limit: int = Field(default=2000, description="continue-as-new past this many events")
+    default_max_request_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        description="the payload limit when the properties set none (TIDEGATE_MAX_REQUEST_BYTES)",
+    )
 
 
 class UpdateEndpointInput(BaseModel):
@@ -29,6 +33,9 @@ class UpdateEndpointInput(BaseModel):
     mirror_traffic: dict[str, int] | None = None
     description: str | None = None
     tags: dict[str, str] | None = None
+    properties: dict[str, str] | None = Field(
+        default=None, description="replaces the properties whole; tidegate/ keys set the limits"
+    )
 
 
 class CreateDeploymentInput(BaseModel):

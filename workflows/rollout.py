@@ -69,7 +69,11 @@ class RolloutWorkflow:
 
     @workflow.signal
     def undo(self) -> None:
-        self._undo = True
+        """Only a Succeeded rollout (its previous deployment still warm) can be undone."""
+        if self._state.phase == "Succeeded":
+            self._undo = True
+        else:
+            workflow.logger.warning("undo ignored: the rollout is %s", self._state.phase)
         self._signals += 1
 
     @workflow.query

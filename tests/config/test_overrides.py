@@ -55,6 +55,11 @@ BASE: dict[str, Any] = {
             id="list_index",
         ),
         pytest.param(["instance_count=2", "instance_count=3"], {"instance_count": 3}, id="last_one_wins"),
+        pytest.param(
+            ["properties.tidegate/max_requests_per_second=200"],
+            {"properties": {"tidegate/max_requests_per_second": 200}},
+            id="slash_in_a_key",
+        ),
     ],
 )
 def test_apply_set(assignments: list[str], changed: dict[str, Any]) -> None:

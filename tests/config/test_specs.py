@@ -9,10 +9,13 @@ from pydantic import ValidationError
 
 from config.specs import (
     DeploymentSpec,
+    EndpointLimits,
     EndpointSpec,
     EnvironmentSpec,
     TargetUtilizationScaleSettings,
+    endpoint_limits,
     is_asset_ref,
+    property_problems,
     validate_deployment_name,
     validate_endpoint_name,
 )
@@ -248,3 +251,83 @@ def test_python_construction_by_field_name() -> None:
     )
 
     assert spec.model_dump(by_alias=True)["$schema"] == "https://example/schema.json"
+
+
+@pytest.mark.parametrize(
+    ("properties", "problems"),
+    [
+        pytest.param({}, {}, id="none"),
+        pytest.param({"owner": "ana", "azureml/x": "y"}, {}, id="other_keys_are_free"),
+        pytest.param(
+            {"tidegate/max_request_bytes": "1048576", "tidegate/max_requests_per_second": "0.5"},
+            {},
+            id="both_limits",
+        ),
+        pytest.param({"tidegate/max_requests_per_second": "0"}, {}, id="rate_0_is_no_limit"),
+        pytest.param(
+            {"tidegate/max_request_bytes": "0"},
+            {"tidegate/max_request_bytes": "must be an integer > 0, in bytes (got '0')"},
+            id="payload_limit_0",
+        ),
+        pytest.param(
+            {"tidegate/max_request_bytes": "2.5"},
+            {"tidegate/max_request_bytes": "must be an integer > 0, in bytes (got '2.5')"},
+            id="payload_limit_not_whole",
+        ),
+        pytest.param(
+            {"tidegate/max_requests_per_second": "-1"},
+            {"tidegate/max_requests_per_second": "must be a number ≥ 0; 0 is no limit (got '-1')"},
+            id="negative_rate",
+        ),
+        pytest.param(
+            {"tidegate/max_requests_per_second": "inf"},
+            {"tidegate/max_requests_per_second": "must be a number ≥ 0; 0 is no limit (got 'inf')"},
+            id="infinite_rate",
+        ),
+        pytest.param(
+            {"Tidegate/max_rps": "5"},
+            {
+                "Tidegate/max_rps": "unknown Tidegate property; known: tidegate/max_request_bytes, "
+                "tidegate/max_requests_per_second"
+            },
+            id="misspelt_key_in_any_case",
+        ),
+    ],
+)
+def test_tidegate_properties_are_checked_and_others_left_alone(
+    properties: dict[str, str], problems: dict[str, str]
+) -> None:
+    assert property_problems(properties) == problems
+
+
+def test_a_bad_property_is_located_at_its_key() -> None:
+    with pytest.raises(ValidationError) as info:
+        EndpointSpec.model_validate(
+            {"name": "my-endpoint", "properties": {"tidegate/max_requests_per_second": "many"}}
+        )
+
+    (error,) = info.value.errors()
+    assert error["loc"] == ("properties", "tidegate/max_requests_per_second")
+    assert error["msg"] == "must be a number ≥ 0; 0 is no limit (got 'many')"
+
+
+@pytest.mark.parametrize(
+    ("properties", "limits"),
+    [
+        pytest.param({}, EndpointLimits(max_request_bytes=4096, max_requests_per_second=0), id="defaults"),
+        pytest.param(
+            {"tidegate/max_request_bytes": "1024", "tidegate/max_requests_per_second": "50"},
+            EndpointLimits(max_request_bytes=1024, max_requests_per_second=50),
+            id="set",
+        ),
+    ],
+)
+def test_endpoint_limits_take_the_default_where_properties_set_none(
+    properties: dict[str, str], limits: EndpointLimits
+) -> None:
+    assert endpoint_limits(properties, default_max_request_bytes=4096) == limits
+
+
+def test_endpoint_limits_refuse_a_bad_property() -> None:
+    with pytest.raises(ValueError, match="properties.tidegate/max_request_bytes: must be an integer"):
+        endpoint_limits({"tidegate/max_request_bytes": "-1"}, default_max_request_bytes=4096)

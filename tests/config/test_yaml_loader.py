@@ -417,6 +417,28 @@ ENDPOINT_CASES = [
         "endpoint.yml:4 traffc: unknown field",
         id="misspelt_traffic",
     ),
+    pytest.param(
+        [
+            (
+                "auth_mode: key\n",
+                "auth_mode: key\nproperties:\n  team: ml\n  tidegate/max_requests_per_second: -5\n",
+            )
+        ],
+        "endpoint.yml:6 properties.tidegate/max_requests_per_second: must be a number ≥ 0; 0 is no limit "
+        "(got '-5')",
+        id="negative_request_rate",
+    ),
+    pytest.param(
+        [("auth_mode: key\n", "auth_mode: key\nproperties:\n  tidegate/max_request_bytes: 1MB\n")],
+        "endpoint.yml:5 properties.tidegate/max_request_bytes: must be an integer > 0, in bytes (got '1MB')",
+        id="payload_limit_not_in_bytes",
+    ),
+    pytest.param(
+        [("auth_mode: key\n", "auth_mode: key\nproperties:\n  tidegate/max_request_rate: 5\n")],
+        "endpoint.yml:5 properties.tidegate/max_request_rate: unknown Tidegate property; known: "
+        "tidegate/max_request_bytes, tidegate/max_requests_per_second",
+        id="misspelt_tidegate_property",
+    ),
 ]
 
 
@@ -464,6 +486,42 @@ def test_every_error_is_reported_together_in_line_order(in_sample: AzureSample) 
 # ---------------------------------------------------------------------------------------
 # Overrides: a name given on the command line wins, as in az ml
 # ---------------------------------------------------------------------------------------
+
+
+def test_every_bad_tidegate_property_is_named_on_its_own_line(in_sample: AzureSample) -> None:
+    in_sample.write(
+        "endpoint.yml",
+        ENDPOINT_YML
+        + "properties:\n"
+        + "  tidegate/max_request_bytes: 0\n"
+        + "  owner: ana\n"
+        + "  tidegate/max_requests_per_second: fast\n",
+    )
+
+    assert errors_of(lambda: load_endpoint_file(Path("endpoint.yml"))) == [
+        "endpoint.yml:5 properties.tidegate/max_request_bytes: must be an integer > 0, in bytes (got '0')",
+        "endpoint.yml:7 properties.tidegate/max_requests_per_second: must be a number ≥ 0; 0 is no limit "
+        "(got 'fast')",
+    ]
+
+
+def test_tidegate_properties_load_as_strings_beside_the_users_own(in_sample: AzureSample) -> None:
+    in_sample.write(
+        "endpoint.yml",
+        ENDPOINT_YML
+        + "properties:\n"
+        + "  tidegate/max_request_bytes: 1048576\n"
+        + "  tidegate/max_requests_per_second: 2.5\n"
+        + "  owner/team: ml\n",
+    )
+
+    spec = load_endpoint_file(Path("endpoint.yml"))
+
+    assert spec.properties == {
+        "tidegate/max_request_bytes": "1048576",
+        "tidegate/max_requests_per_second": "2.5",
+        "owner/team": "ml",
+    }
 
 
 def test_endpoint_name_override_wins_over_the_yaml(azure_sample: AzureSample) -> None:

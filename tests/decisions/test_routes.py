@@ -56,6 +56,12 @@ def test_the_route_carries_key_hashes_and_request_settings_never_keys() -> None:
     assert [i.id for i in route.deployments["blue"].instances] == ["blue-0", "blue-1"]
 
 
+def test_the_route_carries_the_endpoints_payload_and_rate_limits() -> None:
+    endpoint = EndpointState(name="ep", max_request_bytes=1024, max_requests_per_second=50)
+    route = build_endpoint_route(endpoint, generation=1)
+    assert (route.max_request_bytes, route.max_requests_per_second) == (1024, 50)
+
+
 @pytest.mark.parametrize(
     ("previous", "now_ms", "expected"),
     [(0, 1_000, 1_000), (1_000, 1_000, 1_001), (5_000, 1_000, 5_001)],

@@ -58,6 +58,24 @@ SCORE_CRASHES = SCORE.replace(
     "    global model",
 )
 
+# A model that takes about 50 ms a request: one instance with one slot is busy from about 20
+# requests a second, so a few steady clients keep it above any target.
+SCORE_SLOW = SCORE.replace("import joblib", "import joblib, time").replace(
+    '    data = json.loads(raw_data)["data"]', '    time.sleep(0.05)\n    data = json.loads(raw_data)["data"]'
+)
+
+# Azure's target_utilization fields; one request at a time per instance, as Azure's default.
+AUTOSCALE = """\
+scale_settings:
+  type: target_utilization
+  min_instances: 1
+  max_instances: 3
+  polling_interval: 1
+  target_utilization_percentage: 50
+request_settings:
+  max_concurrent_requests_per_instance: 1
+"""
+
 SCORE_INIT_RAISES = SCORE.replace(
     "global model", 'raise RuntimeError("init() exploded on purpose: tidegate-init-marker")'
 )
@@ -104,6 +122,9 @@ def deployment_yaml(
           image: mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04:latest
         instance_type: Standard_DS3_v2
         instance_count: 1
+        readiness_probe:  # Azure's 10 s and 10 s would hold every instance back for 10 s
+          initial_delay: 1
+          period: 1
         """
     )
 
@@ -122,6 +143,7 @@ def write_project(root: Path) -> dict[str, list[float]]:
         ("code-init-raises", SCORE_INIT_RAISES),
         ("code-faulty", SCORE_FAULTY),
         ("code-crashes", SCORE_CRASHES),
+        ("code-slow", SCORE_SLOW),
     ):
         (root / folder).mkdir()
         (root / folder / "score.py").write_text(script)
@@ -139,5 +161,6 @@ def write_project(root: Path) -> dict[str, list[float]]:
     (root / "faulty.yml").write_text(deployment_yaml("green", "model-2", "code-faulty", env=fault))
     crash = {"TIDEGATE_CRASH_FILE": str(root / "crash")}
     (root / "crashes.yml").write_text(deployment_yaml("blue", "model-1", "code-crashes", env=crash))
+    (root / "autoscale.yml").write_text(deployment_yaml("blue", "model-1", "code-slow") + AUTOSCALE)
     (root / "request.json").write_text('{"data": ' + str(REQUEST) + "}")
     return answers

@@ -205,6 +205,7 @@ def route_body(
     max_concurrent: int = 16,
     max_queue_wait_ms: int = 500,
     mirror: dict[str, int] | None = None,
+    max_requests_per_second: float = 0,
 ) -> dict[str, Any]:
     """A route as an endpoint pushes it. Limits default roomy: tests of limits set them."""
     return {
@@ -225,6 +226,7 @@ def route_body(
         },
         "mirror_traffic": mirror or {},
         "max_request_bytes": max_request_bytes,
+        "max_requests_per_second": max_requests_per_second,
     }
 
 

@@ -237,10 +237,17 @@ async def test_instance_slower_than_request_timeout_is_408(
     assert again.status == 408
 
 
-async def test_unreachable_instance_is_502(gateway: GatewayProcess, client: aiohttp.ClientSession) -> None:
-    await push(client, gateway, route_body("t-down", 1, {"blue": ["http://127.0.0.1:9"]}, {"blue": 100}))
+async def test_unreachable_only_instance_holds_the_request_then_503(
+    gateway: GatewayProcess, client: aiohttp.ClientSession
+) -> None:
+    # Nothing reached an instance, so the request waits for one (none comes) rather than 502.
+    await push(
+        client,
+        gateway,
+        route_body("t-down", 1, {"blue": ["http://127.0.0.1:9"]}, {"blue": 100}, timeout_ms=300),
+    )
     reply = await score(client, gateway, "t-down")
-    assert (reply.status, reply.error_code) == (502, "BadGateway")
+    assert (reply.status, reply.error_code) == (503, "NoHealthyInstance")
 
 
 async def test_connection_failure_retries_another_instance(

@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 import aiohttp
+import pytest
 import pytest_asyncio
 
 from tests.gateway.conftest import Backend, GatewayProcess, route_body
-from tests.gateway.helpers import delete, eventually, metrics, push, score, stats, until
+from tests.gateway.helpers import Reply, delete, eventually, metrics, push, score, stats, until
 from tests.support.ports import free_port
 
 QUEUE_PER_SLOT = 64  # gateway.table.QUEUE_PER_SLOT: the queue's memory bound per slot
@@ -74,6 +75,67 @@ async def test_beyond_the_concurrency_limit_requests_queue_then_429_when_the_que
     assert window["status"]["429"] == 1 and window["status"]["2xx"] == 1 + QUEUE_PER_SLOT
     assert window["in_flight"] == 0
     assert window["queue_wait_ms"]["p99"] > 0
+
+
+async def test_over_the_endpoint_rate_requests_are_429_endpoint_rate_with_retry_after(
+    gateway: GatewayProcess, backends: dict[str, Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    rate = 20
+    await push(
+        wide_client,
+        gateway,
+        route_body(
+            "l-rate", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, max_requests_per_second=rate
+        ),
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    replies = await asyncio.gather(*(score(wide_client, gateway, "l-rate") for _ in range(100)))
+    elapsed = loop.time() - started
+    served = [r for r in replies if r.status == 200]
+    refused = [r for r in replies if r.status != 200]
+    print(f"rate {rate}/s, 100 requests in {elapsed:.3f} s: {len(served)} served, {len(refused)} refused")
+    # The burst is one second's worth; the bucket refills at the rate while the burst lasts.
+    assert rate <= len(served) <= rate + rate * elapsed + 1
+    assert {(r.status, r.error_code) for r in refused} == {(429, "TooManyRequests")}
+    body = refused[0].json()["error"]
+    assert body["limit"] == "endpoint_rate"
+    assert body["message"] == f"endpoint l-rate allows {rate} requests/s"
+    assert {r.headers["Retry-After"] for r in refused} == {"1"}
+    # The endpoint counts the refusals; the deployment never saw them (its gates stay fair).
+    endpoint_window = await stats(wide_client, gateway, "l-rate")
+    assert endpoint_window["status"]["429"] == len(refused)
+    deployment_window = await stats(wide_client, gateway, "l-rate", "blue")
+    assert (deployment_window["requests"], deployment_window["status"]["429"]) == (len(served), 0)
+    await asyncio.sleep(int(refused[0].headers["Retry-After"]))  # as the client is told
+    assert (await score(wide_client, gateway, "l-rate")).status == 200
+
+
+async def test_below_1_request_per_second_retry_after_says_how_long(
+    gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
+) -> None:
+    await push(
+        client,
+        gateway,
+        route_body(
+            "l-rate-slow", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, max_requests_per_second=0.2
+        ),
+    )
+    assert (await score(client, gateway, "l-rate-slow")).status == 200
+    refused = await score(client, gateway, "l-rate-slow")
+    assert (refused.status, refused.json()["error"]["limit"]) == (429, "endpoint_rate")
+    assert refused.headers["Retry-After"] == "5"
+    assert refused.json()["error"]["message"] == "endpoint l-rate-slow allows 0.2 requests/s"
+
+
+async def test_an_endpoint_without_a_rate_limit_refuses_nothing(
+    gateway: GatewayProcess, backends: dict[str, Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    await push(
+        wide_client, gateway, route_body("l-no-rate", 1, {"blue": [backends["blue"].url]}, {"blue": 100})
+    )
+    replies = await asyncio.gather(*(score(wide_client, gateway, "l-no-rate") for _ in range(100)))
+    assert [r.status for r in replies] == [200] * 100
 
 
 async def test_a_queued_request_is_429_queue_wait_after_max_queue_wait_ms(
@@ -211,14 +273,20 @@ async def test_an_instance_failing_5_connections_in_a_row_is_ejected_then_probed
 
 async def test_every_instance_ejected_is_503(gateway: GatewayProcess, client: aiohttp.ClientSession) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    # Held for want of an instance for request_timeout_ms, then 503 (the probe keeps failing).
+    # The refused request is held for an instance and tried again until the instance is
+    # ejected (5 refusals), then held for request_timeout_ms, then 503 (the probe keeps failing).
     await push(client, gateway, route_body("l-all-out", 1, {"blue": [dead]}, {"blue": 100}, timeout_ms=500))
-    first = [await score(client, gateway, "l-all-out") for _ in range(5)]
-    assert [(r.status, r.error_code) for r in first] == [(502, "BadGateway")] * 5
+    first = await score(client, gateway, "l-all-out")
+    assert (first.status, first.error_code) == (503, "NoHealthyInstance")
+    ejected = r'tidegate_instance_ejected\{endpoint="l-all-out",deployment="blue",instance="blue-0"\} (\d)'
+    assert re.search(ejected, await metrics(client, gateway)).group(1) == "1"  # type: ignore[union-attr]
     after = await score(client, gateway, "l-all-out")
     assert (after.status, after.error_code) == (503, "NoHealthyInstance")
+    assert after.json()["error"]["message"] == (
+        "deployment blue has no healthy instance to serve the request within request_timeout_ms=500"
+    )
     window = await stats(client, gateway, "l-all-out", "blue")
-    assert (window["status"]["5xx"], window["status"]["503"]) == (6, 1)
+    assert (window["status"]["5xx"], window["status"]["503"]) == (2, 2)
 
 
 async def in_flight(client: aiohttp.ClientSession, gateway: GatewayProcess, endpoint: str, n: int) -> None:
@@ -299,8 +367,7 @@ async def test_a_request_held_while_every_instance_is_ejected_goes_to_it_once_pr
     await push(
         client, gateway, route_body("l-hold-eject", 1, {"blue": [dead]}, {"blue": 100}, timeout_ms=20_000)
     )
-    failed = [await score(client, gateway, "l-hold-eject") for _ in range(5)]
-    assert [r.status for r in failed] == [502] * 5  # now ejected
+    # Its refusals eject the instance; the request waits for it to be probed back.
     held = asyncio.create_task(score(client, gateway, "l-hold-eject"))
     await in_flight(client, gateway, "l-hold-eject", 1)
     done, _ = await asyncio.wait([held], timeout=0.3)
@@ -309,3 +376,131 @@ async def test_a_request_held_while_every_instance_is_ejected_goes_to_it_once_pr
     reply = await held
     assert reply.status == 200
     assert back.seen["score"] == 1
+
+
+async def test_a_request_the_only_instance_read_and_dropped_is_502_and_never_sent_again(
+    gateway: GatewayProcess, client: aiohttp.ClientSession
+) -> None:
+    """An instance killed while it holds the request (it read it, answered nothing): the
+    request may have reached run(), so it is not held or resent."""
+    seen = 0
+
+    async def read_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        await reader.readuntil(b"\r\n\r\n")
+        seen += 1
+        writer.transport.abort()  # a reset, as a process killed mid-request leaves
+
+    server = await asyncio.start_server(read_then_drop, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        await push(
+            client, gateway, route_body("l-dropped", 1, {"blue": [url]}, {"blue": 100}, timeout_ms=20_000)
+        )
+        reply = await score(client, gateway, "l-dropped")
+        assert (reply.status, reply.error_code) == (502, "BadGateway")
+        assert seen == 1
+    finally:
+        server.close()
+
+
+async def send_held(
+    client: aiohttp.ClientSession, gateway: GatewayProcess, endpoint: str, n: int
+) -> list[asyncio.Task[Reply]]:
+    """``n`` requests at once, each with its own client request id, once all are in the gateway."""
+    pending = [
+        asyncio.create_task(score(client, gateway, endpoint, headers={"x-ms-client-request-id": f"held-{i}"}))
+        for i in range(n)
+    ]
+    await in_flight(client, gateway, endpoint, n)
+    return pending
+
+
+@pytest.mark.parametrize(
+    ("max_concurrent", "max_queue_wait_ms"),
+    [
+        pytest.param(16, 500, id="room_on_the_instance"),
+        # One slot (Azure's default): the others queue for it, then wait for an instance.
+        pytest.param(1, 100, id="one_slot_and_a_queue_wait_shorter_than_the_gap"),
+    ],
+)
+async def test_with_its_one_instance_stopped_requests_wait_for_the_replacement_a_push_brings(
+    gateway: GatewayProcess,
+    fresh: list[Backend],
+    wide_client: aiohttp.ClientSession,
+    max_concurrent: int,
+    max_queue_wait_ms: int,
+) -> None:
+    # kill -9 of a deployment's only instance: connections to it are refused until the
+    # control plane pushes its replacement. Requests in that gap never reached run(): they
+    # wait for the replacement instead of failing.
+    name = f"l-solo-{max_concurrent}"
+    old = await start(fresh, "old", "ok")
+    route = partial(
+        route_body,
+        name,
+        timeout_ms=20_000,
+        max_concurrent=max_concurrent,
+        max_queue_wait_ms=max_queue_wait_ms,
+    )
+    await push(wide_client, gateway, route(1, {"blue": [old.url]}, {"blue": 100}))
+    assert (await score(wide_client, gateway, name)).status == 200  # a pooled connection to it
+    await old.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pending = await send_held(wide_client, gateway, name, 5)
+    done, _ = await asyncio.wait(pending, timeout=0.5)  # past max_queue_wait_ms
+    assert not done
+    replacement = await start(fresh, "replacement", "ok")
+    await push(wide_client, gateway, route(2, {"blue": [replacement.url]}, {"blue": 100}))
+    replies = await asyncio.gather(*pending)
+    print(f"{name}: 5 requests held {loop.time() - started:.2f} s, answered {[r.status for r in replies]}")
+    assert [r.status for r in replies] == [200] * 5
+    assert [r.json()["backend"] for r in replies] == ["replacement"] * 5
+    assert sorted(h["x-ms-client-request-id"] for h in replacement.headers) == [f"held-{i}" for i in range(5)]
+    assert old.seen["score"] == 1
+    window = await stats(wide_client, gateway, name, "blue")
+    assert (window["status"]["2xx"], window["status"]["5xx"], window["in_flight"]) == (6, 0, 0)
+
+
+async def test_with_its_one_instance_stopped_and_no_replacement_requests_are_503_at_request_timeout_ms(
+    gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    old = await start(fresh, "old", "ok")
+    await push(
+        wide_client, gateway, route_body("l-solo-503", 1, {"blue": [old.url]}, {"blue": 100}, timeout_ms=300)
+    )
+    assert (await score(wide_client, gateway, "l-solo-503")).status == 200
+    await old.stop()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    replies = await asyncio.gather(*(score(wide_client, gateway, "l-solo-503") for _ in range(3)))
+    assert loop.time() - started >= 0.3
+    assert {(r.status, r.error_code) for r in replies} == {(503, "NoHealthyInstance")}
+    assert {r.json()["error"]["message"] for r in replies} == {
+        "deployment blue has no healthy instance to serve the request within request_timeout_ms=300"
+    }
+    window = await stats(wide_client, gateway, "l-solo-503", "blue")
+    assert (window["status"]["503"], window["in_flight"]) == (3, 0)
+
+
+async def test_requests_held_for_a_refused_instance_are_bounded_and_the_overflow_is_503(
+    gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    route = partial(route_body, "l-hold-bound", timeout_ms=20_000, max_concurrent=1, max_queue_wait_ms=20_000)
+    await push(wide_client, gateway, route(1, {"blue": [dead]}, {"blue": 100}))
+    # One slot: the gateway holds at most QUEUE_PER_SLOT; one more than that is sent.
+    pending = [
+        asyncio.create_task(score(wide_client, gateway, "l-hold-bound")) for _ in range(1 + QUEUE_PER_SLOT)
+    ]
+    await eventually(lambda: sum(task.done() for task in pending) == 1)
+    (refused,) = [task.result() for task in pending if task.done()]
+    assert (refused.status, refused.error_code) == (503, "NoHealthyInstance")
+    assert refused.json()["error"]["message"].endswith(f"and {QUEUE_PER_SLOT} requests already wait for one")
+    await in_flight(wide_client, gateway, "l-hold-bound", QUEUE_PER_SLOT)
+    replacement = await start(fresh, "replacement", "ok")
+    await push(wide_client, gateway, route(2, {"blue": [replacement.url]}, {"blue": 100}))
+    replies = await asyncio.gather(*pending)
+    assert sorted(r.status for r in replies) == [200] * QUEUE_PER_SLOT + [503]
+    assert replacement.seen["score"] == QUEUE_PER_SLOT

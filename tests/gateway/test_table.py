@@ -130,6 +130,8 @@ def test_lookup_is_case_insensitive() -> None:
         ({"name": "other"}, "name"),
         ({"generation": -1}, "generation"),
         ({"max_request_bytes": 0}, "max_request_bytes"),
+        ({"max_requests_per_second": -1}, "max_requests_per_second"),
+        ({"max_requests_per_second": float("nan")}, "max_requests_per_second"),
         ({"traffic": {"blue": -5}}, "traffic.blue"),
         ({"key_sha256": ["not-a-hash"]}, "key_sha256"),
         (
@@ -229,6 +231,28 @@ def test_a_repush_keeps_the_deployment_its_queue_and_its_window() -> None:
     again = table.live["my-ep"].deployments["blue"]
     assert again is blue and again.window.cur[0] == 1
     assert again.instances[0].url == "http://127.0.0.1:31009"
+
+
+def test_an_endpoint_with_no_rate_has_no_limiter() -> None:
+    table = RouteTable()
+    table.put(route(1))
+    assert table.live["my-ep"].limiter is None
+
+
+def test_a_repush_keeps_the_rate_limiters_bucket_and_a_new_rate_makes_a_new_one() -> None:
+    table = RouteTable()
+    body = route(1)
+    body.max_requests_per_second = 5
+    table.put(body)
+    bucket = table.live["my-ep"].limiter
+    assert bucket is not None and bucket.rate == 5
+    table.put(body.model_copy(update={"generation": 2}))
+    assert table.live["my-ep"].limiter is bucket  # a periodic re-push does not refill it
+    table.put(body.model_copy(update={"generation": 3, "max_requests_per_second": 50}))
+    faster = table.live["my-ep"].limiter
+    assert faster is not bucket and faster is not None and faster.rate == 50
+    table.put(body.model_copy(update={"generation": 4, "max_requests_per_second": 0}))
+    assert table.live["my-ep"].limiter is None
 
 
 def test_mirror_share_out_of_range_is_a_problem() -> None:

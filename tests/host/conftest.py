@@ -15,6 +15,7 @@ from tests.host.helpers import (
     FLAKY_PY,
     INIT_FAILS_PY,
     SCORE_PY,
+    SLOW_INIT_PY,
     HostProcess,
     UserFiles,
     kill_leftovers,
@@ -38,11 +39,15 @@ def user_files(tmp_path_factory: pytest.TempPathFactory) -> UserFiles:
     flaky_dir = root / "code-flaky"
     flaky_dir.mkdir()
     (flaky_dir / "score.py").write_text(FLAKY_PY)
+    slow_init_dir = root / "code-slow-init"
+    slow_init_dir.mkdir()
+    (slow_init_dir / "score.py").write_text(SLOW_INIT_PY)
     return UserFiles(
         model_dir=model_dir,
         code_dir=code_dir,
         init_fails_dir=init_fails_dir,
         flaky_dir=flaky_dir,
+        slow_init_dir=slow_init_dir,
         expected=lambda rows: model.predict(rows).tolist(),
     )
 

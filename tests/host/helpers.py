@@ -20,6 +20,9 @@ import aiohttp
 from host.processes import is_alive, killpg
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Readiness probed from 1 s after start, every second: Azure's 10 s and 10 s would make every
+# instance of every test wait 10 s before it may serve.
+FAST_READINESS = {"initial_delay": 1, "period": 1}
 # Guards against a hang only; no test asserts how long anything takes.
 HANG_GUARD_SECONDS = 180.0
 
@@ -69,6 +72,22 @@ def run(raw_data):
     return "flaky"
 """
 
+# init() waits for the file GO_FLAG names: until then `GET /` never answers, so every probe
+# fails (it times out, or the connection is refused before gunicorn listens).
+SLOW_INIT_PY = """\
+import os
+import time
+
+
+def init():
+    while not os.path.exists(os.environ["GO_FLAG"]):
+        time.sleep(0.1)
+
+
+def run(raw_data):
+    return "finally"
+"""
+
 # scikit-learn unpinned: the host already has it, so the environment builds without downloads.
 CONDA_YAML = """\
 name: tidegate-test
@@ -88,6 +107,7 @@ class UserFiles:
     code_dir: Path
     init_fails_dir: Path
     flaky_dir: Path
+    slow_init_dir: Path
     expected: Callable[[list[list[float]]], list[float]]
 
 
@@ -103,6 +123,7 @@ def runtime(
     patch: int = 0,
     environment_variables: dict[str, str] | None = None,
     liveness_probe: dict[str, int] | None = None,
+    readiness_probe: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     rt: dict[str, Any] = {
         "endpoint": endpoint,
@@ -117,6 +138,7 @@ def runtime(
         },
         "environment_variables": {"TIDEGATE_TEST_VAR": "1", **(environment_variables or {})},
         "spec_hash": spec_hash,
+        "readiness_probe": readiness_probe or FAST_READINESS,
     }
     if liveness_probe is not None:
         rt["liveness_probe"] = liveness_probe

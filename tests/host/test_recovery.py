@@ -31,13 +31,15 @@ from tests.host.helpers import (
 )
 
 ROWS = [[1.0]]
-# Fast enough for a test: a hung instance is failed after two missed one-second probes.
+# Fast enough for a test: a hung instance is failed after three missed one-second probes.
+# Liveness runs from initial_delay whether the instance is ready or not (as in Azure), so the
+# delay and the failures together leave a booting instance far more time than it needs.
 FAST_LIVENESS = {
-    "initial_delay": 0,
+    "initial_delay": 5,
     "period": 1,
     "timeout": 1,
     "success_threshold": 1,
-    "failure_threshold": 2,
+    "failure_threshold": 3,
 }
 ROLLING = {"max_surge": 1, "drain_seconds": 0.5}
 
@@ -153,7 +155,7 @@ async def test_an_instance_that_stops_answering_fails_its_liveness_probe_and_is_
     os.killpg(hung["pid"], signal.SIGSTOP)  # alive, port open, never answers
     status = await host.follow("rec-hang", "blue", has_failed(hung["id"]), after=ready["version"])
     failed = by_id(status)[hung["id"]]
-    assert failed["error"].startswith("liveness probe failed 2 times in a row: GET / timed out after 1 s")
+    assert failed["error"].startswith("liveness probe failed 3 times in a row: GET / timed out after 1 s")
     assert failed["pid"] is None
     await until_gone(hung["pid"])  # stopped by the host, though it was stopped (SIGSTOP) itself
 
@@ -338,7 +340,7 @@ async def test_a_host_killed_and_restarted_keeps_versions_restart_counts_and_pro
     os.killpg(replacement["pid"], signal.SIGSTOP)
     status = await host.follow("rec-host", "blue", has_failed(replacement["id"]), after=after["version"])
     (hung,) = status["instances"]
-    assert hung["error"].startswith("liveness probe failed 2 times in a row")
+    assert hung["error"].startswith("liveness probe failed 3 times in a row")
     assert hung["restarts"] == 1
     await until_gone(replacement["pid"])
     await host.delete("rec-host", "blue")

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from config.settings import Settings
 from tests.support.ports import free_ports
 
 
@@ -33,6 +34,19 @@ class LocalStack:
             TIDEGATE_INSTANCE_PORT_START=str(20000 + (ports[6] % 20000)),
         )
         return cls(home=home, env=env)
+
+    def with_settings(self, **values: object) -> LocalStack:
+        """The same stack, driven by a CLI that has these settings as well
+        (`scale_in_cooldown_seconds=3` is TIDEGATE_SCALE_IN_COOLDOWN_SECONDS=3): the ones the
+        client façade reads, such as the autoscale cool-down it writes into a deployment."""
+        extra = {f"TIDEGATE_{name.upper()}": str(value) for name, value in values.items()}
+        return LocalStack(home=self.home, env={**self.env, **extra})
+
+    def settings(self) -> Settings:
+        """The settings the CLI runs with, for a test that calls the client façade itself."""
+        prefix = "TIDEGATE_"
+        ours = {k.removeprefix(prefix).lower(): v for k, v in self.env.items() if k.startswith(prefix)}
+        return Settings(**ours)
 
     def port(self, name: str) -> int:
         return int(self.env[f"TIDEGATE_{name.upper()}_PORT"])
