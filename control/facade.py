@@ -306,7 +306,7 @@ class Tidegate:
                 "endpoint_name": endpoint,
                 "type": "managed",
                 "provisioning_state": record.provisioning_state,
-                "instance_count": record.target.instance_count,
+                "instance_count": record.instance_count or record.target.instance_count,
                 "health": record.health,
                 "instances": [i.model_dump() for i in record.details]
                 or [{"id": i.id, "state": "ready", "restarts": 0, "url": i.url} for i in record.instances],

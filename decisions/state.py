@@ -51,6 +51,9 @@ class DeploymentRecord(BaseModel):
     health: Health = "Healthy"
     health_reason: str | None = None
     details: list[InstanceDetail] = Field(default_factory=list)
+    instance_count: int | None = Field(
+        default=None, description="the count in force now (autoscale moves it); None: the target's"
+    )
 
 
 class EndpointState(BaseModel):

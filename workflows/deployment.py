@@ -307,7 +307,7 @@ class DeploymentWorkflow:
         key = (
             state,
             tuple(i.id for i in instances) if instances is not None else ("-",),
-            f"{health}{health_reason}{error}{seen.details if seen else ''}",
+            f"{health}{health_reason}{error}{seen.details if seen else ''}{self._target.instance_count}",
         )
         if key == self._reported:
             return
@@ -321,6 +321,7 @@ class DeploymentWorkflow:
             health=health,
             health_reason=health_reason,
             details=seen.details if seen else None,
+            instance_count=self._target.instance_count,
         )
         handle = workflow.get_external_workflow_handle(endpoint_id(self._target.endpoint))
         await handle.signal("deployment_reported", report)

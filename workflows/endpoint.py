@@ -329,6 +329,8 @@ class EndpointWorkflow:
             record.health, record.health_reason = report.health, report.health_reason
             if report.details is not None:
                 record.details = list(report.details)
+            if report.instance_count is not None:
+                record.instance_count = report.instance_count
         self._dirty = True
 
     # ---- the loop ------------------------------------------------------------------------

@@ -74,6 +74,7 @@ class DeploymentReport(BaseModel):
     health: Health = "Healthy"
     health_reason: str | None = None
     details: list[InstanceDetail] | None = None
+    instance_count: int | None = Field(default=None, description="the count in force (autoscale moves it)")
 
 
 class StartRolloutInput(BaseModel):

@@ -26,6 +26,7 @@ class Recorder:
     """Records every call; `fail_provision` makes ensure_instances fail like a broken init()."""
 
     fail_provision: str | None = None
+    fail_new_instances: str | None = None  # instances beyond the ones already there fail
     calls: list[str] = field(default_factory=list)
     routes: list[EndpointRoute] = field(default_factory=list)
     ensured: list[RequestInstancesInput] = field(default_factory=list)
@@ -60,7 +61,13 @@ class Recorder:
             self.ensured.append(request)
             runtime = request.runtime
             previous = self.hosts.get(runtime.deployment)
-            state = "failed" if self.fail_provision else "ready"
+            kept = len(previous.instances) if previous else 0
+
+            def outcome(i: int) -> tuple[str, str | None]:
+                if self.fail_new_instances and i >= kept:
+                    return "failed", self.fail_new_instances
+                return ("failed", self.fail_provision) if self.fail_provision else ("ready", None)
+
             status = DeploymentInstances(
                 endpoint=runtime.endpoint,
                 deployment=runtime.deployment,
@@ -71,9 +78,9 @@ class Recorder:
                         id=f"{runtime.deployment}-{i}",
                         port=40000 + i,
                         url=f"http://127.0.0.1:{40000 + i}",
-                        state=state,  # type: ignore[arg-type]
+                        state=outcome(i)[0],  # type: ignore[arg-type]
                         spec_hash=runtime.spec_hash,
-                        error=self.fail_provision,
+                        error=outcome(i)[1],
                     )
                     for i in range(request.instance_count)
                 ],

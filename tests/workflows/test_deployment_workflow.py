@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest_asyncio
 from temporalio import activity
@@ -74,7 +74,8 @@ async def test_autoscale_goes_out_under_load_and_back_in_after_the_cool_down(rig
     )
     await handle.execute_update(EndpointWorkflow.create_deployment, CreateDeploymentInput(target=scaled))
     # 90 % busy against a 50 % target: out to 2 at once, then 3 (max), never more.
-    await wait_for(handle, lambda s: len(s.deployments["blue"].instances) == 3)
+    state = await wait_for(handle, lambda s: len(s.deployments["blue"].instances) == 3)
+    assert state.deployments["blue"].instance_count == 3  # what `online-deployment show` says
     await asyncio.sleep(2)
     assert max(r.instance_count for r in recorder.ensured) == 3
     scripted.utilisation = 0.05
@@ -82,3 +83,42 @@ async def test_autoscale_goes_out_under_load_and_back_in_after_the_cool_down(rig
     counts = [r.instance_count for r in recorder.ensured]
     # In one at a time: 3 → 2 → 1, each after the cool-down.
     assert counts[counts.index(3) :] == [3, 2, 1]
+    assert (await handle.query(EndpointWorkflow.describe)).deployments["blue"].instance_count == 1
+
+
+async def test_a_scale_out_whose_new_instance_fails_keeps_serving_and_tries_again_later(rig) -> None:  # noqa: ANN001
+    env, recorder, scripted, queue = rig
+    name = f"ep-{uuid.uuid4().hex[:8]}"
+    handle = await env.client.start_workflow(
+        EndpointWorkflow.run,
+        EndpointWorkflowInput(state=EndpointState(name=name)),
+        id=endpoint_id(name),
+        task_queue=queue,
+    )
+    scaled = target(name, "blue", 1)
+    scaled.autoscale = AutoscaleSettings(
+        min_instances=1, max_instances=2, target_utilization_percentage=50, polling_interval=1
+    )
+    scripted.utilisation = 0.05
+    await handle.execute_update(EndpointWorkflow.create_deployment, CreateDeploymentInput(target=scaled))
+    await wait_for(handle, lambda s: s.deployments["blue"].provisioning_state == "Succeeded")
+    recorder.fail_new_instances = "init() raised: out of memory"
+    scripted.utilisation = 0.9
+    # The new instance fails; the one serving stays in the route and the count in force stays 1.
+    await _until(lambda: sum(r.instance_count == 2 for r in recorder.ensured) >= 2)
+    state = await handle.query(EndpointWorkflow.describe)
+    assert [i.id for i in state.deployments["blue"].instances] == ["blue-0"]
+    assert state.deployments["blue"].instance_count == 1
+    # The workflow is not wedged: once instances start again, the next try scales out.
+    recorder.fail_new_instances = None
+    state = await wait_for(handle, lambda s: len(s.deployments["blue"].instances) == 2)
+    assert state.deployments["blue"].instance_count == 2
+    assert state.deployments["blue"].provisioning_state == "Succeeded"
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    for _ in range(600):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("never happened")
