@@ -91,10 +91,9 @@ class Rollouts:
         if described.status != WorkflowExecutionStatus.RUNNING:
             raise BadRequest(f"rollout {rid} has ended; nothing to {name}")
         view = await self.status(endpoint, rid)
-        if name != "undo" and view["phase"] in TERMINAL:
-            raise BadRequest(f"rollout {rid} is {view['phase']}; nothing to {name}")
-        if name == "undo" and view["phase"] != "Succeeded":
-            raise BadRequest(f"rollout {rid} is {view['phase']}; only a Succeeded rollout can be undone")
+        refused = signal_refusal(rid, name, view["phase"])
+        if refused:
+            raise BadRequest(refused)
         args = [reason] if name in ("pause", "promote", "rollback") else []
         await handle.signal(name, *args)
         return rid
@@ -131,6 +130,24 @@ class Rollouts:
                 }
             )
         return rows
+
+
+def signal_refusal(rid: str, signal: str, phase: str) -> str | None:
+    """Why the CLI will not send `signal` to a running rollout in `phase` (the workflow would
+    ignore it), or None."""
+    if signal == "undo":
+        return (
+            None
+            if phase == "Succeeded"
+            else f"rollout {rid} is {phase}; only a Succeeded rollout can be undone"
+        )
+    if phase in TERMINAL:
+        return f"rollout {rid} is {phase}; nothing to {signal}"
+    if signal == "resume" and phase != "Paused":
+        return f"rollout {rid} is {phase}; only a Paused rollout can be resumed"
+    if signal == "pause" and phase == "Paused":
+        return f"rollout {rid} is Paused already"
+    return None
 
 
 def _busiest(traffic: dict[str, int], *, exclude: str) -> str | None:
