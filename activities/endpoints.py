@@ -18,6 +18,8 @@ from workflows.messages import (
     UpdateDeploymentInput,
 )
 
+HEARTBEAT_SECONDS = 2.0
+
 
 class EndpointActivities:
     def __init__(self, client: Client) -> None:
@@ -27,8 +29,17 @@ class EndpointActivities:
         self, endpoint: str, update: str, arg: object, result_type: type | None = None
     ) -> object:
         handle = self._client.get_workflow_handle(endpoint_id(endpoint))
+        call = asyncio.ensure_future(handle.execute_update(update, arg, result_type=result_type))
         try:
-            return await handle.execute_update(update, arg, result_type=result_type)
+            # Heartbeats while the endpoint waits for its push: a worker that dies here is
+            # noticed in HEARTBEAT_SECONDS, not at the end of the start-to-close timeout.
+            while not call.done():
+                activity.heartbeat()
+                await asyncio.wait({call}, timeout=HEARTBEAT_SECONDS)
+            return call.result()
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from temporalio.service import RPCError
 
 from config.binaries import find_binary
 from config.settings import Settings
-from control.temporal import connect
+from control.temporal import connect, identity
 from workflows import search
 
 ORDER = ("temporal", "host", "gateway", "worker")
@@ -150,12 +151,12 @@ async def _wait_ready(settings: Settings, name: str, pids: dict[str, int]) -> No
         if not alive(pids[name]):
             tail = _tail(settings.log_dir / f"{name}.log")
             raise StartFailed(f"{name} exited while starting; last lines of its log:\n{tail}")
-        if await _answers(settings, name):
+        if await _answers(settings, name, pids[name]):
             return
         await asyncio.sleep(0.2)
 
 
-async def _answers(settings: Settings, name: str) -> bool:
+async def _answers(settings: Settings, name: str, pid: int) -> bool:
     try:
         if name == "temporal":
             return _tcp_open(settings.temporal_port) and _tcp_open(settings.temporal_ui_port)
@@ -165,8 +166,8 @@ async def _answers(settings: Settings, name: str) -> bool:
             admin = f"http://127.0.0.1:{settings.gateway_admin_port}/healthz"
             return await _http_ok(admin) and _tcp_open(settings.gateway_https_port)
         if name == "worker":
-            return await _worker_polling(settings)
-    except (TimeoutError, OSError, aiohttp.ClientError, RuntimeError):
+            return await _worker_polling(settings, pid)
+    except (TimeoutError, OSError, aiohttp.ClientError, RuntimeError, RPCError):
         return False
     return False
 
@@ -186,7 +187,9 @@ async def _http_ok(url: str) -> bool:
             return response.status == 200
 
 
-async def _worker_polling(settings: Settings) -> bool:
+async def _worker_polling(settings: Settings, pid: int) -> bool:
+    """Is the worker with this pid polling? Any poller will not do: Temporal lists a killed
+    worker among the pollers for minutes, and `up` would not wait for its replacement."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -199,7 +202,7 @@ async def _worker_polling(settings: Settings) -> bool:
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
         )
     )
-    return len(response.pollers) > 0
+    return any(poller.identity == identity(pid) for poller in response.pollers)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

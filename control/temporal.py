@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from config.settings import Settings
+
+
+def identity(pid: int | None = None) -> str:
+    """How a process names itself to Temporal (the SDK's default, made ours): `tidegate up`
+    knows the worker it started by it among a task queue's pollers."""
+    return f"{pid if pid is not None else os.getpid()}@{socket.gethostname()}"
 
 
 async def connect(settings: Settings) -> Client:
@@ -21,4 +30,5 @@ async def connect(settings: Settings) -> Client:
         namespace=settings.temporal_namespace,
         tls=tls,
         data_converter=pydantic_data_converter,
+        identity=identity(),
     )

@@ -12,6 +12,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from config.stats import WindowStats
+
 
 class AutoscaleSettings(BaseModel):
     min_instances: int = Field(default=1, ge=1)
@@ -40,10 +42,17 @@ def desired_instances(
     utilisation: float | None,
     memory: AutoscaleMemory,
     now: datetime,
-    frozen: bool = False,
+    in_rollout: bool = False,
+    waiting: float = 0.0,
+    slots_per_instance: int = 1,
 ) -> ScaleDecision:
     """How many instances now. `utilisation` is the mean busy share (0..1) of the instances
-    over the last window; None means no measurement (nothing changes)."""
+    over the last window; None means no measurement (nothing changes). `waiting` is the mean
+    number of requests the gateway held in its queue over the window (see `mean_waiting`):
+    a busy instance reads 100 % however long the queue in front of it, so the queue is
+    counted as work for `waiting / slots_per_instance` more instances. While a rollout moves
+    the deployment's traffic (`in_rollout`), scaling out goes on but scaling in waits: a step
+    that shifts traffic onto fewer instances than the load needs would fail its gates."""
     floor, ceiling = settings.min_instances, max(settings.min_instances, settings.max_instances)
     clamped = min(max(current, floor), ceiling)
     if clamped != current:
@@ -53,14 +62,19 @@ def desired_instances(
     if utilisation is None:
         return ScaleDecision(instances=current, reason="no measurement", memory=memory)
     target = settings.target_utilization_percentage / 100
+    queued = max(waiting, 0.0) / max(slots_per_instance, 1)
     shown = f"utilisation {utilisation:.0%} vs target {target:.0%}"
-    needed = min(max(math.ceil(current * utilisation / target - 1e-9), floor), ceiling)
-    if frozen:
-        return ScaleDecision(
-            instances=current, reason=f"{shown}; held: a rollout step is changing", memory=memory
-        )
+    if queued >= 0.01:
+        shown += f", {waiting:.1f} requests waiting"
+    needed = min(max(math.ceil((current * utilisation + queued) / target - 1e-9), floor), ceiling)
     if needed > current:
         return ScaleDecision(instances=needed, reason=f"{shown}: out to {needed}", memory=AutoscaleMemory())
+    if needed < current and in_rollout:
+        return ScaleDecision(
+            instances=current,
+            reason=f"{shown}; scale-in held: a rollout is moving its traffic",
+            memory=memory,
+        )
     if needed < current:
         low_since = memory.low_since or now
         waited = (now - low_since).total_seconds()
@@ -76,6 +90,15 @@ def desired_instances(
             memory=AutoscaleMemory(low_since=low_since),
         )
     return ScaleDecision(instances=current, reason=f"{shown}: steady", memory=AutoscaleMemory())
+
+
+def mean_waiting(stats: WindowStats) -> float:
+    """Little's law over the window: requests per second × mean queue wait = how many
+    requests were waiting on average."""
+    mean_ms = stats.queue_wait_ms.mean
+    if not mean_ms or stats.window_seconds <= 0:
+        return 0.0
+    return stats.requests / stats.window_seconds * mean_ms / 1000.0
 
 
 def replacement_delay(restarts: int, *, base: float = 1.0, cap: float = 300.0) -> float:

@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from config.host_api import DeploymentInstances
     from config.routes import InstanceRoute
     from config.stats import WindowStats
-    from decisions.autoscale import desired_instances, replacement_delay
+    from decisions.autoscale import desired_instances, mean_waiting, replacement_delay
     from decisions.instances import Assessment, assess, failure_text
     from decisions.state import DeploymentTarget, Health, ProvisioningState
     from workflows import options
@@ -59,6 +59,7 @@ class DeploymentWorkflow:
         self._delete = False
         self._version = input.version
         self._memory = input.autoscale_memory
+        self._in_rollout = input.in_rollout
         self._reported: tuple[str, tuple[str, ...], str] | None = None
         self._next_replacement = workflow.now()
         self._next_scale_check = workflow.now()
@@ -74,6 +75,11 @@ class DeploymentWorkflow:
     @workflow.signal
     def delete(self) -> None:
         self._delete = True
+
+    @workflow.signal
+    def rollout(self, active: bool) -> None:
+        """The endpoint says a rollout started or stopped moving this deployment's traffic."""
+        self._in_rollout = active
 
     @workflow.run
     async def run(self, input: DeploymentWorkflowInput) -> None:
@@ -97,6 +103,7 @@ class DeploymentWorkflow:
                             provisioned=True,
                             version=self._version,
                             autoscale_memory=self._memory,
+                            in_rollout=self._in_rollout,
                         )
                     )
         await self._report("Deleting")
@@ -265,6 +272,9 @@ class DeploymentWorkflow:
             utilisation=utilisation,
             memory=self._memory,
             now=workflow.now(),
+            in_rollout=self._in_rollout,
+            waiting=mean_waiting(stats),
+            slots_per_instance=self._target.request_settings.max_concurrent_requests_per_instance,
         )
         self._memory = decision.memory
         if decision.instances != self._target.instance_count:

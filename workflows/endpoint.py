@@ -62,6 +62,7 @@ class EndpointWorkflow:
         self._to_update: list[DeploymentTarget] = []
         self._to_delete: list[str] = []
         self._to_roll: list[RolloutWorkflowInput] = []
+        self._to_tell: list[tuple[str, bool]] = []  # (deployment, under a rollout now)
         self._started_rollouts: set[str] = set()
         # Each change bumps `_version`; a push records the version it carried, so a caller
         # can wait until its change is live in the gateways.
@@ -247,6 +248,7 @@ class EndpointWorkflow:
         pool = s.traffic.get(plan.baseline, 0) + s.traffic.get(plan.canary, 0)
         s.rollout_id, s.last_rollout_id = rid, rid
         s.rollout_deployments = [plan.baseline, plan.canary]
+        self._to_tell += [(plan.baseline, True), (plan.canary, True)]
         self._to_roll.append(
             RolloutWorkflowInput(
                 rollout_id=rid,
@@ -308,6 +310,7 @@ class EndpointWorkflow:
     @workflow.signal
     def end_rollout(self, request: EndRolloutInput) -> None:
         if self._state.rollout_id == request.rollout_id:
+            self._to_tell += [(d, False) for d in self._state.rollout_deployments]
             self._state.rollout_id = None
             self._state.rollout_deployments = []
 
@@ -340,7 +343,7 @@ class EndpointWorkflow:
         return (
             self._dirty
             or keys_behind
-            or bool(self._to_start or self._to_update or self._to_delete or self._to_roll)
+            or bool(self._to_start or self._to_update or self._to_delete or self._to_roll or self._to_tell)
         )
 
     @workflow.run
@@ -443,6 +446,11 @@ class EndpointWorkflow:
             target = self._to_update.pop(0)
             handle = workflow.get_external_workflow_handle(deployment_id(name, target.name))
             await handle.signal(DeploymentWorkflow.update, target)
+        while self._to_tell:
+            deployment, active = self._to_tell.pop(0)
+            if deployment in self._state.deployments:
+                handle = workflow.get_external_workflow_handle(deployment_id(name, deployment))
+                await handle.signal(DeploymentWorkflow.rollout, active)
         while self._to_roll:
             rollout = self._to_roll.pop(0)
             plan = rollout.plan

@@ -59,6 +59,7 @@ class DeploymentWorkflowInput(BaseModel):
     provisioned: bool = Field(default=False, description="true after continue-as-new")
     version: int = Field(default=0, description="the provider's instance version last seen")
     autoscale_memory: AutoscaleMemory = Field(default_factory=AutoscaleMemory)
+    in_rollout: bool = Field(default=False, description="a rollout is moving its traffic")
 
 
 class DeploymentReport(BaseModel):

@@ -25,6 +25,7 @@ MONITOR = {
 # Changing traffic waits until the gateways have the new table.
 TRAFFIC = {
     "start_to_close_timeout": timedelta(seconds=60),
+    "heartbeat_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=5), maximum_attempts=10),
 }
 REQUEST = {

@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from decisions.autoscale import AutoscaleMemory, AutoscaleSettings, desired_instances, replacement_delay
+from config.stats import LatencySummary, WindowStats
+from decisions.autoscale import (
+    AutoscaleMemory,
+    AutoscaleSettings,
+    desired_instances,
+    mean_waiting,
+    replacement_delay,
+)
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 SETTINGS = AutoscaleSettings(
@@ -63,14 +70,49 @@ def test_no_measurement_changes_nothing() -> None:
     assert run_series([None, None], start=3) == [3, 3]
 
 
-def test_a_rollout_step_mid_change_holds_the_count() -> None:
-    decision = desired_instances(
-        SETTINGS, current=2, utilisation=1.0, memory=AutoscaleMemory(), now=T0, frozen=True
-    )
-    assert decision.instances == 2
-    assert "rollout" in decision.reason
+def test_during_a_rollout_scale_out_goes_on_and_scale_in_waits() -> None:
+    def during_rollout(utilisation: float, memory: AutoscaleMemory) -> int:
+        return desired_instances(
+            SETTINGS, current=2, utilisation=utilisation, memory=memory, now=T0, in_rollout=True
+        ).instances
+
+    assert during_rollout(1.0, AutoscaleMemory()) == 4
+    # Low for far longer than the cool-down: still held while the rollout runs.
+    assert during_rollout(0.05, AutoscaleMemory(low_since=T0 - timedelta(hours=1))) == 2
 
 
 @pytest.mark.parametrize(("restarts", "delay"), [(0, 0), (1, 1), (2, 2), (3, 4), (10, 300)])
 def test_crash_loops_back_off_exponentially_up_to_a_cap(restarts: int, delay: float) -> None:
     assert replacement_delay(restarts) == delay
+
+
+def test_a_queue_in_front_of_busy_instances_counts_as_more_load() -> None:
+    # One instance busy all the time reads 100 %: alone that asks for 2 at a 50 % target; two
+    # requests waiting on average (one slot each) are the work of two more instances.
+    def needed(waiting: float, slots: int = 1) -> int:
+        return desired_instances(
+            SETTINGS,
+            current=1,
+            utilisation=1.0,
+            memory=AutoscaleMemory(),
+            now=T0,
+            waiting=waiting,
+            slots_per_instance=slots,
+        ).instances
+
+    assert needed(0.0) == 2
+    assert needed(0.5) == 3
+    assert needed(2.0) == 5  # max_instances
+    assert needed(2.0, slots=4) == 3
+
+
+def test_mean_waiting_is_little_s_law_over_the_window() -> None:
+    stats = WindowStats(
+        endpoint="ep",
+        deployment="blue",
+        window_seconds=10,
+        requests=200,
+        queue_wait_ms=LatencySummary(mean=50.0),
+    )
+    assert mean_waiting(stats) == pytest.approx(20 * 0.05)
+    assert mean_waiting(stats.model_copy(update={"queue_wait_ms": LatencySummary()})) == 0.0

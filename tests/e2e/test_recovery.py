@@ -6,13 +6,13 @@ import asyncio
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import aiohttp
 
 from tests.e2e.project import REQUEST
 from tests.support.load import SteadyLoad
+from tests.support.polling import until
 from tests.support.stack import LocalStack
 
 BODY = json.dumps({"data": REQUEST}).encode()
@@ -47,15 +47,6 @@ def served(stack: LocalStack, root: Path, name: str, file: str = "blue.yml", cou
         cwd=root,
     )
     return stack.key(name)
-
-
-def until(predicate, what: str, polls: int = 1800) -> None:  # noqa: ANN001
-    """Poll a condition; the bound only keeps a broken build from hanging CI."""
-    for _ in range(polls):
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"never: {what}")
 
 
 def test_a_killed_instance_is_replaced_and_only_requests_it_held_can_fail(

@@ -23,8 +23,9 @@ from activities.endpoints import EndpointActivities
 from activities.messages import QueryWindowInput
 from config.rollout import RolloutSpec
 from config.stats import LatencySummary, WindowStats
+from decisions.autoscale import AutoscaleSettings
 from decisions.rollout import RolloutState, expand_plan
-from decisions.state import EndpointState
+from decisions.state import DeploymentTarget, EndpointState
 from tests.workflows.recorders import Recorder
 from tests.workflows.test_endpoint_workflow import target, wait_for
 from workflows.deployment import DeploymentWorkflow
@@ -47,6 +48,7 @@ class Rig:
         self.recorder = recorder
         self.task_queue = task_queue
         self.error_rate: dict[str, float] = {"blue": 0.0, "green": 0.0}
+        self.utilisation = 0.05  # of every instance: low, so an autoscaled deployment would scale in
 
     def activities(self) -> list:
         @activity.defn(name="query_window")
@@ -59,6 +61,7 @@ class Rig:
                 requests=200,
                 status={"2xx": 200 - errors, "5xx": errors},
                 latency_ms=LatencySummary(p50=5, p90=8, p99=12),
+                utilisation={f"{request.deployment}-0": self.utilisation},
             )
 
         return [
@@ -85,7 +88,7 @@ class Rig:
                 weights.append(share)
         return weights
 
-    async def endpoint_with_blue_and_green(self) -> WorkflowHandle:
+    async def endpoint_with_blue_and_green(self, blue: DeploymentTarget | None = None) -> WorkflowHandle:
         name = f"ep-{uuid.uuid4().hex[:8]}"
         handle = await self.env.client.start_workflow(
             EndpointWorkflow.run,
@@ -94,8 +97,11 @@ class Rig:
             task_queue=self.task_queue,
         )
         for deployment in ("blue", "green"):
+            made = target(name, deployment)
+            if deployment == "blue" and blue is not None:
+                made = blue.model_copy(update={"endpoint": name, "runtime": made.runtime})
             await handle.execute_update(
-                EndpointWorkflow.create_deployment, CreateDeploymentInput(target=target(name, deployment))
+                EndpointWorkflow.create_deployment, CreateDeploymentInput(target=made)
             )
         await wait_for(
             handle, lambda s: all(d.provisioning_state == "Succeeded" for d in s.deployments.values())
@@ -235,6 +241,26 @@ async def test_undo_after_success_puts_the_baseline_back(rig: Rig) -> None:
     assert final.phase == "RolledBack"
     state = await endpoint.query(EndpointWorkflow.describe)
     assert state.traffic == {"blue": 100, "green": 0}
+
+
+async def test_an_autoscaled_baseline_does_not_scale_in_while_a_rollout_moves_its_traffic(rig: Rig) -> None:
+    blue = target("-", "blue", count=2)
+    blue.autoscale = AutoscaleSettings(
+        min_instances=1,
+        max_instances=2,
+        target_utilization_percentage=50,
+        polling_interval=1,
+        scale_in_cooldown=1,
+    )
+    endpoint = await rig.endpoint_with_blue_and_green(blue=blue)
+    rollout = await rig.start(endpoint, **{**GATED, "steps": [{"weight": 10, "hold": "1h"}]})
+    await _until_weight(rig, 10)
+    await asyncio.sleep(4)  # 5 % busy for four cool-downs: only the rollout holds blue at 2
+    state = await endpoint.query(EndpointWorkflow.describe)
+    assert len(state.deployments["blue"].instances) == 2
+    await rollout.signal(RolloutWorkflow.rollback, "done looking")
+    assert (await outcome(rig, rollout)).phase == "RolledBack"
+    await wait_for(endpoint, lambda s: len(s.deployments["blue"].instances) == 1)
 
 
 async def _until_weight(rig: Rig, weight: int) -> None:
