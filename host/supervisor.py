@@ -45,8 +45,10 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import structlog
@@ -55,6 +57,7 @@ from config.host_api import (
     DeploymentInstances,
     DeploymentRuntime,
     EnsureInstancesRequest,
+    ProbeSpec,
 )
 from config.settings import Settings
 from decisions.probes import ProbeCount, count_probe, next_probe_at, startup_budget_seconds
@@ -561,6 +564,24 @@ class Supervisor:
             group.create_task(self._readiness(dep, instance))
             group.create_task(self._liveness(dep, instance))
 
+    async def _probes(
+        self, dep: Deployment, instance: Instance, kind: Literal["readiness", "liveness"]
+    ) -> AsyncIterator[tuple[ProbeSpec, str | None]]:
+        """Each probe of `kind` on its schedule, with its error (None: it passed), for as long
+        as the instance is probed at all."""
+        assert self._session is not None
+        previous: float | None = None
+        while True:
+            probe = dep.runtime.readiness_probe if kind == "readiness" else dep.runtime.liveness_probe
+            await self._sleep_until(next_probe_at(probe, started=self._started(instance), previous=previous))
+            if not self._probed(dep, instance):
+                return
+            previous = time.monotonic()
+            error = await probe_once(instance, self._session, probe)
+            if not self._probed(dep, instance):
+                return  # this await yielded: it may have died, drained or gone meanwhile
+            yield probe, error
+
     async def _readiness(self, dep: Deployment, instance: Instance) -> None:
         """Starting -> ready (or failed to start); ready <-> unready, as the counts say.
 
@@ -569,18 +590,8 @@ class Supervisor:
         azmlinfsrv holds `GET /` until init() is done, so a probe in flight (up to `timeout`)
         answers as soon as it is. Small `initial_delay`/`period` make instances serve sooner.
         """
-        assert self._session is not None
         count = ProbeCount.readiness(ready=instance.state == "ready")  # adopted ones keep theirs
-        previous: float | None = None
-        while True:
-            probe = dep.runtime.readiness_probe  # a PUT may have changed it
-            await self._sleep_until(next_probe_at(probe, started=self._started(instance), previous=previous))
-            if not self._probed(dep, instance):
-                return
-            previous = time.monotonic()
-            error = await probe_once(instance, self._session, probe)
-            if not self._probed(dep, instance):
-                return  # this await yielded: it may have died, drained or gone meanwhile
+        async for probe, error in self._probes(dep, instance, "readiness"):
             count = count_probe(probe, count, ok=error is None)
             if instance.state == "starting":
                 if count.passing:
@@ -596,18 +607,8 @@ class Supervisor:
 
     async def _liveness(self, dep: Deployment, instance: Instance) -> None:
         """From `initial_delay` on, ready or not: `failure_threshold` failures in a row fail it."""
-        assert self._session is not None
         count = ProbeCount.liveness()
-        previous: float | None = None
-        while True:
-            probe = dep.runtime.liveness_probe  # a PUT may have changed it
-            await self._sleep_until(next_probe_at(probe, started=self._started(instance), previous=previous))
-            if not self._probed(dep, instance):
-                return
-            previous = time.monotonic()
-            error = await probe_once(instance, self._session, probe)
-            if not self._probed(dep, instance):
-                return  # this await yielded: it may have died, drained or gone meanwhile
+        async for probe, error in self._probes(dep, instance, "liveness"):
             failures = count.failures
             count = count_probe(probe, count, ok=error is None)
             if error is None:
