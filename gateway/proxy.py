@@ -153,7 +153,7 @@ class Gateway:
         self.connections: set[ClientProtocol] = set()
         self.targets: dict[tuple[bytes, bytes | None], RequestTarget | RoutingError] = {}
         self.upstream_ssl = upstream_ssl
-        self.request_id = RequestIds()
+        self.request_id = RequestIds().new  # a bound method: calling the instance costs ~0.1 µs more
         # Features the bench turns off one at a time to price them; all on in service.
         enabled = frozenset(features)
         self.limits = "limits" in enabled

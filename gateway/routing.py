@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -180,10 +181,9 @@ def choose_deployment(
             "NoValidDeployments",
             "no deployment takes traffic; set traffic or use the azureml-model-deployment header",
         )
-    for name, bound in zip(plan.names, plan.cumulative, strict=True):
-        if draw < bound:
-            return name
-    return plan.names[-1]
+    index = bisect_right(plan.cumulative, draw)  # the first bound above draw
+    names = plan.names
+    return names[index] if index < len(names) else names[-1]
 
 
 # ``pick_instance`` answers this when every healthy instance is at its concurrency limit.
@@ -265,10 +265,12 @@ class RequestIds:
         self._prefix = fresh_request_id()[:24]
         self._next = random.getrandbits(32)
 
-    def __call__(self) -> str:
+    def new(self) -> str:
         count = self._next
         if count >= 1 << 48:
             self._renew()
             count = self._next
         self._next = count + 1
         return f"{self._prefix}{count:012x}"
+
+    __call__ = new

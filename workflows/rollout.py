@@ -191,11 +191,12 @@ class RolloutWorkflow:
         self._publish()
         await self._release()
         success = self._plan.after_success
-        # The previous deployment stays warm at 0 % so `rollout undo` is instant.
-        seen = self._undo
+        # The previous deployment stays warm at 0 % so `rollout undo` is instant. An undo may
+        # already have come while the endpoint was being released: `_undo` is only ever set
+        # once the rollout is Succeeded, so waiting for it (not for a change) cannot miss it.
         try:
             await workflow.wait_condition(
-                lambda: self._undo != seen, timeout=timedelta(seconds=success.keep_previous_for)
+                lambda: self._undo, timeout=timedelta(seconds=success.keep_previous_for)
             )
         except TimeoutError:
             pass

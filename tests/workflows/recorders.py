@@ -13,12 +13,29 @@ from activities.messages import (
     DeleteKeysInput,
     EnsureKeysInput,
     EnsureKeysResult,
+    QueryWindowInput,
     RemoveRouteInput,
     RequestInstancesInput,
     WatchInstancesInput,
 )
 from config.host_api import DeploymentInstances, InstanceStatus
 from config.routes import EndpointRoute
+from config.stats import LatencySummary, WindowStats
+
+
+def scripted_window(request: QueryWindowInput, error_rate: float, utilisation: float = 0.0) -> WindowStats:
+    """What a gateway would report for 200 requests at `error_rate`, each instance as busy as
+    `utilisation`."""
+    errors = int(200 * error_rate)
+    return WindowStats(
+        endpoint=request.endpoint,
+        deployment=request.deployment,
+        window_seconds=request.window_seconds,
+        requests=200,
+        status={"2xx": 200 - errors, "5xx": errors},
+        latency_ms=LatencySummary(p50=5, p90=8, p99=12),
+        utilisation={f"{request.deployment}-0": utilisation},
+    )
 
 
 @dataclass

@@ -32,8 +32,9 @@ from temporalio.worker import Worker
 from activities.messages import QueryWindowInput, RetireDeploymentInput
 from config.binaries import find_binary
 from config.rollout import RolloutSpec
-from config.stats import LatencySummary, WindowStats
+from config.stats import WindowStats
 from decisions.rollout import RolloutState, expand_plan
+from tests.workflows.recorders import scripted_window
 from workflows.ids import endpoint_id, rollout_id
 from workflows.messages import EndRolloutInput, RolloutWorkflowInput, SetRolloutTrafficInput
 from workflows.rollout import RolloutWorkflow
@@ -88,15 +89,7 @@ class Rig:
 
         @activity.defn(name="query_window")
         async def query_window(request: QueryWindowInput) -> WindowStats:
-            errors = int(200 * self.error_rate[request.deployment])
-            return WindowStats(
-                endpoint=request.endpoint,
-                deployment=request.deployment,
-                window_seconds=request.window_seconds,
-                requests=200,
-                status={"2xx": 200 - errors, "5xx": errors},
-                latency_ms=LatencySummary(p50=5, p90=8, p99=12),
-            )
+            return scripted_window(request, self.error_rate[request.deployment])
 
         return [set_rollout_traffic, retire_deployment, query_window]
 

@@ -22,11 +22,11 @@ from temporalio.worker import Worker
 from activities.endpoints import EndpointActivities
 from activities.messages import QueryWindowInput
 from config.rollout import RolloutSpec
-from config.stats import LatencySummary, WindowStats
+from config.stats import WindowStats
 from decisions.autoscale import AutoscaleSettings
 from decisions.rollout import RolloutState, expand_plan
 from decisions.state import DeploymentTarget, EndpointState
-from tests.workflows.recorders import Recorder
+from tests.workflows.recorders import Recorder, scripted_window
 from tests.workflows.test_endpoint_workflow import target, wait_for
 from workflows.deployment import DeploymentWorkflow
 from workflows.endpoint import EndpointWorkflow
@@ -53,16 +53,7 @@ class Rig:
     def activities(self) -> list:
         @activity.defn(name="query_window")
         async def query_window(request: QueryWindowInput) -> WindowStats:
-            errors = int(200 * self.error_rate[request.deployment])
-            return WindowStats(
-                endpoint=request.endpoint,
-                deployment=request.deployment,
-                window_seconds=request.window_seconds,
-                requests=200,
-                status={"2xx": 200 - errors, "5xx": errors},
-                latency_ms=LatencySummary(p50=5, p90=8, p99=12),
-                utilisation={f"{request.deployment}-0": self.utilisation},
-            )
+            return scripted_window(request, self.error_rate[request.deployment], self.utilisation)
 
         return [
             *self.recorder.activities(),
