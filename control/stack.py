@@ -190,6 +190,11 @@ async def _http_ok(url: str) -> bool:
 async def _worker_polling(settings: Settings, pid: int) -> bool:
     """Is the worker with this pid polling? Any poller will not do: Temporal lists a killed
     worker among the pollers for minutes, and `up` would not wait for its replacement."""
+    return identity(pid) in await pollers(settings)
+
+
+async def pollers(settings: Settings) -> list[str]:
+    """The identities Temporal lists as polling the task queue for workflow tasks."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -202,7 +207,7 @@ async def _worker_polling(settings: Settings, pid: int) -> bool:
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
         )
     )
-    return any(poller.identity == identity(pid) for poller in response.pollers)
+    return [poller.identity for poller in response.pollers]
 
 
 def _tail(path: Path, lines: int = 20) -> str:

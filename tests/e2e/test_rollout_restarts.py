@@ -15,12 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-
-from control.stack import alive
-from control.temporal import connect, identity
+from control.stack import alive, pollers
+from control.temporal import identity
 from tests.e2e.test_rollout import BODY, endpoint_with
 from tests.support.load import SteadyLoad
 from tests.support.polling import until
@@ -85,24 +81,6 @@ def restart(stack: LocalStack, *names: str, while_down: Callable[[], object] = l
     assert all(after[name] != pid for name, pid in killed.items()), (killed, after)
     untouched = {name: pid for name, pid in before.items() if name not in names}
     assert {name: after[name] for name in untouched} == untouched  # the others were left running
-
-
-def pollers(stack: LocalStack) -> list[str]:
-    """Who Temporal lists as polling the stack's task queue for workflow tasks."""
-
-    async def describe() -> list[str]:
-        settings = stack.settings()
-        client = await connect(settings)
-        response = await client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace=settings.temporal_namespace,
-                task_queue=TaskQueue(name=settings.task_queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            )
-        )
-        return [poller.identity for poller in response.pollers]
-
-    return asyncio.run(describe())
 
 
 def weights_applied(view: dict[str, Any]) -> list[int]:
@@ -220,4 +198,4 @@ def test_up_after_kill_9_of_the_worker_alone_returns_once_the_new_worker_polls(s
     # Temporal keeps listing a killed worker among the pollers for minutes: `up` must not take
     # that for its replacement being ready.
     restart(stack, "worker")
-    assert identity(stack.pids()["worker"]) in pollers(stack)
+    assert identity(stack.pids()["worker"]) in asyncio.run(pollers(stack.settings()))

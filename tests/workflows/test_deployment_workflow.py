@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest_asyncio
 from temporalio import activity
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -55,8 +56,10 @@ async def rig(
         yield temporal_dev, recorder, scripted, queue
 
 
-async def test_autoscale_goes_out_under_load_and_back_in_after_the_cool_down(rig) -> None:  # noqa: ANN001
-    env, recorder, scripted, queue = rig
+async def endpoint_with_autoscaled_blue(
+    env: WorkflowEnvironment, queue: str, autoscale: AutoscaleSettings
+) -> WorkflowHandle:
+    """An endpoint whose one deployment, blue, starts at 1 instance, polled every second."""
     name = f"ep-{uuid.uuid4().hex[:8]}"
     handle = await env.client.start_workflow(
         EndpointWorkflow.run,
@@ -64,15 +67,17 @@ async def test_autoscale_goes_out_under_load_and_back_in_after_the_cool_down(rig
         id=endpoint_id(name),
         task_queue=queue,
     )
-    scaled = target(name, "blue", 1)
-    scaled.autoscale = AutoscaleSettings(
-        min_instances=1,
-        max_instances=3,
-        target_utilization_percentage=50,
-        polling_interval=1,
-        scale_in_cooldown=2,
+    blue = target(name, "blue", 1)
+    blue.autoscale = autoscale.model_copy(update={"min_instances": 1, "polling_interval": 1})
+    await handle.execute_update(EndpointWorkflow.create_deployment, CreateDeploymentInput(target=blue))
+    return handle
+
+
+async def test_autoscale_goes_out_under_load_and_back_in_after_the_cool_down(rig) -> None:  # noqa: ANN001
+    env, recorder, scripted, queue = rig
+    handle = await endpoint_with_autoscaled_blue(
+        env, queue, AutoscaleSettings(max_instances=3, target_utilization_percentage=50, scale_in_cooldown=2)
     )
-    await handle.execute_update(EndpointWorkflow.create_deployment, CreateDeploymentInput(target=scaled))
     # 90 % busy against a 50 % target: out to 2 at once, then 3 (max), never more.
     state = await wait_for(handle, lambda s: len(s.deployments["blue"].instances) == 3)
     assert state.deployments["blue"].instance_count == 3  # what `online-deployment show` says
@@ -88,19 +93,10 @@ async def test_autoscale_goes_out_under_load_and_back_in_after_the_cool_down(rig
 
 async def test_a_scale_out_whose_new_instance_fails_keeps_serving_and_tries_again_later(rig) -> None:  # noqa: ANN001
     env, recorder, scripted, queue = rig
-    name = f"ep-{uuid.uuid4().hex[:8]}"
-    handle = await env.client.start_workflow(
-        EndpointWorkflow.run,
-        EndpointWorkflowInput(state=EndpointState(name=name)),
-        id=endpoint_id(name),
-        task_queue=queue,
-    )
-    scaled = target(name, "blue", 1)
-    scaled.autoscale = AutoscaleSettings(
-        min_instances=1, max_instances=2, target_utilization_percentage=50, polling_interval=1
-    )
     scripted.utilisation = 0.05
-    await handle.execute_update(EndpointWorkflow.create_deployment, CreateDeploymentInput(target=scaled))
+    handle = await endpoint_with_autoscaled_blue(
+        env, queue, AutoscaleSettings(max_instances=2, target_utilization_percentage=50)
+    )
     await wait_for(handle, lambda s: s.deployments["blue"].provisioning_state == "Succeeded")
     recorder.fail_new_instances = "init() raised: out of memory"
     scripted.utilisation = 0.9
