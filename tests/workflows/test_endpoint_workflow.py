@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import pytest_asyncio
@@ -60,17 +61,31 @@ async def wait_for(handle: WorkflowHandle, predicate: Callable[[EndpointState], 
         await asyncio.sleep(0.05)
 
 
-@pytest_asyncio.fixture
-async def stack(temporal_env: WorkflowEnvironment) -> AsyncIterator[Stack]:
+@asynccontextmanager
+async def running_stack(env: WorkflowEnvironment) -> AsyncIterator[Stack]:
     recorder = Recorder()
     task_queue = f"tq-{uuid.uuid4()}"
     async with Worker(
-        temporal_env.client,
+        env.client,
         task_queue=task_queue,
         workflows=[EndpointWorkflow, DeploymentWorkflow],
         activities=recorder.activities(),
     ):
-        yield Stack(temporal_env, recorder, task_queue)
+        yield Stack(env, recorder, task_queue)
+
+
+@pytest_asyncio.fixture
+async def stack(temporal_env: WorkflowEnvironment) -> AsyncIterator[Stack]:
+    async with running_stack(temporal_env) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def dev_stack(temporal_dev: WorkflowEnvironment) -> AsyncIterator[Stack]:
+    """On the real dev server: the time-skipping server sometimes leaves a query unanswered
+    after an update has made the workflow continue as new (about 1 run in 15)."""
+    async with running_stack(temporal_dev) as running:
+        yield running
 
 
 def unique(prefix: str) -> str:
@@ -207,7 +222,8 @@ async def test_deleting_the_endpoint_unroutes_then_deprovisions_everything(stack
     assert calls[-1] == "delete_keys"
 
 
-async def test_state_survives_continue_as_new(stack: Stack) -> None:
+async def test_state_survives_continue_as_new(dev_stack: Stack) -> None:
+    stack = dev_stack
     name = unique("ep")
     handle = await stack.env.client.start_workflow(
         EndpointWorkflow.run,
