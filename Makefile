@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint down
+.PHONY: demo test bench lint down histories
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/gateway.py
+
+histories: $(STAMP)
+	$(PY) -m tests.workflows.record_histories
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,72 @@
+"""`make histories`: record the workflow histories that tests/workflows/test_replay.py replays.
+
+Runs the demo on a fresh local system (`tidegate up` with its own TIDEGATE_HOME), then an
+undo and a host patch, and writes the history of every workflow Temporal holds into
+tests/workflows/histories/, one JSON file per run (the format `temporal workflow show
+--output json` prints). Record again only when a workflow change is meant to break replay,
+and say so in the commit: a running workflow would not survive that change (use
+`workflow.patched` instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from config.settings import load_settings
+from control.temporal import connect
+
+HISTORIES = Path(__file__).resolve().parent / "histories"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def file_name(workflow_id: str, run_id: str) -> str:
+    return f"{workflow_id.replace('/', '__')}__{run_id[-12:]}.json"
+
+
+def workflow_id_of(path: Path) -> str:
+    return "/".join(path.stem.split("__")[:-1])
+
+
+def run(*args: str) -> None:
+    print(f"$ {' '.join(args)}", flush=True)
+    subprocess.run(args, cwd=ROOT, check=True)
+
+
+async def export() -> int:
+    client = await connect(load_settings())
+    HISTORIES.mkdir(exist_ok=True)
+    for old in HISTORIES.glob("*.json"):
+        old.unlink()
+    count = 0
+    async for execution in client.list_workflows():
+        handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+        history = await handle.fetch_history()
+        document = json.loads(history.to_json())
+        path = HISTORIES / file_name(execution.id, execution.run_id)
+        path.write_text(json.dumps(document, sort_keys=True) + "\n")
+        print(f"{path.relative_to(ROOT)}: {execution.workflow_type}, {len(history.events)} events")
+        count += 1
+    return count
+
+
+def main() -> None:
+    python = sys.executable
+    os.environ["TIDEGATE_HOME"] = tempfile.mkdtemp(prefix="tidegate-histories-")
+    run(python, "-m", "control.cli", "up", "--detach")
+    try:
+        run(python, "-m", "control.demo")
+        run(python, "-m", "control.cli", "rollout", "undo", "--endpoint", "demo-ep")
+        run(python, "-m", "control.cli", "host", "patch", "--endpoint", "demo-ep", "--deployment", "blue")
+        print(f"{asyncio.run(export())} histories written to {HISTORIES.relative_to(ROOT)}")
+    finally:
+        run(python, "-m", "control.cli", "down")
+
+
+if __name__ == "__main__":
+    main()
