@@ -789,7 +789,7 @@ class ClientProtocol(asyncio.Protocol):
             # endpoint's (its window counts it), never held against a deployment's gates.
             wait = limiter.take(_perf())
             if wait:
-                req.error = rate_limited(endpoint.name, limiter.rate, wait)
+                req.error = rate_limited(endpoint.name, endpoint.route.max_requests_per_second, wait)
                 return
         target_header = headers.get(b"azureml-model-deployment")
         req.targeted = target_header is not None

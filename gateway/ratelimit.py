@@ -2,7 +2,8 @@
 
 The bucket holds one second's worth of requests (at least one) and refills continuously,
 so a client may burst up to the rate at once and then keeps to the rate on average. Each
-gateway process keeps its own bucket per endpoint. No clock here: ``now`` is a parameter.
+gateway process keeps its own bucket per endpoint, for its share of the rate (gateway.table).
+No clock here: ``now`` is a parameter.
 """
 
 from __future__ import annotations

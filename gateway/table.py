@@ -267,15 +267,20 @@ def build_endpoint_state(
         state.update(deployment, instances, processes)
         deployments[name] = state
     window = windows.get(endpoint) if windows is not None else None
-    return EndpointState(route, route_plan(route), deployments, window, _limiter(route, old, now))
+    limiter = _limiter(route, old, processes, now)
+    return EndpointState(route, route_plan(route), deployments, window, limiter)
 
 
-def _limiter(route: EndpointRoute, old: EndpointState | None, now: float) -> TokenBucket | None:
-    """The endpoint's bucket: kept across pushes while the rate stays (a re-push every
-    route_repush_seconds must not refill it), a full new one when the rate changes."""
-    rate = route.max_requests_per_second
-    if rate <= 0:
+def _limiter(
+    route: EndpointRoute, old: EndpointState | None, processes: int, now: float
+) -> TokenBucket | None:
+    """This process's bucket for the endpoint: an equal share of the endpoint's rate when
+    ``processes`` share the port, as for instance limits. Kept across pushes while the rate
+    stays (a re-push every route_repush_seconds must not refill it), a full new one when the
+    rate changes."""
+    if route.max_requests_per_second <= 0:
         return None
+    rate = route.max_requests_per_second / max(1, processes)
     kept = old.limiter if old is not None else None
     if kept is not None and kept.rate == rate:
         return kept

@@ -255,6 +255,15 @@ def test_a_repush_keeps_the_rate_limiters_bucket_and_a_new_rate_makes_a_new_one(
     assert table.live["my-ep"].limiter is None
 
 
+def test_each_process_takes_an_equal_share_of_the_endpoint_rate() -> None:
+    table = RouteTable(processes=2)
+    body = route(1)
+    body.max_requests_per_second = 50
+    table.put(body)
+    bucket = table.live["my-ep"].limiter
+    assert bucket is not None and (bucket.rate, bucket.burst) == (25, 25)
+
+
 def test_mirror_share_out_of_range_is_a_problem() -> None:
     body = route(1)
     body.mirror_traffic = {"blue": 101}

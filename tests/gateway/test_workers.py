@@ -86,6 +86,35 @@ async def test_two_processes_follow_pushes_and_count_as_one(
     await until(all_green)
 
 
+async def test_two_processes_keep_to_the_endpoints_rate_together(
+    two: GatewayProcess, backends: dict[str, Backend], fresh_connections: aiohttp.ClientSession
+) -> None:
+    client = fresh_connections
+    rate = 20
+    route = route_body(
+        "p-rate", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, max_requests_per_second=rate
+    )
+    await push(client, two, route)
+
+    async def both_know_it() -> bool:
+        replies = await asyncio.gather(*(score(client, two, "p-rate") for _ in range(20)))
+        return all(r.status in (200, 429) for r in replies)  # not 404: the route reached both
+
+    await until(both_know_it)
+    await asyncio.sleep(1.1)  # the buckets fill up again (a burst is one second's worth)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    replies = await asyncio.gather(*(score(client, two, "p-rate") for _ in range(100)))
+    elapsed = loop.time() - started
+    assert {r.status for r in replies} == {200, 429}
+    served = sum(r.status == 200 for r in replies)
+    print(f"rate {rate}/s over 2 processes, 100 requests in {elapsed:.3f} s: {served} served")
+    # Each process holds half the endpoint's rate; alone, each would have let a whole burst in.
+    assert 1 <= served <= rate + rate * elapsed + 2
+    refused = next(r for r in replies if r.status == 429)
+    assert refused.json()["error"]["message"] == f"endpoint p-rate allows {rate} requests/s"
+
+
 async def test_a_killed_process_is_restarted_and_the_other_keeps_serving(
     two: GatewayProcess, backends: dict[str, Backend], fresh_connections: aiohttp.ClientSession
 ) -> None:
