@@ -8,7 +8,9 @@ real endpoint turns into routes are tested against the real EndpointWorkflow on 
 in test_rollout_workflow.py.
 
 Every steering signal is sent from every phase a rollout can be in, and each case says what
-a user then sees: the phase, and the traffic changes that followed.
+a user then sees: the phase, and the traffic changes that followed. One test, a hung traffic
+change, runs on the real dev server: it reads why an attempt was retried, which the test
+server does not record.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from temporalio import activity, workflow
+from temporalio.api.enums.v1 import TimeoutType
 from temporalio.client import WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -77,10 +80,16 @@ class Rig:
     traffic: list[Traffic] = field(default_factory=list)
     retired: list[tuple[str, str]] = field(default_factory=list)
     started: list[WorkflowHandle] = field(default_factory=list)
+    hang_first_attempt_at: int | None = None  # a canary weight whose first change never returns
+    attempts: list[tuple[int, int]] = field(default_factory=list)  # (canary weight, attempt)
 
     def activities(self) -> list[Any]:
         @activity.defn(name="set_rollout_traffic")
         async def set_rollout_traffic(request: SetRolloutTrafficInput) -> None:
+            attempt = activity.info().attempt
+            self.attempts.append((request.canary_weight, attempt))
+            if request.canary_weight == self.hang_first_attempt_at and attempt == 1:
+                await asyncio.Event().wait()  # hung, no heartbeat: as a worker that died
             self.traffic.append(Traffic(request.canary_weight, request.mirror_share, request.undo))
 
         @activity.defn(name="retire_deployment")
@@ -247,6 +256,32 @@ async def test_a_worker_restart_mid_rollout_resumes_where_it_was(skipping: Workf
         final = await rollout.handle.result()
     assert final.phase == "Succeeded"
     assert [t.canary for t in rig.traffic] == [10, 50, 100]
+
+
+async def test_a_traffic_change_that_stops_heartbeating_is_retried_and_applied_once(
+    temporal_dev: WorkflowEnvironment,
+) -> None:
+    rig = Rig(temporal_dev, f"tq-{uuid.uuid4()}", hang_first_attempt_at=50)
+    quick = {**CANARY, "steps": [{"weight": 10, "hold": "1s"}, {"weight": 50, "hold": "1s"}]}
+    async with rig.worker():
+        rollout = await rig.start(**{**quick, "check_interval": "1s"})
+        final = await rollout.handle.result()
+    assert final.phase == "Succeeded"
+    assert [t.canary for t in rig.traffic] == [10, 50, 100]
+    assert rig.attempts == [(10, 1), (50, 1), (50, 2), (100, 1)]
+    history = await rollout.handle.fetch_history()
+    retried = [
+        event.activity_task_started_event_attributes
+        for event in history.events
+        if event.HasField("activity_task_started_event_attributes")
+        and event.activity_task_started_event_attributes.attempt > 1
+    ]
+    # The hung attempt was given up after the 10 s heartbeat timeout, not the 60 s
+    # start-to-close one.
+    assert [started.last_failure.timeout_failure_info.timeout_type for started in retried] == [
+        TimeoutType.TIMEOUT_TYPE_HEARTBEAT
+    ]
+    await rig.terminate_leftovers()
 
 
 async def test_after_success_the_baseline_stays_warm_then_is_deleted(rig: Rig) -> None:
