@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from tests.gateway.conftest import KEY, GatewayProcess
+from tests.gateway.conftest import KEY, GatewayProcess, route_body
 
 GUARD_S = 20.0  # bounds a wait that would otherwise hang on a broken gateway; not a timing test
 
@@ -35,6 +35,20 @@ async def push(
     async with client.put(f"{gw.admin}/routes/{body['name']}", json=body, headers=headers) as response:
         assert response.status == 200, await response.text()
         return dict(await response.json())
+
+
+async def push_route(
+    client: aiohttp.ClientSession,
+    gw: GatewayProcess,
+    name: str,
+    deployments: dict[str, list[str]],
+    traffic: dict[str, int],
+    *,
+    generation: int = 1,
+    **limits: Any,
+) -> dict[str, Any]:
+    """Push the route ``route_body`` builds; ``limits`` are its keyword arguments."""
+    return await push(client, gw, route_body(name, generation, deployments, traffic, **limits))
 
 
 async def delete(

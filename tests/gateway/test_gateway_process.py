@@ -24,7 +24,7 @@ from tests.gateway.conftest import (
     GatewayProcess,
     route_body,
 )
-from tests.gateway.helpers import delete, eventually, push, score
+from tests.gateway.helpers import delete, eventually, push, push_route, score
 
 # --- scoring and auth ---
 
@@ -32,7 +32,7 @@ from tests.gateway.helpers import delete, eventually, push, score
 async def test_valid_key_scores_and_names_the_deployment(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("t-basic", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    await push_route(client, gateway, "t-basic", {"blue": [backends["blue"].url]}, {"blue": 100})
     reply = await score(client, gateway, "t-basic", headers={"x-request-id": "rid-123"})
     assert reply.status == 200
     assert reply.headers["azureml-model-deployment"] == "blue"
@@ -47,10 +47,8 @@ async def test_valid_key_scores_and_names_the_deployment(
 async def test_secondary_key_path_form_and_generated_request_id(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
-        client,
-        gateway,
-        route_body("t-path", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, keys=[KEY, SECONDARY_KEY]),
+    await push_route(
+        client, gateway, "t-path", {"blue": [backends["blue"].url]}, {"blue": 100}, keys=[KEY, SECONDARY_KEY]
     )
     reply = await score(client, gateway, "t-path", key=SECONDARY_KEY, path_form=True)
     assert reply.status == 200
@@ -64,9 +62,7 @@ async def test_secondary_key_path_form_and_generated_request_id(
 async def test_swagger_is_forwarded(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
-        client, gateway, route_body("t-swagger", 1, {"green": [backends["green"].url]}, {"green": 100})
-    )
+    await push_route(client, gateway, "t-swagger", {"green": [backends["green"].url]}, {"green": 100})
     reply = await score(client, gateway, "t-swagger", method="GET", resource="/swagger.json", data=None)
     assert reply.status == 200
     assert reply.json() == {"swagger": "2.0", "backend": "green"}
@@ -84,7 +80,7 @@ async def test_missing_or_wrong_key_is_401(
     key: str | None,
     authorization: str | None,
 ) -> None:
-    await push(client, gateway, route_body("t-auth", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    await push_route(client, gateway, "t-auth", {"blue": [backends["blue"].url]}, {"blue": 100})
     headers = {"Authorization": authorization} if authorization else {}
     reply = await score(client, gateway, "t-auth", key=key, headers=headers)
     assert reply.status == 401
@@ -103,15 +99,12 @@ async def test_unknown_endpoint_is_404(gateway: GatewayProcess, client: aiohttp.
 async def test_90_10_split_lands_green_between_7_and_13_percent(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            "t-split",
-            1,
-            {"blue": [backends["blue"].url], "green": [backends["green"].url]},
-            {"blue": 90, "green": 10},
-        ),
+        "t-split",
+        {"blue": [backends["blue"].url], "green": [backends["green"].url]},
+        {"blue": 90, "green": 10},
     )
     limit = asyncio.Semaphore(32)
 
@@ -129,15 +122,12 @@ async def test_90_10_split_lands_green_between_7_and_13_percent(
 async def test_header_targets_a_deployment_at_0_percent(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            "t-target",
-            1,
-            {"blue": [backends["blue"].url], "green": [backends["green"].url]},
-            {"blue": 100, "green": 0},
-        ),
+        "t-target",
+        {"blue": [backends["blue"].url], "green": [backends["green"].url]},
+        {"blue": 100, "green": 0},
     )
     for _ in range(5):
         reply = await score(client, gateway, "t-target", headers={"azureml-model-deployment": "green"})
@@ -149,9 +139,7 @@ async def test_header_targets_a_deployment_at_0_percent(
 async def test_header_naming_an_unknown_deployment_is_404(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
-        client, gateway, route_body("t-target-404", 1, {"blue": [backends["blue"].url]}, {"blue": 100})
-    )
+    await push_route(client, gateway, "t-target-404", {"blue": [backends["blue"].url]}, {"blue": 100})
     reply = await score(client, gateway, "t-target-404", headers={"azureml-model-deployment": "purple"})
     assert (reply.status, reply.error_code) == (404, "DeploymentNotFound")
 
@@ -159,7 +147,7 @@ async def test_header_naming_an_unknown_deployment_is_404(
 async def test_all_traffic_0_without_header_is_no_valid_deployments(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("t-zero", 1, {"blue": [backends["blue"].url]}, {"blue": 0}))
+    await push_route(client, gateway, "t-zero", {"blue": [backends["blue"].url]}, {"blue": 0})
     reply = await score(client, gateway, "t-zero")
     assert (reply.status, reply.error_code) == (404, "NoValidDeployments")
 
@@ -168,7 +156,7 @@ async def test_least_outstanding_spreads_concurrent_requests(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
     a, b = backends["hold-a"], backends["hold-b"]
-    await push(client, gateway, route_body("t-lor", 1, {"blue": [a.url, b.url]}, {"blue": 100}))
+    await push_route(client, gateway, "t-lor", {"blue": [a.url, b.url]}, {"blue": 100})
     pending = [asyncio.create_task(score(client, gateway, "t-lor")) for _ in range(4)]
     await eventually(lambda: a.seen["score"] + b.seen["score"] == 4)
     assert (a.seen["score"], b.seen["score"]) == (2, 2)
@@ -183,7 +171,7 @@ async def test_least_outstanding_spreads_concurrent_requests(
 async def test_model_error_is_424_without_the_instance_body(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("t-fail", 1, {"broken": [backends["fail"].url]}, {"broken": 100}))
+    await push_route(client, gateway, "t-fail", {"broken": [backends["fail"].url]}, {"broken": 100})
     reply = await score(client, gateway, "t-fail")
     assert reply.status == 424
     assert reply.json() == {
@@ -199,7 +187,7 @@ async def test_model_error_is_424_without_the_instance_body(
 async def test_model_4xx_passes_through_with_its_body(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("t-422", 1, {"blue": [backends["reject"].url]}, {"blue": 100}))
+    await push_route(client, gateway, "t-422", {"blue": [backends["reject"].url]}, {"blue": 100})
     reply = await score(client, gateway, "t-422")
     assert reply.status == 422
     assert reply.json() == {"detail": "bad input"}
@@ -208,7 +196,7 @@ async def test_model_4xx_passes_through_with_its_body(
 async def test_204_passes_through_and_keeps_the_connection_framed(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("t-204", 1, {"blue": [backends["empty"].url]}, {"blue": 100}))
+    await push_route(client, gateway, "t-204", {"blue": [backends["empty"].url]}, {"blue": 100})
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.http_port)
     request = (
         f"POST /endpoints/t-204/score HTTP/1.1\r\nHost: x\r\n"
@@ -225,10 +213,8 @@ async def test_204_passes_through_and_keeps_the_connection_framed(
 async def test_instance_slower_than_request_timeout_is_408(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
-        client,
-        gateway,
-        route_body("t-slow", 1, {"blue": [backends["slow"].url]}, {"blue": 100}, timeout_ms=200),
+    await push_route(
+        client, gateway, "t-slow", {"blue": [backends["slow"].url]}, {"blue": 100}, timeout_ms=200
     )
     reply = await score(client, gateway, "t-slow")
     assert (reply.status, reply.error_code) == (408, "RequestTimeout")
@@ -241,10 +227,8 @@ async def test_unreachable_only_instance_holds_the_request_then_503(
     gateway: GatewayProcess, client: aiohttp.ClientSession
 ) -> None:
     # Nothing reached an instance, so the request waits for one (none comes) rather than 502.
-    await push(
-        client,
-        gateway,
-        route_body("t-down", 1, {"blue": ["http://127.0.0.1:9"]}, {"blue": 100}, timeout_ms=300),
+    await push_route(
+        client, gateway, "t-down", {"blue": ["http://127.0.0.1:9"]}, {"blue": 100}, timeout_ms=300
     )
     reply = await score(client, gateway, "t-down")
     assert (reply.status, reply.error_code) == (503, "NoHealthyInstance")
@@ -253,10 +237,8 @@ async def test_unreachable_only_instance_holds_the_request_then_503(
 async def test_connection_failure_retries_another_instance(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
-        client,
-        gateway,
-        route_body("t-retry", 1, {"blue": ["http://127.0.0.1:9", backends["blue"].url]}, {"blue": 100}),
+    await push_route(
+        client, gateway, "t-retry", {"blue": ["http://127.0.0.1:9", backends["blue"].url]}, {"blue": 100}
     )
     for _ in range(4):
         assert (await score(client, gateway, "t-retry")).status == 200
@@ -266,7 +248,7 @@ async def test_deployment_without_instances_is_503(
     gateway: GatewayProcess, client: aiohttp.ClientSession
 ) -> None:
     # Held for request_timeout_ms in case an instance comes, then 503.
-    await push(client, gateway, route_body("t-empty", 1, {"blue": []}, {"blue": 100}, timeout_ms=300))
+    await push_route(client, gateway, "t-empty", {"blue": []}, {"blue": 100}, timeout_ms=300)
     reply = await score(client, gateway, "t-empty")
     assert (reply.status, reply.error_code) == (503, "NoHealthyInstance")
 
@@ -274,10 +256,8 @@ async def test_deployment_without_instances_is_503(
 async def test_oversize_content_length_is_413(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
-        client,
-        gateway,
-        route_body("t-big", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, max_request_bytes=1000),
+    await push_route(
+        client, gateway, "t-big", {"blue": [backends["blue"].url]}, {"blue": 100}, max_request_bytes=1000
     )
     before = backends["blue"].seen["score"]
     reply = await score(client, gateway, "t-big", data=b"x" * 200_000)
@@ -289,10 +269,13 @@ async def test_oversize_content_length_is_413(
 async def test_oversize_chunked_body_is_413_as_it_streams(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body("t-chunked", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, max_request_bytes=10_000),
+        "t-chunked",
+        {"blue": [backends["blue"].url]},
+        {"blue": 100},
+        max_request_bytes=10_000,
     )
 
     async def chunks(count: int) -> AsyncIterator[bytes]:
@@ -309,10 +292,8 @@ async def test_oversize_chunked_body_is_413_as_it_streams(
 async def test_oversize_with_expect_100_continue_is_refused_before_the_body(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
-        client,
-        gateway,
-        route_body("t-expect", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, max_request_bytes=1000),
+    await push_route(
+        client, gateway, "t-expect", {"blue": [backends["blue"].url]}, {"blue": 100}, max_request_bytes=1000
     )
     reply = await score(client, gateway, "t-expect", data=b"z" * 5000, expect100=True)
     assert reply.status == 413
@@ -323,15 +304,12 @@ async def test_oversize_with_expect_100_continue_is_refused_before_the_body(
 async def test_pipelined_requests_are_answered_in_order(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            "t-pipe",
-            1,
-            {"blue": [backends["blue"].url], "green": [backends["green"].url]},
-            {"blue": 50, "green": 50},
-        ),
+        "t-pipe",
+        {"blue": [backends["blue"].url], "green": [backends["green"].url]},
+        {"blue": 50, "green": 50},
     )
     requests = b"".join(
         b"POST /endpoints/t-pipe/score HTTP/1.1\r\nHost: x\r\n"
@@ -369,11 +347,11 @@ async def test_older_generation_is_ignored(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
     deployments = {"blue": [backends["blue"].url], "green": [backends["green"].url]}
-    assert await push(client, gateway, route_body("t-gen", 5, deployments, {"blue": 100})) == {
+    assert await push_route(client, gateway, "t-gen", deployments, {"blue": 100}, generation=5) == {
         "applied": True,
         "generation": 5,
     }
-    older = await push(client, gateway, route_body("t-gen", 4, deployments, {"green": 100}))
+    older = await push_route(client, gateway, "t-gen", deployments, {"green": 100}, generation=4)
     assert older == {"applied": False, "generation": 5}
     reply = await score(client, gateway, "t-gen")
     assert reply.headers["azureml-model-deployment"] == "blue"
@@ -398,7 +376,7 @@ async def test_delete_makes_404_and_an_older_push_cannot_revive(
 async def test_get_routes_shows_hashes_only(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("t-list", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    await push_route(client, gateway, "t-list", {"blue": [backends["blue"].url]}, {"blue": 100})
     async with client.get(f"{gateway.admin}/routes") as response:
         text = await response.text()
     assert response.status == 200
@@ -450,7 +428,7 @@ async def test_delete_without_generation_is_400(
 async def test_https_with_the_local_ca(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("my-ep", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    await push_route(client, gateway, "my-ep", {"blue": [backends["blue"].url]}, {"blue": 100})
     context = ssl.create_default_context(cafile=str(gateway.home / "tls" / "ca.pem"))
     async with client.post(
         f"https://127.0.0.1:{gateway.https_port}/score",
@@ -474,7 +452,7 @@ async def test_https_with_the_local_ca(
 async def test_curl_trusts_the_gateway_with_the_local_ca(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("my-curl", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    await push_route(client, gateway, "my-curl", {"blue": [backends["blue"].url]}, {"blue": 100})
     curl = await asyncio.create_subprocess_exec(
         "curl",
         "-sS",
@@ -502,7 +480,7 @@ async def test_curl_trusts_the_gateway_with_the_local_ca(
 async def test_access_log_has_every_field_and_never_the_key(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("t-log", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    await push_route(client, gateway, "t-log", {"blue": [backends["blue"].url]}, {"blue": 100})
     await score(client, gateway, "t-log", headers={"x-request-id": "log-ok"})
     await score(client, gateway, "t-log", key="wrong-" + KEY, headers={"x-request-id": "log-401"})
     path = gateway.home / "gateway" / "access.log"
@@ -528,7 +506,9 @@ async def test_access_log_has_every_field_and_never_the_key(
 async def test_restarted_gateway_serves_at_once_from_the_persisted_table(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(client, gateway, route_body("t-restart", 7, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    await push_route(
+        client, gateway, "t-restart", {"blue": [backends["blue"].url]}, {"blue": 100}, generation=7
+    )
     assert await gateway.stop() == 0
     await gateway.start()  # returns as soon as the ports accept connections
     reply = await score(client, gateway, "t-restart")
@@ -564,7 +544,7 @@ async def test_sigterm_lets_the_request_in_flight_finish(
     process = GatewayProcess.create(tmp_path / "home")
     await process.start()
     try:
-        await push(client, process, route_body("t-drain", 1, {"blue": [held.url]}, {"blue": 100}))
+        await push_route(client, process, "t-drain", {"blue": [held.url]}, {"blue": 100})
         pending = asyncio.create_task(score(client, process, "t-drain"))
         await eventually(lambda: held.seen["score"] == 1)
         assert process.proc is not None
@@ -603,9 +583,7 @@ async def test_request_on_a_pooled_connection_the_instance_dropped_is_sent_again
     server = await asyncio.start_server(one_answer_per_connection, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        await push(
-            client, gateway, route_body("t-replay", 1, {"blue": [f"http://127.0.0.1:{port}"]}, {"blue": 100})
-        )
+        await push_route(client, gateway, "t-replay", {"blue": [f"http://127.0.0.1:{port}"]}, {"blue": 100})
         for _ in range(3):
             assert (await score(client, gateway, "t-replay")).status == 200
         assert answered == 3

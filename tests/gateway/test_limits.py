@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from tests.gateway.conftest import Backend, GatewayProcess, route_body
-from tests.gateway.helpers import Reply, delete, eventually, metrics, push, score, stats, until
+from tests.gateway.helpers import Reply, delete, eventually, metrics, push, push_route, score, stats, until
 from tests.support.ports import free_port
 
 QUEUE_PER_SLOT = 64  # gateway.table.QUEUE_PER_SLOT: the queue's memory bound per slot
@@ -47,12 +47,14 @@ async def test_beyond_the_concurrency_limit_requests_queue_then_429_when_the_que
     gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
 ) -> None:
     held = await start(fresh, "held", "hold")
-    await push(
+    await push_route(
         wide_client,
         gateway,
-        route_body(
-            "l-queue", 1, {"blue": [held.url]}, {"blue": 100}, max_concurrent=1, max_queue_wait_ms=20_000
-        ),
+        "l-queue",
+        {"blue": [held.url]},
+        {"blue": 100},
+        max_concurrent=1,
+        max_queue_wait_ms=20_000,
     )
     pending = [asyncio.create_task(score(wide_client, gateway, "l-queue")) for _ in range(1 + QUEUE_PER_SLOT)]
 
@@ -81,12 +83,13 @@ async def test_over_the_endpoint_rate_requests_are_429_endpoint_rate_with_retry_
     gateway: GatewayProcess, backends: dict[str, Backend], wide_client: aiohttp.ClientSession
 ) -> None:
     rate = 20
-    await push(
+    await push_route(
         wide_client,
         gateway,
-        route_body(
-            "l-rate", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, max_requests_per_second=rate
-        ),
+        "l-rate",
+        {"blue": [backends["blue"].url]},
+        {"blue": 100},
+        max_requests_per_second=rate,
     )
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -114,12 +117,13 @@ async def test_over_the_endpoint_rate_requests_are_429_endpoint_rate_with_retry_
 async def test_below_1_request_per_second_retry_after_says_how_long(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            "l-rate-slow", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, max_requests_per_second=0.2
-        ),
+        "l-rate-slow",
+        {"blue": [backends["blue"].url]},
+        {"blue": 100},
+        max_requests_per_second=0.2,
     )
     assert (await score(client, gateway, "l-rate-slow")).status == 200
     refused = await score(client, gateway, "l-rate-slow")
@@ -131,9 +135,7 @@ async def test_below_1_request_per_second_retry_after_says_how_long(
 async def test_an_endpoint_without_a_rate_limit_refuses_nothing(
     gateway: GatewayProcess, backends: dict[str, Backend], wide_client: aiohttp.ClientSession
 ) -> None:
-    await push(
-        wide_client, gateway, route_body("l-no-rate", 1, {"blue": [backends["blue"].url]}, {"blue": 100})
-    )
+    await push_route(wide_client, gateway, "l-no-rate", {"blue": [backends["blue"].url]}, {"blue": 100})
     replies = await asyncio.gather(*(score(wide_client, gateway, "l-no-rate") for _ in range(100)))
     assert [r.status for r in replies] == [200] * 100
 
@@ -142,10 +144,14 @@ async def test_a_queued_request_is_429_queue_wait_after_max_queue_wait_ms(
     gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
 ) -> None:
     held = await start(fresh, "held", "hold")
-    await push(
+    await push_route(
         wide_client,
         gateway,
-        route_body("l-wait", 1, {"blue": [held.url]}, {"blue": 100}, max_concurrent=1, max_queue_wait_ms=200),
+        "l-wait",
+        {"blue": [held.url]},
+        {"blue": 100},
+        max_concurrent=1,
+        max_queue_wait_ms=200,
     )
     first = asyncio.create_task(score(wide_client, gateway, "l-wait"))
     await eventually(lambda: held.seen["score"] == 1)
@@ -165,12 +171,14 @@ async def test_a_freed_slot_goes_to_the_queue_first_in_first_out(
     gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
 ) -> None:
     held = await start(fresh, "held", "hold")
-    await push(
+    await push_route(
         wide_client,
         gateway,
-        route_body(
-            "l-fifo", 1, {"blue": [held.url]}, {"blue": 100}, max_concurrent=1, max_queue_wait_ms=20_000
-        ),
+        "l-fifo",
+        {"blue": [held.url]},
+        {"blue": 100},
+        max_concurrent=1,
+        max_queue_wait_ms=20_000,
     )
     order: list[int] = []
 
@@ -195,18 +203,15 @@ async def test_a_freed_slot_goes_to_the_queue_first_in_first_out(
 async def test_timeout_is_408_and_frees_the_instance_slot(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            "l-408",
-            1,
-            {"blue": [backends["slow"].url]},
-            {"blue": 100},
-            timeout_ms=200,
-            max_concurrent=1,
-            max_queue_wait_ms=0,
-        ),
+        "l-408",
+        {"blue": [backends["slow"].url]},
+        {"blue": 100},
+        timeout_ms=200,
+        max_concurrent=1,
+        max_queue_wait_ms=0,
     )
     first = await score(client, gateway, "l-408")
     assert (first.status, first.error_code) == (408, "RequestTimeout")
@@ -225,7 +230,7 @@ async def test_stopping_an_instance_mid_load_costs_no_client_errors(
 ) -> None:
     a = await start(fresh, "a", "ok")
     b = await start(fresh, "b", "ok")
-    await push(wide_client, gateway, route_body("l-kill", 1, {"blue": [a.url, b.url]}, {"blue": 100}))
+    await push_route(wide_client, gateway, "l-kill", {"blue": [a.url, b.url]}, {"blue": 100})
     statuses: list[int] = []
     limit = asyncio.Semaphore(16)
     served_by_a: list[int] = []
@@ -249,10 +254,8 @@ async def test_an_instance_failing_5_connections_in_a_row_is_ejected_then_probed
 ) -> None:
     good = await start(fresh, "good", "ok")
     dead_port = free_port()
-    await push(
-        client,
-        gateway,
-        route_body("l-eject", 1, {"blue": [f"http://127.0.0.1:{dead_port}", good.url]}, {"blue": 100}),
+    await push_route(
+        client, gateway, "l-eject", {"blue": [f"http://127.0.0.1:{dead_port}", good.url]}, {"blue": 100}
     )
     # Sequential requests alternate between the two (ties rotate); each one tried on the
     # dead instance fails to connect and is retried on the good one.
@@ -275,7 +278,7 @@ async def test_every_instance_ejected_is_503(gateway: GatewayProcess, client: ai
     dead = f"http://127.0.0.1:{free_port()}"
     # The refused request is held for an instance and tried again until the instance is
     # ejected (5 refusals), then held for request_timeout_ms, then 503 (the probe keeps failing).
-    await push(client, gateway, route_body("l-all-out", 1, {"blue": [dead]}, {"blue": 100}, timeout_ms=500))
+    await push_route(client, gateway, "l-all-out", {"blue": [dead]}, {"blue": 100}, timeout_ms=500)
     first = await score(client, gateway, "l-all-out")
     assert (first.status, first.error_code) == (503, "NoHealthyInstance")
     ejected = r'tidegate_instance_ejected\{endpoint="l-all-out",deployment="blue",instance="blue-0"\} (\d)'
@@ -327,10 +330,8 @@ async def test_with_no_instance_a_request_is_503_after_request_timeout_ms(
     gateway: GatewayProcess, wide_client: aiohttp.ClientSession
 ) -> None:
     # max_queue_wait_ms=0 (no overload queue) does not stop a request waiting for an instance.
-    await push(
-        wide_client,
-        gateway,
-        route_body("l-hold-503", 1, {"blue": []}, {"blue": 100}, timeout_ms=300, max_queue_wait_ms=0),
+    await push_route(
+        wide_client, gateway, "l-hold-503", {"blue": []}, {"blue": 100}, timeout_ms=300, max_queue_wait_ms=0
     )
     reply = await score(wide_client, gateway, "l-hold-503")
     assert (reply.status, reply.error_code) == (503, "NoHealthyInstance")
@@ -364,9 +365,7 @@ async def test_a_request_held_while_every_instance_is_ejected_goes_to_it_once_pr
 ) -> None:
     dead_port = free_port()
     dead = f"http://127.0.0.1:{dead_port}"
-    await push(
-        client, gateway, route_body("l-hold-eject", 1, {"blue": [dead]}, {"blue": 100}, timeout_ms=20_000)
-    )
+    await push_route(client, gateway, "l-hold-eject", {"blue": [dead]}, {"blue": 100}, timeout_ms=20_000)
     # Its refusals eject the instance; the request waits for it to be probed back.
     held = asyncio.create_task(score(client, gateway, "l-hold-eject"))
     await in_flight(client, gateway, "l-hold-eject", 1)
@@ -394,9 +393,7 @@ async def test_a_request_the_only_instance_read_and_dropped_is_502_and_never_sen
     server = await asyncio.start_server(read_then_drop, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     try:
-        await push(
-            client, gateway, route_body("l-dropped", 1, {"blue": [url]}, {"blue": 100}, timeout_ms=20_000)
-        )
+        await push_route(client, gateway, "l-dropped", {"blue": [url]}, {"blue": 100}, timeout_ms=20_000)
         reply = await score(client, gateway, "l-dropped")
         assert (reply.status, reply.error_code) == (502, "BadGateway")
         assert seen == 1
@@ -467,9 +464,7 @@ async def test_with_its_one_instance_stopped_and_no_replacement_requests_are_503
     gateway: GatewayProcess, fresh: list[Backend], wide_client: aiohttp.ClientSession
 ) -> None:
     old = await start(fresh, "old", "ok")
-    await push(
-        wide_client, gateway, route_body("l-solo-503", 1, {"blue": [old.url]}, {"blue": 100}, timeout_ms=300)
-    )
+    await push_route(wide_client, gateway, "l-solo-503", {"blue": [old.url]}, {"blue": 100}, timeout_ms=300)
     assert (await score(wide_client, gateway, "l-solo-503")).status == 200
     await old.stop()
     loop = asyncio.get_running_loop()

@@ -11,8 +11,8 @@ import pytest
 import pytest_asyncio
 
 from gateway.mirror import answers_match
-from tests.gateway.conftest import Backend, GatewayProcess, route_body
-from tests.gateway.helpers import push, score, stats, until
+from tests.gateway.conftest import Backend, GatewayProcess
+from tests.gateway.helpers import push_route, score, stats, until
 from tests.support.ports import free_port
 
 
@@ -85,12 +85,13 @@ async def test_a_30_percent_mirror_copies_about_30_percent_and_compares_each_ans
     gateway: GatewayProcess, echoes: tuple[Backend, Backend], client: aiohttp.ClientSession
 ) -> None:
     live, shadow = echoes
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            "m-share", 1, {"blue": [live.url], "green": [shadow.url]}, {"blue": 100}, mirror={"green": 30}
-        ),
+        "m-share",
+        {"blue": [live.url], "green": [shadow.url]},
+        {"blue": 100},
+        mirror={"green": 30},
     )
     assert await load(client, gateway, "m-share", 600) == [200] * 600
     copies = shadow.seen["score"]
@@ -119,16 +120,13 @@ async def test_answers_that_differ_are_compared_but_do_not_match(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
     # The "ok" backends answer their own name, so blue's and green's answers differ.
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            "m-differ",
-            1,
-            {"blue": [backends["blue"].url], "green": [backends["green"].url]},
-            {"blue": 100},
-            mirror={"green": 100},
-        ),
+        "m-differ",
+        {"blue": [backends["blue"].url], "green": [backends["green"].url]},
+        {"blue": 100},
+        mirror={"green": 100},
     )
     assert await load(client, gateway, "m-differ", 40) == [200] * 40
 
@@ -155,17 +153,14 @@ async def test_a_failing_shadow_is_invisible_to_clients(
         "timeout": backends["slow"].url,
     }[failure]
     endpoint = f"m-fail-{failure.replace('_', '-')}"
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            endpoint,
-            1,
-            {"blue": [live.url], "green": [shadow]},
-            {"blue": 100},
-            mirror={"green": 100},
-            timeout_ms=300,
-        ),
+        endpoint,
+        {"blue": [live.url], "green": [shadow]},
+        {"blue": 100},
+        mirror={"green": 100},
+        timeout_ms=300,
     )
     assert await load(client, gateway, endpoint, 30) == [200] * 30
     expected = {"model_error": "424", "unreachable": "5xx", "timeout": "408"}[failure]
@@ -188,12 +183,13 @@ async def test_requests_that_name_a_deployment_are_never_mirrored(
     gateway: GatewayProcess, echoes: tuple[Backend, Backend], client: aiohttp.ClientSession
 ) -> None:
     live, shadow = echoes
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            "m-named", 1, {"blue": [live.url], "green": [shadow.url]}, {"blue": 100}, mirror={"green": 100}
-        ),
+        "m-named",
+        {"blue": [live.url], "green": [shadow.url]},
+        {"blue": 100},
+        mirror={"green": 100},
     )
     statuses = await load(client, gateway, "m-named", 20, headers={"azureml-model-deployment": "blue"})
     assert statuses == [200] * 20
@@ -208,18 +204,15 @@ async def test_a_shadow_with_every_slot_busy_drops_the_copy_and_the_live_path_go
     held = Backend("held", "hold")
     await held.start()
     try:
-        await push(
+        await push_route(
             client,
             gateway,
-            route_body(
-                "m-drop",
-                1,
-                {"blue": [live.url], "green": [held.url]},
-                {"blue": 100},
-                mirror={"green": 100},
-                max_concurrent=1,
-                max_queue_wait_ms=10_000,
-            ),
+            "m-drop",
+            {"blue": [live.url], "green": [held.url]},
+            {"blue": 100},
+            mirror={"green": 100},
+            max_concurrent=1,
+            max_queue_wait_ms=10_000,
         )
         # The shadow holds the first copy; the live answers come back while it does.
         replies = [await score(client, gateway, "m-drop") for _ in range(10)]

@@ -14,7 +14,8 @@ import pytest
 from activities.messages import QueryWindowInput
 from activities.prometheus.monitor import PrometheusMonitorProvider
 from config.stats import WindowStats
-from tests.gateway.conftest import KEY, Backend, GatewayProcess, route_body
+from tests.gateway.conftest import KEY, Backend, GatewayProcess
+from tests.gateway.helpers import push_route
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.skipif(
@@ -48,11 +49,13 @@ async def _send(session: aiohttp.ClientSession, gateway: GatewayProcess, n: int,
 async def test_the_prometheus_provider_reads_the_same_window_as_stats(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    route = route_body(
-        "prom-ep", 1, {"blue": [backends["blue"].url], "fail": [backends["fail"].url]}, {"blue": 100}
+    await push_route(
+        client,
+        gateway,
+        "prom-ep",
+        {"blue": [backends["blue"].url], "fail": [backends["fail"].url]},
+        {"blue": 100},
     )
-    async with client.put(f"{gateway.admin}/routes/prom-ep", json=route) as response:
-        assert response.status == 200
     port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(

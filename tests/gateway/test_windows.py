@@ -26,8 +26,8 @@ from gateway.windows import (
     parse_window,
     percentile,
 )
-from tests.gateway.conftest import KEY, Backend, GatewayProcess, route_body
-from tests.gateway.helpers import metrics, push, score, stats
+from tests.gateway.conftest import KEY, Backend, GatewayProcess
+from tests.gateway.helpers import metrics, push_route, score, stats
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -226,7 +226,7 @@ async def test_stats_count_exactly_what_was_sent_by_status(
     echo = Backend("echo", "echo")
     await echo.start()
     try:
-        await push(client, gateway, route_body("w-count", 1, {"blue": [echo.url]}, {"blue": 100}))
+        await push_route(client, gateway, "w-count", {"blue": [echo.url]}, {"blue": 100})
         sent = [200] * 30 + [422] * 5 + [500] * 4
         random.Random(3).shuffle(sent)
         replies = await asyncio.gather(
@@ -256,7 +256,7 @@ async def test_stats_percentiles_lie_between_the_backend_time_and_the_client_tim
     echo = Backend("echo", "echo")
     await echo.start()
     try:
-        await push(client, gateway, route_body("w-latency", 1, {"blue": [echo.url]}, {"blue": 100}))
+        await push_route(client, gateway, "w-latency", {"blue": [echo.url]}, {"blue": 100})
         rng = random.Random(11)
         sleeps = [0] * 60 + [rng.choice((20, 40, 80)) for _ in range(30)] + [150] * 10
         client_ms: list[float] = []
@@ -286,16 +286,13 @@ async def test_in_flight_and_utilisation_follow_held_requests(
     await held.start()
     await idle.start()
     try:
-        await push(
+        await push_route(
             client,
             gateway,
-            route_body(
-                "w-busy",
-                1,
-                {"blue": [held.url], "green": [idle.url]},
-                {"blue": 100, "green": 0},
-                max_concurrent=2,
-            ),
+            "w-busy",
+            {"blue": [held.url], "green": [idle.url]},
+            {"blue": 100, "green": 0},
+            max_concurrent=2,
         )
         pending = [asyncio.create_task(score(client, gateway, "w-busy")) for _ in range(2)]
         while held.seen["score"] < 2:
@@ -344,15 +341,12 @@ async def test_bad_stats_query_is_400(
 async def test_metrics_parse_and_count_what_was_sent(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
-    await push(
+    await push_route(
         client,
         gateway,
-        route_body(
-            "w-prom",
-            1,
-            {"blue": [backends["blue"].url], "broken": [backends["fail"].url]},
-            {"blue": 100, "broken": 0},
-        ),
+        "w-prom",
+        {"blue": [backends["blue"].url], "broken": [backends["fail"].url]},
+        {"blue": 100, "broken": 0},
     )
     for _ in range(7):
         assert (await score(client, gateway, "w-prom")).status == 200

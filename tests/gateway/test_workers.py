@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.gateway.conftest import Backend, GatewayProcess, route_body
-from tests.gateway.helpers import metrics, push, score, stats, until
+from tests.gateway.conftest import Backend, GatewayProcess
+from tests.gateway.helpers import metrics, push_route, score, stats, until
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -63,7 +63,7 @@ async def test_two_processes_follow_pushes_and_count_as_one(
 ) -> None:
     client = fresh_connections
     deployments = {"blue": [backends["blue"].url], "green": [backends["green"].url]}
-    await push(client, two, route_body("p-two", 1, deployments, {"blue": 100}))
+    await push_route(client, two, "p-two", deployments, {"blue": 100})
 
     async def all_blue() -> bool:
         return await deployments_seen(client, two, "p-two", 40) == Counter(blue=40)
@@ -78,7 +78,7 @@ async def test_two_processes_follow_pushes_and_count_as_one(
     assert await deployments_seen(client, two, "p-two", 200) == Counter(blue=200)
     # 200 fresh connections land on both processes; process 0 counts them all, exactly.
     assert (await stats(client, two, "p-two", "blue"))["requests"] == before + 200
-    await push(client, two, route_body("p-two", 2, deployments, {"green": 100}))
+    await push_route(client, two, "p-two", deployments, {"green": 100}, generation=2)
 
     async def all_green() -> bool:
         return await deployments_seen(client, two, "p-two", 40) == Counter(green=40)
@@ -91,10 +91,9 @@ async def test_two_processes_keep_to_the_endpoints_rate_together(
 ) -> None:
     client = fresh_connections
     rate = 20
-    route = route_body(
-        "p-rate", 1, {"blue": [backends["blue"].url]}, {"blue": 100}, max_requests_per_second=rate
+    await push_route(
+        client, two, "p-rate", {"blue": [backends["blue"].url]}, {"blue": 100}, max_requests_per_second=rate
     )
-    await push(client, two, route)
 
     async def both_know_it() -> bool:
         replies = await asyncio.gather(*(score(client, two, "p-rate") for _ in range(20)))
@@ -119,7 +118,7 @@ async def test_a_killed_process_is_restarted_and_the_other_keeps_serving(
     two: GatewayProcess, backends: dict[str, Backend], fresh_connections: aiohttp.ClientSession
 ) -> None:
     client = fresh_connections
-    await push(client, two, route_body("p-kill", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    await push_route(client, two, "p-kill", {"blue": [backends["blue"].url]}, {"blue": 100})
     assert two.proc is not None
 
     async def settled() -> bool:
