@@ -183,8 +183,10 @@ class _Spec(BaseModel):
 PROPERTY_PREFIX = "tidegate/"
 MAX_REQUEST_BYTES = "tidegate/max_request_bytes"
 MAX_REQUESTS_PER_SECOND = "tidegate/max_requests_per_second"
+RETRY_DROPPED_REQUESTS = "tidegate/retry_dropped_requests"
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # TIDEGATE_MAX_REQUEST_BYTES' default
-_KNOWN_PROPERTIES = (MAX_REQUEST_BYTES, MAX_REQUESTS_PER_SECOND)
+_KNOWN_PROPERTIES = (MAX_REQUEST_BYTES, MAX_REQUESTS_PER_SECOND, RETRY_DROPPED_REQUESTS)
+_BOOLEANS = {"true": True, "false": False}
 
 
 class EndpointLimits(BaseModel):
@@ -192,6 +194,10 @@ class EndpointLimits(BaseModel):
 
     max_request_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BYTES, gt=0)
     max_requests_per_second: float = Field(default=0.0, ge=0, description="0: no limit")
+    retry_dropped_requests: bool = Field(
+        default=False,
+        description="send a request an instance dropped unanswered once more, to another instance",
+    )
 
 
 def _positive_int(text: str) -> int | None:
@@ -221,6 +227,9 @@ def property_problems(properties: Mapping[str, str]) -> dict[str, str]:
         elif key == MAX_REQUESTS_PER_SECOND:
             if _rate(text) is None:
                 problems[key] = f"must be a number ≥ 0; 0 is no limit (got {text!r})"
+        elif key == RETRY_DROPPED_REQUESTS:
+            if text.lower() not in _BOOLEANS:
+                problems[key] = f"must be true or false (got {text!r})"
         elif key.lower().startswith(PROPERTY_PREFIX):
             problems[key] = f"unknown Tidegate property; known: {', '.join(_KNOWN_PROPERTIES)}"
     return problems
@@ -235,9 +244,11 @@ def endpoint_limits(properties: Mapping[str, str], *, default_max_request_bytes:
         raise ValueError(f"properties.{key}: {message}")
     size = properties.get(MAX_REQUEST_BYTES)
     rate = properties.get(MAX_REQUESTS_PER_SECOND)
+    retry = properties.get(RETRY_DROPPED_REQUESTS, "false")
     return EndpointLimits(
         max_request_bytes=default_max_request_bytes if size is None else int(size),
         max_requests_per_second=0.0 if rate is None else float(rate),
+        retry_dropped_requests=_BOOLEANS[retry.lower()],
     )
 
 

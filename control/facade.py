@@ -75,6 +75,7 @@ class Tidegate:
             auth_mode=spec.auth_mode,
             max_request_bytes=limits.max_request_bytes,
             max_requests_per_second=limits.max_requests_per_second,
+            retry_dropped_requests=limits.retry_dropped_requests,
         )
         try:
             await self.client.start_workflow(

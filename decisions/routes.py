@@ -36,6 +36,7 @@ def build_endpoint_route(state: EndpointState, generation: int) -> EndpointRoute
         deployments=deployments,
         max_request_bytes=state.max_request_bytes,
         max_requests_per_second=state.max_requests_per_second,
+        retry_dropped_requests=state.retry_dropped_requests,
     )
 
 

@@ -75,7 +75,8 @@ class EndpointState(BaseModel):
         default_factory=dict, description="the spec's properties as given (tidegate/ keys set the limits)"
     )
     max_request_bytes: int = 16 * 1024 * 1024
-    max_requests_per_second: float = Field(default=0.0, description="per gateway process; 0: no limit")
+    max_requests_per_second: float = Field(default=0.0, description="0: no limit")
+    retry_dropped_requests: bool = False
     created_at: str | None = None
     rollout_id: str | None = Field(default=None, description="the running rollout, if any")
     rollout_deployments: list[str] = Field(default_factory=list)

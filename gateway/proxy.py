@@ -27,7 +27,10 @@ instance a push or a probe brings, one that refused it included: nothing reached
 exception, kept from the first version: a request written on a reused keep-alive connection
 that closes with no byte back is sent once more on a fresh connection, because that is how
 an instance closing an idle connection just as we reuse it looks; an instance that read the
-request and died at that moment would see it twice.
+request and died at that moment would see it twice. And one the endpoint opts into
+(``tidegate/retry_dropped_requests``): a request an instance read and dropped with no byte
+back, as one killed in run() does, is sent once more, to another instance as after a refused
+connect; at most one resend per request, whatever its cause.
 
 Hazards kept in mind here: httptools calls back synchronously from ``feed_data`` (several
 requests may complete in one call), so nothing in a callback may raise; every request
@@ -564,7 +567,7 @@ class _Request:
         self.targeted = False  # the client named the deployment (never mirrored)
         self.instance: InstanceState | None = None  # holds a slot on it
         self.last_instance: InstanceState | None = None
-        self.tried: list[InstanceState] | None = None  # instances that failed to connect
+        self.tried: list[InstanceState] | None = None  # instances that refused or dropped it
         self.rid = ""
         self.rid_bytes = b""
         self.resource_bytes = b""
@@ -1018,6 +1021,10 @@ class ClientProtocol(asyncio.Protocol):
             error=reason,
             failures=instance.failures,
         )
+        self._elsewhere(req, instance)
+
+    def _elsewhere(self, req: _Request, instance: InstanceState) -> None:
+        """Send a request ``instance`` failed to another instance of its deployment."""
         deployment = req.deployment
         assert deployment is not None
         tried = req.tried
@@ -1034,6 +1041,7 @@ class ClientProtocol(asyncio.Protocol):
             # The wake below may send it straight back to an instance that refused it, if
             # that one is not ejected yet: safe (nothing reached it) and bounded (each
             # refusal counts towards EJECT_AFTER, and an ejected instance is not picked).
+            # A dropped request may go back to the instance that dropped it: its one resend.
             self._hold_again(req, now)
         elif index == FULL:
             self._queue_or_refuse(req, now)
@@ -1078,6 +1086,17 @@ class ClientProtocol(asyncio.Protocol):
             # back, so send it once more on a fresh connection (see the module notes).
             req.replayed = True
             req.connecting = self.loop.create_task(self._connect(req, instance))
+            return
+        endpoint = req.endpoint
+        if not conn.received and not req.replayed and endpoint is not None and endpoint.retry_dropped:
+            # The endpoint allows it (tidegate/retry_dropped_requests): the instance read the
+            # request and dropped it unanswered, as one killed in run() does; once more,
+            # elsewhere, as for a refused connect.
+            req.replayed = True
+            self._release(req, wake=False)
+            self.gw.instance_failed(instance)
+            log.warning("upstream.dropped", instance=instance.id, url=instance.url, request_id=req.rid)
+            self._elsewhere(req, instance)
             return
         self._release(req)
         if not conn.received:

@@ -212,6 +212,7 @@ class EndpointState:
         "deployments",
         "max_bytes",
         "limiter",
+        "retry_dropped",
         "window",
         "mirrors",
     )
@@ -232,6 +233,7 @@ class EndpointState:
         self.deployments = deployments
         self.max_bytes = route.max_request_bytes
         self.limiter = limiter  # None: no rate limit (the hot path checks only this)
+        self.retry_dropped = route.retry_dropped_requests
         self.window = window if window is not None else Window(route.name.lower(), "")
         # Shadow deployments and the share of requests each gets a copy of.
         self.mirrors = tuple(

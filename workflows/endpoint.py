@@ -103,6 +103,7 @@ class EndpointWorkflow:
             s.properties = dict(change.properties)
             s.max_request_bytes = limits.max_request_bytes
             s.max_requests_per_second = limits.max_requests_per_second
+            s.retry_dropped_requests = limits.retry_dropped_requests
         self._dirty = True
         return s
 

@@ -264,6 +264,12 @@ def test_python_construction_by_field_name() -> None:
             id="both_limits",
         ),
         pytest.param({"tidegate/max_requests_per_second": "0"}, {}, id="rate_0_is_no_limit"),
+        pytest.param({"tidegate/retry_dropped_requests": "True"}, {}, id="retry_in_any_case"),
+        pytest.param(
+            {"tidegate/retry_dropped_requests": "yes"},
+            {"tidegate/retry_dropped_requests": "must be true or false (got 'yes')"},
+            id="retry_not_a_boolean",
+        ),
         pytest.param(
             {"tidegate/max_request_bytes": "0"},
             {"tidegate/max_request_bytes": "must be an integer > 0, in bytes (got '0')"},
@@ -288,7 +294,7 @@ def test_python_construction_by_field_name() -> None:
             {"Tidegate/max_rps": "5"},
             {
                 "Tidegate/max_rps": "unknown Tidegate property; known: tidegate/max_request_bytes, "
-                "tidegate/max_requests_per_second"
+                "tidegate/max_requests_per_second, tidegate/retry_dropped_requests"
             },
             id="misspelt_key_in_any_case",
         ),
@@ -319,6 +325,11 @@ def test_a_bad_property_is_located_at_its_key() -> None:
             {"tidegate/max_request_bytes": "1024", "tidegate/max_requests_per_second": "50"},
             EndpointLimits(max_request_bytes=1024, max_requests_per_second=50),
             id="set",
+        ),
+        pytest.param(
+            {"tidegate/retry_dropped_requests": "TRUE"},
+            EndpointLimits(max_request_bytes=4096, retry_dropped_requests=True),
+            id="retry_dropped",
         ),
     ],
 )

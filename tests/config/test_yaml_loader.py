@@ -434,9 +434,14 @@ ENDPOINT_CASES = [
         id="payload_limit_not_in_bytes",
     ),
     pytest.param(
+        [("auth_mode: key\n", "auth_mode: key\nproperties:\n  tidegate/retry_dropped_requests: maybe\n")],
+        "endpoint.yml:5 properties.tidegate/retry_dropped_requests: must be true or false (got 'maybe')",
+        id="retry_not_a_boolean",
+    ),
+    pytest.param(
         [("auth_mode: key\n", "auth_mode: key\nproperties:\n  tidegate/max_request_rate: 5\n")],
         "endpoint.yml:5 properties.tidegate/max_request_rate: unknown Tidegate property; known: "
-        "tidegate/max_request_bytes, tidegate/max_requests_per_second",
+        "tidegate/max_request_bytes, tidegate/max_requests_per_second, tidegate/retry_dropped_requests",
         id="misspelt_tidegate_property",
     ),
 ]
@@ -512,6 +517,7 @@ def test_tidegate_properties_load_as_strings_beside_the_users_own(in_sample: Azu
         + "properties:\n"
         + "  tidegate/max_request_bytes: 1048576\n"
         + "  tidegate/max_requests_per_second: 2.5\n"
+        + "  tidegate/retry_dropped_requests: true\n"
         + "  owner/team: ml\n",
     )
 
@@ -520,6 +526,7 @@ def test_tidegate_properties_load_as_strings_beside_the_users_own(in_sample: Azu
     assert spec.properties == {
         "tidegate/max_request_bytes": "1048576",
         "tidegate/max_requests_per_second": "2.5",
+        "tidegate/retry_dropped_requests": "true",
         "owner/team": "ml",
     }
 

@@ -18,14 +18,31 @@ from tests.support.stack import LocalStack
 BODY = json.dumps({"data": REQUEST}).encode()
 
 
-def host_instances(stack: LocalStack, endpoint: str, deployment: str) -> list[dict]:
-    async def fetch() -> list[dict]:
-        url = f"http://127.0.0.1:{stack.port('host')}/deployments/{endpoint}/{deployment}"
+def get_json(url: str) -> dict:
+    async def fetch() -> dict:
         async with aiohttp.ClientSession() as session:
             async with session.get(url) as response:
-                return (await response.json())["instances"]
+                return await response.json()
 
     return asyncio.run(fetch())
+
+
+def host_instances(stack: LocalStack, endpoint: str, deployment: str) -> list[dict]:
+    return get_json(f"http://127.0.0.1:{stack.port('host')}/deployments/{endpoint}/{deployment}")["instances"]
+
+
+def gateway_route(stack: LocalStack, endpoint: str) -> dict:
+    return get_json(f"http://127.0.0.1:{stack.port('gateway_admin')}/routes/{endpoint}")
+
+
+def until_replaced(stack: LocalStack, endpoint: str) -> None:
+    """Until blue's killed instance has a ready replacement."""
+    until(
+        lambda: any(
+            i["restarts"] == 1 and i["state"] == "ready" for i in host_instances(stack, endpoint, "blue")
+        ),
+        "a ready replacement",
+    )
 
 
 def served(stack: LocalStack, root: Path, name: str, file: str = "blue.yml", count: int = 2) -> str:
@@ -57,12 +74,7 @@ def test_a_killed_instance_is_replaced_and_only_requests_it_held_can_fail(
     victim = host_instances(stack, "heal-ep", "blue")[0]
     with SteadyLoad(f"{stack.http_base}/endpoints/heal-ep/score", key, BODY) as load:
         os.kill(victim["pid"], signal.SIGKILL)
-        until(
-            lambda: any(
-                i["restarts"] == 1 and i["state"] == "ready" for i in host_instances(stack, "heal-ep", "blue")
-            ),
-            "a ready replacement",
-        )
+        until_replaced(stack, "heal-ep")
     show = lambda: stack.json("online-deployment", "show", "-n", "blue", "-e", "heal-ep")  # noqa: E731
     until(lambda: sorted(i["restarts"] for i in show()["instances"]) == [0, 1], "show lists the replacement")
     assert show()["provisioning_state"] == "Succeeded"
@@ -75,6 +87,24 @@ def test_a_killed_instance_is_replaced_and_only_requests_it_held_can_fail(
     assert load.answered_by("blue") > 0
 
 
+def test_with_retry_dropped_requests_a_killed_instance_costs_clients_no_error(
+    stack: LocalStack, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    key = served(stack, root, "retry-ep")
+    setting = "properties.tidegate/retry_dropped_requests=true"
+    stack.ok("online-endpoint", "update", "-n", "retry-ep", "--set", setting)
+    until(lambda: gateway_route(stack, "retry-ep")["retry_dropped_requests"], "the gateway has the setting")
+    victim = host_instances(stack, "retry-ep", "blue")[0]
+    with SteadyLoad(f"{stack.http_base}/endpoints/retry-ep/score", key, BODY) as load:
+        os.kill(victim["pid"], signal.SIGKILL)
+        until_replaced(stack, "retry-ep")
+    failed = sum(n for (_, status), n in load.seen.items() if status != 200)
+    print(f"client errors with 2 instances, one killed, retry on: {failed} of {sum(load.seen.values())}")
+    assert failed == 0, load.seen
+    assert load.answered_by("blue") > 0
+
+
 def test_with_one_instance_only_requests_in_flight_at_the_kill_fail(
     stack: LocalStack, project: tuple[Path, dict]
 ) -> None:
@@ -83,12 +113,7 @@ def test_with_one_instance_only_requests_in_flight_at_the_kill_fail(
     (victim,) = host_instances(stack, "solo-ep", "blue")
     with SteadyLoad(f"{stack.http_base}/endpoints/solo-ep/score", key, BODY, concurrency=2) as load:
         os.kill(victim["pid"], signal.SIGKILL)
-        until(
-            lambda: any(
-                i["restarts"] == 1 and i["state"] == "ready" for i in host_instances(stack, "solo-ep", "blue")
-            ),
-            "a ready replacement",
-        )
+        until_replaced(stack, "solo-ep")
         served_before = load.seen[("blue", 200)]
         until(lambda: load.seen[("blue", 200)] > served_before + 20, "answers from the replacement")
     failed = sum(n for (_, status), n in load.seen.items() if status != 200)

@@ -206,6 +206,7 @@ def route_body(
     max_queue_wait_ms: int = 500,
     mirror: dict[str, int] | None = None,
     max_requests_per_second: float = 0,
+    retry_dropped_requests: bool = False,
 ) -> dict[str, Any]:
     """A route as an endpoint pushes it. Limits default roomy: tests of limits set them."""
     return {
@@ -227,6 +228,7 @@ def route_body(
         "mirror_traffic": mirror or {},
         "max_request_bytes": max_request_bytes,
         "max_requests_per_second": max_requests_per_second,
+        "retry_dropped_requests": retry_dropped_requests,
     }
 
 

@@ -4,6 +4,7 @@ the bounded queue and its 429s, request timeouts, stopped and failing instances.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from functools import partial
@@ -377,28 +378,73 @@ async def test_a_request_held_while_every_instance_is_ejected_goes_to_it_once_pr
     assert back.seen["score"] == 1
 
 
+@contextlib.asynccontextmanager
+async def dropping_instance() -> AsyncIterator[tuple[str, list[int]]]:
+    """An instance that reads each request and resets the connection, answering nothing (as
+    one killed in run()); yields its URL and a one-item count of the requests it read."""
+    seen = [0]
+
+    async def read_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        seen[0] += 1
+        writer.transport.abort()
+
+    server = await asyncio.start_server(read_then_drop, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+    finally:
+        server.close()
+
+
 async def test_a_request_the_only_instance_read_and_dropped_is_502_and_never_sent_again(
     gateway: GatewayProcess, client: aiohttp.ClientSession
 ) -> None:
     """An instance killed while it holds the request (it read it, answered nothing): the
     request may have reached run(), so it is not held or resent."""
-    seen = 0
-
-    async def read_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal seen
-        await reader.readuntil(b"\r\n\r\n")
-        seen += 1
-        writer.transport.abort()  # a reset, as a process killed mid-request leaves
-
-    server = await asyncio.start_server(read_then_drop, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
+    async with dropping_instance() as (url, seen):
         await push_route(client, gateway, "l-dropped", {"blue": [url]}, {"blue": 100}, timeout_ms=20_000)
         reply = await score(client, gateway, "l-dropped")
         assert (reply.status, reply.error_code) == (502, "BadGateway")
-        assert seen == 1
-    finally:
-        server.close()
+        assert seen == [1]
+
+
+async def test_with_retry_dropped_requests_a_dropped_request_is_answered_by_another_instance(
+    gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
+) -> None:
+    async with dropping_instance() as (dropping, seen):
+        await push_route(
+            client,
+            gateway,
+            "l-retry",
+            {"blue": [dropping, backends["blue"].url]},
+            {"blue": 100},
+            retry_dropped_requests=True,
+        )
+        before = backends["blue"].seen["score"]
+        replies = [await score(client, gateway, "l-retry") for _ in range(6)]
+        assert [r.status for r in replies] == [200] * 6
+        # Least outstanding alternates: the dropping instance read some requests, and each of
+        # those reached the healthy one once more, so it answered all six.
+        assert seen[0] >= 1
+        assert backends["blue"].seen["score"] - before == 6
+
+
+async def test_with_retry_dropped_requests_a_request_is_resent_once_only(
+    gateway: GatewayProcess, client: aiohttp.ClientSession
+) -> None:
+    async with dropping_instance() as (first, seen_first), dropping_instance() as (second, seen_second):
+        await push_route(
+            client,
+            gateway,
+            "l-retry-once",
+            {"blue": [first, second]},
+            {"blue": 100},
+            timeout_ms=20_000,
+            retry_dropped_requests=True,
+        )
+        reply = await score(client, gateway, "l-retry-once")
+        assert (reply.status, reply.error_code) == (502, "BadGateway")
+        assert (seen_first[0], seen_second[0]) == (1, 1)
 
 
 async def send_held(

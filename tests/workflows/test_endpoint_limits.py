@@ -83,6 +83,21 @@ async def test_a_rate_and_payload_limit_set_by_update_reach_the_state_and_the_ro
     assert rec.routes[-1].max_request_bytes == DEFAULT_BYTES
 
 
+async def test_retrying_dropped_requests_set_by_update_reaches_the_state_and_the_route(
+    endpoint: tuple[Recorder, WorkflowHandle],
+) -> None:
+    rec, handle = endpoint
+    properties = {"tidegate/retry_dropped_requests": "true"}
+
+    state = await handle.execute_update(
+        EndpointWorkflow.update_endpoint, UpdateEndpointInput(properties=properties)
+    )
+
+    assert state.retry_dropped_requests is True
+    while not rec.routes[-1].retry_dropped_requests:
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize(
     ("properties", "message"),
     [
@@ -100,6 +115,11 @@ async def test_a_rate_and_payload_limit_set_by_update_reach_the_state_and_the_ro
             {"tidegate/max_rps": "5"},
             "properties.tidegate/max_rps: unknown Tidegate property",
             id="misspelt_key",
+        ),
+        pytest.param(
+            {"tidegate/retry_dropped_requests": "always"},
+            "properties.tidegate/retry_dropped_requests: must be true or false",
+            id="retry_not_a_boolean",
         ),
     ],
 )
