@@ -1012,19 +1012,14 @@ class ClientProtocol(asyncio.Protocol):
         """Nothing reached the instance: try another one of the deployment not tried yet;
         with none left, hold the request for an instance (a push or a probe brings one)
         rather than fail a request that never reached run()."""
+        self._elsewhere(req, instance, "upstream.connect_failed", reason)
+
+    def _elsewhere(self, req: _Request, instance: InstanceState, event: str, reason: str) -> None:
+        """Take the request off ``instance``, which failed it with no byte back (counted
+        towards its ejection), and send it to another instance of its deployment."""
         self._release(req, wake=False)
         self.gw.instance_failed(instance)
-        log.warning(
-            "upstream.connect_failed",
-            instance=instance.id,
-            url=instance.url,
-            error=reason,
-            failures=instance.failures,
-        )
-        self._elsewhere(req, instance)
-
-    def _elsewhere(self, req: _Request, instance: InstanceState) -> None:
-        """Send a request ``instance`` failed to another instance of its deployment."""
+        log.warning(event, instance=instance.id, url=instance.url, error=reason, failures=instance.failures)
         deployment = req.deployment
         assert deployment is not None
         tried = req.tried
@@ -1093,10 +1088,7 @@ class ClientProtocol(asyncio.Protocol):
             # request and dropped it unanswered, as one killed in run() does; once more,
             # elsewhere, as for a refused connect.
             req.replayed = True
-            self._release(req, wake=False)
-            self.gw.instance_failed(instance)
-            log.warning("upstream.dropped", instance=instance.id, url=instance.url, request_id=req.rid)
-            self._elsewhere(req, instance)
+            self._elsewhere(req, instance, "upstream.dropped", "read the request, closed with no answer")
             return
         self._release(req)
         if not conn.received:
