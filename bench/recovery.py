@@ -66,26 +66,11 @@ def measure(stack: LocalStack, root: Path, endpoint: str, retry_dropped: bool) -
     """Serve `endpoint` on two instances, kill one under steady load, time the repair."""
     host = f"http://127.0.0.1:{stack.port('host')}/deployments/{endpoint}/blue"
     routes = f"http://127.0.0.1:{stack.port('gateway_admin')}/routes/{endpoint}"
-    stack.ok("online-endpoint", "create", "-n", endpoint, "-f", "endpoint.yml", cwd=root)
+    key = stack.serve(endpoint, root, "blue.yml", "instance_count=2")
     if retry_dropped:
         stack.ok("online-endpoint", "update", "-n", endpoint, "--set", f"properties.{RETRY}=true")
         while not get(routes).get("retry_dropped_requests"):
             time.sleep(0.05)
-    stack.ok(
-        "online-deployment",
-        "create",
-        "-n",
-        "blue",
-        "-e",
-        endpoint,
-        "-f",
-        "blue.yml",
-        "--all-traffic",
-        "--set",
-        "instance_count=2",
-        cwd=root,
-    )
-    key = stack.key(endpoint)
     victim = get(host)["instances"][0]
     body = json.dumps({"data": REQUEST}).encode()
     with SteadyLoad(f"{stack.http_base}/endpoints/{endpoint}/score", key, body) as load:

@@ -61,23 +61,10 @@ def main() -> None:
         stack = LocalStack.create(home)
         stack.up()
         try:
-            stack.ok("online-endpoint", "create", "-n", "bench-ep", "-f", "endpoint.yml", cwd=root)
-            stack.ok(
-                "online-deployment",
-                "create",
-                "-n",
-                "blue",
-                "-e",
-                "bench-ep",
-                "-f",
-                "blue.yml",
-                "--all-traffic",
-                cwd=root,
-            )
+            key = stack.serve("bench-ep", root)
             stack.ok(
                 "online-deployment", "create", "-n", "green", "-e", "bench-ep", "-f", "faulty.yml", cwd=root
             )
-            key = stack.key("bench-ep")
             body = json.dumps({"data": REQUEST}).encode()
             url = f"{stack.http_base}/endpoints/bench-ep/score"
             with SteadyLoad(url, key, body) as load:

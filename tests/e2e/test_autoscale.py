@@ -69,20 +69,7 @@ def test_autoscale_goes_out_under_load_and_back_in_after_the_cool_down(
 ) -> None:
     root, _ = project
     user = stack.with_settings(scale_in_cooldown_seconds=COOL_DOWN_SECONDS)
-    user.ok("online-endpoint", "create", "--name", ENDPOINT, "-f", "endpoint.yml", cwd=root)
-    user.ok(
-        "online-deployment",
-        "create",
-        "-n",
-        "blue",
-        "-e",
-        ENDPOINT,
-        "-f",
-        "autoscale.yml",
-        "--all-traffic",
-        cwd=root,
-    )
-    key = stack.key(ENDPOINT)
+    key = user.serve(ENDPOINT, root, "autoscale.yml")
     seen: list[int] = []
     follow(stack, settled_at(MIN_INSTANCES), "min_instances ready", seen)
 

@@ -46,24 +46,9 @@ def until_replaced(stack: LocalStack, endpoint: str) -> None:
 
 
 def served(stack: LocalStack, root: Path, name: str, file: str = "blue.yml", count: int = 2) -> str:
-    stack.ok("online-endpoint", "create", "--name", name, "-f", "endpoint.yml", cwd=root)
-    stack.ok(
-        "online-deployment",
-        "create",
-        "-n",
-        "blue",
-        "-e",
-        name,
-        "-f",
-        file,
-        "--all-traffic",
-        "--set",
-        f"instance_count={count}",
-        "--set",
-        "request_settings.max_concurrent_requests_per_instance=4",
-        cwd=root,
+    return stack.serve(
+        name, root, file, f"instance_count={count}", "request_settings.max_concurrent_requests_per_instance=4"
     )
-    return stack.key(name)
 
 
 def test_a_killed_instance_is_replaced_and_only_requests_it_held_can_fail(

@@ -31,13 +31,10 @@ after_failure: {canary: keep}
 
 
 def endpoint_with(stack: LocalStack, root: Path, name: str, green_file: str) -> str:
-    stack.ok("online-endpoint", "create", "--name", name, "-f", "endpoint.yml", cwd=root)
-    stack.ok(
-        "online-deployment", "create", "-n", "blue", "-e", name, "-f", "blue.yml", "--all-traffic", cwd=root
-    )
+    key = stack.serve(name, root)
     stack.ok("online-deployment", "create", "-n", "green", "-e", name, "-f", green_file, cwd=root)
     (root / "rollout.yml").write_text(ROLLOUT)
-    return stack.key(name)
+    return key
 
 
 def test_a_canary_failing_30_percent_is_rolled_back_by_itself(

@@ -91,3 +91,23 @@ class LocalStack:
 
     def key(self, endpoint: str, which: str = "primaryKey") -> str:
         return self.ok("online-endpoint", "get-credentials", "-n", endpoint, "-o", "tsv", "--query", which)
+
+    def serve(self, endpoint: str, root: Path, file: str = "blue.yml", *assignments: str) -> str:
+        """``endpoint`` from root/endpoint.yml with deployment blue from ``file`` (each of
+        ``assignments`` a ``--set path=value``) taking all traffic; returns its primary key."""
+        self.ok("online-endpoint", "create", "--name", endpoint, "-f", "endpoint.yml", cwd=root)
+        sets = [arg for assignment in assignments for arg in ("--set", assignment)]
+        self.ok(
+            "online-deployment",
+            "create",
+            "-n",
+            "blue",
+            "-e",
+            endpoint,
+            "-f",
+            file,
+            "--all-traffic",
+            *sets,
+            cwd=root,
+        )
+        return self.key(endpoint)
