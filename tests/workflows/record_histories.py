@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,8 @@ async def export() -> int:
 
 def main() -> None:
     python = sys.executable
-    os.environ["TIDEGATE_HOME"] = tempfile.mkdtemp(prefix="tidegate-histories-")
+    home = tempfile.mkdtemp(prefix="tidegate-histories-")
+    os.environ["TIDEGATE_HOME"] = home
     run(python, "-m", "control.cli", "up", "--detach")
     try:
         run(python, "-m", "control.demo")
@@ -66,6 +68,7 @@ def main() -> None:
         print(f"{asyncio.run(export())} histories written to {HISTORIES.relative_to(ROOT)}")
     finally:
         run(python, "-m", "control.cli", "down")
+        shutil.rmtree(home)  # its keys and models go with it
 
 
 if __name__ == "__main__":
