@@ -114,32 +114,23 @@ def main() -> None:
         finally:
             stack.down()
     runs = (plain, retry)
+
+    def row(measure: str, cells: list[str], goal: str = "") -> None:
+        print(f"| {measure} | {' | '.join(cells)} | {goal} |")
+
     print()
-    print(f"| measure | default | {RETRY}=true | goal |")
+    row("measure", ["default", f"{RETRY}=true"], "goal")
     print("|---|---|---|---|")
-    print(
-        "| kill → out of the route table | "
-        + " | ".join(f"{r['out_of_table']:.2f} s" for r in runs)
-        + " | ≤ 2 s |"
+    row("kill → out of the route table", [f"{r['out_of_table']:.2f} s" for r in runs], "≤ 2 s")
+    row("kill → replacement serving", [f"{r['serving_again']:.2f} s" for r in runs], "≤ model load + 5 s")
+    row("azmlinfsrv start → ready, same model, by hand", [f"{load_seconds:.2f} s", ""], "(baseline)")
+    row(
+        "replacement instance",
+        [f"{r['replacement']['id']} (restarts {r['replacement']['restarts']})" for r in runs],
     )
-    print(
-        "| kill → replacement serving | "
-        + " | ".join(f"{r['serving_again']:.2f} s" for r in runs)
-        + " | ≤ model load + 5 s |"
-    )
-    print(f"| azmlinfsrv start → ready, same model, by hand | {load_seconds:.2f} s | | (baseline) |")
-    print(
-        "| replacement instance | "
-        + " | ".join(f"{r['replacement']['id']} (restarts {r['replacement']['restarts']})" for r in runs)
-        + " | |"
-    )
-    print(
-        "| client errors (2 instances) | "
-        + " | ".join(f"{r['errors']} of {r['requests']}" for r in runs)
-        + " | 0 |"
-    )
-    print("| Azure VMSS automatic instance repairs | grace period ≥ 10 min (default 30 min) | | |")
-    print("| instance log lines read | " + " | ".join(str(r["log_lines"]) for r in runs) + " | |")
+    row("client errors (2 instances)", [f"{r['errors']} of {r['requests']}" for r in runs], "0")
+    row("Azure VMSS automatic instance repairs", ["grace period ≥ 10 min (default 30 min)", ""])
+    row("instance log lines read", [str(r["log_lines"]) for r in runs])
 
 
 if __name__ == "__main__":
