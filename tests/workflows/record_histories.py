@@ -1,11 +1,11 @@
 """`make histories`: record the workflow histories that tests/workflows/test_replay.py replays.
 
 Runs the demo on a fresh local system (`tidegate up` with its own TIDEGATE_HOME), then an
-undo and a host patch, and writes the history of every workflow Temporal holds into
-tests/workflows/histories/, one JSON file per run (the format `temporal workflow show
---output json` prints). Record again only when a workflow change is meant to break replay,
-and say so in the commit: a running workflow would not survive that change (use
-`workflow.patched` instead).
+undo, a second rollout paused, resumed and rolled back by hand, and a host patch, and writes
+the history of every workflow Temporal holds into tests/workflows/histories/, one JSON file
+per run (the format `temporal workflow show --output json` prints). Record again only when
+a workflow change is meant to break replay, and say so in the commit: a running workflow
+would not survive that change (use `workflow.patched` instead).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from config.settings import load_settings
@@ -37,6 +38,19 @@ def workflow_id_of(path: Path) -> str:
 def run(*args: str) -> None:
     print(f"$ {' '.join(args)}", flush=True)
     subprocess.run(args, cwd=ROOT, check=True)
+
+
+def tidegate_until(*args: str, output: str | None = None, tries: int = 120) -> None:
+    """`tidegate args` until it succeeds (and prints `output`, if given): a signal takes
+    effect, and a finished rollout releases its endpoint, a moment after the call."""
+    argv = [sys.executable, "-m", "control.cli", *args]
+    print(f"$ tidegate {' '.join(args)}", flush=True)
+    for _ in range(tries):
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode == 0 and (output is None or done.stdout.strip() == output):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"tidegate {' '.join(args)} never succeeded: {done.stderr or done.stdout}")
 
 
 async def export() -> int:
@@ -64,6 +78,15 @@ def main() -> None:
     try:
         run(python, "-m", "control.demo")
         run(python, "-m", "control.cli", "rollout", "undo", "--endpoint", "demo-ep")
+        rollout = ["--endpoint", "demo-ep"]
+        tidegate_until(
+            "rollout", "start", *rollout, "--to", "green", "-f", "config/samples/rollout.yml", "--no-wait"
+        )
+        tidegate_until("rollout", "pause", *rollout)
+        tidegate_until("rollout", "status", *rollout, "--query", "phase", "-o", "tsv", output="Paused")
+        tidegate_until("rollout", "resume", *rollout)
+        tidegate_until("rollout", "rollback", *rollout)
+        tidegate_until("rollout", "status", *rollout, "--query", "phase", "-o", "tsv", output="RolledBack")
         run(python, "-m", "control.cli", "host", "patch", "--endpoint", "demo-ep", "--deployment", "blue")
         print(f"{asyncio.run(export())} histories written to {HISTORIES.relative_to(ROOT)}")
     finally:
