@@ -34,11 +34,17 @@ class EndpointRoute(BaseModel):
     deployments: dict[str, DeploymentRoute] = Field(default_factory=dict)
     max_request_bytes: int = 16 * 1024 * 1024
     max_requests_per_second: float = Field(
-        default=0.0, description="each gateway enforces it (its N processes 1/N each); 0: no limit"
+        default=0.0, description="shared by all gateways and their processes; 0: no limit"
     )
     retry_dropped_requests: bool = Field(
         default=False,
         description="a request an instance read and dropped with no byte of answer is sent once more",
+    )
+    gateways: int = Field(
+        default=1,
+        ge=1,
+        description="how many gateways the table is pushed to (the pusher sets it): each takes "
+        "an equal share of the endpoint's rate and of each instance's concurrency",
     )
 
 

@@ -113,10 +113,11 @@ def describe_validation_error(exc: ValidationError) -> list[FieldProblem]:
 # --- hot-path form ---
 
 
-def process_share(limit: int, processes: int) -> int:
-    """This process's part of a per-instance limit when ``processes`` share the port: the
-    kernel spreads connections, not requests, so each takes an equal share, at least 1."""
-    return max(1, math.ceil(limit / max(1, processes)))
+def process_share(limit: int, shares: int) -> int:
+    """This process's part of a per-instance limit when ``shares`` processes (over every
+    gateway) divide it: the kernel and the load balancer spread connections, not requests,
+    so each takes an equal share, at least 1."""
+    return max(1, math.ceil(limit / max(1, shares)))
 
 
 class DeploymentState:
@@ -162,11 +163,11 @@ class DeploymentState:
         self.busy_body = b""
         self.wait_body = b""
 
-    def update(self, route: DeploymentRoute, instances: list[InstanceState], processes: int) -> None:
+    def update(self, route: DeploymentRoute, instances: list[InstanceState], shares: int) -> None:
         self.timeout = route.request_timeout_ms / 1000.0
         self.instances = instances
         self.instance_limit = route.max_concurrent_requests_per_instance
-        self.limit = process_share(self.instance_limit, processes)
+        self.limit = process_share(self.instance_limit, shares)
         self.queue_wait = route.max_queue_wait_ms / 1000.0
         slots = max(1, len(instances)) * self.limit
         # Waiting out a missing instance is a recovery, not an overload: the memory bound
@@ -254,6 +255,7 @@ def build_endpoint_state(
 ) -> EndpointState:
     """Hot-path form of a route, keeping each unchanged instance's load and pooled
     connections and each kept deployment's queue."""
+    shares = processes * route.gateways  # this process's part of each limit: 1/shares
     endpoint = route.name.lower()
     kept = old.deployments if old is not None else {}
     deployments: dict[str, DeploymentState] = {}
@@ -266,23 +268,21 @@ def build_endpoint_state(
         if state is None:
             window = windows.get(endpoint, name) if windows is not None else Window(endpoint, name)
             state = DeploymentState(endpoint, name, window)
-        state.update(deployment, instances, processes)
+        state.update(deployment, instances, shares)
         deployments[name] = state
     window = windows.get(endpoint) if windows is not None else None
-    limiter = _limiter(route, old, processes, now)
+    limiter = _limiter(route, old, shares, now)
     return EndpointState(route, route_plan(route), deployments, window, limiter)
 
 
-def _limiter(
-    route: EndpointRoute, old: EndpointState | None, processes: int, now: float
-) -> TokenBucket | None:
+def _limiter(route: EndpointRoute, old: EndpointState | None, shares: int, now: float) -> TokenBucket | None:
     """This process's bucket for the endpoint: an equal share of the endpoint's rate when
-    ``processes`` share the port, as for instance limits. Kept across pushes while the rate
-    stays (a re-push every route_repush_seconds must not refill it), a full new one when the
-    rate changes."""
+    ``shares`` processes (over every gateway) divide it, as for instance limits. Kept across
+    pushes while the rate stays (a re-push every route_repush_seconds must not refill it), a
+    full new one when the rate changes."""
     if route.max_requests_per_second <= 0:
         return None
-    rate = route.max_requests_per_second / max(1, processes)
+    rate = route.max_requests_per_second / max(1, shares)
     kept = old.limiter if old is not None else None
     if kept is not None and kept.rate == rate:
         return kept

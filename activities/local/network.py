@@ -25,7 +25,8 @@ class LocalNetworkProvider:
         self._headers = settings.admin_headers
 
     async def apply_route(self, request: ApplyRouteInput) -> None:
-        body = request.route.model_dump(mode="json")
+        # Each gateway learns how many share the endpoint's limits.
+        body = request.route.model_copy(update={"gateways": len(self._targets)}).model_dump(mode="json")
         async with aiohttp.ClientSession(headers=self._headers) as session:
             for target in self._targets:
                 url = f"{target}/routes/{request.route.name}"

@@ -264,6 +264,18 @@ def test_each_process_takes_an_equal_share_of_the_endpoint_rate() -> None:
     assert bucket is not None and (bucket.rate, bucket.burst) == (25, 25)
 
 
+def test_with_several_gateways_each_process_takes_its_share_of_every_gateway_s_limits() -> None:
+    table = RouteTable(processes=2)
+    body = route(1)
+    body.gateways = 2
+    body.max_requests_per_second = 40
+    body.deployments["blue"].max_concurrent_requests_per_instance = 8
+    table.put(body)
+    endpoint = table.live["my-ep"]
+    assert endpoint.limiter is not None and endpoint.limiter.rate == 10
+    assert (endpoint.deployments["blue"].limit, endpoint.deployments["blue"].instance_limit) == (2, 8)
+
+
 def test_mirror_share_out_of_range_is_a_problem() -> None:
     body = route(1)
     body.mirror_traffic = {"blue": 101}
