@@ -13,6 +13,18 @@ class ApplyRouteInput(BaseModel):
     route: EndpointRoute
 
 
+class PushRouteResult(BaseModel):
+    """Which gateways did not take a push (admin URL -> why): down, refused it, or hold a
+    newer generation. Empty: every gateway has it."""
+
+    lagging: dict[str, str] = Field(default_factory=dict)
+    gateways: int = 0
+
+    @property
+    def reached_any(self) -> bool:
+        return len(self.lagging) < self.gateways
+
+
 class RemoveRouteInput(BaseModel):
     endpoint: str
     generation: int

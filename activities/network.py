@@ -11,14 +11,15 @@ from activities.messages import (
     DeleteKeysInput,
     EnsureKeysInput,
     EnsureKeysResult,
+    PushRouteResult,
     RemoveRouteInput,
 )
 
 
 class NetworkProvider(Protocol):
-    async def apply_route(self, request: ApplyRouteInput) -> None: ...
+    async def apply_route(self, request: ApplyRouteInput) -> PushRouteResult: ...
 
-    async def remove_route(self, request: RemoveRouteInput) -> None: ...
+    async def remove_route(self, request: RemoveRouteInput) -> PushRouteResult: ...
 
     async def ensure_keys(self, request: EnsureKeysInput) -> EnsureKeysResult: ...
 
@@ -30,12 +31,12 @@ class NetworkActivities:
         self._provider = provider
 
     @activity.defn(name="apply_route")
-    async def apply_route(self, request: ApplyRouteInput) -> None:
-        await self._provider.apply_route(request)
+    async def apply_route(self, request: ApplyRouteInput) -> PushRouteResult:
+        return await self._provider.apply_route(request)
 
     @activity.defn(name="remove_route")
-    async def remove_route(self, request: RemoveRouteInput) -> None:
-        await self._provider.remove_route(request)
+    async def remove_route(self, request: RemoveRouteInput) -> PushRouteResult:
+        return await self._provider.remove_route(request)
 
     @activity.defn(name="ensure_keys")
     async def ensure_keys(self, request: EnsureKeysInput) -> EnsureKeysResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -33,8 +34,23 @@ class Settings(BaseSettings):
     temporal_tls_ca: Path | None = None
     task_queue: str = "tidegate"
 
+    # Listeners, each on its own address. The control listeners (gateway admin, host API)
+    # stay on loopback unless told; beyond it they need TLS (control_tls_cert/key) and always
+    # the control credential. The plain-HTTP data plane is off once the data plane leaves loopback.
+    gateway_https_bind: str = "127.0.0.1"
+    gateway_http_bind: str = "127.0.0.1"
+    gateway_http_enabled: bool | None = Field(
+        default=None, description="plain-HTTP data plane; default: on while both data binds are loopback"
+    )
+    gateway_admin_bind: str = "127.0.0.1"
+    host_bind: str = "127.0.0.1"
+    control_tls_cert: Path | None = Field(default=None, description="certificate a control listener serves")
+    control_tls_key: Path | None = None
+    control_ca_file: Path | None = Field(
+        default=None, description="CA bundle a client trusts for https control URLs"
+    )
+
     # Gateway (data plane)
-    bind_host: str = "127.0.0.1"
     domain: str = "localhost"
     gateway_https_port: int = 8443
     gateway_http_port: int = 8080
@@ -44,6 +60,26 @@ class Settings(BaseSettings):
         default=None, description="admin URLs of every gateway the route table is pushed to"
     )
     max_request_bytes: int = 16 * 1024 * 1024
+    # Gateway: slow and hostile clients (each gateway process on its own), and its log's size.
+    gateway_header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a request's line and headers must arrive within this; else 408"
+    )
+    gateway_min_body_bytes_per_second: float = Field(
+        default=1024.0, ge=0, description="slowest request body accepted once the grace is over; 0: any"
+    )
+    gateway_body_grace_seconds: float = Field(
+        default=5.0, ge=0, description="a request body's first seconds, before its rate is held to the minimum"
+    )
+    gateway_max_connections: int = Field(
+        default=10_000, ge=1, description="client connections per gateway process; more are closed at once"
+    )
+    gateway_access_log_max_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=64 * 1024, description="access.log is rotated at this size"
+    )
+    gateway_access_log_backups: int = Field(default=5, ge=0, description="rotated access logs kept")
+    gateway_access_log_echo: bool = Field(
+        default=False, description="also write each access line to stderr (not rotated; for a terminal)"
+    )
 
     # Local compute host
     host_port: int = 8082
@@ -59,8 +95,19 @@ class Settings(BaseSettings):
     # Autoscale: how long utilisation must stay low before one instance goes (Azure has no field).
     scale_in_cooldown_seconds: float = 300.0
 
+    # Environments: pip option lines (--index-url, -e, URLs, VCS) run code from anywhere.
+    allow_pip_options: bool = False
+
+    # The control credential; unset, it is read from (or made in) $TIDEGATE_HOME/control.token.
     # Secrets are never in settings dumps.
-    admin_token: SecretStr | None = None
+    control_token: SecretStr | None = None
+    # The payload codec's key (urlsafe base64 of 32 bytes); unset, it is read from (or made in)
+    # $TIDEGATE_HOME/codec.key. Every client and worker of a namespace needs the same one.
+    codec_key: SecretStr | None = None
+
+    # The REST control API and the payload codec endpoint (`tidegate api`): a control listener.
+    api_bind: str = "127.0.0.1"
+    api_port: int = 8083
 
     @cached_property
     def temporal_target(self) -> str:
@@ -71,12 +118,6 @@ class Settings(BaseSettings):
         if self.gateway_admin_urls:
             return list(self.gateway_admin_urls)
         return [f"http://127.0.0.1:{self.gateway_admin_port}"]
-
-    @property
-    def admin_headers(self) -> dict[str, str]:
-        """What a caller of the gateways' admin API sends (the token, when one is set)."""
-        token = self.admin_token
-        return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
 
     @property
     def host_target(self) -> str:
@@ -127,14 +168,45 @@ class Settings(BaseSettings):
     def log_dir(self) -> Path:
         return self.home / "logs"
 
-    def scoring_uri(self, endpoint: str) -> str:
-        return f"https://{endpoint}.{self.domain}:{self.gateway_https_port}/score"
+    @property
+    def host_routed(self) -> bool:
+        """Scoring URIs name the endpoint in the host (`<ep>.<domain>`) only for a configured
+        domain with real DNS; `*.localhost` resolves in curl and browsers but not in glibc,
+        so on `localhost` the URI names it in the path, which every client can call."""
+        return self.domain.lower() != "localhost"
 
-    def scoring_uri_http(self, endpoint: str) -> str:
-        return f"http://{endpoint}.{self.domain}:{self.gateway_http_port}/score"
+    @property
+    def http_data_plane(self) -> bool:
+        """The plain-HTTP data plane listens: as set, else only while it stays on loopback."""
+        if self.gateway_http_enabled is not None:
+            return self.gateway_http_enabled
+        return is_loopback(self.gateway_https_bind) and is_loopback(self.gateway_http_bind)
+
+    def _endpoint_url(self, scheme: str, port: int, endpoint: str, path: str) -> str:
+        if self.host_routed:
+            return f"{scheme}://{endpoint}.{self.domain}:{port}{path}"
+        return f"{scheme}://{self.domain}:{port}/endpoints/{endpoint}{path}"
+
+    def scoring_uri(self, endpoint: str) -> str:
+        return self._endpoint_url("https", self.gateway_https_port, endpoint, "/score")
+
+    def scoring_uri_http(self, endpoint: str) -> str | None:
+        if not self.http_data_plane:
+            return None
+        return self._endpoint_url("http", self.gateway_http_port, endpoint, "/score")
 
     def openapi_uri(self, endpoint: str) -> str:
-        return f"https://{endpoint}.{self.domain}:{self.gateway_https_port}/swagger.json"
+        return self._endpoint_url("https", self.gateway_https_port, endpoint, "/swagger.json")
+
+
+def is_loopback(bind: str) -> bool:
+    """Does a listener bound here take connections from this machine only?"""
+    if bind.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, assume the network
 
 
 def load_settings() -> Settings:

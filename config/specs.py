@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -98,8 +99,10 @@ def _check_name(kind: str, name: object) -> str:
 
 
 def validate_endpoint_name(name: str) -> str:
-    """Check an endpoint name against Azure's rule; also used for names typed on the CLI."""
-    return _check_name("endpoint", name)
+    """Check an endpoint name against Azure's rule; also used for names typed on the CLI.
+    Azure's endpoint names are case-insensitive (they become a DNS label): the name is
+    lower-cased here, so `My-Ep` and `my-ep` are one endpoint everywhere."""
+    return _check_name("endpoint", name).lower()
 
 
 def validate_deployment_name(name: str) -> str:
@@ -149,7 +152,9 @@ def _lower_snake(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-_ASSET_REF = re.compile(r"^azureml:[A-Za-z0-9_][A-Za-z0-9_.-]*([:@][A-Za-z0-9_.-]+)?$")
+# Names and versions start with a letter, digit or '_': never '.' or '..', so a reference
+# cannot walk out of the registry's folder.
+_ASSET_REF = re.compile(r"^azureml:[A-Za-z0-9_][A-Za-z0-9_.-]*([:@][A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 
 
 def is_asset_ref(value: str) -> bool:
@@ -270,6 +275,20 @@ def _property_errors(properties: Mapping[str, str], problems: dict[str, str]) ->
 # ---------------------------------------------------------------------------------------
 
 
+def _refuse_disabled(value: str, why: str) -> str:
+    if value == "disabled":
+        raise ValueError(f"disabled is not supported: {why}; remove it or set enabled")
+    return value
+
+
+TIDEGATE_VARIABLE_PREFIX = "TIDEGATE_"
+
+
+def strip_tidegate_variables(variables: Mapping[str, str]) -> dict[str, str]:
+    """The variables without Tidegate's own (``TIDEGATE_*``, any case)."""
+    return {k: v for k, v in variables.items() if not k.upper().startswith(TIDEGATE_VARIABLE_PREFIX)}
+
+
 class UserAssignedIdentity(_Spec):
     """One user-assigned managed identity, by ARM resource id (Azure's list-of-mappings form)."""
 
@@ -280,7 +299,7 @@ class UserAssignedIdentity(_Spec):
 
 
 class IdentitySpec(_Spec):
-    """Managed identity of the endpoint. Accepted and stored; the Azure provider uses it."""
+    """Managed identity of the endpoint: only `type: none` is accepted until a provider uses it."""
 
     type: Annotated[Literal["system_assigned", "user_assigned", "none"], BeforeValidator(_lower_snake)]
     user_assigned_identities: list[UserAssignedIdentity] | None = None
@@ -302,7 +321,7 @@ class EndpointSpec(_Spec):
     description: str | None = None
     tags: StrDict = Field(default_factory=dict)
     properties: StrDict = Field(default_factory=dict)
-    auth_mode: Literal["key", "aml_token"] = "key"
+    auth_mode: Literal["key"] = "key"
     identity: IdentitySpec | None = None
     public_network_access: Literal["enabled", "disabled"] = "enabled"
     traffic: dict[str, Percent] = Field(
@@ -330,10 +349,24 @@ class EndpointSpec(_Spec):
     @classmethod
     def _auth_mode_supported(cls, value: Any) -> Any:
         if value == "aad_token":
+            raise ValueError("aad_token (Microsoft Entra ID) is not supported by Tidegate; use key")
+        if value == "aml_token":
+            raise ValueError("aml_token is not supported yet (token auth is planned); use key")
+        return value
+
+    @field_validator("identity")
+    @classmethod
+    def _no_identity(cls, value: IdentitySpec | None) -> IdentitySpec | None:
+        if value is not None and value.type != "none":
             raise ValueError(
-                "aad_token (Microsoft Entra ID) is not supported by Tidegate; use key or aml_token"
+                f"a {value.type} managed identity cannot be given to a local endpoint; remove identity"
             )
         return value
+
+    @field_validator("public_network_access")
+    @classmethod
+    def _public_access_enabled(cls, value: str) -> str:
+        return _refuse_disabled(value, "the gateway's bind decides who reaches it (TIDEGATE_GATEWAY_*_BIND)")
 
     @field_validator("compute")
     @classmethod
@@ -394,11 +427,24 @@ class ModelSpec(_Spec):
     flavors: dict[str, Any] | None = None
 
 
+def is_inside_code(script: str) -> bool:
+    """Is a scoring script's path relative and inside its code folder (no `..`, not absolute)?"""
+    path = PurePosixPath(script.replace("\\", "/"))
+    return bool(path.parts) and not path.is_absolute() and ".." not in path.parts
+
+
 class CodeConfigurationSpec(_Spec):
     """The scoring code: a folder and the script in it that defines init() and run()."""
 
     code: str = Field(description="folder, made absolute; or an azureml: code asset")
     scoring_script: str = Field(description="path of the script inside `code`")
+
+    @field_validator("scoring_script")
+    @classmethod
+    def _inside_code(cls, value: str) -> str:
+        if not is_inside_code(value):
+            raise ValueError(f"{value!r} must be a relative path inside the code folder")
+        return value
 
 
 class BuildContextSpec(_Spec):
@@ -583,9 +629,7 @@ class DeploymentSpec(_Spec):
     readiness_probe: ProbeSettings = Field(default_factory=ProbeSettings)
     egress_public_network_access: Literal["enabled", "disabled"] = "enabled"
     private_network_connection: bool | None = None
-    data_collector: dict[str, Any] | None = Field(
-        default=None, description="accepted and stored; not acted on yet"
-    )
+    data_collector: dict[str, Any] | None = Field(default=None, description="refused: not supported yet")
     type: Annotated[Literal["managed"], BeforeValidator(_lower_snake)] = "managed"
     # Output-only fields of `az ml online-deployment show`; accepted and ignored.
     id: str | None = None
@@ -629,6 +673,32 @@ class DeploymentSpec(_Spec):
             return _check_asset_ref("environment", value)
         if value is None and info.data.get("code_configuration") is not None:
             raise ValueError("required when code_configuration is given")
+        return value
+
+    @field_validator("environment_variables")
+    @classmethod
+    def _no_tidegate_variables(cls, value: dict[str, str]) -> dict[str, str]:
+        """A deployment cannot set Tidegate's own settings (its bind address, say): they are
+        dropped here, after every merge, and again by the host."""
+        return strip_tidegate_variables(value)
+
+    @field_validator("egress_public_network_access")
+    @classmethod
+    def _egress_enabled(cls, value: str) -> str:
+        return _refuse_disabled(value, "local instances are not network-isolated")
+
+    @field_validator("private_network_connection")
+    @classmethod
+    def _no_private_connection(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("network isolation is not available for local instances; remove it")
+        return value
+
+    @field_validator("data_collector")
+    @classmethod
+    def _no_data_collector(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            raise ValueError("model data collection is not supported by Tidegate yet; remove data_collector")
         return value
 
     @field_validator("type", mode="before")

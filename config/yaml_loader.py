@@ -25,7 +25,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from config.overrides import PathPart, format_path, parse_path, set_path
 from config.rollout import RolloutSpec
-from config.specs import UNION_TAGS, DeploymentSpec, EndpointSpec
+from config.specs import UNION_TAGS, DeploymentSpec, EndpointSpec, is_inside_code
 
 __all__ = [
     "SpecError",
@@ -389,8 +389,8 @@ def _check_scoring_script(
     code_configuration: dict[str, Any], code_dir: Path, locate: _Locator
 ) -> list[SpecIssue]:
     script = code_configuration.get("scoring_script")
-    if not isinstance(script, str) or not script:
-        return []
+    if not isinstance(script, str) or not script or not is_inside_code(script):
+        return []  # the spec's own rule names a script outside the folder
     if not (code_dir / script).is_file():
         loc = ("code_configuration", "scoring_script")
         return [locate.issue(loc, f"{script} not found in {code_dir}")]

@@ -14,7 +14,29 @@ from pydantic import BaseModel
 
 from control.errors import BadRequest, Conflict, NotFound
 
-_REGISTERED = re.compile(r"^azureml:(?P<name>[A-Za-z0-9_.-]+)(?::(?P<version>[A-Za-z0-9_.-]+)|@latest)$")
+# A name or version never starts with '.', so neither can be '..' and leave the registry.
+_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+_REGISTERED = re.compile(rf"^azureml:(?P<name>{_PART})(?::(?P<version>{_PART})|@latest)$")
+_ASSET_PART = re.compile(_PART)
+
+
+def check_asset_part(field: str, value: str) -> str:
+    """A model name or version as given to `model create`: one folder name in the registry."""
+    if len(value) > 255 or not _ASSET_PART.fullmatch(value):
+        raise BadRequest(f"{field}: {value!r} must be letters, digits, '_', '.' or '-', not first '.'")
+    return value
+
+
+def _links_stay_inside(source: Path) -> None:
+    """A symbolic link inside a snapshotted folder must point inside it: otherwise a
+    deployment's code could carry a copy of anything its owner can read (the state dir's
+    keys, say) to the instance."""
+    if not source.is_dir():
+        return
+    root = source.resolve()
+    for item in source.rglob("*"):
+        if item.is_symlink() and not item.resolve().is_relative_to(root):
+            raise BadRequest(f"{item}: a symbolic link to {item.resolve()}, outside {source}")
 
 
 def content_hash(path: Path) -> str:
@@ -34,6 +56,7 @@ def snapshot(source: Path, root: Path) -> tuple[str, Path]:
     """Copy `source` to `root/<hash>/<source.name>` once; return the hash and the copy's path."""
     if not source.exists():
         raise BadRequest(f"{source}: does not exist")
+    _links_stay_inside(source)
     digest = content_hash(source)
     final = root / digest
     copy = final / source.name
@@ -69,7 +92,7 @@ class ModelRegistry:
     def create(
         self, name: str, version: str, source: Path, description: str | None = None
     ) -> RegisteredModel:
-        meta = self._root / name / version / "model.json"
+        meta = self._meta(name, version)
         if meta.exists():
             raise Conflict(f"model {name}:{version} already exists; give a new --version")
         digest, copy = snapshot(source.resolve(), self._root / ".blobs")
@@ -88,8 +111,12 @@ class ModelRegistry:
                 found.append(model)
         return found
 
+    def _meta(self, name: str, version: str) -> Path:
+        folder = self._root / check_asset_part("name", name) / check_asset_part("version", version)
+        return folder / "model.json"
+
     def show(self, name: str, version: str) -> RegisteredModel:
-        meta = self._root / name / version / "model.json"
+        meta = self._meta(name, version)
         if not meta.exists():
             raise NotFound(f"model {name}:{version} is not registered (see `tidegate model list`)")
         return RegisteredModel.model_validate(json.loads(meta.read_text()))

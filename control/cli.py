@@ -45,12 +45,13 @@ def run_async(coro_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
 
     @functools.wraps(coro_fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from config.security import ControlAccessError
         from config.yaml_loader import SpecError  # spec errors already name file, line and field
         from decisions.traffic import TrafficError
 
         try:
             asyncio.run(coro_fn(*args, **kwargs))
-        except (TidegateError, SpecError, TrafficError) as err:
+        except (TidegateError, SpecError, TrafficError, ControlAccessError) as err:
             fail(str(err))
         except KeyboardInterrupt:
             fail("interrupted")
@@ -130,11 +131,13 @@ def _print_addresses(settings: Settings, *, already_running: bool) -> None:
     ca = settings.tls_dir / "ca.pem"
     state = "already running" if already_running else "up"
     click.echo(f"Tidegate is {state} (home {settings.home})")
-    click.echo(f"  gateway (HTTPS)  https://<endpoint>.{settings.domain}:{settings.gateway_https_port}/score")
-    click.echo(f"  gateway (HTTP)   http://<endpoint>.{settings.domain}:{settings.gateway_http_port}/score")
+    click.echo(f"  gateway (HTTPS)  {settings.scoring_uri('<endpoint>')}")
+    http = settings.scoring_uri_http("<endpoint>")
+    click.echo(f"  gateway (HTTP)   {http or 'off (the data plane listens beyond loopback)'}")
     click.echo(f"  Temporal UI      {settings.temporal_ui_url}")
     click.echo(f"  Temporal         {settings.temporal_target} (namespace {settings.temporal_namespace})")
     click.echo(f"  host             {settings.host_target}")
+    click.echo(f"  control credential  {settings.home / 'control.token'} (mode 0600)")
     click.echo(f"Trust the local CA: curl --cacert {ca} ...  or  export CURL_CA_BUNDLE={ca}")
     click.echo(f"  (Python: export SSL_CERT_FILE={ca}  REQUESTS_CA_BUNDLE={ca})")
 
@@ -146,6 +149,11 @@ def down() -> None:
 
     stopped = stack.stop(load_settings())
     click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+def endpoint_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Endpoint names are case-insensitive, as in Azure: one spelling everywhere."""
+    return value.lower() if value else value
 
 
 @main.command()
@@ -192,7 +200,13 @@ def host(ctx: click.Context) -> None:
 
 @host.command("patch")
 @click.option(
-    "-e", "--endpoint-name", "--endpoint", "endpoint", default=None, help="Default: every endpoint."
+    "-e",
+    "--endpoint-name",
+    "--endpoint",
+    "endpoint",
+    callback=endpoint_name,
+    default=None,
+    help="Default: every endpoint.",
 )
 @click.option("-d", "--deployment", default=None, help="Default: every deployment.")
 @click.option("--no-wait", is_flag=True)
@@ -228,7 +242,9 @@ def _endpoint_spec(file: Path | None, name: str | None):
 
 
 @online_endpoint.command("create")
-@click.option("-n", "--name", default=None, help="Endpoint name; overrides the file's.")
+@click.option(
+    "-n", "--name", callback=endpoint_name, default=None, help="Endpoint name; overrides the file's."
+)
 @click.option("-f", "--file", type=click.Path(path_type=Path), default=None)
 @click.option("--no-wait", is_flag=True)
 @azure_options
@@ -243,7 +259,7 @@ async def endpoint_create(name, file, no_wait, resource_group, workspace_name, o
 
 
 @online_endpoint.command("show")
-@click.option("-n", "--name", required=True)
+@click.option("-n", "--name", callback=endpoint_name, required=True)
 @azure_options
 @run_async
 async def endpoint_show(name, resource_group, workspace_name, output, query):
@@ -260,7 +276,7 @@ async def endpoint_list(resource_group, workspace_name, output, query):
 
 
 @online_endpoint.command("update")
-@click.option("-n", "--name", default=None)
+@click.option("-n", "--name", callback=endpoint_name, default=None)
 @click.option("-f", "--file", type=click.Path(path_type=Path), default=None)
 @click.option("--traffic", default=None, help='Split, e.g. "blue=90 green=10".')
 @click.option("--mirror-traffic", default=None, help='Shadow share, e.g. "green=10".')
@@ -284,7 +300,7 @@ async def endpoint_update(
 
 
 @online_endpoint.command("delete")
-@click.option("-n", "--name", required=True)
+@click.option("-n", "--name", callback=endpoint_name, required=True)
 @click.option("-y", "--yes", is_flag=True, help="Do not prompt for confirmation.")
 @click.option("--no-wait", is_flag=True)
 @azure_options
@@ -299,7 +315,7 @@ async def endpoint_delete(name, yes, no_wait, resource_group, workspace_name, ou
 
 
 @online_endpoint.command("invoke")
-@click.option("-n", "--name", required=True)
+@click.option("-n", "--name", callback=endpoint_name, required=True)
 @click.option("-r", "--request-file", type=click.Path(path_type=Path), required=True)
 @click.option("-d", "--deployment-name", default=None, help="Send to this deployment only.")
 @azure_options
@@ -316,7 +332,7 @@ async def endpoint_invoke(name, request_file, deployment_name, resource_group, w
 
 
 @online_endpoint.command("get-credentials")
-@click.option("-n", "--name", required=True)
+@click.option("-n", "--name", callback=endpoint_name, required=True)
 @azure_options
 @run_async
 async def endpoint_credentials(name, resource_group, workspace_name, output, query):
@@ -327,7 +343,7 @@ async def endpoint_credentials(name, resource_group, workspace_name, output, que
 
 
 @online_endpoint.command("regenerate-keys")
-@click.option("-n", "--name", required=True)
+@click.option("-n", "--name", callback=endpoint_name, required=True)
 @click.option("--key-type", type=click.Choice(["primary", "secondary"]), default="primary")
 @azure_options
 @run_async
@@ -364,7 +380,7 @@ def _progress(record: Any) -> None:
 
 @online_deployment.command("create")
 @click.option("-n", "--name", default=None, help="Deployment name; overrides the file's.")
-@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", default=None)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, default=None)
 @click.option("-f", "--file", type=click.Path(path_type=Path), required=True)
 @click.option("--all-traffic", is_flag=True, help="Send all traffic here once it succeeds.")
 @click.option("--set", "assignments", multiple=True, help="path=value over the file.")
@@ -401,7 +417,7 @@ async def deployment_create(
 
 @online_deployment.command("update")
 @click.option("-n", "--name", default=None)
-@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", default=None)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, default=None)
 @click.option("-f", "--file", type=click.Path(path_type=Path), default=None)
 @click.option("--set", "assignments", multiple=True, help="path=value, e.g. instance_count=2.")
 @click.option("--no-wait", is_flag=True)
@@ -433,7 +449,7 @@ async def deployment_update(
 
 @online_deployment.command("show")
 @click.option("-n", "--name", required=True)
-@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
 @azure_options
 @run_async
 async def deployment_show(name, endpoint, resource_group, workspace_name, output, query):
@@ -442,7 +458,7 @@ async def deployment_show(name, endpoint, resource_group, workspace_name, output
 
 
 @online_deployment.command("list")
-@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
 @azure_options
 @run_async
 async def deployment_list(endpoint, resource_group, workspace_name, output, query):
@@ -452,7 +468,7 @@ async def deployment_list(endpoint, resource_group, workspace_name, output, quer
 
 @online_deployment.command("delete")
 @click.option("-n", "--name", required=True)
-@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
 @click.option("-y", "--yes", is_flag=True)
 @click.option("--no-wait", is_flag=True)
 @azure_options
@@ -468,7 +484,7 @@ async def deployment_delete(name, endpoint, yes, no_wait, resource_group, worksp
 
 @online_deployment.command("get-logs")
 @click.option("-n", "--name", required=True)
-@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
 @click.option("-l", "--lines", type=int, default=100, show_default=True)
 @azure_options
 @run_async
@@ -523,7 +539,9 @@ def _rollout_spec(
 def rollout_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed(
         [
-            click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True),
+            click.option(
+                "-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True
+            ),
             click.option("--to", "to", required=True, help="The canary deployment."),
             click.option("--baseline", default=None, help="Default: the deployment with most traffic."),
             click.option("-f", "--file", type=click.Path(path_type=Path), default=None, help="rollout.yml"),
@@ -640,7 +658,7 @@ def _rollout_progress() -> Callable[[dict[str, Any]], None]:
 
 
 @rollout.command("status")
-@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
 @click.option("--watch", is_flag=True, help="Follow until the rollout ends.")
 @azure_options
 @run_async
@@ -659,7 +677,7 @@ async def rollout_status(endpoint, watch, resource_group, workspace_name, output
 
 
 def _steer(name: str, doc: str, with_reason: bool) -> None:
-    @click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+    @click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
     @azure_options
     @run_async
     async def command(endpoint, resource_group, workspace_name, output, query, reason=None):
@@ -682,7 +700,7 @@ _steer("undo", "After a success, traffic back to the previous deployment while i
 
 
 @rollout.command("retry")
-@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", required=True)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
 @azure_options
 @run_async
 async def rollout_retry(endpoint, resource_group, workspace_name, output, query):
@@ -694,7 +712,7 @@ async def rollout_retry(endpoint, resource_group, workspace_name, output, query)
 
 
 @rollout.command("list")
-@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", default=None)
+@click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, default=None)
 @click.option("--state", type=click.Choice(["running", "succeeded", "rolled_back", "paused"]), default=None)
 @azure_options
 @run_async

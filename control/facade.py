@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.local.secrets import LocalSecretStore
+from config.security import control_client_ssl, control_headers
 from config.settings import Settings
 from config.specs import DeploymentSpec, EndpointSpec, endpoint_limits
 from control.errors import BadRequest, Conflict, NotFound, OperationFailed, TidegateError
@@ -66,6 +67,9 @@ class Tidegate:
                 "traffic: a new endpoint has no deployments yet; create them, then "
                 "`online-endpoint update --traffic`"
             )
+        clash = [n for n in await self._running_endpoints() if n.lower() == spec.name.lower()]
+        if clash:  # one made before names were lower-cased would share the gateway's route
+            raise Conflict(f"endpoint {clash[0]} already exists (endpoint names are case-insensitive)")
         limits = endpoint_limits(spec.properties, default_max_request_bytes=self.settings.max_request_bytes)
         state = EndpointState(
             name=spec.name,
@@ -110,13 +114,15 @@ class Tidegate:
     async def show_endpoint(self, name: str) -> dict[str, Any]:
         return self.endpoint_view(await self.describe(name))
 
-    async def list_endpoints(self) -> list[dict[str, Any]]:
+    async def _running_endpoints(self) -> set[str]:
         query = 'WorkflowType = "EndpointWorkflow" AND ExecutionStatus = "Running"'
-        names = [
+        return {
             execution.id.removeprefix("endpoint/") async for execution in self.client.list_workflows(query)
-        ]
+        }
+
+    async def list_endpoints(self) -> list[dict[str, Any]]:
         views = []
-        for name in sorted(set(names)):
+        for name in sorted(await self._running_endpoints()):
             try:
                 views.append(await self.show_endpoint(name))
             except NotFound:
@@ -157,7 +163,7 @@ class Tidegate:
         if deployment:
             headers["azureml-model-deployment"] = deployment
         context = ssl.create_default_context(cafile=str(self.settings.tls_dir / "ca.pem"))
-        url = f"https://localhost:{self.settings.gateway_https_port}/endpoints/{name}/score"
+        url = self.settings.scoring_uri(name)
         async with aiohttp.ClientSession() as session:
             async with session.post(url, data=body, headers=headers, ssl=context) as response:
                 return (
@@ -240,7 +246,9 @@ class Tidegate:
     async def get_logs(self, endpoint: str, name: str, lines: int) -> str:
         await self.show_deployment(endpoint, name)
         url = f"{self.settings.host_target}/deployments/{endpoint}/{name}/logs"
-        async with aiohttp.ClientSession() as session:
+        headers = control_headers(self.settings)
+        connector = aiohttp.TCPConnector(ssl=control_client_ssl(self.settings))
+        async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
             async with session.get(url, params={"lines": str(lines)}) as response:
                 if response.status == 404:
                     return ""
@@ -290,6 +298,7 @@ class Tidegate:
             "scoring_uri_http": self.settings.scoring_uri_http(name),
             "openapi_uri": self.settings.openapi_uri(name),
             "public_network_access": "enabled",
+            "lagging_gateways": state.lagging_gateways,
             "properties": {
                 **state.properties,
                 "created_at": state.created_at,

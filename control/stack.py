@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -17,8 +18,11 @@ import aiohttp
 from temporalio.service import RPCError
 
 from config.binaries import find_binary
+from config.files import write_atomically
+from config.security import control_client_ssl, ensure_control_token, ensure_home
 from config.settings import Settings
 from control.temporal import connect, identity
+from host.processes import create_time, is_alive
 from workflows import search
 
 ORDER = ("temporal", "host", "gateway", "worker")
@@ -63,41 +67,73 @@ def _pid_file(settings: Settings) -> Path:
     return settings.run_dir / "stack.json"
 
 
-def read_pids(settings: Settings) -> dict[str, int]:
+@dataclass(frozen=True)
+class Started:
+    """A process `up` started: its pid, and what makes that pid ours (its start time since
+    boot, and the boot): after a reboot, or once it exits, the pid may be another program's."""
+
+    pid: int
+    start_time: int | None
+    boot_id: str | None
+
+    @classmethod
+    def of(cls, pid: int) -> Started:
+        return cls(pid=pid, start_time=create_time(pid), boot_id=boot_id())
+
+    def is_ours(self) -> bool:
+        if self.boot_id is not None and self.boot_id != boot_id():
+            return False
+        return is_alive(self.pid, self.start_time)
+
+
+def boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def read_started(settings: Settings) -> dict[str, Started]:
     path = _pid_file(settings)
     if not path.exists():
         return {}
-    return {k: int(v) for k, v in json.loads(path.read_text()).items()}
+    started = {}
+    for name, value in json.loads(path.read_text()).items():
+        if isinstance(value, int):  # written before start times were kept: trust nothing
+            started[name] = Started(pid=value, start_time=-1, boot_id=None)
+        else:
+            started[name] = Started(**value)
+    return started
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); look at its state.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+def _write_started(settings: Settings, started: dict[str, Started]) -> None:
+    document = {name: dataclasses.asdict(s) for name, s in started.items()}
+    write_atomically(_pid_file(settings), json.dumps(document).encode())
+
+
+def read_pids(settings: Settings) -> dict[str, int]:
+    return {name: s.pid for name, s in read_started(settings).items()}
 
 
 def running(settings: Settings) -> dict[str, int]:
-    return {name: pid for name, pid in read_pids(settings).items() if alive(pid)}
+    return {name: s.pid for name, s in read_started(settings).items() if s.is_ours()}
+
+
+def alive(pid: int) -> bool:
+    """Does this pid run (whatever program it is now)?"""
+    return is_alive(pid, None)
 
 
 def start(settings: Settings) -> dict[str, int]:
     """Start every process not yet running; return all their pids."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_home(settings)
+    ensure_control_token(settings)  # made once, before any process could race to make it
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
-    pids = running(settings)
+    started = {name: s for name, s in read_started(settings).items() if s.is_ours()}
     env = dict(os.environ, TIDEGATE_HOME=str(settings.home.resolve()))
     for spec in process_specs(settings):
-        if spec.name in pids:
+        if spec.name in started:
             continue
         log = open(settings.log_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - child owns it
         process = subprocess.Popen(
@@ -110,28 +146,29 @@ def start(settings: Settings) -> dict[str, int]:
             start_new_session=True,
         )
         log.close()
-        pids[spec.name] = process.pid
-        _pid_file(settings).write_text(json.dumps(pids))
+        started[spec.name] = Started.of(process.pid)
+        _write_started(settings, started)
         if spec.name == "temporal":
-            asyncio.run(_wait_ready(settings, "temporal", pids))
-    asyncio.run(_wait_all_ready(settings, pids))
-    return pids
+            asyncio.run(_wait_ready(settings, "temporal", started))
+    asyncio.run(_wait_all_ready(settings, started))
+    return {name: s.pid for name, s in started.items()}
 
 
 def stop(settings: Settings) -> list[str]:
-    """Stop in reverse order of start: worker, gateway, host, Temporal."""
-    pids = read_pids(settings)
+    """Stop in reverse order of start. A pid is signalled only while it is still the process
+    `up` started (same start time, same boot): a reused pid is never killed."""
+    started = read_started(settings)
     stopped = []
     for name in reversed(ORDER):
-        pid = pids.get(name)
-        if pid is None or not alive(pid):
+        process = started.get(name)
+        if process is None or not process.is_ours():
             continue
-        os.kill(pid, signal.SIGTERM)
+        os.kill(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        while alive(pid) and time.monotonic() < deadline:
+        while process.is_ours() and time.monotonic() < deadline:
             time.sleep(0.1)
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        if process.is_ours():
+            os.kill(process.pid, signal.SIGKILL)
         stopped.append(name)
     _pid_file(settings).unlink(missing_ok=True)
     return stopped
@@ -141,17 +178,17 @@ class StartFailed(RuntimeError):
     pass
 
 
-async def _wait_all_ready(settings: Settings, pids: dict[str, int]) -> None:
-    await asyncio.gather(*(_wait_ready(settings, name, pids) for name in ORDER))
+async def _wait_all_ready(settings: Settings, started: dict[str, Started]) -> None:
+    await asyncio.gather(*(_wait_ready(settings, name, started) for name in ORDER))
 
 
-async def _wait_ready(settings: Settings, name: str, pids: dict[str, int]) -> None:
+async def _wait_ready(settings: Settings, name: str, started: dict[str, Started]) -> None:
     """Poll until the process answers; fail fast, with its log's tail, if it died."""
     while True:
-        if not alive(pids[name]):
+        if not started[name].is_ours():
             tail = _tail(settings.log_dir / f"{name}.log")
             raise StartFailed(f"{name} exited while starting; last lines of its log:\n{tail}")
-        if await _answers(settings, name, pids[name]):
+        if await _answers(settings, name, started[name].pid):
             return
         await asyncio.sleep(0.2)
 
@@ -161,10 +198,11 @@ async def _answers(settings: Settings, name: str, pid: int) -> bool:
         if name == "temporal":
             return _tcp_open(settings.temporal_port) and _tcp_open(settings.temporal_ui_port)
         if name == "host":
-            return await _http_ok(f"{settings.host_target}/healthz")
+            return await _http_ok(settings, f"{settings.host_target}/healthz")
         if name == "gateway":
-            admin = f"http://127.0.0.1:{settings.gateway_admin_port}/healthz"
-            return await _http_ok(admin) and _tcp_open(settings.gateway_https_port)
+            return _tcp_open(settings.gateway_admin_port, settings.gateway_admin_bind) and _tcp_open(
+                settings.gateway_https_port, settings.gateway_https_bind
+            )
         if name == "worker":
             return await _worker_polling(settings, pid)
     except (TimeoutError, OSError, aiohttp.ClientError, RuntimeError, RPCError):
@@ -172,17 +210,20 @@ async def _answers(settings: Settings, name: str, pid: int) -> bool:
     return False
 
 
-def _tcp_open(port: int) -> bool:
+def _tcp_open(port: int, bind: str = "127.0.0.1") -> bool:
+    """Does a listener bound to `bind` take a connection from this machine?"""
+    address = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind.strip("[]")
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((address, port), timeout=0.5):
             return True
     except OSError:
         return False
 
 
-async def _http_ok(url: str) -> bool:
+async def _http_ok(settings: Settings, url: str) -> bool:
     timeout = aiohttp.ClientTimeout(total=2)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(ssl=control_client_ssl(settings))
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         async with session.get(url) as response:
             return response.status == 200
 
@@ -217,15 +258,20 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def describe(settings: Settings) -> dict[str, object]:
-    pids = read_pids(settings)
+    started = read_started(settings)
     return {
         "home": str(settings.home),
         "processes": {
-            name: {"pid": pids.get(name), "running": bool(pids.get(name)) and alive(pids[name])}
+            name: {
+                "pid": started[name].pid if name in started else None,
+                "running": name in started and started[name].is_ours(),
+            }
             for name in ORDER
         },
         "gateway_https": f"https://localhost:{settings.gateway_https_port}",
-        "gateway_http": f"http://localhost:{settings.gateway_http_port}",
+        "gateway_http": (
+            f"http://localhost:{settings.gateway_http_port}" if settings.http_data_plane else None
+        ),
         "gateway_admin": f"http://127.0.0.1:{settings.gateway_admin_port}",
         "host": settings.host_target,
         "temporal": settings.temporal_target,

@@ -62,7 +62,7 @@ class EndpointState(BaseModel):
     name: str
     description: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
-    auth_mode: Literal["key", "aml_token"] = "key"
+    auth_mode: Literal["key", "aml_token"] = "key"  # aml_token: refused by the spec until token auth
     traffic: dict[str, int] = Field(default_factory=dict)
     mirror_traffic: dict[str, int] = Field(default_factory=dict)
     provisioning_state: ProvisioningState = "Creating"
@@ -71,6 +71,9 @@ class EndpointState(BaseModel):
     key_versions: dict[str, int] = Field(default_factory=lambda: {"primary": 1, "secondary": 1})
     keys_applied: dict[str, int] = Field(default_factory=dict)
     generation: int = 0
+    lagging_gateways: dict[str, str] = Field(
+        default_factory=dict, description="gateways that missed the last push (admin URL -> why)"
+    )
     properties: dict[str, str] = Field(
         default_factory=dict, description="the spec's properties as given (tidegate/ keys set the limits)"
     )

@@ -13,6 +13,7 @@ with workflow.unsafe.imports_passed_through():
         DeleteKeysInput,
         EnsureKeysInput,
         EnsureKeysResult,
+        PushRouteResult,
         RemoveRouteInput,
     )
     from config.specs import endpoint_limits, property_problems
@@ -45,6 +46,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.rollout import RolloutWorkflow
 
 
+LAGGING_REPUSH = timedelta(seconds=5)
+
+
 def _bad_request(message: str) -> ApplicationError:
     return ApplicationError(message, type="BadRequest", non_retryable=True)
 
@@ -68,6 +72,7 @@ class EndpointWorkflow:
         # can wait until its change is live in the gateways.
         self._version = 0
         self._pushed_version = 0
+        self._keys_lagging: dict[str, str] = {}
 
     # ---- queries -------------------------------------------------------------------------
     @workflow.query
@@ -213,6 +218,14 @@ class EndpointWorkflow:
         s.key_versions[request.key_type] = s.key_versions.get(request.key_type, 1) + 1
         wanted = s.key_versions[request.key_type]
         await workflow.wait_condition(lambda: s.keys_applied.get(request.key_type, 0) >= wanted)
+        if self._keys_lagging:
+            names = ", ".join(f"{url} ({why})" for url, why in sorted(self._keys_lagging.items()))
+            raise ApplicationError(
+                f"the new {request.key_type} key is in force, but not yet on gateway(s) {names}; "
+                "the old key may still work there until they take the next push",
+                type="GatewaysLagging",
+                non_retryable=True,
+            )
 
     @regenerate_keys.validator
     def _validate_regenerate_keys(self, request: RegenerateKeysInput) -> None:
@@ -353,8 +366,10 @@ class EndpointWorkflow:
         if not input.continued:
             s.created_at = workflow.now().isoformat()
         while True:
+            # A gateway that missed a push is tried again soon; the others every _repush.
+            wait = min(self._repush, LAGGING_REPUSH) if s.lagging_gateways else self._repush
             try:
-                await workflow.wait_condition(self._has_work, timeout=self._repush)
+                await workflow.wait_condition(self._has_work, timeout=wait)
             except TimeoutError:
                 self._dirty = True  # periodic re-push heals a gateway that lost its table
             if any(s.keys_applied.get(k, 0) < v for k, v in s.key_versions.items()):
@@ -387,6 +402,8 @@ class EndpointWorkflow:
         )
         s.key_sha256 = list(result.key_sha256)
         await self._push()
+        # In force wherever the push went; a regenerate-keys caller hears of any gateway not.
+        self._keys_lagging = dict(s.lagging_gateways)
         s.keys_applied = dict(result.versions)
 
     async def _push(self) -> None:
@@ -395,14 +412,23 @@ class EndpointWorkflow:
         self._dirty = False
         carried = self._version
         try:
-            await workflow.execute_activity(
+            result = await workflow.execute_activity(
                 "apply_route",
                 ApplyRouteInput(route=build_endpoint_route(s, s.generation)),
+                result_type=PushRouteResult | None,
                 **options.PUSH,
             )
         except ActivityError as err:
             # The next periodic re-push tries again; the state itself is already recorded.
             workflow.logger.warning("route push failed: %s", err.cause or err)
+            self._dirty = True
+            return
+        # None: a worker from before gateways were reported one by one (histories replay).
+        result = result or PushRouteResult(gateways=1)
+        s.lagging_gateways = dict(result.lagging)
+        if result.lagging:
+            workflow.logger.warning("route push lagging on %s", sorted(result.lagging))
+        if not result.reached_any:
             self._dirty = True
             return
         self._pushed_version = max(self._pushed_version, carried)
@@ -414,14 +440,17 @@ class EndpointWorkflow:
         s.generation = next_generation(s.generation, int(workflow.now().timestamp() * 1000))
         self._dirty = False
         try:
-            await workflow.execute_activity(
+            result = await workflow.execute_activity(
                 "remove_route",
                 RemoveRouteInput(endpoint=s.name, generation=s.generation),
+                result_type=PushRouteResult | None,
                 **options.PUSH,
             )
         except ActivityError as err:
             workflow.logger.warning("route removal failed: %s", err.cause or err)
             self._dirty = True
+            return
+        s.lagging_gateways = dict(result.lagging) if result else {}
 
     async def _carry_out(self) -> None:
         """Start, change and delete deployments, each after the route table stops using it."""

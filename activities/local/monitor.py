@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from activities.messages import QueryWindowInput
+from config.security import control_headers
 from config.settings import Settings
 from config.stats import LatencySummary, MirrorSummary, WindowStats
 
@@ -12,7 +13,7 @@ from config.stats import LatencySummary, MirrorSummary, WindowStats
 class LocalMonitorProvider:
     def __init__(self, settings: Settings) -> None:
         self._targets = settings.gateway_admin_targets
-        self._headers = settings.admin_headers
+        self._headers = control_headers(settings)
 
     async def query_window(self, request: QueryWindowInput) -> WindowStats:
         params = {

@@ -1,6 +1,15 @@
-"""`local` network provider: the gateways' admin API and the file secret store."""
+"""`local` network provider: the gateways' admin API and the file secret store.
+
+A push goes to every gateway at once, each with a few quick retries of its own, so one
+gateway that is down delays nobody else; the result names the gateways that did not take it
+(down, refusing, or holding a newer generation), and the endpoint's workflow pushes again
+until they do.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import aiohttp
 import structlog
@@ -11,44 +20,60 @@ from activities.messages import (
     DeleteKeysInput,
     EnsureKeysInput,
     EnsureKeysResult,
+    PushRouteResult,
     RemoveRouteInput,
 )
+from config.security import control_client_ssl, control_headers
 from config.settings import Settings
 
 log = structlog.get_logger()
+
+PUSH_ATTEMPTS = 3
+PUSH_FIRST_BACKOFF_SECONDS = 0.2
+PUSH_TIMEOUT = aiohttp.ClientTimeout(total=3, sock_connect=1)
 
 
 class LocalNetworkProvider:
     def __init__(self, settings: Settings) -> None:
         self._targets = settings.gateway_admin_targets
         self._secrets = LocalSecretStore(settings)
-        self._headers = settings.admin_headers
+        self._settings = settings
 
-    async def apply_route(self, request: ApplyRouteInput) -> None:
+    def _session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(ssl=control_client_ssl(self._settings))
+        headers = control_headers(self._settings)
+        return aiohttp.ClientSession(headers=headers, timeout=PUSH_TIMEOUT, connector=connector)
+
+    async def apply_route(self, request: ApplyRouteInput) -> PushRouteResult:
         # Each gateway learns how many share the endpoint's limits.
-        body = request.route.model_copy(update={"gateways": len(self._targets)}).model_dump(mode="json")
-        async with aiohttp.ClientSession(headers=self._headers) as session:
-            for target in self._targets:
-                url = f"{target}/routes/{request.route.name}"
-                async with session.put(url, json=body) as response:
-                    response.raise_for_status()
-                    result = await response.json()
-                log.info(
-                    "route.pushed",
-                    endpoint=request.route.name,
-                    gateway=target,
-                    generation=request.route.generation,
-                    applied=result.get("applied"),
-                )
+        route = request.route
+        body = route.model_copy(update={"gateways": len(self._targets)}).model_dump(mode="json")
+        return await self._to_every_gateway(
+            "PUT", route.name, route.generation, lambda target: {"json": body}
+        )
 
-    async def remove_route(self, request: RemoveRouteInput) -> None:
-        async with aiohttp.ClientSession(headers=self._headers) as session:
-            for target in self._targets:
-                url = f"{target}/routes/{request.endpoint}"
-                params = {"generation": str(request.generation)}
-                async with session.delete(url, params=params) as response:
-                    response.raise_for_status()
-                log.info("route.removed", endpoint=request.endpoint, gateway=target)
+    async def remove_route(self, request: RemoveRouteInput) -> PushRouteResult:
+        params = {"generation": str(request.generation)}
+        return await self._to_every_gateway(
+            "DELETE", request.endpoint, request.generation, lambda target: {"params": params}
+        )
+
+    async def _to_every_gateway(
+        self, method: str, endpoint: str, generation: int, arguments: Any
+    ) -> PushRouteResult:
+        async with self._session() as session:
+            reasons = await asyncio.gather(
+                *(
+                    _push(session, method, f"{t}/routes/{endpoint}", generation, arguments(t))
+                    for t in self._targets
+                )
+            )
+        lagging = {t: why for t, why in zip(self._targets, reasons, strict=True) if why is not None}
+        for target in self._targets:
+            event = "route.lagging" if target in lagging else "route.pushed"
+            log.info(event, endpoint=endpoint, gateway=target, method=method, generation=generation,
+                     reason=lagging.get(target))
+        return PushRouteResult(lagging=lagging, gateways=len(self._targets))
 
     async def ensure_keys(self, request: EnsureKeysInput) -> EnsureKeysResult:
         hashes, versions = self._secrets.ensure(request.endpoint, dict(request.versions))
@@ -56,3 +81,32 @@ class LocalNetworkProvider:
 
     async def delete_keys(self, request: DeleteKeysInput) -> None:
         self._secrets.delete(request.endpoint)
+
+
+async def _push(
+    session: aiohttp.ClientSession, method: str, url: str, generation: int, arguments: dict[str, Any]
+) -> str | None:
+    """One gateway, a few quick tries: None once it holds this generation, else why not."""
+    reason = "not tried"
+    backoff = PUSH_FIRST_BACKOFF_SECONDS
+    for attempt in range(PUSH_ATTEMPTS):
+        if attempt:
+            await asyncio.sleep(backoff)
+            backoff *= 2
+        try:
+            async with session.request(method, url, **arguments) as response:
+                if response.status >= 400:
+                    text = (await response.text())[:300]
+                    reason = f"answered {response.status}: {text}"
+                    if response.status < 500:
+                        return reason  # refused: asking again gets the same answer
+                    continue
+                result = await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            reason = f"unreachable: {type(exc).__name__}: {exc}"[:300]
+            continue
+        if result.get("applied"):
+            return None
+        held = result.get("generation")
+        return f"holds generation {held}, newer than {generation}: it ignored this push"
+    return reason

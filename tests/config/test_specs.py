@@ -42,8 +42,12 @@ def deployment(**fields: Any) -> DeploymentSpec:
     ],
 )
 def test_valid_names_pass_both_rules(name: str) -> None:
-    assert validate_endpoint_name(name) == name
+    assert validate_endpoint_name(name) == name.lower()
     assert validate_deployment_name(name) == name
+
+
+def test_endpoint_names_are_case_insensitive_as_in_azure() -> None:
+    assert validate_endpoint_name("My-Ep") == validate_endpoint_name("my-ep") == "my-ep"
 
 
 @pytest.mark.parametrize(
@@ -234,12 +238,12 @@ def test_endpoint_accepts_show_output_fields() -> None:
             "kind": "Managed",
             "provisioning_state": "Succeeded",
             "scoring_uri": "https://my-endpoint.localhost/score",
-            "identity": {"type": "system_assigned", "principal_id": "p", "tenant_id": "t"},
+            "identity": {"type": "none", "principal_id": "p", "tenant_id": "t"},
         }
     )
 
     assert spec.kind == "Managed"
-    assert spec.identity is not None and spec.identity.type == "system_assigned"
+    assert spec.identity is not None and spec.identity.type == "none"
 
 
 def test_python_construction_by_field_name() -> None:

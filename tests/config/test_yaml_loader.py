@@ -112,7 +112,7 @@ def test_relative_paths_resolve_against_the_yaml_folder_not_the_cwd(
     assert spec.model.path == str(azure_sample.online / "model-1" / "model")
 
 
-def test_user_assigned_identity_sample_loads(azure_sample: AzureSample) -> None:
+def test_user_assigned_identity_is_refused_naming_the_field(azure_sample: AzureSample) -> None:
     path = azure_sample.write(
         "1-uai-create-endpoint.yml",
         """\
@@ -125,11 +125,12 @@ def test_user_assigned_identity_sample_loads(azure_sample: AzureSample) -> None:
             - resource_id: /subscriptions/0/resourceGroups/rg/providers/x/uai
         """,
     )
-    spec = load_endpoint_file(path)
+    errors = errors_of(lambda: load_endpoint_file(path))
 
-    assert spec.identity is not None and spec.identity.type == "user_assigned"
-    assert spec.identity.user_assigned_identities is not None
-    assert spec.identity.user_assigned_identities[0].resource_id.endswith("/uai")
+    assert errors == [
+        f"{path}:4 identity: a user_assigned managed identity cannot be given to a local endpoint; "
+        "remove identity"
+    ]
 
 
 def test_registered_assets_are_kept_as_references_and_not_checked_on_disk(
@@ -290,7 +291,42 @@ DEPLOYMENT_CASES = [
         "(Azure builds the conda env on that image)",
         id="conda_file_without_image",
     ),
+    pytest.param(
+        [("  scoring_script: score.py", "  scoring_script: ../../../secrets/run.py")],
+        "blue-deployment.yml:8 code_configuration.scoring_script: '../../../secrets/run.py' must be a "
+        "relative path inside the code folder",
+        id="scoring_script_outside_the_code_folder",
+    ),
+    pytest.param(
+        [("instance_count: 1\n", "instance_count: 1\negress_public_network_access: disabled\n")],
+        "blue-deployment.yml:14 egress_public_network_access: disabled is not supported: local instances "
+        "are not network-isolated; remove it or set enabled",
+        id="egress_disabled_is_refused_not_ignored",
+    ),
+    pytest.param(
+        [("instance_count: 1\n", "instance_count: 1\ndata_collector:\n  collections: {}\n")],
+        "blue-deployment.yml:14 data_collector: model data collection is not supported by Tidegate yet; "
+        "remove data_collector",
+        id="data_collector_is_refused_not_ignored",
+    ),
+    pytest.param(
+        [("model:\n  path: ../../model-1/model/", "model: azureml:x:..")],
+        "blue-deployment.yml:4 model: must be azureml:<name>:<version> or azureml:<name>@latest, "
+        "or an inline model mapping (got 'azureml:x:..')",
+        id="model_reference_cannot_leave_the_registry",
+    ),
 ]
+
+
+def test_tidegate_variables_in_a_deployment_are_stripped(in_sample: AzureSample) -> None:
+    in_sample.write(
+        "blue-deployment.yml",
+        BLUE_YML + "environment_variables:\n  TIDEGATE_INSTANCE_BIND: 0.0.0.0\n  tidegate_home: /\n  A: b\n",
+    )
+
+    spec = load_deployment_file(Path("blue-deployment.yml"))
+
+    assert spec.environment_variables == {"A": "b"}
 
 
 @pytest.mark.parametrize(("edits", "expected"), DEPLOYMENT_CASES)
@@ -357,14 +393,30 @@ def test_local_path_that_does_not_exist_is_named_with_field_and_line(
 ENDPOINT_CASES = [
     pytest.param(
         [("auth_mode: key", "auth_mode: token")],
-        "endpoint.yml:3 auth_mode: must be one of key, aml_token (got 'token')",
+        "endpoint.yml:3 auth_mode: must be key (got 'token')",
         id="unknown_auth_mode",
     ),
     pytest.param(
         [("auth_mode: key", "auth_mode: aad_token")],
-        "endpoint.yml:3 auth_mode: aad_token (Microsoft Entra ID) is not supported by Tidegate; "
-        "use key or aml_token",
+        "endpoint.yml:3 auth_mode: aad_token (Microsoft Entra ID) is not supported by Tidegate; use key",
         id="aad_token_is_not_supported",
+    ),
+    pytest.param(
+        [("auth_mode: key", "auth_mode: aml_token")],
+        "endpoint.yml:3 auth_mode: aml_token is not supported yet (token auth is planned); use key",
+        id="aml_token_is_refused_until_token_auth_exists",
+    ),
+    pytest.param(
+        [("auth_mode: key\n", "auth_mode: key\npublic_network_access: disabled\n")],
+        "endpoint.yml:4 public_network_access: disabled is not supported: the gateway's bind decides "
+        "who reaches it (TIDEGATE_GATEWAY_*_BIND); remove it or set enabled",
+        id="public_network_access_disabled_is_refused_not_ignored",
+    ),
+    pytest.param(
+        [("auth_mode: key\n", "auth_mode: key\nidentity:\n  type: system_assigned\n")],
+        "endpoint.yml:4 identity: a system_assigned managed identity cannot be given to a local endpoint; "
+        "remove identity",
+        id="system_assigned_identity_is_refused_not_ignored",
     ),
     pytest.param(
         [("name: my-endpoint", "name: 1-endpoint")],

@@ -13,6 +13,7 @@ from activities.messages import (
     DeleteKeysInput,
     EnsureKeysInput,
     EnsureKeysResult,
+    PushRouteResult,
     QueryWindowInput,
     RemoveRouteInput,
     RequestInstancesInput,
@@ -52,13 +53,15 @@ class Recorder:
 
     def activities(self) -> list:
         @activity.defn(name="apply_route")
-        async def apply_route(request: ApplyRouteInput) -> None:
+        async def apply_route(request: ApplyRouteInput) -> PushRouteResult:
             self.calls.append("apply_route")
             self.routes.append(request.route)
+            return PushRouteResult(gateways=1)
 
         @activity.defn(name="remove_route")
-        async def remove_route(request: RemoveRouteInput) -> None:
+        async def remove_route(request: RemoveRouteInput) -> PushRouteResult:
             self.calls.append("remove_route")
+            return PushRouteResult(gateways=1)
 
         @activity.defn(name="ensure_keys")
         async def ensure_keys(request: EnsureKeysInput) -> EnsureKeysResult:
