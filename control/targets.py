@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
+from config.requirements import conda_pip_problems
 from config.settings import Settings
 from config.specs import DeploymentSpec, TargetUtilizationScaleSettings
 from control.artifacts import ModelRegistry, snapshot
@@ -45,6 +46,10 @@ def build_target(spec: DeploymentSpec, settings: Settings) -> DeploymentTarget:
     if spec.environment is not None and spec.environment.conda_file is not None:
         conda = spec.environment.conda_file
         text = yaml.safe_dump(conda) if isinstance(conda, dict) else Path(conda).read_text()
+        source = "environment.conda_file" if isinstance(conda, dict) else Path(conda).name
+        problems = [] if settings.allow_pip_options else conda_pip_problems(text, source=source)
+        if problems:
+            raise BadRequest("; ".join(problems))
         environment = RuntimeEnvironment(conda_file=text)
 
     readiness = ProbeSpec(**spec.readiness_probe.model_dump())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from config.host_api import EnsureInstancesRequest
+from config.security import bearer_matches
+from config.settings import Settings
 from host.errors import HostError, bad_request
 from host.supervisor import Supervisor
 
@@ -26,13 +29,20 @@ MAX_WAIT_SECONDS = 60.0
 # Names become path segments of log files: letters, digits, '-' and '_' only.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
+SNAPSHOT_ROOTS: web.AppKey[tuple[Path, ...]] = web.AppKey("snapshot_roots", tuple)
+HEALTH_PATH = "/healthz"
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
-def create_app(supervisor: Supervisor) -> web.Application:
-    app = web.Application(middlewares=[_errors, _wait_until_loaded])
+def create_app(supervisor: Supervisor, *, settings: Settings, token: str) -> web.Application:
+    """The API in front of `supervisor`; every route but `GET /healthz` needs `token` as
+    `Authorization: Bearer <token>`, and runs only code and models under Tidegate's stores."""
+    app = web.Application(middlewares=[_errors, _require_credential(token), _wait_until_loaded])
     app[SUPERVISOR] = supervisor
-    app.router.add_get("/healthz", _healthz)
+    app[SNAPSHOT_ROOTS] = (settings.artifacts_dir, settings.registry_dir)
+    app.router.add_get(HEALTH_PATH, _healthz)
     app.router.add_get("/deployments", _list)
     app.router.add_put("/deployments/{endpoint}/{deployment}", _put)
     app.router.add_get("/deployments/{endpoint}/{deployment}", _get)
@@ -59,6 +69,35 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:  # an unexpected bug must still answer JSON, and be logged in full
         log.exception("api.unhandled", method=request.method, path=request.path)
         return _error(500, "InternalError", "the host failed to handle the request; see its log")
+
+
+def _require_credential(token: str) -> Middleware:
+    """401 before anything else runs, so a caller without the credential changes nothing."""
+
+    @web.middleware
+    async def require_credential(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == "GET" and request.path == HEALTH_PATH:
+            return await handler(request)
+        given = request.headers.get("Authorization")
+        if not bearer_matches(given, token):
+            log.warning(
+                "api.unauthorized",
+                method=request.method,
+                path=request.path,
+                credential="missing" if given is None else "wrong",
+                peer=request.remote,
+            )
+            response = _error(
+                401,
+                "Unauthorized",
+                "the host API needs the control credential: Authorization: Bearer <credential> "
+                "($TIDEGATE_HOME/control.token or TIDEGATE_CONTROL_TOKEN)",
+            )
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return await handler(request)
+
+    return require_credential
 
 
 @web.middleware
@@ -131,7 +170,7 @@ async def _put(request: web.Request) -> web.Response:
         body = EnsureInstancesRequest.model_validate(payload)
     except ValidationError as exc:
         raise bad_request(_validation_message(exc), code="InvalidBody") from exc
-    _check_runtime(body, endpoint, deployment)
+    _check_runtime(body, endpoint, deployment, request.app[SNAPSHOT_ROOTS])
     status = request.app[SUPERVISOR].ensure(body)
     return _model(status, status=202)
 
@@ -166,8 +205,10 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _check_runtime(body: EnsureInstancesRequest, endpoint: str, deployment: str) -> None:
-    """Reject what could only fail later, naming the field."""
+def _check_runtime(
+    body: EnsureInstancesRequest, endpoint: str, deployment: str, roots: tuple[Path, ...]
+) -> None:
+    """Reject what could only fail later, or run what Tidegate did not snapshot, naming the field."""
     rt = body.runtime
     if rt.endpoint != endpoint:
         raise bad_request(
@@ -179,18 +220,48 @@ def _check_runtime(body: EnsureInstancesRequest, endpoint: str, deployment: str)
             f"runtime.deployment: {rt.deployment!r} differs from {deployment!r} in the URL",
             code="InvalidBody",
         )
-    code_dir = Path(rt.code_dir)
-    if not code_dir.is_absolute() or not code_dir.is_dir():
+    code_dir = _snapshot_path("runtime.code_dir", rt.code_dir, roots)
+    if not os.path.isdir(code_dir):
+        raise bad_request(f"runtime.code_dir: {rt.code_dir!r} is not a directory", code="InvalidBody")
+    _check_scoring_script(rt.scoring_script, code_dir)
+    if rt.model_dir is not None:
+        model_dir = _snapshot_path("runtime.model_dir", rt.model_dir, roots)
+        if not os.path.exists(model_dir):
+            raise bad_request(f"runtime.model_dir: {rt.model_dir!r} does not exist", code="InvalidBody")
+
+
+def _snapshot_path(field: str, value: str, roots: tuple[Path, ...]) -> str:
+    """The path resolved (symlinks and `..` followed), if it lies inside one of the stores the
+    CLI snapshots into; an instance may run only what Tidegate copied there."""
+    if not os.path.isabs(value):
+        raise bad_request(f"{field}: {value!r} is not an absolute path", code="InvalidBody")
+    resolved = os.path.realpath(value)
+    if not any(_strictly_inside(resolved, os.path.realpath(root)) for root in roots):
+        shown = "" if resolved == value else f" (it resolves to {resolved!r})"
+        stores = ", ".join(str(root) for root in roots)
         raise bad_request(
-            f"runtime.code_dir: {rt.code_dir!r} is not an absolute path of a directory",
+            f"{field}: {value!r}{shown} is outside the artifact store ({stores}); the host runs "
+            "only code and models Tidegate snapshotted",
             code="InvalidBody",
         )
-    if not (code_dir / rt.scoring_script).is_file():
+    return resolved
+
+
+def _check_scoring_script(script: str, code_dir: str) -> None:
+    if os.path.isabs(script):
         raise bad_request(
-            f"runtime.scoring_script: {rt.scoring_script!r} not found in {rt.code_dir}",
+            f"runtime.scoring_script: {script!r} must be a path relative to runtime.code_dir",
             code="InvalidBody",
         )
-    if rt.model_dir is not None and not Path(rt.model_dir).is_absolute():
-        raise bad_request(f"runtime.model_dir: {rt.model_dir!r} is not an absolute path", code="InvalidBody")
-    if rt.model_dir is not None and not Path(rt.model_dir).exists():
-        raise bad_request(f"runtime.model_dir: {rt.model_dir!r} does not exist", code="InvalidBody")
+    resolved = os.path.realpath(os.path.join(code_dir, script))
+    if not _strictly_inside(resolved, code_dir):
+        raise bad_request(
+            f"runtime.scoring_script: {script!r} leads outside runtime.code_dir", code="InvalidBody"
+        )
+    if not os.path.isfile(resolved):
+        raise bad_request(f"runtime.scoring_script: {script!r} not found in {code_dir}", code="InvalidBody")
+
+
+def _strictly_inside(path: str, root: str) -> bool:
+    """Is `path` below `root` (both resolved)? The root itself is not inside."""
+    return path != root and os.path.commonpath([path, root]) == root

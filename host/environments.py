@@ -33,6 +33,7 @@ import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from config.host_api import EnvironmentState, RuntimeEnvironment
+from config.requirements import conda_pip_problems, pip_entry_problems
 
 log = structlog.get_logger("host.environments")
 
@@ -230,11 +231,28 @@ def check_python_pin(spec: str, *, host: tuple[int, int, int] | None = None) -> 
     return f"environment asks for {shown}; running on host Python {host_text}"
 
 
-def plan_environment(env: RuntimeEnvironment) -> EnvironmentPlan:
-    """Translate the conda file and pip requirements into pip arguments for this host."""
+def pip_option_problems(env: RuntimeEnvironment) -> list[str]:
+    """Lines of the environment that install from outside the package index (config/requirements)."""
+    problems = conda_pip_problems(env.conda_file, source="environment.conda_file") if env.conda_file else []
+    return problems + pip_entry_problems(
+        enumerate(env.pip_requirements, start=1), source="environment.pip_requirements"
+    )
+
+
+def plan_environment(env: RuntimeEnvironment, *, allow_pip_options: bool = False) -> EnvironmentPlan:
+    """Translate the conda file and pip requirements into pip arguments for this host.
+
+    Pip options, VCS, URL and path requirements run code from wherever they point: refused
+    (the plan's error names each line) unless the host allows them."""
     key = environment_key(env)
     requirements: list[str] = []
     warnings: list[str] = []
+    if not allow_pip_options:
+        problems = pip_option_problems(env)
+        if problems:
+            return EnvironmentPlan(
+                key=key, requirements=[], warnings=[], error="\n".join(problems), patch=env.patch
+            )
     try:
         if env.conda_file:
             requirements_, warnings_ = _conda_requirements(env.conda_file)
@@ -344,8 +362,9 @@ async def _run(args: list[str], *, log_file: Path) -> tuple[int, str]:
 class Environments:
     """Builds and caches the virtualenvs under `<host_dir>/envs/<hash>`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, allow_pip_options: bool = False) -> None:
         self._root = root
+        self._allow_pip_options = allow_pip_options
         self._status: dict[str, EnvironmentStatus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -361,7 +380,7 @@ class Environments:
 
         A failed build is tried again only when `retry_failed` (an explicit request).
         """
-        plan = plan_environment(env)
+        plan = plan_environment(env, allow_pip_options=self._allow_pip_options)
         path = self._root / plan.key
         status = self._status.get(plan.key)
         if status is not None and (status.state in ("ready", "building") or not retry_failed):
@@ -371,6 +390,7 @@ class Environments:
                 key=plan.key, path=path, state="failed", warnings=plan.warnings, error=plan.error
             )
             self._status[plan.key] = status
+            log.warning("environment.refused", env=plan.key, error=plan.error)
             return status
         marker = self._read_marker(path)
         if marker is not None:

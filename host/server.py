@@ -1,4 +1,7 @@
-"""The host process: the API on `bind_host:host_port` in front of the supervisor."""
+"""The host process: the API on `host_bind:host_port` in front of the supervisor.
+
+The API starts and stops processes that run code: it always asks for the control
+credential, and beyond loopback it serves only HTTPS (config/security.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import IO
 import structlog
 from aiohttp import web
 
+from config.security import ControlAccessError, control_server_ssl, ensure_control_token
 from config.settings import Settings
 from host.api import create_app
 from host.errors import HostError
@@ -39,17 +43,23 @@ def _lock_home(host_dir: Path) -> IO[str]:
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or the task is cancelled), then stop every instance process
     and keep the desired state on disk for the next start."""
+    # Refuse a listener beyond loopback without TLS before anything else happens.
+    ssl_context = control_server_ssl(settings, bind=settings.host_bind, setting="TIDEGATE_HOST_BIND")
+    token = ensure_control_token(settings)
     lock = _lock_home(settings.host_dir)
     supervisor = Supervisor(settings)
-    runner = web.AppRunner(create_app(supervisor), access_log=None, handle_signals=False)
+    app = create_app(supervisor, settings=settings, token=token)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         # Bind before touching any instance: a host that cannot serve must not adopt them.
-        await web.TCPSite(runner, settings.bind_host, settings.host_port).start()
+        await web.TCPSite(runner, settings.host_bind, settings.host_port, ssl_context=ssl_context).start()
         await supervisor.start()
+        scheme = "https" if ssl_context else "http"
         log.info(
             "host.started",
-            url=f"http://{settings.bind_host}:{settings.host_port}",
+            url=f"{scheme}://{settings.host_bind}:{settings.host_port}",
+            tls=ssl_context is not None,
             host_dir=str(settings.host_dir),
             instance_port_start=settings.instance_port_start,
         )
@@ -80,6 +90,9 @@ def run(settings: Settings) -> None:
         asyncio.run(main())
     except HostError as exc:
         log.error("host.failed", code=exc.code, error=exc.message)
+        raise SystemExit(1) from None
+    except ControlAccessError as exc:  # e.g. bound beyond loopback without a certificate
+        log.error("host.failed", code="ControlAccess", error=str(exc))
         raise SystemExit(1) from None
     except OSError as exc:  # typically the API port is taken
         log.error("host.failed", error=str(exc), port=settings.host_port)

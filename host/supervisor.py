@@ -133,7 +133,7 @@ class Supervisor:
         self._settings = settings
         self._state_path = settings.host_dir / "state.json"
         self._logs_root = settings.host_dir / "logs"
-        self._envs = Environments(settings.host_dir / "envs")
+        self._envs = Environments(settings.host_dir / "envs", allow_pip_options=settings.allow_pip_options)
         self._deployments: dict[tuple[str, str], Deployment] = {}
         self._stopping: dict[int, _Stopping] = {}
         self._wake = asyncio.Event()

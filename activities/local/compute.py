@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 
 import aiohttp
@@ -10,6 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.messages import DeleteInstancesInput, RequestInstancesInput, WatchInstancesInput
 from config.host_api import DeploymentInstances, EnsureInstancesRequest
+from config.security import control_client_ssl, control_headers
 from config.settings import Settings
 
 # One HTTP long poll at most this long, so the activity heartbeats (and sees cancellation).
@@ -18,10 +20,20 @@ POLL_CHUNK_SECONDS = 5.0
 
 class LocalComputeProvider:
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._host = settings.host_target
+        self._ssl: ssl.SSLContext | None = (
+            control_client_ssl(settings) if self._host.lower().startswith("https://") else None
+        )
 
     def _url(self, endpoint: str, deployment: str) -> str:
         return f"{self._host}/deployments/{endpoint}/{deployment}"
+
+    def _session(self) -> aiohttp.ClientSession:
+        """A session that carries the control credential (read now: the host may have made it
+        after this provider was built) and trusts the control CA for an https host URL."""
+        connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+        return aiohttp.ClientSession(headers=control_headers(self._settings), connector=connector)
 
     async def request_instances(self, request: RequestInstancesInput) -> DeploymentInstances:
         runtime = request.runtime
@@ -29,8 +41,9 @@ class LocalComputeProvider:
             runtime=runtime, instance_count=request.instance_count, max_surge=request.max_surge
         ).model_dump(mode="json")
         body["drain_seconds"] = request.drain_seconds
-        async with aiohttp.ClientSession() as session:
+        async with self._session() as session:
             async with session.put(self._url(runtime.endpoint, runtime.deployment), json=body) as response:
+                _refuse_unauthorized(response)
                 if response.status >= 400:
                     raise ApplicationError(
                         f"host refused the deployment: {await response.text()}",
@@ -42,11 +55,12 @@ class LocalComputeProvider:
     async def watch_instances(self, request: WatchInstancesInput) -> DeploymentInstances:
         url = self._url(request.endpoint, request.deployment)
         deadline = time.monotonic() + request.timeout_seconds
-        async with aiohttp.ClientSession() as session:
+        async with self._session() as session:
             while True:
                 chunk = max(0.0, min(POLL_CHUNK_SECONDS, deadline - time.monotonic()))
                 params = {"wait_version": str(request.since_version), "timeout": f"{chunk:.3f}"}
                 async with session.get(url, params=params) as response:
+                    _refuse_unauthorized(response)
                     if response.status == 404:
                         raise ApplicationError(
                             f"host has no deployment {request.endpoint}/{request.deployment}",
@@ -59,6 +73,18 @@ class LocalComputeProvider:
                 activity.heartbeat(status.version)
 
     async def delete_instances(self, request: DeleteInstancesInput) -> None:
-        async with aiohttp.ClientSession() as session:
+        async with self._session() as session:
             async with session.delete(self._url(request.endpoint, request.deployment)) as response:
+                _refuse_unauthorized(response)
                 response.raise_for_status()
+
+
+def _refuse_unauthorized(response: aiohttp.ClientResponse) -> None:
+    """A 401 is a credential that differs from the host's: retried (the activity's policy), so
+    once the credentials agree the workflow goes on by itself."""
+    if response.status == 401:
+        raise ApplicationError(
+            "the host refused the control credential (401): this worker's TIDEGATE_CONTROL_TOKEN "
+            "or $TIDEGATE_HOME/control.token differs from the host's",
+            type="HostUnauthorized",
+        )

@@ -24,22 +24,23 @@ from tests.support.ports import free_port
 
 
 @pytest.fixture(scope="session")
-def user_files(tmp_path_factory: pytest.TempPathFactory) -> UserFiles:
-    root = tmp_path_factory.mktemp("user")
-    model_dir = root / "model"
+def user_files(host: HostProcess) -> UserFiles:
+    """The code and model where the CLI snapshots them: the host runs nothing from elsewhere."""
+    root = host.settings.artifacts_dir
+    model_dir = root / "models" / "test-model"
     (model_dir / "model").mkdir(parents=True)
     model = LinearRegression().fit([[0.0], [1.0], [2.0], [3.0]], [1.0, 3.0, 5.0, 7.5])
     joblib.dump(model, model_dir / "model" / "model.joblib")
-    code_dir = root / "code"
-    code_dir.mkdir()
+    code_dir = root / "code" / "sklearn"
+    code_dir.mkdir(parents=True)
     (code_dir / "score.py").write_text(SCORE_PY)
-    init_fails_dir = root / "code-init-fails"
+    init_fails_dir = root / "code" / "code-init-fails"
     init_fails_dir.mkdir()
     (init_fails_dir / "score.py").write_text(INIT_FAILS_PY)
-    flaky_dir = root / "code-flaky"
+    flaky_dir = root / "code" / "code-flaky"
     flaky_dir.mkdir()
     (flaky_dir / "score.py").write_text(FLAKY_PY)
-    slow_init_dir = root / "code-slow-init"
+    slow_init_dir = root / "code" / "code-slow-init"
     slow_init_dir.mkdir()
     (slow_init_dir / "score.py").write_text(SLOW_INIT_PY)
     return UserFiles(

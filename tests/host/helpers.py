@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ from typing import Any
 
 import aiohttp
 
+from config.security import control_client_ssl, control_headers
+from config.settings import Settings
 from host.processes import is_alive, killpg
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -147,22 +150,63 @@ def runtime(
 
 @dataclass
 class HostProcess:
-    """`python -m host` as a user starts it, on ports and a state dir of its own."""
+    """`python -m host` as a user starts it, on ports and a state dir of its own; its API
+    called with the control credential the host made in that state dir, as the CLI does."""
 
     home: Path
     port: int
     instance_port_start: int
+    # Further TIDEGATE_ settings (host_bind, control_tls_cert...); with TLS set, it is called
+    # at https://localhost trusting the state dir's CA.
+    env: dict[str, str] = field(default_factory=dict)
+    tls: bool = False
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     session: aiohttp.ClientSession = field(init=False)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://localhost:{self.port}" if self.tls else f"http://127.0.0.1:{self.port}"
+
+    @property
+    def settings(self) -> Settings:
+        """What a client of this host (the compute provider, the CLI) reads."""
+        return Settings(
+            home=self.home,
+            host_port=self.port,
+            host_url=self.url,
+            instance_port_start=self.instance_port_start,
+            control_token=None,
+        )
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return control_headers(self.settings)
+
+    @property
+    def client_ssl(self) -> ssl.SSLContext | bool:
+        return control_client_ssl(self.settings) if self.tls else True
 
     @property
     def state_file(self) -> Path:
         return self.home / "host" / "state.json"
+
+    @property
+    def log_file(self) -> Path:
+        """The current process's log (JSON lines from structlog, and anything on stderr)."""
+        return self.home / f"host-{self.starts}.log"
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The current process's log records of one event."""
+        found = []
+        for line in self.log_file.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("event") == event:
+                found.append(record)
+        return found
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "host already running"
@@ -171,6 +215,7 @@ class HostProcess:
             "TIDEGATE_HOME": str(self.home),
             "TIDEGATE_HOST_PORT": str(self.port),
             "TIDEGATE_INSTANCE_PORT_START": str(self.instance_port_start),
+            **self.env,
         }
         self.starts += 1
         with open(self.home / f"host-{self.starts}.log", "wb") as stderr:
@@ -191,13 +236,22 @@ class HostProcess:
         while True:
             assert self.running(), f"host exited with {self.proc and self.proc.returncode}"
             try:
-                async with self.session.get(self.url + "/healthz") as resp:
+                async with self.session.get(self.url + "/healthz", ssl=self.client_ssl) as resp:
                     if resp.status == 200:
                         return
             except aiohttp.ClientConnectionError:
                 pass
             assert time.monotonic() < deadline, "host never answered /healthz"
             await asyncio.sleep(0.1)
+
+    async def exited(self) -> int:
+        """The exit code of a host that stops by itself."""
+        assert self.proc is not None
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, "host never exited"
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
 
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -212,21 +266,35 @@ class HostProcess:
 
     # ---- the API, as the compute provider calls it ----
 
+    async def call(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> tuple[int, Any]:
+        """One request; `headers` None sends the credential, `{}` sends none. JSON answers are
+        decoded, others returned as text."""
+        sent = self.auth if headers is None else headers
+        async with self.session.request(
+            method, self.url + path, headers=sent, ssl=self.client_ssl, **kwargs
+        ) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.text()
+
     async def put(self, rt: dict[str, Any], count: int, **options: Any) -> tuple[int, dict[str, Any]]:
         """PUT the desired instances; `options` are further request fields (max_surge, ...)."""
         path = f"/deployments/{rt['endpoint']}/{rt['deployment']}"
-        body = {"runtime": rt, "instance_count": count, **options}
-        async with self.session.put(self.url + path, json=body) as resp:
-            return resp.status, await resp.json()
+        return await self.call("PUT", path, json={"runtime": rt, "instance_count": count, **options})
+
+    async def deployments(self) -> list[dict[str, Any]]:
+        code, listing = await self.call("GET", "/deployments")
+        assert code == 200, listing
+        return listing
 
     async def watch(
         self, endpoint: str, deployment: str, *, after: int | str, timeout: float | str = 30
     ) -> tuple[int, Any]:
         """One long poll: the status once its version passes `after`, or after `timeout` s."""
         params = {"wait_version": str(after), "timeout": str(timeout)}
-        url = f"{self.url}/deployments/{endpoint}/{deployment}"
-        async with self.session.get(url, params=params) as resp:
-            return resp.status, await resp.json()
+        return await self.call("GET", f"/deployments/{endpoint}/{deployment}", params=params)
 
     async def follow(
         self,
@@ -252,17 +320,13 @@ class HostProcess:
             after = status["version"]
 
     async def get(self, endpoint: str, deployment: str) -> tuple[int, Any]:
-        async with self.session.get(f"{self.url}/deployments/{endpoint}/{deployment}") as resp:
-            return resp.status, await resp.json()
+        return await self.call("GET", f"/deployments/{endpoint}/{deployment}")
 
     async def delete(self, endpoint: str, deployment: str) -> tuple[int, Any]:
-        async with self.session.delete(f"{self.url}/deployments/{endpoint}/{deployment}") as resp:
-            return resp.status, await resp.json()
+        return await self.call("DELETE", f"/deployments/{endpoint}/{deployment}")
 
     async def logs(self, endpoint: str, deployment: str, **params: str) -> tuple[int, str]:
-        url = f"{self.url}/deployments/{endpoint}/{deployment}/logs"
-        async with self.session.get(url, params=params) as resp:
-            return resp.status, await resp.text()
+        return await self.call("GET", f"/deployments/{endpoint}/{deployment}/logs", params=params)
 
     async def wait_for(
         self,
@@ -306,6 +370,19 @@ def kill_leftovers(state_file: Path) -> None:
 
 def process_alive(pid: int | None) -> bool:
     return is_alive(pid, None)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses (hex, as the kernel writes them: 0100007F is 127.0.0.1, 00000000 is
+    0.0.0.0) with a TCP socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
 
 
 async def port_answers(port: int) -> bool:

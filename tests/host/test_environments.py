@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from config.host_api import DeploymentRuntime, RuntimeEnvironment
+from config.requirements import ALLOW_HINT
 from host.environments import (
     EnvironmentSpecError,
     EnvironmentStatus,
@@ -67,7 +69,8 @@ dependencies:
       - azureml-inference-server-http
       - --extra-index-url https://example.invalid/simple
 """
-    plan = plan_environment(RuntimeEnvironment(conda_file=conda, pip_requirements=["joblib"]))
+    env = RuntimeEnvironment(conda_file=conda, pip_requirements=["joblib"])
+    plan = plan_environment(env, allow_pip_options=True)
     assert plan.error is None
     assert plan.requirements == [
         "scikit-learn==1.0.2",
@@ -79,6 +82,26 @@ dependencies:
         "joblib",
     ]
     assert plan.warnings == ["conda package cudatoolkit has no PyPI counterpart; skipped"]
+
+
+def test_pip_options_and_non_index_requirements_are_refused_unless_the_host_allows_them() -> None:
+    conda = (
+        "dependencies:\n  - numpy\n  - pip:\n      - joblib\n      - --extra-index-url https://x.example\n"
+    )
+    env = RuntimeEnvironment(conda_file=conda, pip_requirements=["scipy", "git+https://x.example/r"])
+
+    plan = plan_environment(env)
+
+    assert plan.error == "\n".join(
+        [
+            f'environment.conda_file:5: "--extra-index-url https://x.example" is a pip option; {ALLOW_HINT}',
+            f'environment.pip_requirements:2: "git+https://x.example/r" is a VCS requirement; {ALLOW_HINT}',
+        ]
+    )
+    assert plan.requirements == []
+    allowed = plan_environment(env, allow_pip_options=True)
+    assert allowed.error is None
+    assert "git+https://x.example/r" in allowed.requirements
 
 
 @pytest.mark.parametrize(
@@ -164,6 +187,36 @@ def test_instance_environment_keeps_host_settings_out_and_the_deployment_in() ->
     assert out["GUNICORN_CMD_ARGS"] == "--no-control-socket"
     older = EnvironmentStatus(key="k", path=Path("/e"), state="ready", gunicorn_version="22.0")
     assert "GUNICORN_CMD_ARGS" not in instance_environment(runtime, older, base)
+
+
+def test_a_deployment_s_tidegate_variables_never_reach_the_instance_and_only_their_names_are_logged() -> None:
+    runtime = DeploymentRuntime(
+        endpoint="ep",
+        deployment="blue",
+        code_dir="/code",
+        environment_variables={
+            "TIDEGATE_INSTANCE_BIND": "0.0.0.0",
+            "Tidegate_Control_Token": "stolen",
+            "WORKER_COUNT": "2",
+        },
+        spec_hash="s",
+    )
+    env = EnvironmentStatus(key="k", path=Path("/envs/k"), state="ready")
+
+    with capture_logs() as logs:
+        out = instance_environment(runtime, env, {"PATH": "/usr/bin", "tidegate_home": "/h"})
+
+    assert not [k for k in out if k.upper().startswith("TIDEGATE_")]
+    assert out["WORKER_COUNT"] == "2"
+    assert logs == [
+        {
+            "event": "instance.env_stripped",
+            "log_level": "warning",
+            "endpoint": "ep",
+            "deployment": "blue",
+            "names": ["TIDEGATE_INSTANCE_BIND", "Tidegate_Control_Token"],
+        }
+    ]
 
 
 def test_a_runtime_patch_is_a_new_environment_and_patch_0_keeps_the_old_keys() -> None:

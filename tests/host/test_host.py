@@ -7,17 +7,19 @@ later ones restart that host.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 
+from config.requirements import ALLOW_HINT
 from tests.host.helpers import (
     HostProcess,
     UserFiles,
     all_ready,
+    listening_addresses,
     port_answers,
     process_alive,
     runtime,
@@ -76,26 +78,37 @@ async def test_put_starts_an_instance_that_scores_with_the_model(
     assert code == 200
     assert answer == user_files.expected(ROWS)
 
-    async with host.session.get(host.url + "/deployments") as resp:
-        listing = await resp.json()
+    listing = await host.deployments()
     assert ("ep-a", "blue") in {(d["endpoint"], d["deployment"]) for d in listing}
-
-
-def _listening_addresses(port: int) -> set[str]:
-    """Local addresses (hex, as the kernel writes them) with a socket listening on `port`."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.rsplit(":", 1)
-            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                found.add(address)
-    return found
 
 
 async def test_an_instance_listens_on_loopback_only(serving: dict[str, Any]) -> None:
     (instance,) = serving["instances"]
-    assert _listening_addresses(instance["port"]) == {"0100007F"}  # 127.0.0.1, nothing else
+    assert listening_addresses(instance["port"]) == {"0100007F"}  # 127.0.0.1, nothing else
+
+
+async def test_a_deployment_cannot_set_tidegate_variables_to_listen_on_the_network(
+    host: HostProcess, user_files: UserFiles
+) -> None:
+    # The launcher reads TIDEGATE_INSTANCE_BIND; a deployment's YAML must not reach it.
+    rt = runtime(
+        "ep-bind",
+        "blue",
+        user_files.code_dir,
+        model_dir=user_files.model_dir,
+        environment_variables={"TIDEGATE_INSTANCE_BIND": "0.0.0.0", "tidegate_home": "/", "KEPT": "1"},
+    )
+    code, body = await host.put(rt, 1)
+    assert code == 202, body
+    (instance,) = (await host.wait_for("ep-bind", "blue", all_ready(1)))["instances"]
+
+    assert listening_addresses(instance["port"]) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
+    stripped = [e for e in host.events("instance.env_stripped") if e["endpoint"] == "ep-bind"]
+    assert stripped and all(
+        e["names"] == ["TIDEGATE_INSTANCE_BIND", "TIDEGATE_TEST_VAR", "tidegate_home"] for e in stripped
+    )
+    assert "0.0.0.0" not in json.dumps(stripped)  # names only, never values
+    await host.delete("ep-bind", "blue")
 
 
 async def test_run_error_is_a_500_the_instance_stays_ready_and_logs_the_traceback(
@@ -243,6 +256,24 @@ async def test_a_package_pip_cannot_find_fails_the_environment_naming_it(
     assert missing in status["environment_error"]
     assert status["instances"] == []
     await host.delete("ep-f", "blue")
+
+
+async def test_an_environment_that_installs_from_outside_the_index_fails_naming_the_line(
+    host: HostProcess, user_files: UserFiles
+) -> None:
+    conda = (
+        "dependencies:\n  - scikit-learn\n  - pip:\n      - joblib\n      - --index-url https://x.example\n"
+    )
+    rt = runtime("ep-g", "blue", user_files.code_dir, model_dir=None, conda_file=conda)
+    code, body = await host.put(rt, 1)
+    assert code == 202, body
+    status = await host.wait_for("ep-g", "blue", lambda s: s["environment_state"] != "building")
+    assert status["environment_state"] == "failed"
+    assert status["environment_error"] == (
+        f'environment.conda_file:5: "--index-url https://x.example" is a pip option; {ALLOW_HINT}'
+    )
+    assert status["instances"] == []
+    await host.delete("ep-g", "blue")
 
 
 async def test_delete_stops_the_processes_and_forgets_the_deployment(
