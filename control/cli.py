@@ -99,12 +99,12 @@ def main() -> None:
 @main.command()
 @click.option("--detach", is_flag=True, help="Start in the background and return when ready.")
 def up(detach: bool) -> None:
-    """Start Temporal (dev server), the host, the gateway and the worker; wait until ready."""
+    """Start Temporal (dev server), the host, the gateway, the API and the worker; wait until ready."""
     from control import stack
 
     settings = load_settings()
     already = stack.running(settings)
-    with err_console.status("starting Temporal, host, gateway and worker..."):
+    with err_console.status("starting Temporal, host, gateway, API and worker..."):
         try:
             stack.start(settings)
         except stack.StartFailed as err:
@@ -128,6 +128,8 @@ def up(detach: bool) -> None:
 
 
 def _print_addresses(settings: Settings, *, already_running: bool) -> None:
+    from control.api_server import LOGIN_PATH, api_url
+
     ca = settings.tls_dir / "ca.pem"
     state = "already running" if already_running else "up"
     click.echo(f"Tidegate is {state} (home {settings.home})")
@@ -137,6 +139,7 @@ def _print_addresses(settings: Settings, *, already_running: bool) -> None:
     click.echo(f"  Temporal UI      {settings.temporal_ui_url}")
     click.echo(f"  Temporal         {settings.temporal_target} (namespace {settings.temporal_namespace})")
     click.echo(f"  host             {settings.host_target}")
+    click.echo(f"  API              {api_url(settings)} (sign in at {LOGIN_PATH} so the UI decodes payloads)")
     click.echo(f"  control credential  {settings.home / 'control.token'} (mode 0600)")
     click.echo(f"Trust the local CA: curl --cacert {ca} ...  or  export CURL_CA_BUNDLE={ca}")
     click.echo(f"  (Python: export SSL_CERT_FILE={ca}  REQUESTS_CA_BUNDLE={ca})")
@@ -180,6 +183,16 @@ def gateway() -> None:
     """Run the gateway alone (data plane)."""
     from config.logging import configure_logging
     from gateway.server import run
+
+    configure_logging()
+    run(load_settings())
+
+
+@main.command()
+def api() -> None:
+    """Run the control API alone (for now: the payload codec endpoint for the Temporal UI and CLI)."""
+    from config.logging import configure_logging
+    from control.api_server import run
 
     configure_logging()
     run(load_settings())

@@ -21,11 +21,12 @@ from config.binaries import find_binary
 from config.files import write_atomically
 from config.security import control_client_ssl, ensure_control_token, ensure_home
 from config.settings import Settings
+from control.api_server import api_url, codec_endpoint
 from control.temporal import connect, identity
 from host.processes import create_time, is_alive
 from workflows import search
 
-ORDER = ("temporal", "host", "gateway", "worker")
+ORDER = ("temporal", "host", "gateway", "api", "worker")
 STOP_GRACE_SECONDS = 10.0
 
 
@@ -53,12 +54,16 @@ def process_specs(settings: Settings) -> list[ProcessSpec]:
         settings.temporal_namespace,
         "--log-level",
         "warn",
+        # The UI decodes Tidegate's encrypted payloads through `tidegate api` (a signed-in browser).
+        "--ui-codec-endpoint",
+        codec_endpoint(settings),
         *search.dev_server_flags(),
     ]
     return [
         ProcessSpec("temporal", temporal),
         ProcessSpec("host", [*me, "host"]),
         ProcessSpec("gateway", [*me, "gateway"]),
+        ProcessSpec("api", [*me, "api"]),
         ProcessSpec("worker", [*me, "worker"]),
     ]
 
@@ -203,6 +208,8 @@ async def _answers(settings: Settings, name: str, pid: int) -> bool:
             return _tcp_open(settings.gateway_admin_port, settings.gateway_admin_bind) and _tcp_open(
                 settings.gateway_https_port, settings.gateway_https_bind
             )
+        if name == "api":
+            return await _http_ok(settings, f"{api_url(settings)}/healthz")
         if name == "worker":
             return await _worker_polling(settings, pid)
     except (TimeoutError, OSError, aiohttp.ClientError, RuntimeError, RPCError):
@@ -274,6 +281,7 @@ def describe(settings: Settings) -> dict[str, object]:
         ),
         "gateway_admin": f"http://127.0.0.1:{settings.gateway_admin_port}",
         "host": settings.host_target,
+        "api": api_url(settings),
         "temporal": settings.temporal_target,
         "temporal_ui": settings.temporal_ui_url,
         "ca_certificate": str(settings.tls_dir / "ca.pem"),

@@ -6,9 +6,9 @@ import os
 import socket
 
 from temporalio.client import Client, TLSConfig
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from config.settings import Settings
+from control.codec import data_converter
 
 
 def identity(pid: int | None = None) -> str:
@@ -18,6 +18,8 @@ def identity(pid: int | None = None) -> str:
 
 
 async def connect(settings: Settings) -> Client:
+    """A client whose payloads are encrypted (control.codec): what it sends, Temporal keeps
+    only as ciphertext, and it reads back what it and the worker wrote."""
     tls: TLSConfig | bool = False
     if settings.temporal_tls_cert and settings.temporal_tls_key:
         tls = TLSConfig(
@@ -29,6 +31,6 @@ async def connect(settings: Settings) -> Client:
         settings.temporal_target,
         namespace=settings.temporal_namespace,
         tls=tls,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
         identity=identity(),
     )

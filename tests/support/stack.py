@@ -7,8 +7,10 @@ import os
 import ssl
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from config.settings import Settings
 from tests.support.ports import free_ports
@@ -21,7 +23,7 @@ class LocalStack:
 
     @classmethod
     def create(cls, home: Path) -> LocalStack:
-        ports = free_ports(7)
+        ports = free_ports(8)
         env = dict(
             os.environ,
             TIDEGATE_HOME=str(home),
@@ -32,6 +34,7 @@ class LocalStack:
             TIDEGATE_GATEWAY_ADMIN_PORT=str(ports[4]),
             TIDEGATE_HOST_PORT=str(ports[5]),
             TIDEGATE_INSTANCE_PORT_START=str(20000 + (ports[6] % 20000)),
+            TIDEGATE_API_PORT=str(ports[7]),
         )
         return cls(home=home, env=env)
 
@@ -85,6 +88,16 @@ class LocalStack:
     @property
     def https_base(self) -> str:
         return f"https://localhost:{self.port('gateway_https')}"
+
+    def control_headers(self) -> dict[str, str]:
+        """What a caller of the gateway's admin API or the host API sends."""
+        return {"Authorization": f"Bearer {(self.home / 'control.token').read_text().strip()}"}
+
+    def control_json(self, url: str) -> Any:
+        """GET a control surface of this stack (host API, gateway admin) with the credential."""
+        request = urllib.request.Request(url, headers=self.control_headers())
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.home / "tls" / "ca.pem"))
