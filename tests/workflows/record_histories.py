@@ -23,6 +23,10 @@ from pathlib import Path
 from config.settings import load_settings
 from control.temporal import connect
 
+# The codec key `make histories` records with (a test key, not a secret): recorded histories
+# replay through the same converter the worker uses, plain payloads passing through.
+HISTORY_CODEC_KEY = "dGlkZWdhdGUtcmVjb3JkZWQtaGlzdG9yaWVzLWtleSE="
+
 HISTORIES = Path(__file__).resolve().parent / "histories"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,6 +78,7 @@ def main() -> None:
     python = sys.executable
     home = tempfile.mkdtemp(prefix="tidegate-histories-")
     os.environ["TIDEGATE_HOME"] = home
+    os.environ["TIDEGATE_CODEC_KEY"] = HISTORY_CODEC_KEY  # so the replay test can read them
     run(python, "-m", "control.cli", "up", "--detach")
     try:
         run(python, "-m", "control.demo")

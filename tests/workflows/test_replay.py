@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from tests.workflows.record_histories import HISTORIES, workflow_id_of
+from config.settings import Settings
+from control.codec import data_converter
+from tests.workflows.record_histories import HISTORIES, HISTORY_CODEC_KEY, workflow_id_of
 from worker.main import WORKFLOWS
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
@@ -32,7 +33,8 @@ def workflow_type(history: WorkflowHistory) -> str:
 
 
 def replayer(workflows: list[type]) -> Replayer:
-    return Replayer(workflows=workflows, data_converter=pydantic_data_converter)
+    converter = data_converter(Settings(codec_key=HISTORY_CODEC_KEY))
+    return Replayer(workflows=workflows, data_converter=converter)
 
 
 def test_every_workflow_type_has_a_recorded_history() -> None:
