@@ -8,7 +8,7 @@ Rows:
                   outstanding choice, limits (64 per instance: checked, never binding),
                   windows, access log to its file
   gateway-tls     the same over HTTPS
-  gw-echo         the same, access lines also echoed to stderr (log level info)
+  gw-echo         the same, access lines also echoed to stderr (TIDEGATE_GATEWAY_ACCESS_LOG_ECHO)
   gw-no-limits    gateway with the limits off (TIDEGATE_GATEWAY_DISABLE=limits)
   gw-no-windows   ... windows off
   gw-no-accesslog ... access log off
@@ -62,6 +62,7 @@ sys.path.insert(0, str(REPO))
 from tests.support.ports import free_ports  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
+CONTROL_TOKEN = "bench-control-credential-0123456789"  # the gateways' admin API wants it
 BODY = b'{"data": [[1.0, 2.0, 3.0, 4.0]]}'
 ENDPOINT = "bench-ep"
 RESPONSE_BODY = b'{"ok": true}'
@@ -325,6 +326,7 @@ def start_gateway(
         "TIDEGATE_GATEWAY_HTTPS_PORT": str(ports["https"]),
         "TIDEGATE_GATEWAY_HTTP_PORT": str(ports["http"]),
         "TIDEGATE_GATEWAY_ADMIN_PORT": str(ports["admin"]),
+        "TIDEGATE_CONTROL_TOKEN": CONTROL_TOKEN,
         "PYTHONPATH": str(REPO),
     }
     with open(work / "gateway.log", "ab") as log:  # access lines echo here: keep it small
@@ -348,7 +350,7 @@ def push_route(
     queueing (Azure's default of 1 per instance would make every row a queueing test)."""
     route = {
         "name": ENDPOINT,
-        "generation": time.time_ns() // 1000,
+        "generation": time.time_ns() // 1_000_000,  # epoch ms, as the endpoint workflow pushes
         "key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()],
         "traffic": traffic,
         "mirror_traffic": mirror or {},
@@ -370,7 +372,7 @@ def push_route(
         f"http://127.0.0.1:{admin_port}/routes/{ENDPOINT}",
         data=json.dumps(route).encode(),
         method="PUT",
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", "authorization": f"Bearer {CONTROL_TOKEN}"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         result = json.loads(response.read())
@@ -683,7 +685,12 @@ ROW_ORDER = [
 # Gateway rows: (name, extra environment, mirror share, note)
 GATEWAY_ROWS: list[tuple[str, dict[str, str], int, str]] = [
     ("gateway", {}, 0, "every feature on; access log to its file"),
-    ("gw-echo", {"TIDEGATE_LOG_LEVEL": "info"}, 0, "same + access lines echoed to stderr"),
+    (
+        "gw-echo",
+        {"TIDEGATE_LOG_LEVEL": "info", "TIDEGATE_GATEWAY_ACCESS_LOG_ECHO": "true"},
+        0,
+        "same + access lines echoed to stderr",
+    ),
     ("gw-no-limits", {"TIDEGATE_GATEWAY_DISABLE": "limits"}, 0, "limits off"),
     ("gw-no-windows", {"TIDEGATE_GATEWAY_DISABLE": "windows"}, 0, "windows off"),
     ("gw-no-accesslog", {"TIDEGATE_GATEWAY_DISABLE": "accesslog"}, 0, "access log off"),
@@ -1017,7 +1024,14 @@ def main() -> int:
         results.extend(median_result(name, found) for name, found in runs.items())
 
         if not args.no_memory:
-            gateway = start_gateway(procs, work, ports, TIDEGATE_LOG_LEVEL="warning")
+            gateway = start_gateway(
+                procs,
+                work,
+                ports,
+                TIDEGATE_LOG_LEVEL="warning",
+                # Room for the held connections and the checks beside them.
+                TIDEGATE_GATEWAY_MAX_CONNECTIONS=str(args.idle_connections + 1024),
+            )
             push_route(admin, split, {"blue": 90, "green": 10})
             check(http, {**auth, **host})
             print(f"holding {args.idle_connections} idle connections ...", file=sys.stderr)

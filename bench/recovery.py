@@ -31,11 +31,6 @@ from tests.support.stack import LocalStack  # noqa: E402
 RETRY = "tidegate/retry_dropped_requests"
 
 
-def get(url: str) -> dict:
-    with urllib.request.urlopen(url) as response:
-        return json.load(response)
-
-
 def model_load_seconds(root: Path) -> float:
     """Baseline in the same run: azmlinfsrv started by hand on the same score.py and model."""
     from config.binaries import find_binary
@@ -66,6 +61,7 @@ def measure(stack: LocalStack, root: Path, endpoint: str, retry_dropped: bool) -
     """Serve `endpoint` on two instances, kill one under steady load, time the repair."""
     host = f"http://127.0.0.1:{stack.port('host')}/deployments/{endpoint}/blue"
     routes = f"http://127.0.0.1:{stack.port('gateway_admin')}/routes/{endpoint}"
+    get = stack.control_json
     key = stack.serve(endpoint, root, "blue.yml", "instance_count=2")
     if retry_dropped:
         stack.ok("online-endpoint", "update", "-n", endpoint, "--set", f"properties.{RETRY}=true")

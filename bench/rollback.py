@@ -16,7 +16,6 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,9 +38,8 @@ failure_limit: {limit}
 
 
 def green_share(stack: LocalStack, endpoint: str) -> int:
-    url = f"http://127.0.0.1:{stack.port('gateway_admin')}/routes/{endpoint}"
-    with urllib.request.urlopen(url) as response:
-        return int(json.load(response).get("traffic", {}).get("green", 0))
+    route = stack.control_json(f"http://127.0.0.1:{stack.port('gateway_admin')}/routes/{endpoint}")
+    return int(route.get("traffic", {}).get("green", 0))
 
 
 def main() -> None:

@@ -68,10 +68,13 @@ class Settings(BaseSettings):
         default=1024.0, ge=0, description="slowest request body accepted once the grace is over; 0: any"
     )
     gateway_body_grace_seconds: float = Field(
-        default=5.0, ge=0, description="a request body's first seconds, before its rate is held to the minimum"
+        default=5.0, ge=0, description="a request body's first seconds, before the minimum rate applies"
     )
     gateway_max_connections: int = Field(
         default=10_000, ge=1, description="client connections per gateway process; more are closed at once"
+    )
+    gateway_idle_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="client connections idle this long (up to twice it) are closed"
     )
     gateway_access_log_max_bytes: int = Field(
         default=100 * 1024 * 1024, ge=64 * 1024, description="access.log is rotated at this size"

@@ -181,11 +181,9 @@ def worker() -> None:
 @main.command()
 def gateway() -> None:
     """Run the gateway alone (data plane)."""
-    from config.logging import configure_logging
-    from gateway.server import run
+    from gateway.__main__ import main as gateway_main
 
-    configure_logging()
-    run(load_settings())
+    sys.exit(gateway_main())  # a refused bind or a taken port: one logged line and an exit code
 
 
 @main.command()

@@ -8,6 +8,7 @@ import sys
 import structlog
 
 from config.logging import configure_logging
+from config.security import ControlAccessError
 from config.settings import load_settings
 from gateway.server import run
 
@@ -16,6 +17,9 @@ def main() -> int:
     configure_logging(level=os.environ.get("TIDEGATE_LOG_LEVEL", "INFO"))
     try:
         run(load_settings())
+    except ControlAccessError as exc:  # e.g. the admin API bound beyond loopback without TLS
+        structlog.get_logger("gateway").error("gateway.refused", error=str(exc))
+        return 2
     except OSError as exc:  # typically a port already in use
         structlog.get_logger("gateway").error("gateway.failed", error=str(exc))
         return 1

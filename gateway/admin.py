@@ -1,8 +1,13 @@
 """Admin API (aiohttp, its own port): endpoints push their route table here.
 
+Every path but ``GET /healthz`` needs the control credential (``config.security``) as
+``Authorization: Bearer <credential>``; without it, or with another, the answer is 401 and
+nothing is read or changed.
+
 ``PUT /routes/{endpoint}`` and ``DELETE /routes/{endpoint}?generation=N`` follow the
-generation rules in ``gateway.table``; every applied change is persisted before the answer,
-so a push that got ``applied: true`` survives a crash.
+generation rules in ``gateway.table`` (a generation is epoch milliseconds, refused when more
+than ``MAX_GENERATION_AHEAD_MS`` ahead of this gateway's clock); every applied change is
+persisted before the answer, so a push that got ``applied: true`` survives a crash.
 
 ``GET /stats?endpoint=E&deployment=D&window=30s`` answers a ``config.stats.WindowStats``
 (the monitor contract; ``deployment`` omitted: the endpoint as clients saw it). An endpoint
@@ -13,7 +18,6 @@ is "no data". ``GET /metrics`` is Prometheus text (see ``gateway.metrics``).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,32 +27,42 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from config.routes import ApplyRouteResult, EndpointRoute
+from config.security import bearer_matches
 from gateway.metrics import StatsSource, render
 from gateway.table import (
     FieldProblem,
     RouteTable,
     describe_validation_error,
+    generation_problems,
     route_problems,
     save_table,
+    wall_ms,
 )
 from gateway.windows import parse_window
 
 log = structlog.get_logger("gateway.admin")
 
-_OPEN_PATHS = frozenset({"/healthz"})
+_OPEN = frozenset({("GET", "/healthz"), ("HEAD", "/healthz")})
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tidegate"'}
 
 
 class AdminError(Exception):
     """A request the admin API refuses, with the status and code the caller sees."""
 
     def __init__(
-        self, status: int, code: str, message: str, problems: list[FieldProblem] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        problems: list[FieldProblem] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.problems = problems or []
+        self.headers = headers
 
 
 def _error_response(error: AdminError) -> web.Response:
@@ -56,7 +70,7 @@ def _error_response(error: AdminError) -> web.Response:
     if error.problems:
         body["field"] = error.problems[0].field
         body["details"] = [{"field": p.field, "message": p.message} for p in error.problems]
-    return web.json_response({"error": body}, status=error.status)
+    return web.json_response({"error": body}, status=error.status, headers=error.headers)
 
 
 def _bad_request(problems: list[FieldProblem]) -> AdminError:
@@ -83,21 +97,30 @@ def create_app(
     table: RouteTable,
     persist: Callable[[], Awaitable[None]],
     *,
-    admin_token: str | None = None,
+    control_token: str,
     stats: StatsSource | None = None,
 ) -> web.Application:
-    """The admin application; ``persist`` is awaited after every applied change."""
-    expected = f"Bearer {admin_token}".encode() if admin_token else None
+    """The admin application; ``persist`` is awaited after every applied change. Every
+    request but the health check must carry ``control_token`` (the control credential)."""
+    if not control_token:
+        raise ValueError("the admin API needs a control credential")
 
     @web.middleware
     async def errors(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
-            if expected is not None and request.path not in _OPEN_PATHS:
-                given = request.headers.get("Authorization", "").encode()
-                if not hmac.compare_digest(given, expected):
-                    raise AdminError(401, "Unauthorized", "missing or invalid admin token")
+            # Before the handler: a refused request's body is never read.
+            if (request.method, request.path) not in _OPEN and not bearer_matches(
+                request.headers.get("Authorization"), control_token
+            ):
+                raise AdminError(
+                    401,
+                    "Unauthorized",
+                    "missing or invalid control credential: send Authorization: Bearer <credential> "
+                    "($TIDEGATE_HOME/control.token or TIDEGATE_CONTROL_TOKEN)",
+                    headers=_CHALLENGE,
+                )
             return await handler(request)
         except AdminError as exc:
             return _error_response(exc)
@@ -133,7 +156,7 @@ def create_app(
             route = EndpointRoute.model_validate(document)
         except ValidationError as exc:
             raise _bad_request(describe_validation_error(exc)) from None
-        problems = route_problems(route, path_name=name)
+        problems = route_problems(route, path_name=name, now_ms=wall_ms())
         if problems:
             raise _bad_request(problems)
         result = table.put(route)
@@ -157,6 +180,9 @@ def create_app(
             generation = None
         if generation is None or generation < 0:
             raise _bad_request([FieldProblem("generation", "query parameter must be an int >= 0")])
+        problems = generation_problems(generation, wall_ms())
+        if problems:
+            raise _bad_request(problems)
         result = table.delete(name, generation)
         await _persist_if(result)
         log.info(

@@ -51,6 +51,7 @@ class Snapshot:
     instances: dict[tuple[str, str, str], InstanceGauge] = field(default_factory=dict)
     connections: int = 0
     opened: int = 0
+    refused: int = 0
     processes: int = 1
 
     def merge(self, other: Snapshot) -> None:
@@ -71,6 +72,7 @@ class Snapshot:
             mine_gauge.ejected = mine_gauge.ejected or gauge.ejected
         self.connections += other.connections
         self.opened += other.opened
+        self.refused += other.refused
         self.processes += other.processes
 
     def to_json(self) -> dict[str, Any]:
@@ -88,6 +90,7 @@ class Snapshot:
             "instances": [[e, d, i, g.outstanding, g.ejected] for (e, d, i), g in self.instances.items()],
             "connections": self.connections,
             "opened": self.opened,
+            "refused": self.refused,
             "processes": self.processes,
         }
 
@@ -96,6 +99,7 @@ class Snapshot:
         snap = cls(
             connections=int(raw.get("connections", 0)),
             opened=int(raw.get("opened", 0)),
+            refused=int(raw.get("refused", 0)),
             processes=int(raw.get("processes", 1)),
         )
         for entry in raw.get("windows", []):
@@ -131,7 +135,7 @@ class LocalStats:
 
 def take_snapshot(gw: Gateway) -> Snapshot:
     """This process's part of ``/metrics``."""
-    snap = Snapshot(connections=len(gw.connections), opened=gw.opened)
+    snap = Snapshot(connections=len(gw.connections), opened=gw.opened, refused=gw.refused)
     for key, window in list(gw.windows.windows.items()):
         endpoint, deployment = key
         snap.cumulative[key] = window.cumulative()
@@ -203,6 +207,12 @@ def render(snap: Snapshot) -> str:
     out.append(f"tidegate_processes {snap.processes}")
     family("tidegate_connections_opened_total", "counter", "Client connections accepted since start.")
     out.append(f"tidegate_connections_opened_total {snap.opened}")
+    family(
+        "tidegate_connections_refused_total",
+        "counter",
+        "Client connections closed at once since start: the process had max_connections open.",
+    )
+    out.append(f"tidegate_connections_refused_total {snap.refused}")
 
     family("tidegate_requests_total", "counter", "Requests answered since start, by status class.")
     for e, d in keys:

@@ -32,6 +32,15 @@ request and died at that moment would see it twice. And one the endpoint opts in
 back, as one killed in run() does, is sent once more, to another instance as after a refused
 connect; at most one resend per request, whatever its cause.
 
+Slow and hostile clients: a request's line and headers must arrive within
+``header_timeout_s`` of its first byte, and its body at ``min_body_rate`` bytes/s or faster
+once ``body_grace_s`` has passed since the headers (time spent with reading paused by us
+does not count); else 408 and the connection is closed. Both are checked by the
+once-a-second tick, not a timer per request. A connection with no byte for one to two
+``idle_timeout_s`` between requests is closed (one sweep of every connection per period).
+Past ``max_connections`` open client connections a new one is closed at once (counted in
+``refused``).
+
 Hazards kept in mind here: httptools calls back synchronously from ``feed_data`` (several
 requests may complete in one call), so nothing in a callback may raise; every request
 releases its instance's outstanding count exactly once (``_release``) and leaves the queue
@@ -48,6 +57,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Final, cast
 
@@ -110,7 +120,6 @@ PRUNE_EVERY_S: Final = 60
 # request: uvloop's call_later plus cancel costs more than the rest of the limiter).
 DEADLINE_SWEEP_S: Final = 0.01
 FEATURES: Final = frozenset({"limits", "windows", "accesslog", "mirror"})
-IDLE_SWEEP_S: Final = 30.0  # client connections idle for one to two sweeps are closed
 DRAIN_S: Final = 10.0  # on stop, in-flight requests get this long to finish
 _TARGET_CACHE_MAX: Final = 4096
 
@@ -134,6 +143,17 @@ _RID: Final = b"x-request-id: "
 _CLEN: Final = b"\r\ncontent-length: "
 
 
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """How slowly a client may send a request, and how many may be connected at once."""
+
+    header_timeout_s: float = 10.0
+    min_body_rate: float = 1024.0  # bytes/s once the grace is over; 0: no minimum
+    body_grace_s: float = 5.0
+    max_connections: int = 10_000
+    idle_timeout_s: float = 30.0  # idle for one to two of these between requests: closed
+
+
 class Gateway:
     """What every client connection shares: the route table, windows, log, cached bytes."""
 
@@ -145,6 +165,7 @@ class Gateway:
         upstream_ssl: ssl.SSLContext | None = None,
         *,
         features: Iterable[str] = FEATURES,
+        client_limits: ClientLimits | None = None,
     ) -> None:
         self.table = table
         self.live = table.live  # mutated in place by the table, never rebound
@@ -166,6 +187,10 @@ class Gateway:
         self.second = int(time.time())  # the second windows are recording into
         self.second_started = _perf()
         self.opened = 0  # client connections accepted since start
+        self.client_limits = limits = client_limits or ClientLimits()
+        self.max_connections = limits.max_connections
+        self.refused = 0  # client connections closed at once: max_connections were open
+        self._refused_logged = 0
         self._ticker: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._deadliner: asyncio.TimerHandle | None = None
@@ -183,7 +208,7 @@ class Gateway:
         self.second = int(time.time())
         self.second_started = _perf()
         self._tick()
-        self._sweeper = loop.call_later(IDLE_SWEEP_S, self._sweep)
+        self._sweeper = loop.call_later(self.client_limits.idle_timeout_s, self._sweep)
         self._deadliner = loop.call_later(DEADLINE_SWEEP_S, self._check_deadlines)
 
     async def stop(self, drain_s: float = DRAIN_S) -> None:
@@ -224,7 +249,32 @@ class Gateway:
                     self.windows.prune(second, self._window_keys())
             self.second = second
             self.second_started = perf
+        if self.connections:
+            self._check_reads(perf)
         self._ticker = loop.call_later(1.0 - (now % 1.0) + 0.001, self._tick)
+
+    def _check_reads(self, now: float) -> None:
+        """Once a second: 408 for a request whose head is late or whose body is too slow."""
+        limits = self.client_limits
+        head_by = now - limits.header_timeout_s
+        rate = limits.min_body_rate
+        grace = limits.body_grace_s
+        late_head: list[ClientProtocol] = []
+        slow_body: list[ClientProtocol] = []
+        for conn in self.connections:
+            req = conn.req
+            if req is None or conn.closing or conn.paused or req.answered:
+                continue  # between requests (the idle sweep's), or we are not reading
+            if conn.in_head:
+                if req.read_from < head_by:
+                    late_head.append(conn)
+            elif rate and req.read_from + grace + req.body_size / rate < now:
+                slow_body.append(conn)
+        # Closing a connection leaves self.connections alone until connection_lost, later.
+        for conn in late_head:
+            conn.too_slow(f"the request line and headers did not arrive within {limits.header_timeout_s:g} s")
+        for conn in slow_body:
+            conn.too_slow(f"the request body arrived slower than {rate:g} bytes/s")
 
     def _check_deadlines(self) -> None:
         now = _perf()
@@ -270,7 +320,15 @@ class Gateway:
     def _sweep(self) -> None:
         for conn in list(self.connections):
             conn.sweep()
-        self._sweeper = asyncio.get_running_loop().call_later(IDLE_SWEEP_S, self._sweep)
+        if self.refused != self._refused_logged:  # once a sweep, however many there were
+            log.warning(
+                "gateway.connections_refused",
+                refused=self.refused - self._refused_logged,
+                since_start=self.refused,
+                max_connections=self.max_connections,
+            )
+            self._refused_logged = self.refused
+        self._sweeper = asyncio.get_running_loop().call_later(self.client_limits.idle_timeout_s, self._sweep)
 
     def target(self, path: bytes, host: bytes | None) -> RequestTarget | RoutingError:
         """Parse (cached: the answer depends only on path and host)."""
@@ -510,6 +568,7 @@ class _Request:
     __slots__ = (
         "proto",
         "started",
+        "read_from",
         "url",
         "headers",
         "head_bytes",
@@ -553,6 +612,7 @@ class _Request:
     def __init__(self, proto: ClientProtocol, started: float) -> None:
         self.proto = proto
         self.started = started
+        self.read_from = started  # from when the read deadlines count (head, then body)
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
         self.head_bytes = 0
@@ -621,8 +681,14 @@ class ClientProtocol(asyncio.Protocol):
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.gw.connections.add(self)
-        self.gw.opened += 1
+        gw = self.gw
+        if len(gw.connections) >= gw.max_connections:
+            gw.refused += 1
+            self.closing = True
+            self.transport.abort()
+            return
+        gw.connections.add(self)
+        gw.opened += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gw.connections.discard(self)
@@ -670,6 +736,7 @@ class ClientProtocol(asyncio.Protocol):
         if req is None:
             return
         self.in_head = False
+        req.read_from = _perf()
         parser = self.parser
         req.method = parser.get_method()
         req.keep_alive = keep_alive = parser.should_keep_alive()
@@ -690,9 +757,11 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         req = self.req
-        if req is None or req.error is not None:
+        if req is None:
+            return
+        req.body_size += len(body)  # counted even when dropped: the minimum rate reads it
+        if req.error is not None:
             return  # answered or to be answered without the body: drop it
-        req.body_size += len(body)
         if req.body_size > req.max_bytes:
             req.error = self._too_large(req)
             req.body.clear()
@@ -830,8 +899,15 @@ class ClientProtocol(asyncio.Protocol):
             self._dispatch(req)
             return
         if self.paused and self.transport is not None and not self.closing:
-            self.paused = False
-            self.transport.resume_reading()
+            self._resume()
+
+    def _resume(self) -> None:
+        """Read again; the request being read is not charged for the time we did not."""
+        assert self.transport is not None
+        self.paused = False
+        self.transport.resume_reading()
+        if self.req is not None:
+            self.req.read_from = _perf()
 
     def _dispatch(self, req: _Request) -> None:
         """The request's turn on its connection: take a slot (or queue), copy to shadows."""
@@ -1177,8 +1253,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.queue:
             self._next()
         elif self.paused and self.transport is not None and not self.closing:
-            self.paused = False
-            self.transport.resume_reading()
+            self._resume()
 
     def _write(self, req: _Request, status: int, headers: bytes, body: bytes) -> None:
         transport = self.transport
@@ -1265,11 +1340,20 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self.active is None and not self.queue and self.transport is not None:
             req = req or _Request(self, _perf())
-            req.rid = req.rid or fresh_request_id()
+            if not req.rid:
+                req.rid = fresh_request_id()
+                req.rid_bytes = req.rid.encode("latin-1")
             req.close = True
             req.error = RoutingError(status, code, message)
             self._answer_error(req)
         self._close()
+
+    def too_slow(self, message: str) -> None:
+        """The client is sending its request too slowly: 408 (when it is this request's turn
+        to be answered) and close. Counted for the endpoint, never against a deployment."""
+        if self.req is not None:
+            self.req.deployment = None
+        self._fatal(408, "RequestTimeout", message)
 
     def _close(self) -> None:
         """Start no more requests; close once the answer owed is written, after a short drain

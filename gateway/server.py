@@ -3,6 +3,13 @@
 Nothing happens at import time: ``serve(settings)`` starts everything and runs until
 cancelled; ``run(settings)`` is the blocking entry point (uvloop, SIGTERM/SIGINT).
 
+Each listener has its own address: HTTPS on ``TIDEGATE_GATEWAY_HTTPS_BIND``, plain HTTP on
+``TIDEGATE_GATEWAY_HTTP_BIND`` only while ``settings.http_data_plane`` (by default, while
+the data plane stays on loopback), and the admin API on ``TIDEGATE_GATEWAY_ADMIN_BIND``,
+always behind the control credential, and over TLS (``TIDEGATE_CONTROL_TLS_CERT``/``_KEY``)
+once beyond loopback: without them there, the gateway refuses to start
+(``ControlAccessError``, before it listens anywhere).
+
 ``TIDEGATE_GATEWAY_WORKERS=N`` (``settings.gateway_workers``) runs N processes on the
 same ports with SO_REUSEPORT; see ``gateway.workers`` for how they share the route table
 and windows. ``TIDEGATE_GATEWAY_DISABLE=limits,windows,accesslog,mirror`` turns features off
@@ -15,6 +22,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import resource
 import signal
 import ssl
 from dataclasses import dataclass, field
@@ -23,11 +31,12 @@ import structlog
 import uvloop
 from aiohttp import web
 
+from config.security import control_server_ssl, ensure_control_token
 from config.settings import Settings
 from gateway.accesslog import AccessLog
 from gateway.admin import TablePersister, create_app
 from gateway.metrics import LocalStats, StatsSource, take_snapshot
-from gateway.proxy import FEATURES, Gateway
+from gateway.proxy import FEATURES, ClientLimits, Gateway
 from gateway.table import RouteTable, load_table
 from gateway.tls import TlsMaterial, ensure_tls, server_context
 from gateway.workers import (
@@ -46,6 +55,7 @@ ROUTES_FILE = "routes.json"
 ACCESS_LOG_FILE = "access.log"
 BACKLOG = 2048
 DISABLE_ENV = "TIDEGATE_GATEWAY_DISABLE"
+ADMIN_BIND_ENV = "TIDEGATE_GATEWAY_ADMIN_BIND"
 
 
 def enabled_features(environ: dict[str, str] | os._Environ[str] = os.environ) -> frozenset[str]:
@@ -56,12 +66,38 @@ def enabled_features(environ: dict[str, str] | os._Environ[str] = os.environ) ->
     return FEATURES - off
 
 
+def client_limits(settings: Settings) -> ClientLimits:
+    return ClientLimits(
+        header_timeout_s=settings.gateway_header_timeout_seconds,
+        min_body_rate=settings.gateway_min_body_bytes_per_second,
+        body_grace_s=settings.gateway_body_grace_seconds,
+        max_connections=settings.gateway_max_connections,
+        idle_timeout_s=settings.gateway_idle_timeout_seconds,
+    )
+
+
+def raise_open_files_limit() -> tuple[int, int, int]:
+    """Every client connection is a descriptor (and often one upstream): take the soft limit
+    up to the hard one. Returns (soft before, soft now, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("gateway.open_files_limit_unchanged", soft=soft, hard=hard, error=str(exc))
+            return soft, soft, hard
+        return soft, wanted, hard
+    return soft, soft, hard
+
+
 @dataclass
 class RunningGateway:
     """A started gateway. ``close()`` stops listening, lets requests in flight finish (for
     a bounded time), closes every connection and flushes the access log."""
 
     settings: Settings
+    control_token: str
     table: RouteTable
     gateway: Gateway
     tls: TlsMaterial
@@ -100,12 +136,33 @@ async def create_server(settings: Settings) -> RunningGateway:
     workers = settings.gateway_workers
     index = worker_index()
     features = enabled_features()
+    # Refuse a control listener beyond loopback without TLS before anything listens.
+    admin_ssl = (
+        control_server_ssl(settings, bind=settings.gateway_admin_bind, setting=ADMIN_BIND_ENV)
+        if index == 0
+        else None
+    )
+    token = ensure_control_token(settings)
+    soft_before, soft, hard = raise_open_files_limit()
+    log.info("gateway.open_files_limit", soft_before=soft_before, soft=soft, hard=hard)
+    if soft < 2 * settings.gateway_max_connections:
+        log.warning(
+            "gateway.open_files_limit_low",
+            soft=soft,
+            max_connections=settings.gateway_max_connections,
+            hint="each client connection may take a second descriptor upstream",
+        )
     gateway_dir = settings.gateway_dir
     gateway_dir.mkdir(parents=True, exist_ok=True)
     table = await asyncio.to_thread(load_table, gateway_dir / ROUTES_FILE)
     table.processes = workers
     material = await asyncio.to_thread(ensure_tls, settings)
-    access_log = AccessLog(gateway_dir / ACCESS_LOG_FILE)
+    access_log = AccessLog(
+        gateway_dir / ACCESS_LOG_FILE,
+        max_bytes=settings.gateway_access_log_max_bytes,
+        backups=settings.gateway_access_log_backups,
+        echo=settings.gateway_access_log_echo,
+    )
     access_log.start()
     gateway = Gateway(
         table,
@@ -113,25 +170,33 @@ async def create_server(settings: Settings) -> RunningGateway:
         access_log,
         upstream_ssl=ssl.create_default_context(),
         features=features,
+        client_limits=client_limits(settings),
     )
-    running = RunningGateway(settings, table, gateway, material, access_log, index=index)
+    running = RunningGateway(settings, token, table, gateway, material, access_log, index=index)
     try:
         gateway.start()
         tls_context = server_context(material, serves=lambda label: label in table.live)
-        for port, context in ((settings.gateway_https_port, tls_context), (settings.gateway_http_port, None)):
+        listeners: list[tuple[str, int, ssl.SSLContext | None]] = [
+            (settings.gateway_https_bind, settings.gateway_https_port, tls_context)
+        ]
+        if settings.http_data_plane:
+            listeners.append((settings.gateway_http_bind, settings.gateway_http_port, None))
+        for bind, port, context in listeners:
             running.servers.append(
                 await loop.create_server(
                     gateway.protocol_factory,
-                    settings.bind_host,
+                    bind,
                     port,
                     ssl=context,
+                    # A handshake holds a descriptor before the connection counts: bound it too.
+                    ssl_handshake_timeout=settings.gateway_header_timeout_seconds if context else None,
                     backlog=BACKLOG,
                     reuse_address=True,
                     reuse_port=workers > 1,
                 )
             )
         if index == 0:
-            await _serve_admin(running, workers)
+            await _serve_admin(running, workers, admin_ssl)
         else:
             peer = create_peer_app(gateway.window_data, lambda: take_snapshot(gateway))
             running.admin = await start_peer_site(peer, socket_path(gateway_dir, index))
@@ -144,10 +209,12 @@ async def create_server(settings: Settings) -> RunningGateway:
         "gateway.started",
         index=index,
         processes=workers,
-        bind_host=settings.bind_host,
-        https_port=settings.gateway_https_port,
-        http_port=settings.gateway_http_port,
-        admin_port=settings.gateway_admin_port if index == 0 else None,
+        https=f"{settings.gateway_https_bind}:{settings.gateway_https_port}",
+        http=(
+            f"{settings.gateway_http_bind}:{settings.gateway_http_port}" if settings.http_data_plane else None
+        ),
+        admin=f"{settings.gateway_admin_bind}:{settings.gateway_admin_port}" if index == 0 else None,
+        admin_tls=admin_ssl is not None if index == 0 else None,
         endpoints=len(table.routes),
         ca=str(material.ca_cert),
         disabled=sorted(FEATURES - features) or None,
@@ -155,19 +222,21 @@ async def create_server(settings: Settings) -> RunningGateway:
     return running
 
 
-async def _serve_admin(running: RunningGateway, workers: int) -> None:
+async def _serve_admin(running: RunningGateway, workers: int, admin_ssl: ssl.SSLContext | None) -> None:
     settings, gateway = running.settings, running.gateway
     stats: StatsSource = LocalStats(gateway)
     if workers > 1:
         sockets = [socket_path(settings.gateway_dir, i) for i in range(1, workers)]
         running.merged = MergedStats(gateway.window_data, lambda: take_snapshot(gateway), sockets)
         stats = running.merged
-    token = settings.admin_token.get_secret_value() if settings.admin_token else None
     persister = TablePersister(running.table, settings.gateway_dir / ROUTES_FILE)
-    runner = web.AppRunner(create_app(running.table, persister.save, admin_token=token, stats=stats))
+    app = create_app(running.table, persister.save, control_token=running.control_token, stats=stats)
+    runner = web.AppRunner(app)
     await runner.setup()
     running.admin = runner
-    await web.TCPSite(runner, settings.bind_host, settings.gateway_admin_port).start()
+    await web.TCPSite(
+        runner, settings.gateway_admin_bind, settings.gateway_admin_port, ssl_context=admin_ssl
+    ).start()
     if workers > 1:
         running.supervisor = Supervisor(workers)
         await running.supervisor.start()

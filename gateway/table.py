@@ -36,6 +36,9 @@ TABLE_FORMAT = 1
 QUEUE_PER_SLOT = 64
 MAX_QUEUE = 4096
 TOO_MANY_REQUESTS = "TooManyRequests"  # every 429's code; the body's "limit" says which one
+# Generations are epoch milliseconds (decisions.routes.next_generation). One far ahead of the
+# clock would win over every later push until that time came, so the admin API refuses it.
+MAX_GENERATION_AHEAD_MS = 24 * 3600 * 1000
 
 
 # --- decisions (pure) ---
@@ -65,14 +68,36 @@ class FieldProblem:
     message: str
 
 
-def route_problems(route: EndpointRoute, path_name: str | None = None) -> list[FieldProblem]:
-    """What is wrong with a pushed route beyond its JSON types, each naming its field."""
+def generation_problems(generation: int, now_ms: int) -> list[FieldProblem]:
+    """A generation is epoch milliseconds, at most ``MAX_GENERATION_AHEAD_MS`` ahead of
+    ``now_ms`` (this gateway's clock): a later one would pin the route until that time."""
+    if generation < 0:
+        return [FieldProblem("generation", "must be >= 0")]
+    if generation > now_ms + MAX_GENERATION_AHEAD_MS:
+        ahead_h = MAX_GENERATION_AHEAD_MS // 3_600_000
+        return [
+            FieldProblem(
+                "generation",
+                f"{generation} is more than {ahead_h} h ahead of this gateway's clock ({now_ms} ms since "
+                "the epoch); generations are epoch milliseconds",
+            )
+        ]
+    return []
+
+
+def route_problems(
+    route: EndpointRoute, path_name: str | None = None, *, now_ms: int | None = None
+) -> list[FieldProblem]:
+    """What is wrong with a pushed route beyond its JSON types, each naming its field.
+    With ``now_ms``, a generation implausibly far ahead of it is one of them."""
     problems: list[FieldProblem] = []
     if path_name is not None and route.name.lower() != path_name.lower():
         problems.append(FieldProblem("name", f"body names {route.name!r} but the path names {path_name!r}"))
     if not route.name or "/" in route.name or "." in route.name:
         problems.append(FieldProblem("name", "must be a non-empty name without '/' or '.'"))
-    if route.generation < 0:
+    if now_ms is not None:
+        problems += generation_problems(route.generation, now_ms)
+    elif route.generation < 0:
         problems.append(FieldProblem("generation", "must be >= 0"))
     if route.max_request_bytes <= 0:
         problems.append(FieldProblem("max_request_bytes", "must be > 0"))
@@ -386,9 +411,13 @@ class RouteTable:
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> RouteTable:
         table = cls()
+        now_ms = wall_ms()
         for key, generation in dict(document.get("tombstones", {})).items():
+            if generation_problems(int(generation), now_ms):
+                log.warning("routes.tombstone_skipped", endpoint=str(key), generation=int(generation))
+                continue
             table.tombstones[str(key)] = int(generation)
-        for route in _valid_routes(document):
+        for route in _valid_routes(document, now_ms):
             table.put(route)
         return table
 
@@ -399,7 +428,7 @@ class RouteTable:
         for key, generation in dict(document.get("tombstones", {})).items():
             if self.tombstones.get(str(key)) != int(generation):
                 changes += self.delete(str(key), int(generation)).applied
-        for route in _valid_routes(document):
+        for route in _valid_routes(document, wall_ms()):
             if self.routes.get(self._key(route.name)) != route:
                 changes += self.put(route).applied
         return changes
@@ -408,11 +437,16 @@ class RouteTable:
         return self.routes.keys()
 
 
-def _valid_routes(document: dict[str, Any]) -> list[EndpointRoute]:
+def wall_ms() -> int:
+    """This gateway's clock in the generations' unit (epoch milliseconds)."""
+    return time.time_ns() // 1_000_000
+
+
+def _valid_routes(document: dict[str, Any], now_ms: int) -> list[EndpointRoute]:
     routes = []
     for raw in dict(document.get("routes", {})).values():
         route = EndpointRoute.model_validate(raw)
-        problems = route_problems(route)
+        problems = route_problems(route, now_ms=now_ms)
         if problems:
             log.warning(
                 "routes.skipped",

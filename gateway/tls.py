@@ -5,6 +5,13 @@ so the server context's SNI callback mints a certificate for the exact name aske
 (``my-ep.localhost``), signed by the same CA, caches it in memory and under ``tls/sni/``.
 Only names of endpoints the gateway serves are minted, so a client cannot make it sign (and
 store) certificates for arbitrary names.
+
+Users are told to trust the CA; so that trusting it cannot let its key vouch for any other
+site, the CA carries a critical X.509 NameConstraints extension permitting only what the
+gateway serves: DNS ``localhost`` and the configured domain (each with its subdomains) and
+the loopback addresses its certificates name (127.0.0.0/8, ::1). A CA on disk without exactly
+these constraints (made before, or for another domain) is replaced on start
+(``tls.ca_replaced``), and the certificates it signed are made again.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 
 import structlog
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -67,20 +75,59 @@ def server_names(domain: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def name_constraints(domain: str) -> x509.NameConstraints:
+    """What the CA may vouch for: the names and addresses the gateway serves, nothing else."""
+    dns = list(dict.fromkeys(["localhost", domain.lower().rstrip(".")]))
+    permitted: list[x509.GeneralName] = [x509.DNSName(name) for name in dns]
+    permitted += [
+        x509.IPAddress(ipaddress.ip_network("127.0.0.0/8")),
+        x509.IPAddress(ipaddress.ip_network("::1/128")),
+    ]
+    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None)
+
+
+def ca_problem(ca: x509.Certificate, domain: str) -> str | None:
+    """Why a CA on disk may not serve ``domain`` (None: it may): its name constraints must be
+    critical and exactly those ``name_constraints(domain)`` gives."""
+    try:
+        found = ca.extensions.get_extension_for_class(x509.NameConstraints)
+    except x509.ExtensionNotFound:
+        return "the CA has no name constraints"
+    if not found.critical:
+        return "the CA's name constraints are not critical"
+    wanted = name_constraints(domain)
+    if set(found.value.permitted_subtrees or []) != set(wanted.permitted_subtrees or []) or (
+        found.value.excluded_subtrees
+    ):
+        return f"the CA's name constraints are not those for domain {domain!r}"
+    return None
+
+
 def ensure_tls(settings: Settings) -> TlsMaterial:
     """Make the CA and server certificate on first start; reuse them later.
 
     The server certificate is remade when it no longer matches the CA or the domain, or
-    nears expiry; the CA is kept as long as it is valid, so clients keep trusting it.
+    nears expiry; the CA is kept as long as it is valid and constrained to the names served
+    (a new domain makes a new CA), so clients keep trusting it.
     """
     material = material_paths(settings)
     material.sni_dir.mkdir(parents=True, exist_ok=True)
     with _locked(material.sni_dir.parent / ".lock"):
         now = dt.datetime.now(dt.UTC)
         ca = _load_ca(material, now)
-        if ca is None:
+        problem = ca_problem(ca[0], material.domain) if ca is not None else None
+        if ca is None or problem is not None:
+            replaced = ca is not None
             ca = _make_ca(material, now)
-            log.info("tls.ca_created", path=str(material.ca_cert))
+            if replaced:
+                log.warning(
+                    "tls.ca_replaced",
+                    path=str(material.ca_cert),
+                    reason=problem,
+                    hint="clients that trusted the old CA must trust this file again",
+                )
+            else:
+                log.info("tls.ca_created", path=str(material.ca_cert))
         ca_cert, ca_key = ca
         leaf = _load_cert(material.cert)
         wanted = server_names(material.domain)
@@ -213,7 +260,7 @@ def _leaf_ok(leaf: x509.Certificate, ca: x509.Certificate, now: dt.datetime, nam
     try:
         leaf.verify_directly_issued_by(ca)
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, TypeError, x509.InvalidSignature, x509.ExtensionNotFound):
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False
     if leaf.not_valid_after_utc - RENEW_BEFORE < now:
         return False
@@ -261,6 +308,7 @@ def _make_ca(material: TlsMaterial, now: dt.datetime) -> tuple[x509.Certificate,
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(name_constraints(material.domain), critical=True)
         .sign(key, hashes.SHA256())
     )
     _write_file(material.ca_key, _key_pem(key), 0o600)

@@ -32,7 +32,7 @@ SCORE_RUN_RAISES = SCORE.replace(
 # A model whose run() fails a share of requests while a flag file says so (fault injection).
 SCORE_FAULTY = SCORE.replace(
     "import joblib",
-    'import joblib, random\nFLAG = os.environ.get("TIDEGATE_FAULT_FILE", "")',
+    'import joblib, random\nFLAG = os.environ.get("SCORE_FAULT_FILE", "")',
 ).replace(
     '    data = json.loads(raw_data)["data"]',
     "    if FLAG and os.path.exists(FLAG) and random.random() < float(open(FLAG).read()):\n"
@@ -45,7 +45,7 @@ SCORE_FAULTY = SCORE.replace(
 SCORE_CRASHES = SCORE.replace(
     "def init():\n    global model",
     "import threading, time\n"
-    'FLAG = os.environ.get("TIDEGATE_CRASH_FILE", "")\n\n'
+    'FLAG = os.environ.get("SCORE_CRASH_FILE", "")\n\n'
     "def _die_when_flagged():\n"
     "    while True:\n"
     "        if FLAG and os.path.exists(FLAG):\n"
@@ -157,9 +157,9 @@ def write_project(root: Path) -> dict[str, list[float]]:
     (root / "green.yml").write_text(deployment_yaml("green", "model-2", "code"))
     (root / "run-raises.yml").write_text(deployment_yaml("broken", "model-1", "code-run-raises"))
     (root / "init-raises.yml").write_text(deployment_yaml("noinit", "model-1", "code-init-raises"))
-    fault = {"TIDEGATE_FAULT_FILE": str(root / "fault")}
+    fault = {"SCORE_FAULT_FILE": str(root / "fault")}
     (root / "faulty.yml").write_text(deployment_yaml("green", "model-2", "code-faulty", env=fault))
-    crash = {"TIDEGATE_CRASH_FILE": str(root / "crash")}
+    crash = {"SCORE_CRASH_FILE": str(root / "crash")}
     (root / "crashes.yml").write_text(deployment_yaml("blue", "model-1", "code-crashes", env=crash))
     (root / "autoscale.yml").write_text(deployment_yaml("blue", "model-1", "code-slow") + AUTOSCALE)
     (root / "request.json").write_text('{"data": ' + str(REQUEST) + "}")

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import aiohttp
 import pytest
 
 from control.stack import alive
-from tests.e2e.project import REQUEST
+from tests.e2e.project import CONDA, REQUEST
 from tests.support.stack import LocalStack
 
 EP = "e2e-ep"
@@ -138,9 +139,27 @@ def test_show_prints_the_endpoint_as_azure_does(stack: LocalStack, served: dict)
     assert shown["name"] == EP
     assert shown["provisioning_state"] == "Succeeded"
     assert shown["auth_mode"] == "key"
-    assert shown["scoring_uri"] == f"https://{EP}.localhost:{stack.port('gateway_https')}/score"
+    assert shown["scoring_uri"] == f"https://localhost:{stack.port('gateway_https')}/endpoints/{EP}/score"
     uri = stack.ok("online-endpoint", "show", "-n", EP, "--query", "scoring_uri", "-o", "tsv")
     assert uri == shown["scoring_uri"]
+
+
+def test_the_scoring_uri_show_prints_answers_pythons_urllib(stack: LocalStack, served: dict) -> None:
+    """As Azure's "consume an endpoint" sample does it: the URI as given, the key, the CA."""
+    uri = stack.ok("online-endpoint", "show", "-n", EP, "--query", "scoring_uri", "-o", "tsv")
+    headers = {"Authorization": f"Bearer {stack.key(EP)}", "Content-Type": "application/json"}
+    request = urllib.request.Request(uri, data=BODY, headers=headers)
+    with urllib.request.urlopen(request, context=stack.ssl_context(), timeout=30) as response:
+        assert response.status == 200
+        assert response.headers["azureml-model-deployment"] == "blue"
+        assert len(json.load(response)) == len(REQUEST)
+
+
+def test_endpoint_names_are_case_insensitive(stack: LocalStack, served: dict) -> None:
+    done = stack.tidegate("online-endpoint", "create", "--name", EP.upper())
+    assert done.returncode != 0
+    assert f"endpoint {EP} already exists" in done.stderr
+    assert stack.json("online-endpoint", "show", "-n", EP.upper(), "--query", "name") == EP
 
 
 def test_run_raising_gives_424_and_the_traceback_only_in_get_logs(
@@ -257,3 +276,21 @@ def test_a_registered_model_serves_as_azureml_name_version(
     )
     assert json.loads(out) == pytest.approx(answers["model-2"])
     stack.ok("online-endpoint", "delete", "--name", "reg-ep", "--yes")
+
+
+def test_an_environment_that_installs_from_outside_the_index_is_refused_naming_the_line(
+    stack: LocalStack, served: dict, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    (root / "environment" / "outside.yaml").write_text(
+        CONDA.replace("      - joblib\n", "      - joblib\n      - --index-url https://example.invalid/simple\n")
+    )
+    yaml_text = (root / "blue.yml").read_text().replace("environment/conda.yaml", "environment/outside.yaml")
+    (root / "outside.yml").write_text(yaml_text.replace("name: blue", "name: outside"))
+
+    done = stack.tidegate("online-deployment", "create", "-e", EP, "-f", "outside.yml", cwd=root)
+
+    assert done.returncode == 1
+    assert 'outside.yaml:10: "--index-url https://example.invalid/simple" is a pip option' in done.stderr
+    deployments = stack.json("online-endpoint", "show", "-n", EP, "--query", "properties.deployments")
+    assert "outside" not in deployments

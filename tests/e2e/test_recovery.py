@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 from pathlib import Path
-
-import aiohttp
 
 from tests.e2e.project import REQUEST
 from tests.support.load import SteadyLoad
@@ -18,21 +15,13 @@ from tests.support.stack import LocalStack
 BODY = json.dumps({"data": REQUEST}).encode()
 
 
-def get_json(url: str) -> dict:
-    async def fetch() -> dict:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(url) as response:
-                return await response.json()
-
-    return asyncio.run(fetch())
-
-
 def host_instances(stack: LocalStack, endpoint: str, deployment: str) -> list[dict]:
-    return get_json(f"http://127.0.0.1:{stack.port('host')}/deployments/{endpoint}/{deployment}")["instances"]
+    url = f"http://127.0.0.1:{stack.port('host')}/deployments/{endpoint}/{deployment}"
+    return stack.control_json(url)["instances"]
 
 
 def gateway_route(stack: LocalStack, endpoint: str) -> dict:
-    return get_json(f"http://127.0.0.1:{stack.port('gateway_admin')}/routes/{endpoint}")
+    return stack.control_json(f"http://127.0.0.1:{stack.port('gateway_admin')}/routes/{endpoint}")
 
 
 def until_replaced(stack: LocalStack, endpoint: str) -> None:

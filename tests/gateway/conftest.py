@@ -27,6 +27,7 @@ from tests.support.ports import free_ports
 REPO = Path(__file__).resolve().parents[2]
 KEY = "test-primary-key-0123456789"
 SECONDARY_KEY = "test-secondary-key-9876543210"
+CONTROL_TOKEN = "test-control-credential-0123456789"  # what every admin call sends
 MODEL_TRACEBACK = "Traceback (most recent call last): SECRET-MODEL-INTERNALS"
 STARTUP_LIMIT_S = 30.0  # only guards against a gateway that never comes up
 
@@ -114,7 +115,12 @@ class Backend:
 
 @dataclass
 class GatewayProcess:
-    """``python -m gateway`` on its own home and ports."""
+    """``python -m gateway`` on its own home and ports.
+
+    ``control_token`` is given as ``TIDEGATE_CONTROL_TOKEN``; None: the gateway makes
+    ``$TIDEGATE_HOME/control.token`` and ``admin_headers`` reads it from there.
+    ``plain_http``: whether the plain-HTTP data plane is expected to listen.
+    """
 
     home: Path
     env: dict[str, str]
@@ -122,9 +128,18 @@ class GatewayProcess:
     http_port: int
     admin_port: int
     proc: subprocess.Popen[bytes] | None = None
+    control_token: str | None = CONTROL_TOKEN
+    plain_http: bool = True
 
     @classmethod
-    def create(cls, home: Path, **extra_env: str) -> GatewayProcess:
+    def create(
+        cls,
+        home: Path,
+        *,
+        control_token: str | None = CONTROL_TOKEN,
+        plain_http: bool = True,
+        **extra_env: str,
+    ) -> GatewayProcess:
         https_port, http_port, admin_port = free_ports(3)
         env = dict(
             os.environ,
@@ -133,13 +148,24 @@ class GatewayProcess:
             TIDEGATE_GATEWAY_HTTP_PORT=str(http_port),
             TIDEGATE_GATEWAY_ADMIN_PORT=str(admin_port),
             PYTHONPATH=str(REPO),
-            **extra_env,
         )
-        return cls(home, env, https_port, http_port, admin_port)
+        env.pop("TIDEGATE_CONTROL_TOKEN", None)
+        if control_token is not None:
+            env["TIDEGATE_CONTROL_TOKEN"] = control_token
+        env.update(extra_env)
+        return cls(
+            home, env, https_port, http_port, admin_port, control_token=control_token, plain_http=plain_http
+        )
 
     @property
     def admin(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """What every admin call sends: the control credential."""
+        token = self.control_token or (self.home / "control.token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
 
     @property
     def http(self) -> str:
@@ -165,7 +191,8 @@ class GatewayProcess:
         """Until the data-plane ports accept connections (the table is loaded before)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STARTUP_LIMIT_S
-        for port in (self.http_port, self.https_port, self.admin_port):
+        ports = (self.http_port,) if self.plain_http else ()
+        for port in (*ports, self.https_port, self.admin_port):
             while True:
                 assert self.proc is not None
                 if self.proc.poll() is not None:

@@ -32,7 +32,9 @@ class Reply:
 async def push(
     client: aiohttp.ClientSession, gw: GatewayProcess, body: dict[str, Any], **headers: str
 ) -> dict[str, Any]:
-    async with client.put(f"{gw.admin}/routes/{body['name']}", json=body, headers=headers) as response:
+    """PUT the route with the control credential (``headers`` may replace it)."""
+    sent = {**gw.admin_headers, **headers}
+    async with client.put(f"{gw.admin}/routes/{body['name']}", json=body, headers=sent) as response:
         assert response.status == 200, await response.text()
         return dict(await response.json())
 
@@ -54,7 +56,9 @@ async def push_route(
 async def delete(
     client: aiohttp.ClientSession, gw: GatewayProcess, name: str, generation: int
 ) -> dict[str, Any]:
-    async with client.delete(f"{gw.admin}/routes/{name}", params={"generation": str(generation)}) as response:
+    async with client.delete(
+        f"{gw.admin}/routes/{name}", params={"generation": str(generation)}, headers=gw.admin_headers
+    ) as response:
         assert response.status == 200, await response.text()
         return dict(await response.json())
 
@@ -103,13 +107,13 @@ async def stats(
     params = {"endpoint": endpoint, "window": window}
     if deployment:
         params["deployment"] = deployment
-    async with client.get(f"{gw.admin}/stats", params=params) as response:
+    async with client.get(f"{gw.admin}/stats", params=params, headers=gw.admin_headers) as response:
         assert response.status == 200, await response.text()
         return dict(await response.json())
 
 
 async def metrics(client: aiohttp.ClientSession, gw: GatewayProcess) -> str:
-    async with client.get(f"{gw.admin}/metrics") as response:
+    async with client.get(f"{gw.admin}/metrics", headers=gw.admin_headers) as response:
         assert response.status == 200, await response.text()
         assert response.headers["Content-Type"].startswith("text/plain")
         return await response.text()

@@ -14,7 +14,7 @@ import pytest
 from activities.messages import QueryWindowInput
 from activities.prometheus.monitor import PrometheusMonitorProvider
 from config.stats import WindowStats
-from tests.gateway.conftest import KEY, Backend, GatewayProcess
+from tests.gateway.conftest import CONTROL_TOKEN, KEY, Backend, GatewayProcess
 from tests.gateway.helpers import push_route
 from tests.support.ports import free_port
 
@@ -62,6 +62,7 @@ async def test_the_prometheus_provider_reads_the_same_window_as_stats(
         "global: {scrape_interval: 1s}\n"
         "scrape_configs:\n"
         f"  - job_name: tidegate\n    static_configs: [{{targets: ['127.0.0.1:{gateway.admin_port}']}}]\n"
+        f"    authorization: {{type: Bearer, credentials: {CONTROL_TOKEN}}}\n"
     )
     prometheus = subprocess.Popen(
         [
@@ -97,7 +98,9 @@ async def test_the_prometheus_provider_reads_the_same_window_as_stats(
             QueryWindowInput(endpoint="prom-ep", deployment="fail", window_seconds=60)
         )
         async with client.get(
-            f"{gateway.admin}/stats", params={"endpoint": "prom-ep", "deployment": "blue", "window": "60s"}
+            f"{gateway.admin}/stats",
+            params={"endpoint": "prom-ep", "deployment": "blue", "window": "60s"},
+            headers=gateway.admin_headers,
         ) as response:
             stats = WindowStats.model_validate(await response.json())
     finally:

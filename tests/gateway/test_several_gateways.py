@@ -12,12 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from pydantic import SecretStr
 
 from activities.local.network import LocalNetworkProvider
 from activities.messages import ApplyRouteInput
 from config.routes import EndpointRoute
 from config.settings import Settings
-from tests.gateway.conftest import Backend, GatewayProcess, route_body
+from tests.gateway.conftest import CONTROL_TOKEN, Backend, GatewayProcess, route_body
 from tests.gateway.helpers import score
 
 
@@ -35,12 +36,15 @@ async def pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[list[G
 
 async def push_to_all(gateways: list[GatewayProcess], home: Path, body: dict[str, Any]) -> None:
     """As the endpoint's apply_route activity does, with both gateways' admin URLs set."""
-    provider = LocalNetworkProvider(Settings(home=home, gateway_admin_urls=[g.admin for g in gateways]))
+    settings = Settings(
+        home=home, gateway_admin_urls=[g.admin for g in gateways], control_token=SecretStr(CONTROL_TOKEN)
+    )
+    provider = LocalNetworkProvider(settings)
     await provider.apply_route(ApplyRouteInput(route=EndpointRoute.model_validate(body)))
 
 
 async def shown(client: aiohttp.ClientSession, gateway: GatewayProcess, endpoint: str) -> dict[str, Any]:
-    async with client.get(f"{gateway.admin}/routes/{endpoint}") as response:
+    async with client.get(f"{gateway.admin}/routes/{endpoint}", headers=gateway.admin_headers) as response:
         assert response.status == 200
         return dict(await response.json())
 

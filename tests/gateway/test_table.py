@@ -9,16 +9,22 @@ import pytest
 
 from config.routes import DeploymentRoute, EndpointRoute, InstanceRoute
 from gateway.table import (
+    MAX_GENERATION_AHEAD_MS,
     MAX_QUEUE,
     QUEUE_PER_SLOT,
     RouteTable,
     accepts_delete,
     accepts_put,
+    generation_problems,
     load_table,
     process_share,
     route_problems,
     save_table,
+    wall_ms,
 )
+
+NOW_MS = 1_764_072_000_000  # 2025-11-25T12:00:00Z
+DAY_MS = 24 * 3600 * 1000
 
 
 def route(
@@ -148,6 +154,63 @@ def test_route_problems_name_the_field(change: dict[str, object], field: str) ->
     document = route(1).model_dump() | change
     problems = route_problems(EndpointRoute.model_validate(document), path_name="my-ep")
     assert field in [p.field for p in problems]
+
+
+@pytest.mark.parametrize(
+    ("generation", "refused"),
+    [
+        (0, False),
+        (7, False),
+        (NOW_MS - DAY_MS, False),
+        (NOW_MS, False),
+        (NOW_MS + 5_000, False),
+        (NOW_MS + DAY_MS, False),
+        (NOW_MS + DAY_MS + 1, True),
+        (NOW_MS * 1000, True),
+        (2**62, True),
+        (-1, True),
+    ],
+    ids=[
+        "zero_is_plausible",
+        "a_small_counter_is_plausible",
+        "yesterday_is_plausible",
+        "now_is_plausible",
+        "a_clock_a_little_ahead_is_plausible",
+        "exactly_24h_ahead_is_plausible",
+        "more_than_24h_ahead_is_refused",
+        "microseconds_are_refused",
+        "a_huge_number_is_refused",
+        "negative_is_refused",
+    ],
+)
+def test_generation_is_refused_only_when_implausibly_far_ahead_of_now(generation: int, refused: bool) -> None:
+    problems = generation_problems(generation, NOW_MS)
+    assert [p.field for p in problems] == (["generation"] if refused else [])
+
+
+def test_the_limit_ahead_is_24_hours() -> None:
+    assert MAX_GENERATION_AHEAD_MS == DAY_MS
+
+
+def test_route_problems_with_now_refuse_a_generation_far_ahead() -> None:
+    far = route(NOW_MS + 2 * DAY_MS)
+    assert route_problems(far) == []  # without now: no opinion on the clock
+    (problem,) = route_problems(far, now_ms=NOW_MS)
+    assert problem.field == "generation"
+    assert "ahead of this gateway's clock" in problem.message
+
+
+def test_a_persisted_route_or_tombstone_far_ahead_of_the_clock_is_skipped_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "routes.json"
+    far = wall_ms() + 2 * DAY_MS
+    pinned = route(far, name="pinned").model_dump(mode="json")
+    good = route(1).model_dump(mode="json")
+    path.write_text(
+        json.dumps({"format": 1, "routes": {"pinned": pinned, "my-ep": good}, "tombstones": {"gone": far}})
+    )
+    loaded = load_table(path)
+    assert list(loaded.live) == ["my-ep"]
+    assert loaded.tombstones == {}
 
 
 def test_a_good_route_has_no_problems() -> None:

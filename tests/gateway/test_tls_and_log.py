@@ -1,17 +1,23 @@
-"""TLS material (CA, server and SNI certificates) and access-log line formatting."""
+"""TLS material (CA, server and SNI certificates), the access log's lines, file and rotation."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import ipaddress
 import json
 import ssl
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from structlog.testing import capture_logs
 
 from config.settings import Settings
-from gateway.accesslog import AccessEntry, AccessLog, _Clock, format_entry
+from gateway.accesslog import MAX_PATH_CHARS, AccessEntry, AccessLog, RotatingFile, _Clock, format_entry
 from gateway.tls import SniMinter, ensure_tls, server_context
 
 
@@ -25,6 +31,71 @@ def sans(path: Path) -> set[str]:
     return set(ext.get_values_for_type(x509.DNSName)) | {
         str(ip) for ip in ext.get_values_for_type(x509.IPAddress)
     }
+
+
+def permitted(ca_path: Path) -> set[str]:
+    """The CA's permitted name constraints, as strings."""
+    cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
+    constraints = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    return {str(name.value) for name in constraints.permitted_subtrees or []}
+
+
+def issue(ca_dir: Path, out: Path, *, dns: list[str] = (), ips: list[str] = ()) -> tuple[Path, Path]:  # type: ignore[assignment]
+    """A server certificate for these names signed with the CA's key, as anyone holding the
+    key could make one; its certificate and key files."""
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        # A common name that is no host name: OpenSSL checks a host-like one against the DNS
+        # constraints when the certificate has no DNS name.
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test leaf")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = out / "leaf.pem", out / "leaf-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def handshake(cert: Path, key: Path, ca: Path, server_name: str) -> None:
+    """A real TLS handshake in memory: a server with ``cert``, a client trusting ``ca`` only
+    and checking ``server_name``. Raises ``ssl.SSLCertVerificationError`` when it refuses."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(ca))
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(to_client, to_server, server_hostname=server_name)
+    server = server_ctx.wrap_bio(to_server, to_client, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(20):  # a TLS 1.3 handshake takes a few round trips
+        for name, side in (("client", client), ("server", server)):
+            if not done[name]:
+                try:
+                    side.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        if all(done.values()):
+            return
+    raise AssertionError("the handshake did not finish")
 
 
 def test_first_start_makes_a_ca_and_a_server_certificate(tmp_path: Path) -> None:
@@ -47,12 +118,113 @@ def test_later_starts_reuse_the_material(tmp_path: Path) -> None:
     assert (second.ca_cert.read_bytes(), second.cert.read_bytes()) == before
 
 
-def test_a_new_domain_remakes_the_server_certificate_but_keeps_the_ca(tmp_path: Path) -> None:
+def test_a_new_domain_makes_a_new_ca_constrained_to_it_and_a_new_server_certificate(tmp_path: Path) -> None:
     first = ensure_tls(settings_for(tmp_path))
     ca = first.ca_cert.read_bytes()
     second = ensure_tls(settings_for(tmp_path, domain="ml.example.test"))
-    assert second.ca_cert.read_bytes() == ca
+    assert second.ca_cert.read_bytes() != ca
+    assert "ml.example.test" in permitted(second.ca_cert)
     assert "*.ml.example.test" in sans(second.cert)
+    server = x509.load_pem_x509_certificate(second.cert.read_bytes())
+    server.verify_directly_issued_by(x509.load_pem_x509_certificate(second.ca_cert.read_bytes()))
+
+
+def test_the_ca_is_constrained_critically_to_the_names_the_gateway_serves(tmp_path: Path) -> None:
+    material = ensure_tls(settings_for(tmp_path, domain="ml.example.test"))
+    ca = x509.load_pem_x509_certificate(material.ca_cert.read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.NameConstraints).critical
+    assert permitted(material.ca_cert) == {"localhost", "ml.example.test", "127.0.0.0/8", "::1/128"}
+
+
+def test_on_localhost_the_ca_permits_localhost_and_loopback_only(tmp_path: Path) -> None:
+    material = ensure_tls(settings_for(tmp_path))
+    assert permitted(material.ca_cert) == {"localhost", "127.0.0.0/8", "::1/128"}
+
+
+@pytest.mark.parametrize(
+    "server_name",
+    ["localhost", "ml.example.test", "my-ep.ml.example.test", "127.0.0.1", "::1"],
+)
+def test_the_gateway_certificates_verify_for_every_name_they_serve(tmp_path: Path, server_name: str) -> None:
+    material = ensure_tls(settings_for(tmp_path, domain="ml.example.test"))
+    handshake(material.cert, material.key, material.ca_cert, server_name)
+
+
+def test_a_minted_endpoint_certificate_verifies(tmp_path: Path) -> None:
+    material = ensure_tls(settings_for(tmp_path))
+    SniMinter(material, lambda _: True).callback(FakeSslObject(), "my-ep.localhost", None)  # type: ignore[arg-type]
+    sni = material.sni_dir
+    handshake(
+        sni / "my-ep.localhost.pem", sni / "my-ep.localhost-key.pem", material.ca_cert, "my-ep.localhost"
+    )
+
+
+@pytest.mark.parametrize(
+    ("dns", "ips", "server_name", "verifies"),
+    [
+        (["my-ep.localhost"], [], "my-ep.localhost", True),
+        (["other.ml.example.test"], [], "other.ml.example.test", True),
+        ([], ["127.0.0.2"], "127.0.0.2", True),
+        (["www.example.com"], [], "www.example.com", False),
+        (["example.test"], [], "example.test", False),
+        (["evil-ml.example.test"], [], "evil-ml.example.test", False),
+        (["localhost.evil.test"], [], "localhost.evil.test", False),
+        ([], ["10.0.0.1"], "10.0.0.1", False),
+        (["my-ep.localhost", "www.example.com"], [], "my-ep.localhost", False),
+    ],
+    ids=[
+        "endpoint_under_localhost",
+        "endpoint_under_the_domain",
+        "loopback_address",
+        "another_site",
+        "the_domain_s_parent",
+        "a_lookalike_of_the_domain",
+        "localhost_as_a_prefix",
+        "a_private_address",
+        "a_served_name_beside_another",
+    ],
+)
+def test_a_certificate_the_ca_key_signs_for_another_name_fails_verification(
+    tmp_path: Path, dns: list[str], ips: list[str], server_name: str, verifies: bool
+) -> None:
+    material = ensure_tls(settings_for(tmp_path, domain="ml.example.test"))
+    cert, key = issue(material.ca_cert.parent, tmp_path / "leaf", dns=dns, ips=ips)
+    if verifies:
+        handshake(cert, key, material.ca_cert, server_name)
+    else:
+        with pytest.raises(ssl.SSLCertVerificationError, match="subtree violation"):
+            handshake(cert, key, material.ca_cert, server_name)
+
+
+def test_an_unconstrained_ca_on_disk_is_replaced_on_start_and_logged(tmp_path: Path) -> None:
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tidegate local CA")])
+    now = dt.datetime.now(dt.UTC)
+    old = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tls / "ca.pem").write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    (tls / "ca-key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with capture_logs() as logs:
+        material = ensure_tls(settings_for(tmp_path))
+    assert [e["event"] for e in logs if e["event"].startswith("tls.ca")] == ["tls.ca_replaced"]
+    assert permitted(material.ca_cert) == {"localhost", "127.0.0.0/8", "::1/128"}
+    handshake(material.cert, material.key, material.ca_cert, "localhost")  # the server cert follows
 
 
 def test_server_context_loads(tmp_path: Path) -> None:
@@ -134,9 +306,60 @@ def test_access_line_is_json_with_the_agreed_fields() -> None:
     }
 
 
-def test_access_log_writes_the_file_and_the_structlog_stream(tmp_path: Path) -> None:
+def test_a_long_path_is_logged_cut_with_a_marker_saying_how_much() -> None:
+    path = b"/endpoints/" + b"x" * 4085  # 4096 bytes
+    line = json.loads(format_entry(tuple(ENTRY._replace(path=path)), _Clock()))
+    assert line["path"] == path[:MAX_PATH_CHARS].decode() + f"...[{4096 - MAX_PATH_CHARS} more bytes]"
+
+
+def test_by_default_the_access_log_writes_each_line_to_its_file_only(tmp_path: Path) -> None:
     stream = io.StringIO()
     log = AccessLog(tmp_path / "gateway" / "access.log", stream=stream)
+    log.start()
+    log.record(tuple(ENTRY))
+    log.close()
+    assert len((tmp_path / "gateway" / "access.log").read_text().splitlines()) == 1
+    assert stream.getvalue() == ""
+
+
+def test_the_access_log_rotates_by_size_keeping_the_newest_lines_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    rotating = RotatingFile(path, max_bytes=1000, backups=2)
+    lines = [f"{i:09d}".ljust(99, ".") + "\n" for i in range(100)]  # 100 bytes each
+    for start in range(0, 100, 7):  # flushes of several lines, as the log thread writes
+        rotating.write("".join(lines[start : start + 7]).encode())
+    rotating.release()
+    files = [path.with_name("access.log.2"), path.with_name("access.log.1"), path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".access.log.lock",
+        "access.log",
+        "access.log.1",
+        "access.log.2",
+    ]
+    assert all(p.stat().st_size <= 1000 for p in files)
+    kept = "".join(p.read_text() for p in files)
+    assert lines[-1] in kept and lines[0] not in kept
+    assert kept == "".join(lines[-len(kept.splitlines()) :])  # the newest lines, whole and in order
+
+
+def test_two_writers_sharing_the_access_log_rotate_it_once_between_them(tmp_path: Path) -> None:
+    """Two gateway processes share the file: each follows the other's rotation."""
+    path = tmp_path / "access.log"
+    first = RotatingFile(path, max_bytes=1000, backups=3)
+    second = RotatingFile(path, max_bytes=1000, backups=3)
+    lines = [f"{i:09d}".ljust(99, ".") + "\n" for i in range(60)]
+    for index, line in enumerate(lines):
+        (first if index % 2 else second).write(line.encode())
+    first.release()
+    second.release()
+    files = [path.with_name(f"access.log.{n}") for n in (3, 2, 1)] + [path]
+    assert all(p.stat().st_size <= 1000 for p in files)
+    assert "".join(p.read_text() for p in files) == "".join(lines[-40:])
+
+
+def test_access_log_echoes_to_the_structlog_stream_when_asked(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    log = AccessLog(tmp_path / "gateway" / "access.log", stream=stream, echo=True)
     log.start()
     log.record(tuple(ENTRY))
     log.record(tuple(ENTRY._replace(status=401, code="Unauthorized")))

@@ -333,7 +333,7 @@ async def test_stats_of_something_never_served_is_zero_requests_not_404(
 async def test_bad_stats_query_is_400(
     gateway: GatewayProcess, client: aiohttp.ClientSession, query: dict[str, str], field: str
 ) -> None:
-    async with client.get(f"{gateway.admin}/stats", params=query) as response:
+    async with client.get(f"{gateway.admin}/stats", params=query, headers=gateway.admin_headers) as response:
         assert response.status == 400
         assert (await response.json())["error"]["field"] == field
 
