@@ -162,6 +162,24 @@ def test_endpoint_names_are_case_insensitive(stack: LocalStack, served: dict) ->
     assert stack.json("online-endpoint", "show", "-n", EP.upper(), "--query", "name") == EP
 
 
+def test_an_environment_that_installs_from_outside_the_index_is_refused_naming_the_line(
+    stack: LocalStack, served: dict, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    (root / "environment" / "outside.yaml").write_text(
+        CONDA.replace("      - joblib\n", "      - joblib\n      - --index-url https://example.invalid/simple\n")
+    )
+    yaml_text = (root / "blue.yml").read_text().replace("environment/conda.yaml", "environment/outside.yaml")
+    (root / "outside.yml").write_text(yaml_text.replace("name: blue", "name: outside"))
+
+    done = stack.tidegate("online-deployment", "create", "-e", EP, "-f", "outside.yml", cwd=root)
+
+    assert done.returncode == 1
+    assert 'outside.yaml:10: "--index-url https://example.invalid/simple" is a pip option' in done.stderr
+    deployments = stack.json("online-endpoint", "show", "-n", EP, "--query", "properties.deployments")
+    assert "outside" not in deployments
+
+
 def test_run_raising_gives_424_and_the_traceback_only_in_get_logs(
     stack: LocalStack, served: dict, project: tuple[Path, dict]
 ) -> None:
@@ -277,20 +295,3 @@ def test_a_registered_model_serves_as_azureml_name_version(
     assert json.loads(out) == pytest.approx(answers["model-2"])
     stack.ok("online-endpoint", "delete", "--name", "reg-ep", "--yes")
 
-
-def test_an_environment_that_installs_from_outside_the_index_is_refused_naming_the_line(
-    stack: LocalStack, served: dict, project: tuple[Path, dict]
-) -> None:
-    root, _ = project
-    (root / "environment" / "outside.yaml").write_text(
-        CONDA.replace("      - joblib\n", "      - joblib\n      - --index-url https://example.invalid/simple\n")
-    )
-    yaml_text = (root / "blue.yml").read_text().replace("environment/conda.yaml", "environment/outside.yaml")
-    (root / "outside.yml").write_text(yaml_text.replace("name: blue", "name: outside"))
-
-    done = stack.tidegate("online-deployment", "create", "-e", EP, "-f", "outside.yml", cwd=root)
-
-    assert done.returncode == 1
-    assert 'outside.yaml:10: "--index-url https://example.invalid/simple" is a pip option' in done.stderr
-    deployments = stack.json("online-endpoint", "show", "-n", EP, "--query", "properties.deployments")
-    assert "outside" not in deployments

@@ -79,7 +79,9 @@ class LocalStack:
         self.tidegate("down")
 
     def pids(self) -> dict[str, int]:
-        return json.loads((self.home / "run" / "stack.json").read_text())
+        from control.stack import read_pids
+
+        return read_pids(self.settings())
 
     @property
     def http_base(self) -> str:
@@ -91,7 +93,8 @@ class LocalStack:
 
     def control_headers(self) -> dict[str, str]:
         """What a caller of the gateway's admin API or the host API sends."""
-        return {"Authorization": f"Bearer {(self.home / 'control.token').read_text().strip()}"}
+        token = self.env.get("TIDEGATE_CONTROL_TOKEN") or (self.home / "control.token").read_text().strip()
+        return {"Authorization": f"Bearer {token}"}
 
     def control_json(self, url: str) -> Any:
         """GET a control surface of this stack (host API, gateway admin) with the credential."""
