@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import html
 import secrets
-import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -38,6 +36,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
+from config.lifecycle import run_until_signalled
 from config.security import ControlAccessError, bearer_matches, control_server_ssl, ensure_control_token
 from config.settings import Settings, is_loopback
 from control.codec import ENCODING, CodecKeyError, EncryptionCodec, codec
@@ -384,16 +383,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
 def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT."""
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop=stop)
-
     try:
-        asyncio.run(main())
+        run_until_signalled(lambda stop: serve(settings, stop=stop))
     except (ControlAccessError, CodecKeyError) as exc:  # bound beyond loopback without TLS; bad key
         log.error("api.failed", error=str(exc))
         raise SystemExit(1) from None

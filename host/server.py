@@ -6,15 +6,14 @@ credential, and beyond loopback it serves only HTTPS (config/security.py)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
-import signal
 from pathlib import Path
 from typing import IO
 
 import structlog
 from aiohttp import web
 
+from config.lifecycle import run_until_signalled
 from config.security import ControlAccessError, control_server_ssl, ensure_control_token
 from config.settings import Settings
 from host.api import create_app
@@ -78,16 +77,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
 def run(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly."""
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop=stop)
-
     try:
-        asyncio.run(main())
+        run_until_signalled(lambda stop: serve(settings, stop=stop))
     except HostError as exc:
         log.error("host.failed", code=exc.code, error=exc.message)
         raise SystemExit(1) from None

@@ -5,22 +5,9 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.support.stack import LocalStack
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    local = LocalStack.create(tmp_path_factory.mktemp("tidegate-home"))
-    local.up()
-    try:
-        yield local
-    finally:
-        local.down()
 
 
 def get_json(url: str) -> object:
