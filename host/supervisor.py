@@ -61,6 +61,7 @@ from config.host_api import (
 )
 from config.settings import Settings
 from decisions.probes import ProbeCount, count_probe, next_probe_at, startup_budget_seconds
+from decisions.rolling_update import DOWN, RUNNING, OldInstance, instances_to_start, old_instances_to_retire
 from host.environments import Environments, EnvironmentStatus, environment_key
 from host.errors import HostError, not_found
 from host.instances import Instance, probe_once, spawn
@@ -80,9 +81,6 @@ TICK_SECONDS = 1.0
 MAX_PORT = 65535
 DEFAULT_DRAIN_SECONDS = 2.0
 # Not serving and never coming back by themselves.
-_DOWN = ("failed", "stopped")
-# Holding a process (or about to): what max_surge counts.
-_RUNNING = ("starting", "ready", "unready", "draining")
 # Holding a process that the probes watch.
 _PROBED = ("starting", "ready", "unready")
 # Which instances go first when a deployment shrinks: broken before booting before serving.
@@ -395,7 +393,7 @@ class Supervisor:
         superseded = {i.replaces for i in staying if i.replaces}
         # The places instance_count counts: a failed instance whose replacement is under way
         # is only listed (for the caller to see), the replacement holds its place.
-        slots = [i for i in staying if dep.is_current(i) and not (i.state in _DOWN and i.id in superseded)]
+        slots = [i for i in staying if dep.is_current(i) and not (i.state in DOWN and i.id in superseded)]
 
         if env.state == "failed":  # nothing can start: what waited for the environment goes
             for instance in [i for i in slots if i.process is None and i.state == "starting"]:
@@ -412,12 +410,14 @@ class Supervisor:
         if env.state != "failed":
             if explicit:
                 for n, instance in enumerate(slots):
-                    if instance.state in _DOWN:
+                    if instance.state in DOWN:
                         slots[n] = self._add_instance(dep, replacing=instance)
-            missing = dep.instance_count - len(slots)
-            if dep.max_surge > 0:
-                running = sum(1 for i in dep.instances if i.state in _RUNNING)
-                missing = min(missing, dep.instance_count + dep.max_surge - running)
+            missing = instances_to_start(
+                wanted=dep.instance_count,
+                holding_places=len(slots),
+                running=sum(1 for i in dep.instances if i.state in RUNNING),
+                max_surge=dep.max_surge,
+            )
             for _ in range(missing):
                 slots.append(self._add_instance(dep))
 
@@ -430,38 +430,32 @@ class Supervisor:
         self._changed(dep)
 
     def _replace_old(self, dep: Deployment, old: list[Instance], slots: list[Instance]) -> None:
-        """Let old-spec instances go as far as the current ones can take over."""
-        count = dep.instance_count
+        """Let old-spec instances go as far as the current ones can take over
+        (decisions/rolling_update.py decides which)."""
         ready = sum(1 for i in slots if i.state == "ready")
-        if dep.max_surge == 0:
-            for instance in old:
-                if instance.state in _DOWN or instance.process is None or count == 0 or ready >= count:
-                    self._retire(dep, instance, reason="replaced")
-            return
-        serving = []
-        for instance in old:
-            if instance.state == "ready" and count > 0:
-                serving.append(instance)
-            else:  # not serving (or not wanted at all): nothing to wait for
-                self._retire(dep, instance, reason="replaced")
-        if any(i.state in _DOWN for i in slots):
-            if serving:
-                log.debug("rollout.halted", endpoint=dep.endpoint, deployment=dep.name)
-            return  # a new instance failed: the old ones keep serving until the caller decides
-        capacity = ready + len(serving)
-        for instance in serving:
-            if capacity - 1 < count:
-                break
+        plan = old_instances_to_retire(
+            wanted=dep.instance_count,
+            ready_current=ready,
+            old=[OldInstance(i.id, i.state, i.process is not None) for i in old],
+            max_surge=dep.max_surge,
+            current_failed=any(i.state in DOWN for i in slots),
+        )
+        if plan.halted:
+            log.debug("rolling_update.halted", endpoint=dep.endpoint, deployment=dep.name)
+        by_id = {i.id: i for i in old}
+        for instance_id in plan.leave:
+            instance = by_id[instance_id]
+            serving = instance.state == "ready"
             self._retire(dep, instance, reason="replaced")
-            capacity -= 1
-            log.info(
-                "rollout.step",
-                endpoint=dep.endpoint,
-                deployment=dep.name,
-                retired=instance.id,
-                ready_current=ready,
-                old_left=sum(1 for i in dep.instances if not dep.is_current(i) and i.state == "ready"),
-            )
+            if serving and dep.max_surge > 0:
+                log.info(
+                    "rolling_update.step",
+                    endpoint=dep.endpoint,
+                    deployment=dep.name,
+                    retired=instance.id,
+                    ready_current=ready,
+                    old_left=sum(1 for i in dep.instances if not dep.is_current(i) and i.state == "ready"),
+                )
 
     def _retire(self, dep: Deployment, instance: Instance, *, reason: str) -> None:
         """A ready instance drains first (the caller takes it out of its routes); others go."""
@@ -720,7 +714,7 @@ class Supervisor:
     def _drop_predecessor(self, dep: Deployment, instance: Instance) -> None:
         """The failed instance this one replaced has been listed long enough."""
         for other in list(dep.instances):
-            if other.id == instance.replaces and other.state in _DOWN:
+            if other.id == instance.replaces and other.state in DOWN:
                 self._discard(dep, other, reason=f"replaced by {instance.id}")
 
     def _discard(self, dep: Deployment, instance: Instance, *, reason: str) -> None:
