@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint down histories
+.PHONY: demo test test-fast bench lint down histories
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
+
+# The quick loop: lint, then the unit and workflow layers (no gateway, host or end-to-end).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q tests/config tests/decisions tests/workflows tests/control tests/worker
 
 bench: $(STAMP)
 	$(PY) bench/gateway.py

@@ -25,6 +25,7 @@ from workflows.deployment import DeploymentWorkflow
 from workflows.endpoint import EndpointWorkflow
 from workflows.patch import HostPatchWorkflow
 from workflows.rollout import RolloutWorkflow
+from workflows.search import SearchAttributeError, ensure_search_attributes
 
 log = structlog.get_logger()
 
@@ -62,13 +63,15 @@ def build_worker(client: Client, settings: Settings) -> Worker:
 
 async def serve(settings: Settings) -> None:
     client = await connect(settings)
+    # Before polling: a rollout started in a namespace without them fails to start.
+    await ensure_search_attributes(client, settings.temporal_namespace)
     worker = build_worker(client, settings)
     log.info("worker.started", task_queue=settings.task_queue, temporal=settings.temporal_target)
     await worker.run()
 
 
 def run(settings: Settings) -> None:
-    async def main() -> None:
+    async def main() -> int:
         task = asyncio.ensure_future(serve(settings))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,10 +80,19 @@ def run(settings: Settings) -> None:
             await task
         except asyncio.CancelledError:
             log.info("worker.stopped")
+        except SearchAttributeError as error:
+            # Not a crash, and a restart will not mend it: the namespace needs an operator.
+            # The plain text keeps the commands to copy, which a JSON log line would escape.
+            log.error(
+                "worker.start_refused", namespace=settings.temporal_namespace, reason=type(error).__name__
+            )
+            print(error, file=sys.stderr)
+            return 1
+        return 0
 
-    asyncio.run(main())
+    code = asyncio.run(main())
     # Leave without interpreter teardown: the Temporal client's Rust threads can abort a
     # finalizing interpreter (temporalio/sdk-python#300), seen once after a Temporal restart.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

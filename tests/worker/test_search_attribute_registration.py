@@ -221,6 +221,7 @@ async def test_a_refused_list_names_every_attribute(temporal_bare: WorkflowEnvir
         await ensure_search_attributes(refusing(client, "list"), namespace)
 
     assert f"refused to list search attributes in namespace {namespace!r}" in str(refused.value)
+    assert "An operator must add whichever of TidegateEndpoint (Keyword), " in str(refused.value)
     assert str(refused.value).endswith(
         "\n".join(f"  {c}" for c in search.create_commands(search.ALL, namespace))
     )
