@@ -191,7 +191,9 @@ def describe_plan(plan: Plan) -> list[str]:
     if plan.mirror is not None:
         lines.append(f"mirror: {plan.mirror.share}% shadowed to {plan.canary} for {plan.mirror.duration:g}s")
         lines += [
-            f"  gate {g.label} (window {g.window:g}s, ≥{g.min_requests} requests)" for g in plan.mirror.gates
+            f"  gate {g.label} (window {g.window:g}s, ≥{g.min_requests} requests, "
+            f"no data → {g.on_no_data} (deadline {g.no_data_deadline:g}s))"
+            for g in plan.mirror.gates
         ]
     for i, step in enumerate(plan.steps, start=1):
         lines.append(f"step {i}/{len(plan.steps)}: {plan.canary} {step.weight}%, hold {step.hold:g}s")
@@ -207,5 +209,8 @@ def describe_plan(plan: Plan) -> list[str]:
         f"on success: {plan.baseline} kept warm at 0% for {success.keep_previous_for:g}s, then {success.then}"
     )
     failure = plan.after_failure
-    lines.append(f"on failure: traffic back to {plan.baseline} at once; {plan.canary} {failure.canary}")
+    lines.append(
+        f"on failure: traffic back to {plan.baseline} at once; {plan.canary} {failure.canary} "
+        f"after a {failure.drain:g}s drain"
+    )
     return lines

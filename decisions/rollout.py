@@ -341,5 +341,6 @@ def finish(state: RolloutState, phase: Phase, now: datetime, detail: str = "") -
     s.phase = phase
     if phase == "RolledBack":
         s.weight, s.mirror_share = 0, 0
+        s.reason = s.reason or detail or None  # an undo after success has no gate to name
     _log(s, now, phase.lower(), detail)
     return s

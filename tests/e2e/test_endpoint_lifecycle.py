@@ -167,7 +167,9 @@ def test_an_environment_that_installs_from_outside_the_index_is_refused_naming_t
 ) -> None:
     root, _ = project
     (root / "environment" / "outside.yaml").write_text(
-        CONDA.replace("      - joblib\n", "      - joblib\n      - --index-url https://example.invalid/simple\n")
+        CONDA.replace(
+            "      - joblib\n", "      - joblib\n      - --index-url https://example.invalid/simple\n"
+        )
     )
     yaml_text = (root / "blue.yml").read_text().replace("environment/conda.yaml", "environment/outside.yaml")
     (root / "outside.yml").write_text(yaml_text.replace("name: blue", "name: outside"))
@@ -294,4 +296,3 @@ def test_a_registered_model_serves_as_azureml_name_version(
     )
     assert json.loads(out) == pytest.approx(answers["model-2"])
     stack.ok("online-endpoint", "delete", "--name", "reg-ep", "--yes")
-

@@ -113,8 +113,19 @@ def invoke(base: str, key: str) -> int:
 
 def test_a_rollback_reaches_the_live_gateway_while_the_other_is_down_and_heals_it_later(two: tuple) -> None:
     stack, second, first_admin = two
-    stack.ok("rollout", "start", "--endpoint", EP, "--to", "green", "--steps", "50,100", "--hold", "1h",
-             "--no-wait")
+    stack.ok(
+        "rollout",
+        "start",
+        "--endpoint",
+        EP,
+        "--to",
+        "green",
+        "--steps",
+        "50,100",
+        "--hold",
+        "1h",
+        "--no-wait",
+    )
     until(lambda: route(stack, first_admin)["traffic"].get("green") == 50, "green at 50 % on the first")
     assert route(stack, second.admin)["traffic"].get("green") == 50
     second.stop()
