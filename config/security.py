@@ -65,8 +65,7 @@ def read_control_token(settings: Settings) -> str:
         token = path.read_text().strip()
     except FileNotFoundError:
         raise ControlAccessError(
-            f"no control credential: {path} does not exist; run `tidegate up` once, "
-            f"or set {TOKEN_ENV}"
+            f"no control credential: {path} does not exist; run `tidegate up` once, or set {TOKEN_ENV}"
         ) from None
     if not token:
         raise ControlAccessError(f"no control credential: {path} is empty")

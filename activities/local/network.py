@@ -71,8 +71,14 @@ class LocalNetworkProvider:
         lagging = {t: why for t, why in zip(self._targets, reasons, strict=True) if why is not None}
         for target in self._targets:
             event = "route.lagging" if target in lagging else "route.pushed"
-            log.info(event, endpoint=endpoint, gateway=target, method=method, generation=generation,
-                     reason=lagging.get(target))
+            log.info(
+                event,
+                endpoint=endpoint,
+                gateway=target,
+                method=method,
+                generation=generation,
+                reason=lagging.get(target),
+            )
         return PushRouteResult(lagging=lagging, gateways=len(self._targets))
 
     async def ensure_keys(self, request: EnsureKeysInput) -> EnsureKeysResult:
