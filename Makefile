@@ -14,13 +14,11 @@ demo: $(STAMP)
 	$(VENV)/bin/tidegate up --detach
 	$(PY) -m control.demo
 
-test: $(STAMP)
-	$(VENV)/bin/ruff check .
+test: lint
 	$(VENV)/bin/pytest -q
 
 # The quick loop: lint, then the unit and workflow layers (no gateway, host or end-to-end).
-test-fast: $(STAMP)
-	$(VENV)/bin/ruff check .
+test-fast: lint
 	$(VENV)/bin/pytest -q tests/config tests/decisions tests/workflows tests/control tests/worker
 
 bench: $(STAMP)
@@ -31,6 +29,7 @@ histories: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 down: $(STAMP)
 	$(VENV)/bin/tidegate down
