@@ -19,7 +19,7 @@ test: lint
 
 # The quick loop: lint, then the unit and workflow layers (no gateway, host or end-to-end).
 test-fast: lint
-	$(VENV)/bin/pytest -q tests/config tests/decisions tests/workflows tests/control tests/worker
+	$(VENV)/bin/pytest -q tests/config tests/decisions tests/workflows tests/control tests/worker tests/activities
 
 bench: $(STAMP)
 	$(PY) bench/gateway.py

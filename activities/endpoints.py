@@ -1,4 +1,5 @@
-"""Activities that change an endpoint through its workflow (a rollout's traffic, retiring)."""
+"""Activities that change an endpoint through its workflow (a rollout's traffic, retiring, a
+runtime patch): Temporal updates and queries by the names the contract gives them."""
 
 from __future__ import annotations
 
@@ -8,17 +9,15 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from activities.messages import PatchDeploymentInput, PatchDeploymentResult, RetireDeploymentInput
-from decisions.instances import patched
-from decisions.state import EndpointState
-from workflows.ids import endpoint_id
-from workflows.messages import (
-    DeleteDeploymentInput,
-    SetRolloutTrafficInput,
-    UpdateDeploymentInput,
-)
+from config.contract.activities import PatchDeploymentInput, PatchDeploymentResult, RetireDeploymentInput
+from config.contract.ids import endpoint_id
+from config.contract.names import Activity, EndpointQuery, EndpointUpdate
+from config.contract.state import EndpointRecord
+from config.contract.workflows import DeleteDeploymentInput, SetRolloutTrafficInput, UpdateDeploymentInput
+from decisions.instances import bump_patch_level
 
 HEARTBEAT_SECONDS = 2.0
+PATCH_POLL_SECONDS = 1.0
 
 
 class EndpointActivities:
@@ -26,9 +25,9 @@ class EndpointActivities:
         self._client = client
 
     async def _update(
-        self, endpoint: str, update: str, arg: object, result_type: type | None = None
+        self, workflow_id: str, update: str, arg: object, result_type: type | None = None
     ) -> object:
-        handle = self._client.get_workflow_handle(endpoint_id(endpoint))
+        handle = self._client.get_workflow_handle(workflow_id)
         call = asyncio.ensure_future(handle.execute_update(update, arg, result_type=result_type))
         try:
             # Heartbeats while the endpoint waits for its push: a worker that dies here is
@@ -45,29 +44,53 @@ class EndpointActivities:
             message = cause.message if isinstance(cause, ApplicationError) else str(cause)
             raise ApplicationError(message, type="Refused", non_retryable=True) from None
 
-    @activity.defn(name="set_rollout_traffic")
+    async def _describe(self, endpoint: str) -> EndpointRecord:
+        handle = self._client.get_workflow_handle(endpoint_id(endpoint))
+        return await handle.query(EndpointQuery.DESCRIBE, result_type=EndpointRecord)
+
+    async def _rollout_endpoint(self, request: SetRolloutTrafficInput) -> str:
+        """The workflow id of the endpoint a rollout changes. A rollout that began before its
+        input named the endpoint is the endpoint workflow's child: its parent says."""
+        if request.endpoint is not None:
+            return endpoint_id(request.endpoint)
+        info = activity.info()
+        described = await self._client.get_workflow_handle(
+            info.workflow_id, run_id=info.workflow_run_id
+        ).describe()
+        if described.parent_id is None:
+            raise ApplicationError(
+                f"rollout {request.rollout_id} names no endpoint and has no parent workflow",
+                type="UnknownEndpoint",
+                non_retryable=True,
+            )
+        return described.parent_id
+
+    @activity.defn(name=Activity.SET_ROLLOUT_TRAFFIC)
     async def set_rollout_traffic(self, request: SetRolloutTrafficInput) -> None:
         """Returns once every gateway serves the new split (the update waits for the push)."""
-        endpoint = request.rollout_id.split("/")[1]
-        await self._update(endpoint, "set_rollout_traffic", request, EndpointState)
+        workflow_id = await self._rollout_endpoint(request)
+        await self._update(workflow_id, EndpointUpdate.SET_ROLLOUT_TRAFFIC, request, EndpointRecord)
 
-    @activity.defn(name="patch_deployment")
+    @activity.defn(name=Activity.PATCH_DEPLOYMENT)
     async def patch_deployment(self, request: PatchDeploymentInput) -> PatchDeploymentResult:
         """Roll one deployment onto a refreshed environment and wait until it has settled."""
-        handle = self._client.get_workflow_handle(endpoint_id(request.endpoint))
-        state = await handle.query("describe", result_type=EndpointState)
+        state = await self._describe(request.endpoint)
         record = state.deployments.get(request.deployment)
         if record is None or record.provisioning_state != "Succeeded":
             shown = record.provisioning_state if record else "gone"
             return PatchDeploymentResult(
                 endpoint=request.endpoint, deployment=request.deployment, outcome="Skipped", detail=shown
             )
-        target = record.target.model_copy(update={"runtime": patched(record.target.runtime)})
-        await self._update(request.endpoint, "update_deployment", UpdateDeploymentInput(target=target))
+        target = record.target.model_copy(update={"runtime": bump_patch_level(record.target.runtime)})
+        await self._update(
+            endpoint_id(request.endpoint),
+            EndpointUpdate.UPDATE_DEPLOYMENT,
+            UpdateDeploymentInput(target=target),
+        )
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(PATCH_POLL_SECONDS)
             activity.heartbeat()
-            state = await handle.query("describe", result_type=EndpointState)
+            state = await self._describe(request.endpoint)
             record = state.deployments.get(request.deployment)
             if record is None:
                 return PatchDeploymentResult(
@@ -76,7 +99,7 @@ class EndpointActivities:
                     outcome="Skipped",
                     detail="deleted",
                 )
-            if record.provisioning_state in ("Succeeded", "Failed"):
+            if record.provisioning_state == "Succeeded" or record.provisioning_state == "Failed":
                 return PatchDeploymentResult(
                     endpoint=request.endpoint,
                     deployment=request.deployment,
@@ -84,19 +107,21 @@ class EndpointActivities:
                     detail=record.error or f"environment patch level {target.runtime.environment.patch}",
                 )
 
-    @activity.defn(name="retire_deployment")
+    @activity.defn(name=Activity.RETIRE_DEPLOYMENT)
     async def retire_deployment(self, request: RetireDeploymentInput) -> None:
+        workflow_id = endpoint_id(request.endpoint)
         if request.action == "delete":
             await self._update(
-                request.endpoint, "delete_deployment", DeleteDeploymentInput(name=request.deployment)
+                workflow_id, EndpointUpdate.DELETE_DEPLOYMENT, DeleteDeploymentInput(name=request.deployment)
             )
             return
         if request.action == "scale_down":
-            handle = self._client.get_workflow_handle(endpoint_id(request.endpoint))
-            state = await handle.query("describe", result_type=EndpointState)
+            state = await self._describe(request.endpoint)
             record = state.deployments.get(request.deployment)
             if record is None or record.target.instance_count == 1:
                 return  # already gone or already at its floor: nothing to do again
             target = record.target.model_copy(update={"instance_count": 1})
-            target.spec["instance_count"] = 1
-            await self._update(request.endpoint, "update_deployment", UpdateDeploymentInput(target=target))
+            target.spec = {**target.spec, "instance_count": 1}
+            await self._update(
+                workflow_id, EndpointUpdate.UPDATE_DEPLOYMENT, UpdateDeploymentInput(target=target)
+            )

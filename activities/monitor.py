@@ -6,11 +6,14 @@ from typing import Protocol
 
 from temporalio import activity
 
-from activities.messages import QueryWindowInput
+from config.contract.activities import QueryWindowInput
+from config.contract.names import Activity
 from config.stats import WindowStats
 
 
 class MonitorProvider(Protocol):
+    """Measures a deployment: `local` sums the gateways' `/stats`, `prometheus` asks PromQL."""
+
     async def query_window(self, request: QueryWindowInput) -> WindowStats: ...
 
 
@@ -18,6 +21,6 @@ class MonitorActivities:
     def __init__(self, provider: MonitorProvider) -> None:
         self._provider = provider
 
-    @activity.defn(name="query_window")
+    @activity.defn(name=Activity.QUERY_WINDOW)
     async def query_window(self, request: QueryWindowInput) -> WindowStats:
         return await self._provider.query_window(request)

@@ -1,4 +1,4 @@
-"""Network activities: route table pushes to every gateway, and endpoint keys."""
+"""Network activities: route table pushes to every gateway (or whatever routes traffic)."""
 
 from __future__ import annotations
 
@@ -6,42 +6,26 @@ from typing import Protocol
 
 from temporalio import activity
 
-from activities.messages import (
-    ApplyRouteInput,
-    DeleteKeysInput,
-    EnsureKeysInput,
-    EnsureKeysResult,
-    PushRouteResult,
-    RemoveRouteInput,
-)
+from config.contract.activities import ApplyRouteInput, PushRouteResult, RemoveRouteInput
+from config.contract.names import Activity
 
 
 class NetworkProvider(Protocol):
+    """Routes an endpoint's traffic: `local` pushes the route table to every gateway."""
+
     async def apply_route(self, request: ApplyRouteInput) -> PushRouteResult: ...
 
     async def remove_route(self, request: RemoveRouteInput) -> PushRouteResult: ...
-
-    async def ensure_keys(self, request: EnsureKeysInput) -> EnsureKeysResult: ...
-
-    async def delete_keys(self, request: DeleteKeysInput) -> None: ...
 
 
 class NetworkActivities:
     def __init__(self, provider: NetworkProvider) -> None:
         self._provider = provider
 
-    @activity.defn(name="apply_route")
+    @activity.defn(name=Activity.APPLY_ROUTE)
     async def apply_route(self, request: ApplyRouteInput) -> PushRouteResult:
         return await self._provider.apply_route(request)
 
-    @activity.defn(name="remove_route")
+    @activity.defn(name=Activity.REMOVE_ROUTE)
     async def remove_route(self, request: RemoveRouteInput) -> PushRouteResult:
         return await self._provider.remove_route(request)
-
-    @activity.defn(name="ensure_keys")
-    async def ensure_keys(self, request: EnsureKeysInput) -> EnsureKeysResult:
-        return await self._provider.ensure_keys(request)
-
-    @activity.defn(name="delete_keys")
-    async def delete_keys(self, request: DeleteKeysInput) -> None:
-        await self._provider.delete_keys(request)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 
-from control.temporal import connect  # noqa: E402
+from config.contract.temporal_client import connect  # noqa: E402
 from tests.support.stack import LocalStack  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "config" / "samples"

@@ -65,7 +65,10 @@ class EnsureInstancesRequest(BaseModel):
 
 # unready: running, but its readiness probe failed failure_threshold times in a row (out of
 # the route table until it passes success_threshold times in a row).
-InstanceState = Literal["starting", "ready", "unready", "failed", "stopped", "draining"]
+InstancePhase = Literal["starting", "ready", "unready", "failed", "stopped", "draining"]
+# The old name, for host/instances.py and host/state.py until they import InstancePhase (the
+# gateway's InstanceState is a class: one name, one thing, once they do).
+InstanceState = InstancePhase
 EnvironmentState = Literal["building", "ready", "failed"]
 
 
@@ -74,7 +77,7 @@ class InstanceStatus(BaseModel):
     port: int
     url: str
     pid: int | None = None
-    state: InstanceState
+    state: InstancePhase
     spec_hash: str
     exit_code: int | None = None
     error: str | None = Field(default=None, description="tail of the instance log on failure")

@@ -45,6 +45,9 @@ Metric = Literal[
     "mirror_match_rate",
 ]
 Op = Literal["<", "<=", ">", ">="]
+Strategy = Literal["canary", "linear", "blue_green"]
+# What becomes of a deployment a rollout is done with (`keep` leaves it as it is).
+RetireAction = Literal["keep", "scale_down", "delete"]
 
 _EXPR = re.compile(
     r"^\s*(?P<metric>[a-z0-9_]+)\s*(?P<op><=|>=|<|>)\s*"
@@ -148,7 +151,7 @@ class MirrorPhase(_Strict):
 
 class AfterSuccess(_Strict):
     keep_previous_for: Duration = Field(default=600.0, description="old deployment warm at 0 %")
-    then: Literal["keep", "scale_down", "delete"] = "keep"
+    then: RetireAction = "keep"
 
 
 class AfterFailure(_Strict):
@@ -159,7 +162,7 @@ class AfterFailure(_Strict):
 class RolloutSpec(_Strict):
     """A rollout plan as written in rollout.yml (or built from --strategy/--steps flags)."""
 
-    strategy: Literal["canary", "linear", "blue_green"] = "canary"
+    strategy: Strategy = "canary"
     baseline: str | None = Field(default=None, description="default: the deployment with traffic")
     steps: list[Step] = Field(default_factory=list)
     linear: LinearSpec | None = None

@@ -6,6 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from config.contract.defaults import (
+    DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE,
+    DEFAULT_MAX_QUEUE_WAIT_MS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_MS,
+)
+
 
 class InstanceRoute(BaseModel):
     id: str
@@ -15,9 +22,9 @@ class InstanceRoute(BaseModel):
 class DeploymentRoute(BaseModel):
     name: str
     instances: list[InstanceRoute] = Field(default_factory=list)
-    request_timeout_ms: int = 5000
-    max_concurrent_requests_per_instance: int = 1
-    max_queue_wait_ms: int = 500
+    request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
+    max_concurrent_requests_per_instance: int = DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE
+    max_queue_wait_ms: int = DEFAULT_MAX_QUEUE_WAIT_MS
 
 
 class EndpointRoute(BaseModel):
@@ -32,7 +39,7 @@ class EndpointRoute(BaseModel):
     traffic: dict[str, int] = Field(default_factory=dict)
     mirror_traffic: dict[str, int] = Field(default_factory=dict)
     deployments: dict[str, DeploymentRoute] = Field(default_factory=dict)
-    max_request_bytes: int = 16 * 1024 * 1024
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_requests_per_second: float = Field(
         default=0.0, description="shared by all gateways and their processes; 0: no limit"
     )

@@ -1,7 +1,7 @@
 """The control credential and the rules for control listeners.
 
 One random credential guards every control surface (the gateway's admin API, the host API,
-the REST API and the payload codec endpoint). It is made once, on the first start, as
+and the control API, for now the payload codec endpoint). It is made once, on the first start, as
 ``$TIDEGATE_HOME/control.token`` (mode 0600, the home itself 0700), or given to a process as
 ``TIDEGATE_CONTROL_TOKEN`` when the parts run on several machines. Callers send it as
 ``Authorization: Bearer <credential>``; servers compare in constant time.

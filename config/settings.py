@@ -10,6 +10,12 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.contract.defaults import DEFAULT_MAX_REQUEST_BYTES
+from config.contract.names import TASK_QUEUE
+
+# The kinds of provider the worker and the façade pick by name (activities/providers.py).
+ProviderKind = Literal["compute", "network", "monitor", "secrets", "artifacts"]
+
 
 def _default_home() -> Path:
     return Path.home() / ".tidegate"
@@ -32,7 +38,7 @@ class Settings(BaseSettings):
     temporal_tls_cert: Path | None = None
     temporal_tls_key: Path | None = None
     temporal_tls_ca: Path | None = None
-    task_queue: str = "tidegate"
+    task_queue: str = TASK_QUEUE
 
     # Listeners, each on its own address. The control listeners (gateway admin, host API)
     # stay on loopback unless told; beyond it they need TLS (control_tls_cert/key) and always
@@ -59,7 +65,7 @@ class Settings(BaseSettings):
     gateway_admin_urls: list[str] | None = Field(
         default=None, description="admin URLs of every gateway the route table is pushed to"
     )
-    max_request_bytes: int = 16 * 1024 * 1024
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     # Gateway: slow and hostile clients (each gateway process on its own), and its log's size.
     gateway_header_timeout_seconds: float = Field(
         default=10.0, gt=0, description="a request's line and headers must arrive within this; else 408"
@@ -91,8 +97,16 @@ class Settings(BaseSettings):
 
     # How often an endpoint re-pushes its route table so a gateway that lost state heals.
     route_repush_seconds: float = 30.0
-    # Where gates and autoscaling read their windows: the gateways' /stats, or Prometheus.
-    monitor_provider: Literal["local", "prometheus"] = "local"
+
+    # Providers: who runs instances, routes traffic, measures, keeps keys and artifacts.
+    # `provider` names them all; a per-kind setting overrides it for that kind (e.g.
+    # TIDEGATE_MONITOR_PROVIDER=prometheus: gates and autoscaling read PromQL, not /stats).
+    provider: str = "local"
+    compute_provider: str | None = None
+    network_provider: str | None = None
+    monitor_provider: str | None = None
+    secrets_provider: str | None = None
+    artifacts_provider: str | None = None
     prometheus_url: str = "http://127.0.0.1:9090"
 
     # Autoscale: how long utilisation must stay low before one instance goes (Azure has no field).
@@ -108,7 +122,7 @@ class Settings(BaseSettings):
     # $TIDEGATE_HOME/codec.key. Every client and worker of a namespace needs the same one.
     codec_key: SecretStr | None = None
 
-    # The REST control API and the payload codec endpoint (`tidegate api`): a control listener.
+    # The control API (`tidegate api`; for now the payload codec endpoint): a control listener.
     api_bind: str = "127.0.0.1"
     api_port: int = 8083
 
@@ -126,13 +140,10 @@ class Settings(BaseSettings):
     def host_target(self) -> str:
         return self.host_url or f"http://127.0.0.1:{self.host_port}"
 
-    @property
-    def gateway_https_url(self) -> str:
-        return f"https://{self.domain}:{self.gateway_https_port}"
-
-    @property
-    def gateway_http_url(self) -> str:
-        return f"http://{self.domain}:{self.gateway_http_port}"
+    def provider_name(self, kind: ProviderKind) -> str:
+        """The provider of `kind`: its own setting, else `provider`."""
+        chosen: str | None = getattr(self, f"{kind}_provider")
+        return chosen or self.provider
 
     @property
     def temporal_ui_url(self) -> str:

@@ -32,8 +32,14 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from config.contract.defaults import (
+    DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE,
+    DEFAULT_MAX_QUEUE_WAIT_MS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_MS,
+)
+
 __all__ = [
-    "DEFAULT_MAX_REQUEST_BYTES",
     "DEPLOYMENT_NAME_RULE",
     "ENDPOINT_NAME_RULE",
     "MAX_REQUESTS_PER_SECOND",
@@ -189,7 +195,6 @@ PROPERTY_PREFIX = "tidegate/"
 MAX_REQUEST_BYTES = "tidegate/max_request_bytes"
 MAX_REQUESTS_PER_SECOND = "tidegate/max_requests_per_second"
 RETRY_DROPPED_REQUESTS = "tidegate/retry_dropped_requests"
-DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024  # TIDEGATE_MAX_REQUEST_BYTES' default
 _KNOWN_PROPERTIES = (MAX_REQUEST_BYTES, MAX_REQUESTS_PER_SECOND, RETRY_DROPPED_REQUESTS)
 _BOOLEANS = {"true": True, "false": False}
 
@@ -544,10 +549,14 @@ ScaleSettings = Annotated[
 class RequestSettings(_Spec):
     """Per-request limits enforced by the gateway. Defaults are Azure's."""
 
-    request_timeout_ms: int = Field(default=5000, ge=1, le=180000)
-    max_concurrent_requests_per_instance: int = Field(default=1, ge=1)
+    request_timeout_ms: int = Field(default=DEFAULT_REQUEST_TIMEOUT_MS, ge=1, le=180000)
+    max_concurrent_requests_per_instance: int = Field(
+        default=DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE, ge=1
+    )
     max_queue_wait_ms: int = Field(
-        default=500, ge=0, description="deprecated in Azure, still accepted and honoured here"
+        default=DEFAULT_MAX_QUEUE_WAIT_MS,
+        ge=0,
+        description="deprecated in Azure, still accepted and honoured here",
     )
 
 

@@ -1,6 +1,6 @@
 """`tidegate api`: the control plane's HTTP front door. For now: ``/healthz`` and the payload
 codec endpoint that lets the Temporal UI and ``temporal workflow show`` read the payloads
-Tidegate encrypts (control.codec).
+Tidegate encrypts (config.contract.codec).
 
 The codec routes follow Temporal's remote-codec protocol: ``POST /codec/decode`` and
 ``POST /codec/encode``, body ``{"payloads": [...]}`` (Payloads in protobuf JSON, so ``data`` and
@@ -36,10 +36,10 @@ from aiohttp import web
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
+from config.contract.codec import ENCODING, CodecKeyError, EncryptionCodec, codec
 from config.lifecycle import run_until_signalled
 from config.security import ControlAccessError, bearer_matches, control_server_ssl, ensure_control_token
 from config.settings import Settings, is_loopback
-from control.codec import ENCODING, CodecKeyError, EncryptionCodec, codec
 
 log = structlog.get_logger("control.api")
 

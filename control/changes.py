@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from config.contract.errors import BadRequest
+from config.contract.state import EndpointRecord
+from config.contract.workflows import UpdateEndpointInput
 from config.specs import EndpointSpec
-from control.errors import BadRequest
-from decisions.state import EndpointState
 from decisions.traffic import parse_traffic
-from workflows.messages import UpdateEndpointInput
 
 _SETTABLE = ("description", "tags.<key>", "properties.<key>")
 
 
 def endpoint_change(
-    current: EndpointState,
+    current: EndpointRecord,
     spec: EndpointSpec | None,
     traffic: str | None,
     mirror_traffic: str | None,

@@ -15,8 +15,9 @@ from typing import Any
 import click
 from rich.console import Console
 
+from config.contract.errors import TidegateError
+from config.contract.names import RolloutSignal
 from config.settings import Settings, load_settings
-from control.errors import TidegateError
 
 err_console = Console(stderr=True)
 
@@ -350,7 +351,7 @@ async def endpoint_credentials(name, resource_group, workspace_name, output, que
     """Print the endpoint's primaryKey and secondaryKey."""
     tg = await facade()
     await tg.describe(name)
-    emit(tg.get_credentials(name), output, query)
+    emit(await tg.get_credentials(name), output, query)
 
 
 @online_endpoint.command("regenerate-keys")
@@ -385,10 +386,6 @@ def _deployment_spec(file: Path, name: str | None, endpoint: str | None, assignm
     return load_deployment_dict(data, base_dir=file.absolute().parent, source=str(file), overrides=overrides)
 
 
-def _progress(record: Any) -> None:
-    err_console.log(f"{record.name}: {record.provisioning_state}")
-
-
 @online_deployment.command("create")
 @click.option("-n", "--name", default=None, help="Deployment name; overrides the file's.")
 @click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, default=None)
@@ -411,7 +408,7 @@ async def deployment_create(
     query,
 ):
     """Create a deployment and wait until it serves (or fails, with the reason)."""
-    from workflows.messages import UpdateEndpointInput
+    from config.contract.workflows import UpdateEndpointInput
 
     spec = _deployment_spec(file, name, endpoint, list(assignments))
     tg = await facade()
@@ -703,11 +700,13 @@ def _steer(name: str, doc: str, with_reason: bool) -> None:
     rollout.command(name)(command)
 
 
-_steer("pause", "Hold the rollout where it is until resume.", True)
-_steer("resume", "Continue a paused rollout.", False)
-_steer("promote", "Skip the remaining steps: the canary gets all traffic now.", True)
-_steer("rollback", "Traffic back to the baseline now; the canary keeps no traffic.", True)
-_steer("undo", "After a success, traffic back to the previous deployment while it is warm.", False)
+_steer(RolloutSignal.PAUSE, "Hold the rollout where it is until resume.", True)
+_steer(RolloutSignal.RESUME, "Continue a paused rollout.", False)
+_steer(RolloutSignal.PROMOTE, "Skip the remaining steps: the canary gets all traffic now.", True)
+_steer(RolloutSignal.ROLLBACK, "Traffic back to the baseline now; the canary keeps no traffic.", True)
+_steer(
+    RolloutSignal.UNDO, "After a success, traffic back to the previous deployment while it is warm.", False
+)
 
 
 @rollout.command("retry")
@@ -740,10 +739,10 @@ def model() -> None:
     """Register models (`azureml:<name>:<version>` in deployment YAML)."""
 
 
-def _registry():
-    from control.artifacts import ModelRegistry
+def _artifacts():
+    from activities.providers import provider
 
-    return ModelRegistry(load_settings().registry_dir)
+    return provider("artifacts", load_settings())
 
 
 def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -766,7 +765,7 @@ def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_sync
 def model_create(name, version, path, description, resource_group, workspace_name, output, query):
     """Copy a model file or folder into the registry, content-hashed."""
-    emit(_registry().create(name, version, path, description).model_dump(), output, query)
+    emit(_artifacts().create_model(name, version, path, description).model_dump(), output, query)
 
 
 @model.command("list")
@@ -775,7 +774,7 @@ def model_create(name, version, path, description, resource_group, workspace_nam
 @_sync
 def model_list(name, resource_group, workspace_name, output, query):
     """List registered models."""
-    emit([m.model_dump() for m in _registry().list(name)], output, query)
+    emit([m.model_dump() for m in _artifacts().list_models(name)], output, query)
 
 
 @model.command("show")
@@ -785,7 +784,7 @@ def model_list(name, resource_group, workspace_name, output, query):
 @_sync
 def model_show(name, version, resource_group, workspace_name, output, query):
     """Show a registered model."""
-    emit(_registry().show(name, version).model_dump(), output, query)
+    emit(_artifacts().show_model(name, version).model_dump(), output, query)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The client façade over Temporal: the one way the CLI and the REST API change anything."""
+"""The client façade over Temporal: the one way the CLI changes anything."""
 
 from __future__ import annotations
 
@@ -19,17 +19,13 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.local.secrets import LocalSecretStore
-from config.security import control_client_ssl, control_headers
-from config.settings import Settings
-from config.specs import DeploymentSpec, EndpointSpec, endpoint_limits
-from control.errors import BadRequest, Conflict, NotFound, OperationFailed, TidegateError
-from control.targets import build_target
-from control.temporal import connect
-from decisions.state import DeploymentRecord, EndpointState, KeyType
-from workflows.endpoint import EndpointWorkflow
-from workflows.ids import endpoint_id
-from workflows.messages import (
+from activities.providers import provider
+from config.contract.errors import BadRequest, Conflict, NotFound, OperationFailed, TidegateError
+from config.contract.ids import endpoint_id, endpoint_of, host_patch_id
+from config.contract.names import ENDPOINT_WORKFLOW
+from config.contract.state import DeploymentEntry, EndpointRecord, KeyType
+from config.contract.temporal_client import connect
+from config.contract.workflows import (
     CreateDeploymentInput,
     DeleteDeploymentInput,
     EndpointWorkflowInput,
@@ -38,6 +34,11 @@ from workflows.messages import (
     UpdateDeploymentInput,
     UpdateEndpointInput,
 )
+from config.security import control_client_ssl, control_headers
+from config.settings import Settings
+from config.specs import DeploymentSpec, EndpointSpec, endpoint_limits
+from control.targets import build_target
+from workflows.endpoint import EndpointWorkflow
 from workflows.patch import HostPatchWorkflow
 
 POLL_SECONDS = 0.25
@@ -48,7 +49,9 @@ class Tidegate:
     def __init__(self, settings: Settings, client: Client) -> None:
         self.settings = settings
         self.client = client
-        self._secrets = LocalSecretStore(settings)
+        # Keys and artifacts through their providers' protocols, whichever the settings choose.
+        self._secrets = provider("secrets", settings)
+        self._artifacts = provider("artifacts", settings)
 
     @classmethod
     async def connect(cls, settings: Settings) -> Tidegate:
@@ -71,7 +74,7 @@ class Tidegate:
         if clash:  # one made before names were lower-cased would share the gateway's route
             raise Conflict(f"endpoint {clash[0]} already exists (endpoint names are case-insensitive)")
         limits = endpoint_limits(spec.properties, default_max_request_bytes=self.settings.max_request_bytes)
-        state = EndpointState(
+        state = EndpointRecord(
             name=spec.name,
             description=spec.description,
             tags=dict(spec.tags or {}),
@@ -99,7 +102,7 @@ class Tidegate:
             await self._wait_endpoint(spec.name, lambda s: s.provisioning_state != "Creating")
         return await self.show_endpoint(spec.name)
 
-    async def describe(self, name: str) -> EndpointState:
+    async def describe(self, name: str) -> EndpointRecord:
         handle = self._handle(name)
         try:
             described = await handle.describe()
@@ -115,10 +118,8 @@ class Tidegate:
         return self.endpoint_view(await self.describe(name))
 
     async def _running_endpoints(self) -> set[str]:
-        query = 'WorkflowType = "EndpointWorkflow" AND ExecutionStatus = "Running"'
-        return {
-            execution.id.removeprefix("endpoint/") async for execution in self.client.list_workflows(query)
-        }
+        query = f'WorkflowType = "{ENDPOINT_WORKFLOW}" AND ExecutionStatus = "Running"'
+        return {endpoint_of(execution.id) async for execution in self.client.list_workflows(query)}
 
     async def list_endpoints(self) -> list[dict[str, Any]]:
         views = []
@@ -132,7 +133,7 @@ class Tidegate:
     async def update_endpoint(self, name: str, change: UpdateEndpointInput) -> dict[str, Any]:
         await self.describe(name)
         state = await self.execute_update(name, EndpointWorkflow.update_endpoint, change)
-        return self.endpoint_view(EndpointState.model_validate(state))
+        return self.endpoint_view(EndpointRecord.model_validate(state))
 
     async def delete_endpoint(self, name: str, *, wait: bool = True) -> None:
         await self.describe(name)
@@ -141,8 +142,8 @@ class Tidegate:
         if wait:
             await handle.result()
 
-    def get_credentials(self, name: str) -> dict[str, str]:
-        keys = self._secrets.keys(name)
+    async def get_credentials(self, name: str) -> dict[str, str]:
+        keys = await self._secrets.keys(name)
         if not keys:
             raise NotFound(f"endpoint {name} has no keys (does it exist?)")
         return {"primaryKey": keys["primary"], "secondaryKey": keys["secondary"]}
@@ -159,7 +160,7 @@ class Tidegate:
         state = await self.describe(name)
         headers = {"Content-Type": "application/json"}
         if state.auth_mode == "key":
-            headers["Authorization"] = f"Bearer {self.get_credentials(name)['primaryKey']}"
+            headers["Authorization"] = f"Bearer {(await self.get_credentials(name))['primaryKey']}"
         if deployment:
             headers["azureml-model-deployment"] = deployment
         context = ssl.create_default_context(cafile=str(self.settings.tls_dir / "ca.pem"))
@@ -175,38 +176,31 @@ class Tidegate:
     # ---- deployments ---------------------------------------------------------------------
     async def create_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
         await self.describe(spec.endpoint_name)
-        target = build_target(spec, self.settings)
+        target = build_target(spec, self.settings, self._artifacts)
         record = await self.execute_update(
             spec.endpoint_name,
             EndpointWorkflow.create_deployment,
             CreateDeploymentInput(target=target),
         )
-        return self.deployment_view(spec.endpoint_name, DeploymentRecord.model_validate(record))
+        return self.deployment_view(spec.endpoint_name, DeploymentEntry.model_validate(record))
 
     async def update_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
         await self.show_deployment(spec.endpoint_name, spec.name)
-        target = build_target(spec, self.settings)
+        target = build_target(spec, self.settings, self._artifacts)
         record = await self.execute_update(
             spec.endpoint_name,
             EndpointWorkflow.update_deployment,
             UpdateDeploymentInput(target=target),
         )
-        return self.deployment_view(spec.endpoint_name, DeploymentRecord.model_validate(record))
+        return self.deployment_view(spec.endpoint_name, DeploymentEntry.model_validate(record))
 
-    async def wait_deployment(
-        self,
-        endpoint: str,
-        name: str,
-        on_progress: Callable[[DeploymentRecord], None] | None = None,
-    ) -> dict[str, Any]:
+    async def wait_deployment(self, endpoint: str, name: str) -> dict[str, Any]:
         """Wait until the deployment settles; OperationFailed carries its reason."""
         while True:
             state = await self.describe(endpoint)
             record = state.deployments.get(name)
             if record is None:
                 raise NotFound(f"deployment {name} does not exist in endpoint {endpoint}")
-            if on_progress is not None:
-                on_progress(record)
             if record.provisioning_state in _DONE:
                 break
             await asyncio.sleep(POLL_SECONDS)
@@ -269,11 +263,10 @@ class Tidegate:
                     pairs.append((name, dep))
         if not pairs:
             raise NotFound("no deployment to patch")
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         handle = await self.client.start_workflow(
             HostPatchWorkflow.run,
             HostPatchInput(deployments=pairs),
-            id=f"host-patch/{stamp}",
+            id=host_patch_id(datetime.now(UTC)),
             task_queue=self.settings.task_queue,
         )
         if not wait:
@@ -282,7 +275,7 @@ class Tidegate:
         return {"id": handle.id, "results": [r.model_dump() for r in result.results]}
 
     # ---- views: what `show` prints, in Azure's shape -------------------------------------
-    def endpoint_view(self, state: EndpointState) -> dict[str, Any]:
+    def endpoint_view(self, state: EndpointRecord) -> dict[str, Any]:
         name = state.name
         return {
             "name": name,
@@ -307,7 +300,7 @@ class Tidegate:
             },
         }
 
-    def deployment_view(self, endpoint: str, record: DeploymentRecord) -> dict[str, Any]:
+    def deployment_view(self, endpoint: str, record: DeploymentEntry) -> dict[str, Any]:
         view = dict(record.target.spec)
         view.pop("$schema", None)
         view.update(
@@ -342,6 +335,6 @@ class Tidegate:
             message = cause.message if isinstance(cause, ApplicationError) else str(cause)
             raise BadRequest(message) from None
 
-    async def _wait_endpoint(self, name: str, predicate: Callable[[EndpointState], bool]) -> None:
+    async def _wait_endpoint(self, name: str, predicate: Callable[[EndpointRecord], bool]) -> None:
         while not predicate(await self.describe(name)):
             await asyncio.sleep(POLL_SECONDS)

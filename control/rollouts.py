@@ -9,13 +9,15 @@ from typing import Any
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+from config.contract.errors import BadRequest, NotFound
+from config.contract.names import ROLLOUT_WORKFLOW, RolloutSignal
+from config.contract.rollout import TERMINAL, Plan
+from config.contract.workflows import RolloutStatus, StartRolloutInput
 from config.rollout import RolloutSpec
-from control.errors import BadRequest, NotFound
 from control.facade import Tidegate
-from decisions.rollout import TERMINAL, Plan, expand_plan
+from decisions.rollout import expand_plan
 from workflows import search
 from workflows.endpoint import EndpointWorkflow
-from workflows.messages import RolloutWorkflowInput, StartRolloutInput
 from workflows.rollout import RolloutWorkflow
 
 POLL_SECONDS = 0.5
@@ -94,22 +96,25 @@ class Rollouts:
         refused = signal_refusal(rid, name, view["phase"])
         if refused:
             raise BadRequest(refused)
-        args = [reason] if name in ("pause", "promote", "rollback") else []
+        args = (
+            [reason] if name in (RolloutSignal.PAUSE, RolloutSignal.PROMOTE, RolloutSignal.ROLLBACK) else []
+        )
         await handle.signal(name, *args)
         return rid
 
     async def retry(self, endpoint: str) -> tuple[str, Plan]:
         rid = await self.current_id(endpoint)
         status = await self._handle(rid).query(RolloutWorkflow.status)
-        if status.state is None or status.state.phase != "RolledBack":
-            phase = status.state.phase if status.state else "unknown"
-            raise BadRequest(f"rollout {rid} is {phase}; only a rolled-back rollout can be retried")
+        if status.state.phase != "RolledBack":
+            raise BadRequest(
+                f"rollout {rid} is {status.state.phase}; only a rolled-back rollout can be retried"
+            )
         spec = RolloutSpec.model_validate(status.spec) if status.spec else RolloutSpec()
         plan = status.plan
         return await self.start(plan, spec), plan
 
     async def list(self, endpoint: str | None, state: str | None) -> list[dict[str, Any]]:
-        clauses = ['WorkflowType = "RolloutWorkflow"']
+        clauses = [f'WorkflowType = "{ROLLOUT_WORKFLOW}"']
         if endpoint:
             clauses.append(f'TidegateEndpoint = "{endpoint}"')
         if state:
@@ -135,7 +140,7 @@ class Rollouts:
 def signal_refusal(rid: str, signal: str, phase: str) -> str | None:
     """Why the CLI will not send `signal` to a running rollout in `phase` (the workflow would
     ignore it), or None."""
-    if signal == "undo":
+    if signal == RolloutSignal.UNDO:
         return (
             None
             if phase == "Succeeded"
@@ -143,9 +148,9 @@ def signal_refusal(rid: str, signal: str, phase: str) -> str | None:
         )
     if phase in TERMINAL:
         return f"rollout {rid} is {phase}; nothing to {signal}"
-    if signal == "resume" and phase != "Paused":
+    if signal == RolloutSignal.RESUME and phase != "Paused":
         return f"rollout {rid} is {phase}; only a Paused rollout can be resumed"
-    if signal == "pause" and phase == "Paused":
+    if signal == RolloutSignal.PAUSE and phase == "Paused":
         return f"rollout {rid} is Paused already"
     return None
 
@@ -155,10 +160,9 @@ def _busiest(traffic: dict[str, int], *, exclude: str) -> str | None:
     return max(candidates)[1] if candidates else None
 
 
-def rollout_view(status: RolloutWorkflowInput) -> dict[str, Any]:
+def rollout_view(status: RolloutStatus) -> dict[str, Any]:
     """`rollout status`: phase, step, weights, each gate's last value against its bound, history."""
     plan, state = status.plan, status.state
-    assert state is not None
     return {
         "id": status.rollout_id,
         "endpoint": plan.endpoint,

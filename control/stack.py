@@ -18,11 +18,11 @@ import aiohttp
 from temporalio.service import RPCError
 
 from config.binaries import find_binary
+from config.contract.temporal_client import connect, identity
 from config.files import write_atomically
 from config.security import control_client_ssl, ensure_control_token, ensure_home
 from config.settings import Settings
 from control.api_server import api_url, codec_endpoint
-from control.temporal import connect, identity
 from host.processes import create_time, is_alive
 from workflows import search
 

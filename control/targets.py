@@ -8,34 +8,32 @@ from pathlib import Path
 
 import yaml
 
+from activities.artifacts import ArtifactStore
+from config.contract.errors import BadRequest
+from config.contract.state import AutoscaleSettings, DeploymentTarget, RequestLimits
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
 from config.requirements import conda_pip_problems
 from config.settings import Settings
 from config.specs import DeploymentSpec, TargetUtilizationScaleSettings
-from control.artifacts import ModelRegistry, snapshot
-from control.errors import BadRequest
-from decisions.autoscale import AutoscaleSettings
-from decisions.state import DeploymentTarget, RequestSettings
 
 
-def build_target(spec: DeploymentSpec, settings: Settings) -> DeploymentTarget:
-    """Snapshot code and model into the state dir and hash everything an instance depends on."""
+def build_target(spec: DeploymentSpec, settings: Settings, artifacts: ArtifactStore) -> DeploymentTarget:
+    """Snapshot code and model into the artifact store and hash everything an instance depends on."""
     if spec.code_configuration is None:
         raise BadRequest("code_configuration: required (Tidegate runs a scoring script)")
-    code = Path(spec.code_configuration.code)
-    code_hash, code_copy = snapshot(code, settings.artifacts_dir / "code")
+    code = artifacts.snapshot(Path(spec.code_configuration.code), "code")
 
     model_dir: str | None = None
     model_hash = ""
     if spec.model is not None:
         if isinstance(spec.model, str):
-            model_path = ModelRegistry(settings.registry_dir).resolve(spec.model)
+            model_path = artifacts.resolve_model(spec.model)
         elif spec.model.path is not None:
             model_path = Path(spec.model.path)
         else:
             raise BadRequest("model.path: required for an inline model")
-        model_hash, model_copy = snapshot(model_path, settings.artifacts_dir / "models")
-        model_dir = str(model_copy.parent)
+        model = artifacts.snapshot(model_path, "models")
+        model_hash, model_dir = model.content_hash, str(model.path.parent)
 
     environment = RuntimeEnvironment()
     if isinstance(spec.environment, str):
@@ -58,7 +56,7 @@ def build_target(spec: DeploymentSpec, settings: Settings) -> DeploymentTarget:
     env_vars = dict(spec.environment_variables or {})
     fingerprint = json.dumps(
         {
-            "code": code_hash,
+            "code": code.content_hash,
             "model": model_hash,
             "environment": environment.model_dump(),
             "scoring_script": scoring_script,
@@ -70,7 +68,7 @@ def build_target(spec: DeploymentSpec, settings: Settings) -> DeploymentTarget:
     runtime = DeploymentRuntime(
         endpoint=spec.endpoint_name,
         deployment=spec.name,
-        code_dir=str(code_copy),
+        code_dir=str(code.path),
         scoring_script=scoring_script,
         model_dir=model_dir,
         environment=environment,
@@ -97,7 +95,7 @@ def build_target(spec: DeploymentSpec, settings: Settings) -> DeploymentTarget:
         instance_count=spec.instance_count,
         instance_type=spec.instance_type,
         autoscale=autoscale,
-        request_settings=RequestSettings(
+        request_settings=RequestLimits(
             request_timeout_ms=request.request_timeout_ms,
             max_concurrent_requests_per_instance=request.max_concurrent_requests_per_instance,
             max_queue_wait_ms=request.max_queue_wait_ms,

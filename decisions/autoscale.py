@@ -10,23 +10,10 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from config.contract.state import AutoscaleMemory, AutoscaleSettings
 from config.stats import WindowStats
-
-
-class AutoscaleSettings(BaseModel):
-    min_instances: int = Field(default=1, ge=1)
-    max_instances: int = Field(default=1, ge=1)
-    target_utilization_percentage: int = Field(default=70, ge=1, le=100)
-    polling_interval: float = 1.0
-    scale_in_cooldown: float = Field(default=300.0, description="seconds of low load before one goes")
-
-
-class AutoscaleMemory(BaseModel):
-    """What the decision remembers between polls (kept in the workflow's state)."""
-
-    low_since: datetime | None = None
 
 
 class ScaleDecision(BaseModel):

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel
-
+from config.contract.rollout import GateOutcome, Verdict
 from config.rollout import Gate
 from config.stats import WindowStats
 from decisions.statistics import two_proportion_z_test
 
-Outcome = Literal["pass", "fail", "no_data", "inconclusive"]
-
 _RATE_KEYS = {"5xx_rate": "5xx", "408_rate": "408", "424_rate": "424", "429_rate": "429"}
-
-
-class Verdict(BaseModel):
-    """A gate's answer with its numbers, e.g. "error_rate 0.071 > 0.05"."""
-
-    gate: str
-    outcome: Outcome
-    value: float | None = None
-    bound: float | None = None
-    requests: int = 0
-    message: str
 
 
 def metric_value(metric: str, stats: WindowStats) -> float | None:
@@ -123,7 +107,7 @@ def _judge_proportions(gate: Gate, canary: WindowStats, baseline: WindowStats) -
         f"z={test.z:.2f}, p={test.p_value:.3g}"
     )
     if test.p_value < alpha:
-        outcome: Outcome = "fail"
+        outcome: GateOutcome = "fail"
         message = f"{numbers}: worse at {gate.confidence:.0%} confidence"
     elif test.canary_rate <= test.baseline_rate:
         outcome = "pass"

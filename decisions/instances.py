@@ -6,17 +6,9 @@ import hashlib
 
 from pydantic import BaseModel, Field
 
+from config.contract.state import InstanceDetail
 from config.host_api import DeploymentInstances, DeploymentRuntime, InstanceStatus
 from config.routes import InstanceRoute
-
-
-class InstanceDetail(BaseModel):
-    """One instance as `online-deployment show` lists it."""
-
-    id: str
-    state: str
-    restarts: int = 0
-    url: str
 
 
 class Assessment(BaseModel):
@@ -54,7 +46,7 @@ def failure_text(instance: InstanceStatus) -> str:
     return f"instance {instance.id} {how}:\n{instance.error or '(no log)'}".rstrip()
 
 
-def patched(runtime: DeploymentRuntime) -> DeploymentRuntime:
+def bump_patch_level(runtime: DeploymentRuntime) -> DeploymentRuntime:
     """The same deployment on a refreshed environment: next patch level, a new spec hash."""
     level = runtime.environment.patch + 1
     environment = runtime.environment.model_copy(update={"patch": level})

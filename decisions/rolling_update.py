@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from config.host_api import InstanceState
+from config.host_api import InstancePhase
 
-DOWN: tuple[InstanceState, ...] = ("failed", "stopped")
+DOWN: tuple[InstancePhase, ...] = ("failed", "stopped")
 # Holding a process (or about to): what max_surge counts.
-RUNNING: tuple[InstanceState, ...] = ("starting", "ready", "unready", "draining")
+RUNNING: tuple[InstancePhase, ...] = ("starting", "ready", "unready", "draining")
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class OldInstance:
     """An instance of a spec that is no longer the deployment's."""
 
     id: str
-    state: InstanceState
+    state: InstancePhase
     has_process: bool = True
 
 

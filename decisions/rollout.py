@@ -1,4 +1,4 @@
-"""The rollout engine's brain: a plan from rollout.yml, and what to do next. Pure; `now` is given.
+"""The rollout engine's decisions: a plan from rollout.yml, and what to do next. Pure; `now` is given.
 
 A workflow loops `decision = next_decision(plan, state, now)`, carries the decision out, and
 records the result with one of the `after_*` functions. Nothing here does I/O or reads a clock.
@@ -11,33 +11,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from config.rollout import AfterFailure, AfterSuccess, Gate, MirrorPhase, RolloutSpec
-from decisions.gates import Verdict
-
-Phase = Literal["Mirroring", "Progressing", "Paused", "Succeeded", "RolledBack"]
-TERMINAL: frozenset[str] = frozenset({"Succeeded", "RolledBack"})
-
-
-class PlanStep(BaseModel):
-    weight: int
-    hold: float
-
-
-class Plan(BaseModel):
-    """A rollout spec made concrete: the steps in order, and who is baseline and canary."""
-
-    endpoint: str
-    baseline: str
-    canary: str
-    strategy: str
-    steps: list[PlanStep]
-    mirror: MirrorPhase | None = None
-    gates: list[Gate] = Field(default_factory=list)
-    check_interval: float = 5.0
-    failure_limit: int = 3
-    success_count: int = 1
-    after_success: AfterSuccess = Field(default_factory=AfterSuccess)
-    after_failure: AfterFailure = Field(default_factory=AfterFailure)
+from config.contract.rollout import (
+    TERMINAL,
+    HistoryEntry,
+    Phase,
+    Plan,
+    PlanStep,
+    RolloutEvent,
+    RolloutState,
+    Verdict,
+)
+from config.rollout import Gate, RolloutSpec
 
 
 def expand_plan(spec: RolloutSpec, *, endpoint: str, baseline: str, canary: str) -> Plan:
@@ -64,32 +48,6 @@ def expand_plan(spec: RolloutSpec, *, endpoint: str, baseline: str, canary: str)
         after_success=spec.after_success,
         after_failure=spec.after_failure,
     )
-
-
-class HistoryEntry(BaseModel):
-    at: datetime
-    event: str
-    detail: str = ""
-
-
-class RolloutState(BaseModel):
-    phase: Phase = "Progressing"
-    step: int = Field(default=-1, description="index of the traffic step applied; -1 before")
-    weight: int = Field(default=0, description="canary's traffic share now applied")
-    mirror_share: int = 0
-    mirror_done: bool = False
-    phase_started_at: datetime | None = None
-    last_check_at: datetime | None = None
-    consecutive_failures: int = 0
-    consecutive_successes: int = 0
-    no_data_since: datetime | None = None
-    paused: bool = False
-    pause_reason: str | None = None
-    promote_requested: bool = False
-    rollback_requested: bool = False
-    reason: str | None = None
-    verdicts: list[Verdict] = Field(default_factory=list)
-    history: list[HistoryEntry] = Field(default_factory=list)
 
 
 # ---- decisions: a small closed set ---------------------------------------------------------
@@ -202,7 +160,7 @@ def next_decision(plan: Plan, state: RolloutState, now: datetime) -> Decision:
 
 
 # ---- recording what happened ---------------------------------------------------------------
-def _log(state: RolloutState, now: datetime, event: str, detail: str = "") -> None:
+def _log(state: RolloutState, now: datetime, event: RolloutEvent, detail: str = "") -> None:
     state.history.append(HistoryEntry(at=now, event=event, detail=detail))
 
 
@@ -336,11 +294,16 @@ def request_rollback(state: RolloutState, now: datetime, reason: str | None) -> 
     return s
 
 
-def finish(state: RolloutState, phase: Phase, now: datetime, detail: str = "") -> RolloutState:
+_ENDED: dict[Phase, RolloutEvent] = {"Succeeded": "succeeded", "RolledBack": "rolledback"}
+
+
+def finish(
+    state: RolloutState, phase: Literal["Succeeded", "RolledBack"], now: datetime, detail: str = ""
+) -> RolloutState:
     s = state.model_copy(deep=True)
     s.phase = phase
     if phase == "RolledBack":
         s.weight, s.mirror_share = 0, 0
         s.reason = s.reason or detail or None  # an undo after success has no gate to name
-    _log(s, now, phase.lower(), detail)
+    _log(s, now, _ENDED[phase], detail)
     return s

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from config.contract.state import EndpointRecord
 from config.routes import DeploymentRoute, EndpointRoute
-from decisions.state import EndpointState
 
 # Provisioned deployments stay in the table even when no instance is ready right now (the
 # gateway answers 503 and the control loop replaces them); a failed update that was rolled back
@@ -11,7 +11,7 @@ from decisions.state import EndpointState
 _PROVISIONED = frozenset({"Succeeded", "Updating"})
 
 
-def build_endpoint_route(state: EndpointState, generation: int) -> EndpointRoute:
+def build_endpoint_route(state: EndpointRecord, generation: int) -> EndpointRoute:
     """The endpoint's slice of the table: live deployments, their instances, the split."""
     deployments: dict[str, DeploymentRoute] = {}
     for name, record in sorted(state.deployments.items()):

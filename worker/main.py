@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from temporalio.client import Client
@@ -13,14 +15,12 @@ from temporalio.worker import Worker
 
 from activities.compute import ComputeActivities
 from activities.endpoints import EndpointActivities
-from activities.local.compute import LocalComputeProvider
-from activities.local.monitor import LocalMonitorProvider
-from activities.local.network import LocalNetworkProvider
 from activities.monitor import MonitorActivities
 from activities.network import NetworkActivities
-from activities.prometheus.monitor import PrometheusMonitorProvider
+from activities.providers import provider
+from activities.secrets import SecretActivities
+from config.contract.temporal_client import connect
 from config.settings import Settings
-from control.temporal import connect
 from workflows.deployment import DeploymentWorkflow
 from workflows.endpoint import EndpointWorkflow
 from workflows.patch import HostPatchWorkflow
@@ -32,32 +32,35 @@ log = structlog.get_logger()
 WORKFLOWS = [EndpointWorkflow, DeploymentWorkflow, RolloutWorkflow, HostPatchWorkflow]
 
 
-def build_worker(client: Client, settings: Settings) -> Worker:
-    compute = ComputeActivities(LocalComputeProvider(settings))
-    network = NetworkActivities(LocalNetworkProvider(settings))
-    monitor = MonitorActivities(
-        PrometheusMonitorProvider(settings.prometheus_url)
-        if settings.monitor_provider == "prometheus"
-        else LocalMonitorProvider(settings)
-    )
+def activities(client: Client, settings: Settings) -> list[Callable[..., Any]]:
+    """Every activity the workflows call (config.contract.names.Activity), on the providers
+    the settings choose (activities/providers.py)."""
+    compute = ComputeActivities(provider("compute", settings))
+    network = NetworkActivities(provider("network", settings))
+    secrets = SecretActivities(provider("secrets", settings))
+    monitor = MonitorActivities(provider("monitor", settings))
     endpoints = EndpointActivities(client)
+    return [
+        compute.request_instances,
+        compute.watch_instances,
+        compute.delete_instances,
+        network.apply_route,
+        network.remove_route,
+        secrets.ensure_keys,
+        secrets.delete_keys,
+        monitor.query_window,
+        endpoints.set_rollout_traffic,
+        endpoints.retire_deployment,
+        endpoints.patch_deployment,
+    ]
+
+
+def build_worker(client: Client, settings: Settings) -> Worker:
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[
-            compute.request_instances,
-            compute.watch_instances,
-            compute.delete_instances,
-            network.apply_route,
-            network.remove_route,
-            network.ensure_keys,
-            network.delete_keys,
-            monitor.query_window,
-            endpoints.set_rollout_traffic,
-            endpoints.retire_deployment,
-            endpoints.patch_deployment,
-        ],
+        activities=activities(client, settings),
     )
 
 

@@ -15,21 +15,22 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.messages import (
+    from config.contract.activities import (
         DeleteInstancesInput,
         QueryWindowInput,
         RequestInstancesInput,
         WatchInstancesInput,
     )
+    from config.contract.ids import endpoint_id
+    from config.contract.names import DEPLOYMENT_WORKFLOW, Activity, DeploymentSignal, EndpointSignal
+    from config.contract.state import DeploymentTarget, Health, ProvisioningState
+    from config.contract.workflows import DeploymentReport, DeploymentWorkflowInput
     from config.host_api import DeploymentInstances
     from config.routes import InstanceRoute
     from config.stats import WindowStats
     from decisions.autoscale import desired_instances, mean_waiting, replacement_delay
     from decisions.instances import Assessment, assess, failure_text
-    from decisions.state import DeploymentTarget, Health, ProvisioningState
     from workflows import options
-    from workflows.ids import endpoint_id
-    from workflows.messages import DeploymentReport, DeploymentWorkflowInput
 
 HISTORY_LIMIT = 2000
 WATCH_SECONDS = 30.0
@@ -50,7 +51,7 @@ class ProvisionFailed(Exception):
     """Raised inside the workflow when instances cannot reach the target; carries the reason."""
 
 
-@workflow.defn
+@workflow.defn(name=DEPLOYMENT_WORKFLOW)
 class DeploymentWorkflow:
     @workflow.init
     def __init__(self, input: DeploymentWorkflowInput) -> None:
@@ -68,15 +69,15 @@ class DeploymentWorkflow:
         self._standing: ProvisioningState = "Succeeded"
         self._error: str | None = None
 
-    @workflow.signal
+    @workflow.signal(name=DeploymentSignal.UPDATE)
     def update(self, target: DeploymentTarget) -> None:
         self._pending = target
 
-    @workflow.signal
+    @workflow.signal(name=DeploymentSignal.DELETE)
     def delete(self) -> None:
         self._delete = True
 
-    @workflow.signal
+    @workflow.signal(name=DeploymentSignal.ROLLOUT)
     def rollout(self, active: bool) -> None:
         """The endpoint says a rollout started or stopped moving this deployment's traffic."""
         self._in_rollout = active
@@ -108,7 +109,7 @@ class DeploymentWorkflow:
                     )
         await self._report("Deleting")
         await workflow.execute_activity(
-            "delete_instances",
+            Activity.DELETE_INSTANCES,
             DeleteInstancesInput(endpoint=self._target.endpoint, deployment=self._target.name),
             **options.DEPROVISION,
         )
@@ -122,7 +123,7 @@ class DeploymentWorkflow:
         except ProvisionFailed as failed:
             # Compensate: nothing half-made stays behind.
             await workflow.execute_activity(
-                "delete_instances",
+                Activity.DELETE_INSTANCES,
                 DeleteInstancesInput(endpoint=self._target.endpoint, deployment=self._target.name),
                 **options.DEPROVISION,
             )
@@ -166,7 +167,7 @@ class DeploymentWorkflow:
     async def _request(self, target: DeploymentTarget, count: int, surge: int) -> DeploymentInstances:
         try:
             status = await workflow.execute_activity(
-                "request_instances",
+                Activity.REQUEST_INSTANCES,
                 RequestInstancesInput(runtime=target.runtime, instance_count=count, max_surge=surge),
                 result_type=DeploymentInstances,
                 **options.REQUEST,
@@ -187,7 +188,7 @@ class DeploymentWorkflow:
 
     async def _watch_blocking(self) -> DeploymentInstances:
         status = await workflow.execute_activity(
-            "watch_instances",
+            Activity.WATCH_INSTANCES,
             self._watch_input(WATCH_SECONDS),
             result_type=DeploymentInstances,
             **options.WATCH,
@@ -200,7 +201,10 @@ class DeploymentWorkflow:
         wake = min(self._next_scale_check, self._next_replacement)
         wait = max(1.0, min(WATCH_SECONDS, (wake - workflow.now()).total_seconds()))
         handle = workflow.start_activity(
-            "watch_instances", self._watch_input(wait), result_type=DeploymentInstances, **options.WATCH
+            Activity.WATCH_INSTANCES,
+            self._watch_input(wait),
+            result_type=DeploymentInstances,
+            **options.WATCH,
         )
         await workflow.wait_condition(lambda: handle.done() or self._delete or self._pending is not None)
         if not handle.done():
@@ -252,7 +256,7 @@ class DeploymentWorkflow:
         self._next_scale_check = workflow.now() + timedelta(seconds=max(settings.polling_interval, 1.0))
         try:
             stats = await workflow.execute_activity(
-                "query_window",
+                Activity.QUERY_WINDOW,
                 QueryWindowInput(
                     endpoint=self._target.endpoint,
                     deployment=self._target.name,
@@ -334,4 +338,4 @@ class DeploymentWorkflow:
             instance_count=self._target.instance_count,
         )
         handle = workflow.get_external_workflow_handle(endpoint_id(self._target.endpoint))
-        await handle.signal("deployment_reported", report)
+        await handle.signal(EndpointSignal.DEPLOYMENT_REPORTED, report)

@@ -8,7 +8,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.messages import (
+    from config.contract.activities import (
         ApplyRouteInput,
         DeleteKeysInput,
         EnsureKeysInput,
@@ -16,20 +16,16 @@ with workflow.unsafe.imports_passed_through():
         PushRouteResult,
         RemoveRouteInput,
     )
-    from config.specs import endpoint_limits, property_problems
-    from decisions.routes import build_endpoint_route, next_generation
-    from decisions.state import DeploymentRecord, DeploymentTarget, EndpointState
-    from decisions.traffic import (
-        TrafficError,
-        check_mirror,
-        check_traffic,
-        merge_traffic,
-        rollout_split,
+    from config.contract.ids import deployment_id, rollout_id
+    from config.contract.names import (
+        ENDPOINT_WORKFLOW,
+        Activity,
+        EndpointQuery,
+        EndpointSignal,
+        EndpointUpdate,
     )
-    from workflows import options, search
-    from workflows.deployment import DeploymentWorkflow
-    from workflows.ids import deployment_id, rollout_id
-    from workflows.messages import (
+    from config.contract.state import DeploymentEntry, DeploymentTarget, EndpointRecord
+    from config.contract.workflows import (
         CreateDeploymentInput,
         DeleteDeploymentInput,
         DeploymentReport,
@@ -43,6 +39,17 @@ with workflow.unsafe.imports_passed_through():
         UpdateDeploymentInput,
         UpdateEndpointInput,
     )
+    from config.specs import endpoint_limits, property_problems
+    from decisions.routes import build_endpoint_route, next_generation
+    from decisions.traffic import (
+        TrafficError,
+        check_mirror,
+        check_traffic,
+        merge_traffic,
+        rollout_split,
+    )
+    from workflows import options, search
+    from workflows.deployment import DeploymentWorkflow
     from workflows.rollout import RolloutWorkflow
 
 
@@ -53,11 +60,11 @@ def _bad_request(message: str) -> ApplicationError:
     return ApplicationError(message, type="BadRequest", non_retryable=True)
 
 
-@workflow.defn
+@workflow.defn(name=ENDPOINT_WORKFLOW)
 class EndpointWorkflow:
     @workflow.init
     def __init__(self, input: EndpointWorkflowInput) -> None:
-        self._state: EndpointState = input.state
+        self._state: EndpointRecord = input.state
         self._repush = timedelta(seconds=input.repush_seconds)
         self._search_attributes = input.search_attributes
         self._default_max_request_bytes = input.default_max_request_bytes
@@ -75,8 +82,8 @@ class EndpointWorkflow:
         self._keys_lagging: dict[str, str] = {}
 
     # ---- queries -------------------------------------------------------------------------
-    @workflow.query
-    def describe(self) -> EndpointState:
+    @workflow.query(name=EndpointQuery.DESCRIBE)
+    def describe(self) -> EndpointRecord:
         return self._state
 
     # ---- updates: validators refuse before anything is recorded ---------------------------
@@ -84,14 +91,14 @@ class EndpointWorkflow:
         if self._state.provisioning_state == "Deleting":
             raise _bad_request(f"endpoint {self._state.name} is being deleted")
 
-    def _record(self, name: str) -> DeploymentRecord:
+    def _record(self, name: str) -> DeploymentEntry:
         record = self._state.deployments.get(name)
         if record is None:
             raise _bad_request(f"deployment {name} does not exist in endpoint {self._state.name}")
         return record
 
-    @workflow.update
-    def update_endpoint(self, change: UpdateEndpointInput) -> EndpointState:
+    @workflow.update(name=EndpointUpdate.UPDATE_ENDPOINT)
+    def update_endpoint(self, change: UpdateEndpointInput) -> EndpointRecord:
         s = self._state
         if change.traffic is not None:
             s.traffic = merge_traffic(s.traffic, change.traffic)
@@ -140,10 +147,10 @@ class EndpointWorkflow:
                     f"traffic: deployment {name} is {state}; only a Succeeded deployment can take traffic"
                 )
 
-    @workflow.update
-    def create_deployment(self, request: CreateDeploymentInput) -> DeploymentRecord:
+    @workflow.update(name=EndpointUpdate.CREATE_DEPLOYMENT)
+    def create_deployment(self, request: CreateDeploymentInput) -> DeploymentEntry:
         target = request.target
-        record = DeploymentRecord(name=target.name, provisioning_state="Creating", target=target)
+        record = DeploymentEntry(name=target.name, provisioning_state="Creating", target=target)
         self._state.deployments[target.name] = record
         self._to_start.append(target)
         return record
@@ -162,8 +169,8 @@ class EndpointWorkflow:
                 f"endpoint_name: {request.target.endpoint} is not this endpoint ({self._state.name})"
             )
 
-    @workflow.update
-    def update_deployment(self, request: UpdateDeploymentInput) -> DeploymentRecord:
+    @workflow.update(name=EndpointUpdate.UPDATE_DEPLOYMENT)
+    def update_deployment(self, request: UpdateDeploymentInput) -> DeploymentEntry:
         record = self._state.deployments[request.target.name]
         record.target = request.target
         record.provisioning_state = "Updating"
@@ -179,8 +186,8 @@ class EndpointWorkflow:
                 f"deployment {record.name} is {record.provisioning_state}; wait until it finishes"
             )
 
-    @workflow.update
-    def delete_deployment(self, request: DeleteDeploymentInput) -> DeploymentRecord:
+    @workflow.update(name=EndpointUpdate.DELETE_DEPLOYMENT)
+    def delete_deployment(self, request: DeleteDeploymentInput) -> DeploymentEntry:
         record = self._state.deployments[request.name]
         record.provisioning_state = "Deleting"
         self._state.traffic.pop(request.name, None)
@@ -212,7 +219,7 @@ class EndpointWorkflow:
                 "wait for it to end or roll it back"
             )
 
-    @workflow.update
+    @workflow.update(name=EndpointUpdate.REGENERATE_KEYS)
     async def regenerate_keys(self, request: RegenerateKeysInput) -> None:
         s = self._state
         s.key_versions[request.key_type] = s.key_versions.get(request.key_type, 1) + 1
@@ -231,8 +238,8 @@ class EndpointWorkflow:
     def _validate_regenerate_keys(self, request: RegenerateKeysInput) -> None:
         self._refuse_if_deleting()
 
-    @workflow.update
-    def delete_endpoint(self) -> EndpointState:
+    @workflow.update(name=EndpointUpdate.DELETE_ENDPOINT)
+    def delete_endpoint(self) -> EndpointRecord:
         s = self._state
         s.provisioning_state = "Deleting"
         for name, record in s.deployments.items():
@@ -253,7 +260,7 @@ class EndpointWorkflow:
             )
 
     # ---- rollouts: the endpoint stays the one writer of traffic ---------------------------
-    @workflow.update
+    @workflow.update(name=EndpointUpdate.START_ROLLOUT)
     async def start_rollout(self, request: StartRolloutInput) -> str:
         s = self._state
         plan = request.plan
@@ -294,8 +301,8 @@ class EndpointWorkflow:
         if s.traffic.get(plan.baseline, 0) + s.traffic.get(plan.canary, 0) == 0 and others:
             raise _bad_request(f"baseline {plan.baseline} takes no traffic to shift")
 
-    @workflow.update
-    async def set_rollout_traffic(self, request: SetRolloutTrafficInput) -> EndpointState:
+    @workflow.update(name=EndpointUpdate.SET_ROLLOUT_TRAFFIC)
+    async def set_rollout_traffic(self, request: SetRolloutTrafficInput) -> EndpointRecord:
         s = self._state
         s.traffic.update(rollout_split(request.baseline, request.canary, request.pool, request.canary_weight))
         s.mirror_traffic = {request.canary: request.mirror_share} if request.mirror_share else {}
@@ -321,7 +328,7 @@ class EndpointWorkflow:
                 f"(held by {s.rollout_id or 'nobody'})"
             )
 
-    @workflow.signal
+    @workflow.signal(name=EndpointSignal.END_ROLLOUT)
     def end_rollout(self, request: EndRolloutInput) -> None:
         if self._state.rollout_id == request.rollout_id:
             self._to_tell += [(d, False) for d in self._state.rollout_deployments]
@@ -329,7 +336,7 @@ class EndpointWorkflow:
             self._state.rollout_deployments = []
 
     # ---- signals -------------------------------------------------------------------------
-    @workflow.signal
+    @workflow.signal(name=EndpointSignal.DEPLOYMENT_REPORTED)
     def deployment_reported(self, report: DeploymentReport) -> None:
         record = self._state.deployments.get(report.name)
         if record is None:
@@ -361,7 +368,7 @@ class EndpointWorkflow:
         )
 
     @workflow.run
-    async def run(self, input: EndpointWorkflowInput) -> EndpointState:
+    async def run(self, input: EndpointWorkflowInput) -> EndpointRecord:
         s = self._state
         if not input.continued:
             s.created_at = workflow.now().isoformat()
@@ -383,7 +390,7 @@ class EndpointWorkflow:
             await self._carry_out()
             if s.provisioning_state == "Deleting" and not s.deployments:
                 await workflow.execute_activity(
-                    "delete_keys", DeleteKeysInput(endpoint=s.name), **options.KEYS
+                    Activity.DELETE_KEYS, DeleteKeysInput(endpoint=s.name), **options.KEYS
                 )
                 s.provisioning_state = "Deleted"
                 return s
@@ -395,7 +402,7 @@ class EndpointWorkflow:
     async def _ensure_keys(self) -> None:
         s = self._state
         result = await workflow.execute_activity(
-            "ensure_keys",
+            Activity.ENSURE_KEYS,
             EnsureKeysInput(endpoint=s.name, versions=dict(s.key_versions)),
             result_type=EnsureKeysResult,
             **options.KEYS,
@@ -413,7 +420,7 @@ class EndpointWorkflow:
         carried = self._version
         try:
             result = await workflow.execute_activity(
-                "apply_route",
+                Activity.APPLY_ROUTE,
                 ApplyRouteInput(route=build_endpoint_route(s, s.generation)),
                 result_type=PushRouteResult | None,
                 **options.PUSH,
@@ -441,7 +448,7 @@ class EndpointWorkflow:
         self._dirty = False
         try:
             result = await workflow.execute_activity(
-                "remove_route",
+                Activity.REMOVE_ROUTE,
                 RemoveRouteInput(endpoint=s.name, generation=s.generation),
                 result_type=PushRouteResult | None,
                 **options.PUSH,

@@ -10,18 +10,19 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.messages import PatchDeploymentInput, PatchDeploymentResult
+    from config.contract.activities import PatchDeploymentInput, PatchDeploymentResult
+    from config.contract.names import HOST_PATCH_WORKFLOW, Activity, HostPatchQuery
+    from config.contract.workflows import HostPatchInput, HostPatchResult
     from workflows import options
     from workflows.deployment import failure_reason
-    from workflows.messages import HostPatchInput, HostPatchResult
 
 
-@workflow.defn
+@workflow.defn(name=HOST_PATCH_WORKFLOW)
 class HostPatchWorkflow:
     def __init__(self) -> None:
         self._done: list[PatchDeploymentResult] = []
 
-    @workflow.query
+    @workflow.query(name=HostPatchQuery.PROGRESS)
     def progress(self) -> list[PatchDeploymentResult]:
         return self._done
 
@@ -30,7 +31,7 @@ class HostPatchWorkflow:
         for endpoint, deployment in input.deployments:
             try:
                 result = await workflow.execute_activity(
-                    "patch_deployment",
+                    Activity.PATCH_DEPLOYMENT,
                     PatchDeploymentInput(endpoint=endpoint, deployment=deployment),
                     result_type=PatchDeploymentResult,
                     **options.PATCH,

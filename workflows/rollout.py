@@ -8,33 +8,36 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.messages import QueryWindowInput, RetireDeploymentInput
+    from config.contract.activities import QueryWindowInput, RetireDeploymentInput
+    from config.contract.ids import endpoint_id
+    from config.contract.names import ROLLOUT_WORKFLOW, Activity, EndpointSignal, RolloutQuery, RolloutSignal
+    from config.contract.rollout import TERMINAL, RolloutState, Verdict
+    from config.contract.workflows import (
+        EndRolloutInput,
+        RolloutStatus,
+        RolloutWorkflowInput,
+        SetRolloutTrafficInput,
+    )
+    from config.rollout import RetireAction
     from config.stats import WindowStats
-    from decisions import rollout as brain
-    from decisions.gates import Verdict, judge_gate
+    from decisions import rollout
+    from decisions.gates import judge_gate
     from decisions.rollout import (
         CheckGates,
         Complete,
         Pause,
         RollBack,
-        RolloutState,
         SetMirror,
         SetWeights,
         WaitUntil,
     )
     from workflows import options, search
     from workflows.deployment import failure_reason
-    from workflows.ids import endpoint_id
-    from workflows.messages import (
-        EndRolloutInput,
-        RolloutWorkflowInput,
-        SetRolloutTrafficInput,
-    )
 
 HISTORY_LIMIT = 5000
 
 
-@workflow.defn
+@workflow.defn(name=ROLLOUT_WORKFLOW)
 class RolloutWorkflow:
     @workflow.init
     def __init__(self, input: RolloutWorkflowInput) -> None:
@@ -45,29 +48,29 @@ class RolloutWorkflow:
         self._undo = False
 
     # ---- steering: signals record intent, the loop acts -----------------------------------
-    @workflow.signal
+    @workflow.signal(name=RolloutSignal.PAUSE)
     def pause(self, reason: str | None = None) -> None:
-        self._state = brain.request_pause(self._state, workflow.now(), reason)
+        self._state = rollout.request_pause(self._state, workflow.now(), reason)
         self._signals += 1
 
-    @workflow.signal
+    @workflow.signal(name=RolloutSignal.RESUME)
     def resume(self) -> None:
-        self._state = brain.request_resume(self._state, workflow.now())
+        self._state = rollout.request_resume(self._state, workflow.now())
         self._signals += 1
 
-    @workflow.signal
+    @workflow.signal(name=RolloutSignal.PROMOTE)
     def promote(self, reason: str | None = None) -> None:
-        if self._state.phase not in brain.TERMINAL:
-            self._state = brain.request_promote(self._state, workflow.now(), reason)
+        if self._state.phase not in TERMINAL:
+            self._state = rollout.request_promote(self._state, workflow.now(), reason)
         self._signals += 1
 
-    @workflow.signal
+    @workflow.signal(name=RolloutSignal.ROLLBACK)
     def rollback(self, reason: str | None = None) -> None:
-        if self._state.phase not in brain.TERMINAL:
-            self._state = brain.request_rollback(self._state, workflow.now(), reason)
+        if self._state.phase not in TERMINAL:
+            self._state = rollout.request_rollback(self._state, workflow.now(), reason)
         self._signals += 1
 
-    @workflow.signal
+    @workflow.signal(name=RolloutSignal.UNDO)
     def undo(self) -> None:
         """Only a Succeeded rollout (its previous deployment still warm) can be undone."""
         if self._state.phase == "Succeeded":
@@ -76,8 +79,12 @@ class RolloutWorkflow:
             workflow.logger.warning("undo ignored: the rollout is %s", self._state.phase)
         self._signals += 1
 
-    @workflow.query
-    def status(self) -> RolloutWorkflowInput:
+    @workflow.query(name=RolloutQuery.STATUS)
+    def status(self) -> RolloutStatus:
+        return RolloutStatus(**dict(self._carried_on()))
+
+    def _carried_on(self) -> RolloutWorkflowInput:
+        """The input of the run after continue-as-new: the plan and the state so far."""
         return RolloutWorkflowInput(
             rollout_id=self._input.rollout_id,
             plan=self._plan,
@@ -92,15 +99,15 @@ class RolloutWorkflow:
     async def run(self, input: RolloutWorkflowInput) -> RolloutState:
         while True:
             now = workflow.now()
-            decision = brain.next_decision(self._plan, self._state, now)
+            decision = rollout.next_decision(self._plan, self._state, now)
             match decision:
                 case SetWeights():
                     await self._set_traffic(decision.canary, self._state.mirror_share)
-                    self._state = brain.after_set_weights(self._state, decision, workflow.now())
+                    self._state = rollout.after_set_weights(self._state, decision, workflow.now())
                     self._publish()
                 case SetMirror():
                     await self._set_traffic(self._state.weight, decision.share)
-                    self._state = brain.after_set_mirror(self._state, decision, workflow.now())
+                    self._state = rollout.after_set_mirror(self._state, decision, workflow.now())
                     self._publish()
                 case CheckGates():
                     await self._check(decision)
@@ -117,7 +124,7 @@ class RolloutWorkflow:
                     return self._state
             if workflow.info().get_current_history_length() > HISTORY_LIMIT:
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(self.status())
+                workflow.continue_as_new(self._carried_on())
 
     async def _wait_for_signal(self) -> None:
         seen = self._signals
@@ -145,7 +152,7 @@ class RolloutWorkflow:
             verdicts = [Verdict(gate=g.label, outcome="no_data", message=message) for g in decision.gates]
         else:
             verdicts = [judge_gate(g, canary, baseline) for g in decision.gates]
-        self._state = brain.after_check(plan, self._state, verdicts, decision.gates, workflow.now())
+        self._state = rollout.after_check(plan, self._state, verdicts, decision.gates, workflow.now())
         workflow.logger.info(
             "rollout.check %s",
             "; ".join(f"{v.outcome}: {v.message}" for v in verdicts),
@@ -153,7 +160,7 @@ class RolloutWorkflow:
 
     async def _window(self, deployment: str, window: float) -> WindowStats:
         return await workflow.execute_activity(
-            "query_window",
+            Activity.QUERY_WINDOW,
             QueryWindowInput(endpoint=self._plan.endpoint, deployment=deployment, window_seconds=window),
             result_type=WindowStats,
             **options.MONITOR,
@@ -162,7 +169,7 @@ class RolloutWorkflow:
     async def _set_traffic(self, canary_weight: int, mirror_share: int, *, undo: bool = False) -> None:
         plan = self._plan
         await workflow.execute_activity(
-            "set_rollout_traffic",
+            Activity.SET_ROLLOUT_TRAFFIC,
             SetRolloutTrafficInput(
                 rollout_id=self._input.rollout_id,
                 baseline=plan.baseline,
@@ -171,6 +178,7 @@ class RolloutWorkflow:
                 canary_weight=canary_weight,
                 mirror_share=mirror_share,
                 undo=undo,
+                endpoint=plan.endpoint,
             ),
             **options.TRAFFIC,
         )
@@ -178,7 +186,7 @@ class RolloutWorkflow:
     async def _roll_back(self, reason: str) -> None:
         """Traffic back first; capacity is touched only after the drain delay."""
         await self._set_traffic(0, 0)
-        self._state = brain.finish(self._state, "RolledBack", workflow.now(), reason)
+        self._state = rollout.finish(self._state, "RolledBack", workflow.now(), reason)
         self._publish()
         await self._release()
         failure = self._plan.after_failure
@@ -187,7 +195,7 @@ class RolloutWorkflow:
             await self._retire(self._plan.canary, "delete")
 
     async def _complete(self) -> None:
-        self._state = brain.finish(self._state, "Succeeded", workflow.now())
+        self._state = rollout.finish(self._state, "Succeeded", workflow.now())
         self._publish()
         await self._release()
         success = self._plan.after_success
@@ -206,16 +214,16 @@ class RolloutWorkflow:
             except ActivityError as err:
                 workflow.logger.warning("undo refused: %s", failure_reason(err))
                 return
-            self._state = brain.finish(self._state, "RolledBack", workflow.now(), "undone after success")
+            self._state = rollout.finish(self._state, "RolledBack", workflow.now(), "undone after success")
             self._publish()
             return
         if success.then != "keep":
             await self._retire(self._plan.baseline, success.then)
 
-    async def _retire(self, deployment: str, action: str) -> None:
+    async def _retire(self, deployment: str, action: RetireAction) -> None:
         try:
             await workflow.execute_activity(
-                "retire_deployment",
+                Activity.RETIRE_DEPLOYMENT,
                 RetireDeploymentInput(endpoint=self._plan.endpoint, deployment=deployment, action=action),
                 **options.TRAFFIC,
             )
@@ -224,7 +232,7 @@ class RolloutWorkflow:
 
     async def _release(self) -> None:
         handle = workflow.get_external_workflow_handle(endpoint_id(self._plan.endpoint))
-        await handle.signal("end_rollout", EndRolloutInput(rollout_id=self._input.rollout_id))
+        await handle.signal(EndpointSignal.END_ROLLOUT, EndRolloutInput(rollout_id=self._input.rollout_id))
 
     def _publish(self) -> None:
         if not self._input.search_attributes:

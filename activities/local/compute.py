@@ -9,7 +9,7 @@ import aiohttp
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.messages import DeleteInstancesInput, RequestInstancesInput, WatchInstancesInput
+from config.contract.activities import DeleteInstancesInput, RequestInstancesInput, WatchInstancesInput
 from config.host_api import DeploymentInstances, EnsureInstancesRequest
 from config.security import control_client_ssl, control_headers
 from config.settings import Settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from activities.messages import QueryWindowInput
+from config.contract.activities import QueryWindowInput
 from config.security import control_headers
 from config.settings import Settings
 from config.stats import LatencySummary, MirrorSummary, WindowStats

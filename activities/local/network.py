@@ -1,4 +1,4 @@
-"""`local` network provider: the gateways' admin API and the file secret store.
+"""`local` network provider: the gateways' admin API.
 
 A push goes to every gateway at once, each with a few quick retries of its own, so one
 gateway that is down delays nobody else; the result names the gateways that did not take it
@@ -14,15 +14,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from activities.local.secrets import LocalSecretStore
-from activities.messages import (
-    ApplyRouteInput,
-    DeleteKeysInput,
-    EnsureKeysInput,
-    EnsureKeysResult,
-    PushRouteResult,
-    RemoveRouteInput,
-)
+from config.contract.activities import ApplyRouteInput, PushRouteResult, RemoveRouteInput
 from config.security import control_client_ssl, control_headers
 from config.settings import Settings
 
@@ -36,7 +28,6 @@ PUSH_TIMEOUT = aiohttp.ClientTimeout(total=3, sock_connect=1)
 class LocalNetworkProvider:
     def __init__(self, settings: Settings) -> None:
         self._targets = settings.gateway_admin_targets
-        self._secrets = LocalSecretStore(settings)
         self._settings = settings
 
     def _session(self) -> aiohttp.ClientSession:
@@ -80,13 +71,6 @@ class LocalNetworkProvider:
                 reason=lagging.get(target),
             )
         return PushRouteResult(lagging=lagging, gateways=len(self._targets))
-
-    async def ensure_keys(self, request: EnsureKeysInput) -> EnsureKeysResult:
-        hashes, versions = self._secrets.ensure(request.endpoint, dict(request.versions))
-        return EnsureKeysResult(key_sha256=hashes, versions=versions)  # type: ignore[arg-type]
-
-    async def delete_keys(self, request: DeleteKeysInput) -> None:
-        self._secrets.delete(request.endpoint)
 
 
 async def _push(

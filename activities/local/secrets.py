@@ -1,4 +1,5 @@
-"""Endpoint keys, kept in files under the state dir (mode 0600), never in workflow history."""
+"""`local` secret store: endpoint keys in files under the state dir (mode 0600), never in
+workflow history."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import hashlib
 import json
 import secrets
 from pathlib import Path
+from typing import Any
 
+from config.contract.activities import EnsureKeysResult
+from config.contract.state import KeyType
 from config.files import write_atomically
 from config.settings import Settings
 
-KEY_TYPES = ("primary", "secondary")
+KEY_TYPES: tuple[KeyType, ...] = ("primary", "secondary")
 
 
 def key_sha256(key: str) -> str:
@@ -24,15 +28,14 @@ class LocalSecretStore:
     def _path(self, endpoint: str) -> Path:
         return self._dir / f"{endpoint}.json"
 
-    def read(self, endpoint: str) -> dict[str, dict[str, str | int]]:
+    def _read(self, endpoint: str) -> dict[str, dict[str, Any]]:
         path = self._path(endpoint)
         if not path.exists():
             return {}
         return json.loads(path.read_text())
 
-    def ensure(self, endpoint: str, versions: dict[str, int]) -> tuple[list[str], dict[str, int]]:
-        """Make each key whose stored version is below the asked one; return hashes and versions."""
-        stored = self.read(endpoint)
+    async def ensure_keys(self, endpoint: str, versions: dict[KeyType, int]) -> EnsureKeysResult:
+        stored = self._read(endpoint)
         changed = False
         for key_type in KEY_TYPES:
             want = versions.get(key_type, 1)
@@ -42,16 +45,18 @@ class LocalSecretStore:
                 changed = True
         if changed:
             self._write(endpoint, stored)
-        hashes = [key_sha256(str(stored[k]["key"])) for k in KEY_TYPES]
-        return hashes, {k: int(stored[k]["version"]) for k in KEY_TYPES}
+        return EnsureKeysResult(
+            key_sha256=[key_sha256(str(stored[k]["key"])) for k in KEY_TYPES],
+            versions={k: int(stored[k]["version"]) for k in KEY_TYPES},
+        )
 
-    def keys(self, endpoint: str) -> dict[str, str]:
-        stored = self.read(endpoint)
-        return {k: str(v["key"]) for k, v in stored.items()}
+    async def keys(self, endpoint: str) -> dict[KeyType, str]:
+        stored = self._read(endpoint)
+        return {k: str(stored[k]["key"]) for k in KEY_TYPES if k in stored}
 
-    def delete(self, endpoint: str) -> None:
+    async def delete_keys(self, endpoint: str) -> None:
         self._path(endpoint).unlink(missing_ok=True)
 
-    def _write(self, endpoint: str, data: dict) -> None:
+    def _write(self, endpoint: str, data: dict[str, dict[str, Any]]) -> None:
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomically(self._path(endpoint), json.dumps(data).encode(), 0o600)

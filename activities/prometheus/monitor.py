@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from activities.messages import QueryWindowInput
+from config.contract.activities import QueryWindowInput
 from config.stats import LatencySummary, MirrorSummary, WindowStats
 
 

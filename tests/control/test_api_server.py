@@ -24,10 +24,10 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from config.contract.codec import ENCODING, data_converter
 from config.settings import Settings
 from control import stack
 from control.api_server import SESSION_COOKIE, Sessions, codec_endpoint
-from control.codec import ENCODING, data_converter
 from tests.control.conftest import ROOT, ApiProcess, start_api, stop_api
 
 SECRET = "s3cr3t-db-password-41d2"

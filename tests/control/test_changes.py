@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from config.contract.errors import BadRequest
+from config.contract.state import EndpointRecord
 from config.settings import Settings
 from config.specs import EndpointSpec
 from control.changes import endpoint_change
-from control.errors import BadRequest
 from control.facade import Tidegate
-from decisions.state import EndpointState
 
-CURRENT = EndpointState(
+CURRENT = EndpointRecord(
     name="my-ep", tags={"team": "ml"}, properties={"owner": "ana", "tidegate/max_requests_per_second": "50"}
 )
 

@@ -15,8 +15,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from config.settings import Settings
-from control.codec import (
+from config.contract.codec import (
     ENCODING,
     KEY_ID_METADATA,
     CodecKeyError,
@@ -26,6 +25,7 @@ from control.codec import (
     ensure_codec_key,
     new_key_text,
 )
+from config.settings import Settings
 from tests.workflows.record_histories import HISTORIES, workflow_id_of
 from worker.main import WORKFLOWS
 

@@ -19,9 +19,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
 from config.binaries import find_binary
+from config.contract.codec import ENCODING, data_converter
+from config.contract.temporal_client import connect
 from control.api_server import codec_endpoint
-from control.codec import ENCODING, data_converter
-from control.temporal import connect
 from tests.control.conftest import ApiProcess
 
 SECRET = "s3cr3t-db-password-e2e-93ab"
@@ -84,7 +84,7 @@ def history_payloads(history: WorkflowHistory) -> list[Payload]:
 
 @pytest.fixture(scope="module")
 async def finished(temporal_dev: WorkflowEnvironment, api: ApiProcess) -> tuple[str, WorkflowHistory]:
-    """A workflow run by a Tidegate client and worker (control.temporal.connect), and its
+    """A workflow run by a Tidegate client and worker (config.contract.temporal_client.connect), and its
     history as a client WITHOUT the codec (Temporal's own view) fetches it."""
     settings = api.settings(temporal_address=target(temporal_dev))
     client = await connect(settings)

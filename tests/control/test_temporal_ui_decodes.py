@@ -24,8 +24,8 @@ import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from config.binaries import find_binary
+from config.contract.temporal_client import connect
 from control.api_server import codec_endpoint
-from control.temporal import connect
 from tests.control.conftest import ApiProcess
 from workflows import search
 

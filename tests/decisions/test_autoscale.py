@@ -6,14 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from config.contract.state import AutoscaleMemory, AutoscaleSettings
 from config.stats import LatencySummary, WindowStats
-from decisions.autoscale import (
-    AutoscaleMemory,
-    AutoscaleSettings,
-    desired_instances,
-    mean_waiting,
-    replacement_delay,
-)
+from decisions.autoscale import desired_instances, mean_waiting, replacement_delay
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 SETTINGS = AutoscaleSettings(

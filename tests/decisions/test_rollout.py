@@ -1,4 +1,4 @@
-"""The rollout brain: plans per strategy, and the next decision for each situation."""
+"""The rollout decisions: plans per strategy, and the next decision for each situation."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from config.contract.rollout import Plan, RolloutState, Verdict
 from config.rollout import RolloutSpec
-from decisions.gates import Verdict
 from decisions.rollout import (
     CheckGates,
     Complete,
     Pause,
-    Plan,
     RollBack,
-    RolloutState,
     SetMirror,
     SetWeights,
     WaitUntil,

@@ -15,8 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from config.contract.temporal_client import identity
 from control.stack import alive, pollers
-from control.temporal import identity
 from tests.e2e.test_rollout import BODY, endpoint_with
 from tests.support.load import SteadyLoad
 from tests.support.polling import until

@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.local.compute import LocalComputeProvider
-from activities.messages import DeleteInstancesInput, RequestInstancesInput, WatchInstancesInput
+from config.contract.activities import DeleteInstancesInput, RequestInstancesInput, WatchInstancesInput
 from config.host_api import DeploymentRuntime
 from gateway.tls import ensure_tls
 from tests.host.helpers import (

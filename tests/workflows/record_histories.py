@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from config.contract.temporal_client import connect
 from config.settings import load_settings
-from control.temporal import connect
 
 # The codec key `make histories` records with (a test key, not a secret): recorded histories
 # replay through the same converter the worker uses, plain payloads passing through.

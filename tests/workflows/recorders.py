@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from temporalio import activity
 
-from activities.messages import (
+from config.contract.activities import (
     ApplyRouteInput,
     DeleteInstancesInput,
     DeleteKeysInput,
@@ -19,6 +19,7 @@ from activities.messages import (
     RequestInstancesInput,
     WatchInstancesInput,
 )
+from config.contract.names import Activity
 from config.host_api import DeploymentInstances, InstanceStatus
 from config.routes import EndpointRoute
 from config.stats import LatencySummary, WindowStats
@@ -52,29 +53,29 @@ class Recorder:
     hosts: dict[str, DeploymentInstances] = field(default_factory=dict)
 
     def activities(self) -> list:
-        @activity.defn(name="apply_route")
+        @activity.defn(name=Activity.APPLY_ROUTE)
         async def apply_route(request: ApplyRouteInput) -> PushRouteResult:
             self.calls.append("apply_route")
             self.routes.append(request.route)
             return PushRouteResult(gateways=1)
 
-        @activity.defn(name="remove_route")
+        @activity.defn(name=Activity.REMOVE_ROUTE)
         async def remove_route(request: RemoveRouteInput) -> PushRouteResult:
             self.calls.append("remove_route")
             return PushRouteResult(gateways=1)
 
-        @activity.defn(name="ensure_keys")
+        @activity.defn(name=Activity.ENSURE_KEYS)
         async def ensure_keys(request: EnsureKeysInput) -> EnsureKeysResult:
             self.calls.append("ensure_keys")
             versions = dict(request.versions)
             hashes = [f"{k}-v{v}" for k, v in sorted(versions.items())]
             return EnsureKeysResult(key_sha256=hashes, versions=versions)  # type: ignore[arg-type]
 
-        @activity.defn(name="delete_keys")
+        @activity.defn(name=Activity.DELETE_KEYS)
         async def delete_keys(request: DeleteKeysInput) -> None:
             self.calls.append("delete_keys")
 
-        @activity.defn(name="request_instances")
+        @activity.defn(name=Activity.REQUEST_INSTANCES)
         async def request_instances(request: RequestInstancesInput) -> DeploymentInstances:
             """A host in memory: instances are ready at once, or failed like a broken init()."""
             self.calls.append("request_instances")
@@ -108,14 +109,14 @@ class Recorder:
             self.hosts[runtime.deployment] = status
             return status
 
-        @activity.defn(name="watch_instances")
+        @activity.defn(name=Activity.WATCH_INSTANCES)
         async def watch_instances(request: WatchInstancesInput) -> DeploymentInstances:
             status = self.hosts[request.deployment]
             if status.version <= request.since_version:
                 await asyncio.sleep(min(request.timeout_seconds, 0.2))
             return status
 
-        @activity.defn(name="delete_instances")
+        @activity.defn(name=Activity.DELETE_INSTANCES)
         async def delete_instances(request: DeleteInstancesInput) -> None:
             self.calls.append("delete_instances")
             self.deleted.append(request.deployment)

@@ -12,16 +12,16 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.messages import QueryWindowInput
+from config.contract.activities import QueryWindowInput
+from config.contract.ids import endpoint_id
+from config.contract.names import Activity
+from config.contract.state import AutoscaleSettings, EndpointRecord
+from config.contract.workflows import CreateDeploymentInput, EndpointWorkflowInput
 from config.stats import WindowStats
-from decisions.autoscale import AutoscaleSettings
-from decisions.state import EndpointState
 from tests.workflows.recorders import Recorder
 from tests.workflows.test_endpoint_workflow import target, wait_for
 from workflows.deployment import DeploymentWorkflow
 from workflows.endpoint import EndpointWorkflow
-from workflows.ids import endpoint_id
-from workflows.messages import CreateDeploymentInput, EndpointWorkflowInput
 
 
 class Scripted:
@@ -29,7 +29,7 @@ class Scripted:
         self.utilisation = 0.9
 
     def activity(self):  # noqa: ANN201
-        @activity.defn(name="query_window")
+        @activity.defn(name=Activity.QUERY_WINDOW)
         async def query_window(request: QueryWindowInput) -> WindowStats:
             return WindowStats(
                 endpoint=request.endpoint,
@@ -63,7 +63,7 @@ async def endpoint_with_autoscaled_blue(
     name = f"ep-{uuid.uuid4().hex[:8]}"
     handle = await env.client.start_workflow(
         EndpointWorkflow.run,
-        EndpointWorkflowInput(state=EndpointState(name=name)),
+        EndpointWorkflowInput(state=EndpointRecord(name=name)),
         id=endpoint_id(name),
         task_queue=queue,
     )

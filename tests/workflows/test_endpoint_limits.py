@@ -15,11 +15,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from decisions.state import EndpointState
+from config.contract.ids import endpoint_id
+from config.contract.state import EndpointRecord
+from config.contract.workflows import EndpointWorkflowInput, UpdateEndpointInput
 from tests.workflows.recorders import Recorder
 from workflows.endpoint import EndpointWorkflow
-from workflows.ids import endpoint_id
-from workflows.messages import EndpointWorkflowInput, UpdateEndpointInput
 
 DEFAULT_BYTES = 4096
 
@@ -38,7 +38,7 @@ async def endpoint(temporal_env: WorkflowEnvironment) -> AsyncIterator[tuple[Rec
         handle = await temporal_env.client.start_workflow(
             EndpointWorkflow.run,
             EndpointWorkflowInput(
-                state=EndpointState(name=name, max_request_bytes=DEFAULT_BYTES),
+                state=EndpointRecord(name=name, max_request_bytes=DEFAULT_BYTES),
                 repush_seconds=30,
                 default_max_request_bytes=DEFAULT_BYTES,
             ),

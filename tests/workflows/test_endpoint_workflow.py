@@ -13,19 +13,19 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from config.host_api import DeploymentRuntime
-from decisions.state import DeploymentTarget, EndpointState
-from tests.workflows.recorders import Recorder
-from workflows.deployment import DeploymentWorkflow
-from workflows.endpoint import EndpointWorkflow
-from workflows.ids import endpoint_id
-from workflows.messages import (
+from config.contract.ids import endpoint_id
+from config.contract.state import DeploymentTarget, EndpointRecord
+from config.contract.workflows import (
     CreateDeploymentInput,
     DeleteDeploymentInput,
     EndpointWorkflowInput,
     RegenerateKeysInput,
     UpdateEndpointInput,
 )
+from config.host_api import DeploymentRuntime
+from tests.workflows.recorders import Recorder
+from workflows.deployment import DeploymentWorkflow
+from workflows.endpoint import EndpointWorkflow
 
 
 def target(endpoint: str, name: str, count: int = 1) -> DeploymentTarget:
@@ -42,7 +42,7 @@ class Stack:
         self.task_queue = task_queue
 
     async def start_endpoint(self, name: str) -> WorkflowHandle:
-        state = EndpointState(name=name)
+        state = EndpointRecord(name=name)
         handle = await self.env.client.start_workflow(
             EndpointWorkflow.run,
             EndpointWorkflowInput(state=state, repush_seconds=30),
@@ -53,7 +53,7 @@ class Stack:
         return handle
 
 
-async def wait_for(handle: WorkflowHandle, predicate: Callable[[EndpointState], bool]) -> EndpointState:
+async def wait_for(handle: WorkflowHandle, predicate: Callable[[EndpointRecord], bool]) -> EndpointRecord:
     while True:
         state = await handle.query(EndpointWorkflow.describe)
         if predicate(state):
@@ -227,7 +227,7 @@ async def test_state_survives_continue_as_new(dev_stack: Stack) -> None:
     name = unique("ep")
     handle = await stack.env.client.start_workflow(
         EndpointWorkflow.run,
-        EndpointWorkflowInput(state=EndpointState(name=name), history_limit=40),
+        EndpointWorkflowInput(state=EndpointRecord(name=name), history_limit=40),
         id=endpoint_id(name),
         task_queue=stack.task_queue,
     )

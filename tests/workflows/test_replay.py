@@ -16,8 +16,9 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
+from config.contract.codec import data_converter
+from config.contract.names import ENDPOINT_WORKFLOW
 from config.settings import Settings
-from control.codec import data_converter
 from tests.workflows.record_histories import HISTORIES, HISTORY_CODEC_KEY, workflow_id_of
 from worker.main import WORKFLOWS
 
@@ -48,7 +49,7 @@ async def test_recorded_history_replays_on_the_current_workflow_code(path: Path)
     assert result.replay_failure is None
 
 
-@workflow.defn(name="EndpointWorkflow", sandboxed=False)
+@workflow.defn(name=ENDPOINT_WORKFLOW, sandboxed=False)
 class EndpointWorkflowThatWaitsFirst:
     """An 'upgrade' that puts a timer before the endpoint's first activity."""
 

@@ -31,20 +31,22 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.messages import QueryWindowInput, RetireDeploymentInput
+from config.contract.activities import QueryWindowInput, RetireDeploymentInput
+from config.contract.ids import endpoint_id, rollout_id
+from config.contract.names import ENDPOINT_WORKFLOW, Activity, EndpointSignal
+from config.contract.rollout import RolloutState
+from config.contract.workflows import EndRolloutInput, RolloutWorkflowInput, SetRolloutTrafficInput
 from config.rollout import RolloutSpec
 from config.stats import WindowStats
-from decisions.rollout import RolloutState, expand_plan
+from decisions.rollout import expand_plan
 from tests.conftest import time_skipping_server
 from tests.workflows.recorders import scripted_window
-from workflows.ids import endpoint_id, rollout_id
-from workflows.messages import EndRolloutInput, RolloutWorkflowInput, SetRolloutTrafficInput
 from workflows.rollout import RolloutWorkflow
 
 HOURS = timedelta(hours=5)
 
 
-@workflow.defn(name="EndpointWorkflow")
+@workflow.defn(name=ENDPOINT_WORKFLOW)
 class ReleaseRecorder:
     """Stands in for the endpoint: records the rollouts that released it."""
 
@@ -55,7 +57,7 @@ class ReleaseRecorder:
     async def run(self, name: str) -> None:
         await workflow.wait_condition(lambda: False)
 
-    @workflow.signal
+    @workflow.signal(name=EndpointSignal.END_ROLLOUT)
     def end_rollout(self, request: EndRolloutInput) -> None:
         self._released.append(request.rollout_id)
 
@@ -83,7 +85,7 @@ class Rig:
     attempts: list[tuple[int, int]] = field(default_factory=list)  # (canary weight, attempt)
 
     def activities(self) -> list[Any]:
-        @activity.defn(name="set_rollout_traffic")
+        @activity.defn(name=Activity.SET_ROLLOUT_TRAFFIC)
         async def set_rollout_traffic(request: SetRolloutTrafficInput) -> None:
             attempt = activity.info().attempt
             self.attempts.append((request.canary_weight, attempt))
@@ -91,11 +93,11 @@ class Rig:
                 await asyncio.Event().wait()  # hung, no heartbeat: as a worker that died
             self.traffic.append(Traffic(request.canary_weight, request.mirror_share, request.undo))
 
-        @activity.defn(name="retire_deployment")
+        @activity.defn(name=Activity.RETIRE_DEPLOYMENT)
         async def retire_deployment(request: RetireDeploymentInput) -> None:
             self.retired.append((request.deployment, request.action))
 
-        @activity.defn(name="query_window")
+        @activity.defn(name=Activity.QUERY_WINDOW)
         async def query_window(request: QueryWindowInput) -> WindowStats:
             return scripted_window(request, self.error_rate[request.deployment])
 

@@ -20,23 +20,24 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.endpoints import EndpointActivities
-from activities.messages import QueryWindowInput
-from config.rollout import RolloutSpec
-from config.stats import WindowStats
-from decisions.autoscale import AutoscaleSettings
-from decisions.rollout import RolloutState, expand_plan
-from decisions.state import DeploymentTarget, EndpointState
-from tests.workflows.recorders import Recorder, scripted_window
-from tests.workflows.test_endpoint_workflow import target, wait_for
-from workflows.deployment import DeploymentWorkflow
-from workflows.endpoint import EndpointWorkflow
-from workflows.ids import endpoint_id
-from workflows.messages import (
+from config.contract.activities import QueryWindowInput
+from config.contract.ids import endpoint_id
+from config.contract.names import Activity
+from config.contract.rollout import RolloutState
+from config.contract.state import AutoscaleSettings, DeploymentTarget, EndpointRecord
+from config.contract.workflows import (
     CreateDeploymentInput,
     EndpointWorkflowInput,
     StartRolloutInput,
     UpdateEndpointInput,
 )
+from config.rollout import RolloutSpec
+from config.stats import WindowStats
+from decisions.rollout import expand_plan
+from tests.workflows.recorders import Recorder, scripted_window
+from tests.workflows.test_endpoint_workflow import target, wait_for
+from workflows.deployment import DeploymentWorkflow
+from workflows.endpoint import EndpointWorkflow
 from workflows.rollout import RolloutWorkflow
 
 Health = Callable[[str], float]  # deployment -> error rate the scripted gateway reports
@@ -51,7 +52,7 @@ class Rig:
         self.utilisation = 0.05  # of every instance: low, so an autoscaled deployment would scale in
 
     def activities(self) -> list:
-        @activity.defn(name="query_window")
+        @activity.defn(name=Activity.QUERY_WINDOW)
         async def query_window(request: QueryWindowInput) -> WindowStats:
             return scripted_window(request, self.error_rate[request.deployment], self.utilisation)
 
@@ -83,7 +84,7 @@ class Rig:
         name = f"ep-{uuid.uuid4().hex[:8]}"
         handle = await self.env.client.start_workflow(
             EndpointWorkflow.run,
-            EndpointWorkflowInput(state=EndpointState(name=name), repush_seconds=30),
+            EndpointWorkflowInput(state=EndpointRecord(name=name), repush_seconds=30),
             id=endpoint_id(name),
             task_queue=self.task_queue,
         )

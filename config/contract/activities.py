@@ -1,12 +1,18 @@
-"""Activity payloads: `<Verb><Noun>Input` / `<Verb><Noun>Result`."""
+"""Activity payloads: `<Verb><Noun>Input` / `<Verb><Noun>Result`. Their JSON is in every
+recorded history: add fields with defaults, never rename one."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
+from config.contract.state import KeyType
 from config.host_api import DeploymentRuntime
+from config.rollout import RetireAction
 from config.routes import EndpointRoute
-from decisions.state import KeyType
+
+PatchOutcome = Literal["Succeeded", "Failed", "Skipped"]
 
 
 class ApplyRouteInput(BaseModel):
@@ -70,7 +76,7 @@ class DeleteInstancesInput(BaseModel):
 class RetireDeploymentInput(BaseModel):
     endpoint: str
     deployment: str
-    action: str = Field(description="keep | scale_down | delete")
+    action: RetireAction
 
 
 class QueryWindowInput(BaseModel):
@@ -87,5 +93,5 @@ class PatchDeploymentInput(BaseModel):
 class PatchDeploymentResult(BaseModel):
     endpoint: str
     deployment: str
-    outcome: str = Field(description="Succeeded | Failed | Skipped")
+    outcome: PatchOutcome
     detail: str = ""

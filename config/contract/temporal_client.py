@@ -1,4 +1,5 @@
-"""One way to reach Temporal, for the CLI, the REST API and the worker."""
+"""One way to reach Temporal, for the CLI and the worker: the same address, TLS and encrypting
+data converter in both."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import socket
 
 from temporalio.client import Client, TLSConfig
 
+from config.contract.codec import data_converter
 from config.settings import Settings
-from control.codec import data_converter
 
 
 def identity(pid: int | None = None) -> str:
@@ -18,7 +19,7 @@ def identity(pid: int | None = None) -> str:
 
 
 async def connect(settings: Settings) -> Client:
-    """A client whose payloads are encrypted (control.codec): what it sends, Temporal keeps
+    """A client whose payloads are encrypted (config.contract.codec): what it sends, Temporal keeps
     only as ciphertext, and it reads back what it and the worker wrote."""
     tls: TLSConfig | bool = False
     if settings.temporal_tls_cert and settings.temporal_tls_key:

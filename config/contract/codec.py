@@ -2,7 +2,7 @@
 
 A deployment's ``environment_variables`` (often secrets) travel in workflow inputs, activity
 inputs and results, so Temporal would keep them in its history in clear text. Tidegate's
-clients (the CLI, the REST API, the worker) share one data converter whose codec encrypts
+clients (the CLI and the worker) share one data converter whose codec encrypts
 each payload whole: Temporal's history, its UI and ``temporal workflow show`` see
 ``binary/encrypted`` bytes and a key id; the codec endpoint of ``tidegate api`` decodes them
 for whoever holds the control credential.

@@ -1,19 +1,29 @@
-"""Workflow inputs, updates and signals: the payloads callers and workflows exchange."""
+"""Workflow inputs, updates, signals and query answers: the payloads callers and workflows
+exchange. Their JSON is in every recorded history: add fields with defaults, never rename one."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
-from activities.messages import PatchDeploymentResult
+from config.contract.activities import PatchDeploymentResult
+from config.contract.defaults import DEFAULT_MAX_REQUEST_BYTES
+from config.contract.rollout import Plan, RolloutState
+from config.contract.state import (
+    AutoscaleMemory,
+    DeploymentTarget,
+    EndpointRecord,
+    Health,
+    InstanceDetail,
+    KeyType,
+    ProvisioningState,
+)
 from config.routes import InstanceRoute
-from decisions.autoscale import AutoscaleMemory
-from decisions.instances import InstanceDetail
-from decisions.rollout import Plan, RolloutState
-from decisions.state import DeploymentTarget, EndpointState, Health, KeyType, ProvisioningState
 
 
 class EndpointWorkflowInput(BaseModel):
-    state: EndpointState
+    state: EndpointRecord
     repush_seconds: float = 30.0
     continued: bool = Field(default=False, description="true after continue-as-new")
     search_attributes: bool = Field(
@@ -21,7 +31,7 @@ class EndpointWorkflowInput(BaseModel):
     )
     history_limit: int = Field(default=2000, description="continue-as-new past this many events")
     default_max_request_bytes: int = Field(
-        default=16 * 1024 * 1024,
+        default=DEFAULT_MAX_REQUEST_BYTES,
         description="the payload limit when the properties set none (TIDEGATE_MAX_REQUEST_BYTES)",
     )
 
@@ -80,7 +90,7 @@ class DeploymentReport(BaseModel):
 
 class StartRolloutInput(BaseModel):
     plan: Plan
-    spec: dict = Field(default_factory=dict, description="the rollout.yml as given, for retry")
+    spec: dict[str, Any] = Field(default_factory=dict, description="the rollout.yml as given, for retry")
 
 
 class SetRolloutTrafficInput(BaseModel):
@@ -93,6 +103,11 @@ class SetRolloutTrafficInput(BaseModel):
     canary_weight: int
     mirror_share: int = 0
     undo: bool = False
+    endpoint: str | None = Field(
+        default=None,
+        description="the endpoint whose traffic changes; None from a rollout that began before "
+        "the field existed (its workflow's parent is the endpoint's)",
+    )
 
 
 class EndRolloutInput(BaseModel):
@@ -102,9 +117,21 @@ class EndRolloutInput(BaseModel):
 class RolloutWorkflowInput(BaseModel):
     rollout_id: str
     plan: Plan
-    spec: dict = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)
     pool: int = 100
     state: RolloutState | None = None
+    search_attributes: bool = True
+
+
+class RolloutStatus(BaseModel):
+    """RolloutWorkflow's `status` query: the plan and where the rollout is in it (the JSON of
+    RolloutWorkflowInput, which callers before this model read)."""
+
+    rollout_id: str
+    plan: Plan
+    spec: dict[str, Any] = Field(default_factory=dict)
+    pool: int = 100
+    state: RolloutState
     search_attributes: bool = True
 
 

@@ -1,4 +1,5 @@
-"""Content-hashed copies of code and models in the state dir, and the local model registry."""
+"""`local` artifacts: content-hashed copies of code and models in the state dir (where the host
+reads them), and the model registry in `$TIDEGATE_HOME/models`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel
-
-from control.errors import BadRequest, Conflict, NotFound
+from activities.artifacts import ArtifactKind, RegisteredModel, Snapshot
+from config.contract.errors import BadRequest, Conflict, NotFound
+from config.settings import Settings
 
 # A name or version never starts with '.', so neither can be '..' and leave the registry.
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
@@ -75,21 +76,19 @@ def snapshot(source: Path, root: Path) -> tuple[str, Path]:
     return digest, copy
 
 
-class RegisteredModel(BaseModel):
-    name: str
-    version: str
-    path: str
-    content_hash: str
-    description: str | None = None
+class LocalArtifactStore:
+    """Snapshots under `$TIDEGATE_HOME/artifacts/<kind>/<hash>/`; `tidegate model create` copies
+    into `$TIDEGATE_HOME/models`, addressed as `azureml:name:version`."""
 
+    def __init__(self, settings: Settings) -> None:
+        self._artifacts = settings.artifacts_dir
+        self._root = settings.registry_dir
 
-class ModelRegistry:
-    """`tidegate model create`: a copy in the state dir, addressed as `azureml:name:version`."""
+    def snapshot(self, source: Path, kind: ArtifactKind) -> Snapshot:
+        digest, copy = snapshot(source, self._artifacts / kind)
+        return Snapshot(content_hash=digest, path=copy)
 
-    def __init__(self, root: Path) -> None:
-        self._root = root
-
-    def create(
+    def create_model(
         self, name: str, version: str, source: Path, description: str | None = None
     ) -> RegisteredModel:
         meta = self._meta(name, version)
@@ -103,7 +102,7 @@ class ModelRegistry:
         meta.write_text(model.model_dump_json(indent=2))
         return model
 
-    def list(self, name: str | None = None) -> list[RegisteredModel]:
+    def list_models(self, name: str | None = None) -> list[RegisteredModel]:
         found = []
         for meta in sorted(self._root.glob("*/*/model.json")):
             model = RegisteredModel.model_validate(json.loads(meta.read_text()))
@@ -115,24 +114,24 @@ class ModelRegistry:
         folder = self._root / check_asset_part("name", name) / check_asset_part("version", version)
         return folder / "model.json"
 
-    def show(self, name: str, version: str) -> RegisteredModel:
+    def show_model(self, name: str, version: str) -> RegisteredModel:
         meta = self._meta(name, version)
         if not meta.exists():
             raise NotFound(f"model {name}:{version} is not registered (see `tidegate model list`)")
         return RegisteredModel.model_validate(json.loads(meta.read_text()))
 
-    def resolve(self, reference: str) -> Path:
+    def resolve_model(self, reference: str) -> Path:
         """`azureml:name:version` or `azureml:name@latest` → the registered copy."""
         match = _REGISTERED.match(reference)
         if match is None:
             raise BadRequest(f"model: '{reference}' is neither a path nor azureml:<name>:<version>")
         name, version = match["name"], match["version"]
         if version is None:
-            versions = self.list(name)
+            versions = self.list_models(name)
             if not versions:
                 raise NotFound(f"model {name} is not registered (see `tidegate model list`)")
             return Path(max(versions, key=lambda m: _version_key(m.version)).path)
-        return Path(self.show(name, version).path)
+        return Path(self.show_model(name, version).path)
 
 
 def _version_key(version: str) -> tuple:

@@ -1,25 +1,58 @@
-"""The resources' state as the workflows hold it: plain models, shared with the façade."""
+"""The resources' state as the workflows hold it: plain models the workflows carry through
+continue-as-new, the activities read and the façade shows."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from config.host_api import DeploymentRuntime
+from config.contract.defaults import (
+    DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE,
+    DEFAULT_MAX_QUEUE_WAIT_MS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_REQUEST_TIMEOUT_MS,
+)
+from config.host_api import DeploymentRuntime, InstancePhase
 from config.routes import InstanceRoute
-from decisions.autoscale import AutoscaleSettings
-from decisions.instances import InstanceDetail
 
 ProvisioningState = Literal["Creating", "Updating", "Succeeded", "Failed", "Deleting", "Deleted"]
 KeyType = Literal["primary", "secondary"]
 Health = Literal["Healthy", "Degraded"]
 
 
-class RequestSettings(BaseModel):
-    request_timeout_ms: int = 5000
-    max_concurrent_requests_per_instance: int = 1
-    max_queue_wait_ms: int = 500
+class RequestLimits(BaseModel):
+    """A deployment's `request_settings` as the gateway enforces them."""
+
+    request_timeout_ms: int = DEFAULT_REQUEST_TIMEOUT_MS
+    max_concurrent_requests_per_instance: int = DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE
+    max_queue_wait_ms: int = DEFAULT_MAX_QUEUE_WAIT_MS
+
+
+class AutoscaleSettings(BaseModel):
+    """`scale_settings: target_utilization` (Azure's fields) plus Tidegate's cool-down."""
+
+    min_instances: int = Field(default=1, ge=1)
+    max_instances: int = Field(default=1, ge=1)
+    target_utilization_percentage: int = Field(default=70, ge=1, le=100)
+    polling_interval: float = 1.0
+    scale_in_cooldown: float = Field(default=300.0, description="seconds of low load before one goes")
+
+
+class AutoscaleMemory(BaseModel):
+    """What the autoscale decision remembers between polls (kept in the workflow's state)."""
+
+    low_since: datetime | None = None
+
+
+class InstanceDetail(BaseModel):
+    """One instance as `online-deployment show` lists it."""
+
+    id: str
+    state: InstancePhase
+    restarts: int = 0
+    url: str
 
 
 class DeploymentTarget(BaseModel):
@@ -30,7 +63,7 @@ class DeploymentTarget(BaseModel):
     runtime: DeploymentRuntime
     instance_count: int = Field(ge=1)
     instance_type: str = "Standard_DS3_v2"
-    request_settings: RequestSettings = Field(default_factory=RequestSettings)
+    request_settings: RequestLimits = Field(default_factory=RequestLimits)
     autoscale: AutoscaleSettings | None = Field(
         default=None, description="scale_settings: target_utilization; None is a fixed count"
     )
@@ -39,8 +72,8 @@ class DeploymentTarget(BaseModel):
     )
 
 
-class DeploymentRecord(BaseModel):
-    """What the endpoint knows of one of its deployments."""
+class DeploymentEntry(BaseModel):
+    """What the endpoint records of one of its deployments."""
 
     name: str
     provisioning_state: ProvisioningState
@@ -56,7 +89,7 @@ class DeploymentRecord(BaseModel):
     )
 
 
-class EndpointState(BaseModel):
+class EndpointRecord(BaseModel):
     """Everything EndpointWorkflow owns; passed whole through continue-as-new."""
 
     name: str
@@ -66,10 +99,10 @@ class EndpointState(BaseModel):
     traffic: dict[str, int] = Field(default_factory=dict)
     mirror_traffic: dict[str, int] = Field(default_factory=dict)
     provisioning_state: ProvisioningState = "Creating"
-    deployments: dict[str, DeploymentRecord] = Field(default_factory=dict)
+    deployments: dict[str, DeploymentEntry] = Field(default_factory=dict)
     key_sha256: list[str] = Field(default_factory=list)
-    key_versions: dict[str, int] = Field(default_factory=lambda: {"primary": 1, "secondary": 1})
-    keys_applied: dict[str, int] = Field(default_factory=dict)
+    key_versions: dict[KeyType, int] = Field(default_factory=lambda: {"primary": 1, "secondary": 1})
+    keys_applied: dict[KeyType, int] = Field(default_factory=dict)
     generation: int = 0
     lagging_gateways: dict[str, str] = Field(
         default_factory=dict, description="gateways that missed the last push (admin URL -> why)"
@@ -77,7 +110,7 @@ class EndpointState(BaseModel):
     properties: dict[str, str] = Field(
         default_factory=dict, description="the spec's properties as given (tidegate/ keys set the limits)"
     )
-    max_request_bytes: int = 16 * 1024 * 1024
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_requests_per_second: float = Field(default=0.0, description="0: no limit")
     retry_dropped_requests: bool = False
     created_at: str | None = None
