@@ -66,9 +66,6 @@ class EnsureInstancesRequest(BaseModel):
 # unready: running, but its readiness probe failed failure_threshold times in a row (out of
 # the route table until it passes success_threshold times in a row).
 InstancePhase = Literal["starting", "ready", "unready", "failed", "stopped", "draining"]
-# The old name, for host/instances.py and host/state.py until they import InstancePhase (the
-# gateway's InstanceState is a class: one name, one thing, once they do).
-InstanceState = InstancePhase
 EnvironmentState = Literal["building", "ready", "failed"]
 
 

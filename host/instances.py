@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from config.host_api import DeploymentRuntime, InstanceState, InstanceStatus, ProbeSpec
+from config.host_api import DeploymentRuntime, InstancePhase, InstanceStatus, ProbeSpec
 from host.environments import EnvironmentStatus
 from host.processes import ProcessHandle, create_time, failure_excerpt, tail_lines
 from host.state import InstanceRecord
@@ -61,7 +61,7 @@ class Instance:
     port: int
     spec_hash: str
     log_path: Path
-    state: InstanceState = "starting"
+    state: InstancePhase = "starting"
     process: ProcessHandle | None = None
     exit_code: int | None = None
     error: str | None = None

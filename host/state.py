@@ -13,7 +13,7 @@ import structlog
 from pydantic import BaseModel, Field, ValidationError
 
 from config.files import write_atomically
-from config.host_api import DeploymentRuntime, InstanceState
+from config.host_api import DeploymentRuntime, InstancePhase
 
 log = structlog.get_logger("host.state")
 
@@ -28,7 +28,7 @@ class InstanceRecord(BaseModel):
     create_time: int | None = Field(
         default=None, description="process start time from /proc/<pid>/stat, guards pid reuse"
     )
-    state: InstanceState = "starting"
+    state: InstancePhase = "starting"
     exit_code: int | None = None
     error: str | None = None
     env_key: str | None = Field(
