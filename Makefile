@@ -30,6 +30,7 @@ histories: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 down: $(STAMP)
 	$(VENV)/bin/tidegate down

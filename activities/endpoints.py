@@ -54,6 +54,8 @@ class EndpointActivities:
         if request.endpoint is not None:
             return endpoint_id(request.endpoint)
         info = activity.info()
+        if info.workflow_id is None:
+            raise ApplicationError("set_rollout_traffic ran outside a workflow", non_retryable=True)
         described = await self._client.get_workflow_handle(
             info.workflow_id, run_id=info.workflow_run_id
         ).describe()

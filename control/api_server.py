@@ -316,7 +316,8 @@ def _form(problem: str = "", *, status: int = 200) -> web.Response:
 async def _login_form(request: web.Request) -> web.Response:
     if not request.app[SESSIONS].valid(request.cookies.get(SESSION_COOKIE)):
         return _form()
-    ui = sorted(request.app[ORIGINS])[0]
+    origins: frozenset[str] = request.app[ORIGINS]
+    ui = sorted(origins)[0]
     endpoint = f"{request.scheme}://{request.host}{CODEC_PATH}"
     return _page(
         _SIGNED_IN.format(
@@ -364,6 +365,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.api_bind, settings.api_port, ssl_context=ssl_context).start()
+        origins: frozenset[str] = runner.app[ORIGINS]
         log.info(
             "api.started",
             url=api_url(settings),
@@ -371,7 +373,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             tls=ssl_context is not None,
             codec_endpoint=codec_endpoint(settings),
             codec_key_id=runner.app[CODEC].key_id,
-            cors_origins=sorted(runner.app[ORIGINS]),
+            cors_origins=sorted(origins),
         )
         await (stop or asyncio.Event()).wait()
         log.info("api.stopping")

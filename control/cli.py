@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def run_async(coro_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+def run_async(coro_fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
     """Run an async command; domain errors become one `ERROR:` line and exit code 1."""
 
     @functools.wraps(coro_fn)
@@ -304,7 +304,7 @@ async def endpoint_update(
     if name is None and file is None:
         raise click.UsageError("give --name or --file")
     spec = _endpoint_spec(file, name) if file is not None else None
-    target = name or spec.name
+    target = name or (spec.name if spec is not None else "")
     tg = await facade()
     current = await tg.describe(target)
     change = endpoint_change(current, spec, traffic, mirror_traffic, list(assignments))

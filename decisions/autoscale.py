@@ -92,4 +92,4 @@ def replacement_delay(restarts: int, *, base: float = 1.0, cap: float = 300.0) -
     """Crash-loop back-off: the first replacement at once, then 1 s, 2 s, 4 s … up to `cap`."""
     if restarts <= 0:
         return 0.0
-    return min(cap, base * 2 ** (restarts - 1))
+    return float(min(cap, base * 2.0 ** (restarts - 1)))

@@ -18,7 +18,7 @@ def metric_value(metric: str, stats: WindowStats) -> float | None:
     if metric == "request_count":
         return float(stats.requests)
     if metric.startswith("latency_"):
-        return getattr(stats.latency_ms, metric.removeprefix("latency_"))
+        return float(getattr(stats.latency_ms, metric.removeprefix("latency_")))
     if metric == "mirror_match_rate":
         return stats.mirror.match_rate
     raise ValueError(f"unknown metric {metric}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.common import (
     SearchAttributeIndexedValueType,
@@ -171,7 +172,9 @@ async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
         return []
     request = AddSearchAttributesRequest(
         namespace=namespace,
-        search_attributes={key.name: int(key.indexed_value_type) for key in plan.missing},
+        search_attributes={
+            key.name: IndexedValueType.ValueType(key.indexed_value_type) for key in plan.missing
+        },
     )
     try:
         await client.operator_service.add_search_attributes(request, timeout=RPC_TIMEOUT)

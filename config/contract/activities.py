@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from config.contract.state import KeyType
+from config.contract.state import FIRST_KEY_VERSIONS, KeyType
 from config.host_api import DeploymentRuntime
 from config.rollout import RetireAction
 from config.routes import EndpointRoute
@@ -40,7 +40,7 @@ class EnsureKeysInput(BaseModel):
     """Target key versions: a version above the stored one makes a new key (idempotent)."""
 
     endpoint: str
-    versions: dict[KeyType, int] = Field(default_factory=lambda: {"primary": 1, "secondary": 1})
+    versions: dict[KeyType, int] = Field(default_factory=lambda: dict(FIRST_KEY_VERSIONS))
 
 
 class EnsureKeysResult(BaseModel):
@@ -62,10 +62,19 @@ class RequestInstancesInput(BaseModel):
 
 
 class WatchInstancesInput(BaseModel):
+    """A long poll on one deployment (workflows that started before the instance watcher)."""
+
     endpoint: str
     deployment: str
     since_version: int = Field(description="return as soon as the provider's version passes it")
     timeout_seconds: float = 30.0
+
+
+class GetInstancesInput(BaseModel):
+    """The instances as they are now: answered at once, never a long poll."""
+
+    endpoint: str
+    deployment: str
 
 
 class DeleteInstancesInput(BaseModel):

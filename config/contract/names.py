@@ -24,7 +24,8 @@ class Activity:
 
     # compute
     REQUEST_INSTANCES: Final = "request_instances"
-    WATCH_INSTANCES: Final = "watch_instances"
+    WATCH_INSTANCES: Final = "watch_instances"  # a long poll: only workflows on the old path
+    GET_INSTANCES: Final = "get_instances"
     DELETE_INSTANCES: Final = "delete_instances"
     # network
     APPLY_ROUTE: Final = "apply_route"
@@ -64,6 +65,16 @@ class DeploymentSignal:
     UPDATE: Final = "update"
     DELETE: Final = "delete"
     ROLLOUT: Final = "rollout"
+    # The worker's instance watcher: the deployment's instances changed (a DeploymentInstances).
+    INSTANCES_CHANGED: Final = "instances_changed"
+
+
+class Patch:
+    """`workflow.patched` ids. Each is a marker in the history of every workflow that took the
+    new branch: never rename or reuse one; drop one only once no running workflow predates it."""
+
+    # DeploymentWorkflow learns of instance changes from the watcher's signals, not a long poll.
+    INSTANCES_BY_SIGNAL: Final = "deployment-instances-by-signal"
 
 
 class RolloutSignal:

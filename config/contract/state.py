@@ -19,6 +19,7 @@ from config.routes import InstanceRoute
 
 ProvisioningState = Literal["Creating", "Updating", "Succeeded", "Failed", "Deleting", "Deleted"]
 KeyType = Literal["primary", "secondary"]
+FIRST_KEY_VERSIONS: dict[KeyType, int] = {"primary": 1, "secondary": 1}
 Health = Literal["Healthy", "Degraded"]
 
 
@@ -101,7 +102,7 @@ class EndpointRecord(BaseModel):
     provisioning_state: ProvisioningState = "Creating"
     deployments: dict[str, DeploymentEntry] = Field(default_factory=dict)
     key_sha256: list[str] = Field(default_factory=list)
-    key_versions: dict[KeyType, int] = Field(default_factory=lambda: {"primary": 1, "secondary": 1})
+    key_versions: dict[KeyType, int] = Field(default_factory=lambda: dict(FIRST_KEY_VERSIONS))
     keys_applied: dict[KeyType, int] = Field(default_factory=dict)
     generation: int = 0
     lagging_gateways: dict[str, str] = Field(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from config.host_api import DeploymentInstances, InstanceState, InstanceStatus
+from config.host_api import DeploymentInstances, InstancePhase, InstanceStatus
 from decisions.instances import assess
 
 
-def status(*states: InstanceState) -> DeploymentInstances:
+def status(*states: InstancePhase) -> DeploymentInstances:
     return DeploymentInstances(
         endpoint="ep",
         deployment="blue",
@@ -31,7 +31,7 @@ def status(*states: InstanceState) -> DeploymentInstances:
     ],
 )
 def test_only_ready_instances_serve(
-    states: tuple[InstanceState, ...], serving: list[str], converged: bool
+    states: tuple[InstancePhase, ...], serving: list[str], converged: bool
 ) -> None:
     seen = assess(status(*states), "h", 2)
     assert [route.id for route in seen.serving] == serving
