@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from control.stack import alive
 from tests.e2e.project import CONDA, REQUEST
+from tests.support.polling import until
 from tests.support.stack import LocalStack
 
 EP = "e2e-ep"
@@ -244,8 +244,7 @@ def test_scaling_blue_to_two_instances_serves_from_both(stack: LocalStack, serve
 def test_a_restarted_gateway_serves_at_once_with_the_same_table(stack: LocalStack, served: dict) -> None:
     gateway = stack.pids()["gateway"]
     os.kill(gateway, signal.SIGKILL)
-    while alive(gateway):
-        time.sleep(0.05)
+    until(lambda: not alive(gateway), "the killed gateway is gone", every=0.05)
     stack.up()  # starts only what is missing
     status, body, _ = asyncio.run(post(stack, stack.key(EP)))
     assert status == 200

@@ -256,7 +256,9 @@ class HostProcess:
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
+        deadline = time.monotonic() + HANG_GUARD_SECONDS
         while self.proc.poll() is None:
+            assert time.monotonic() < deadline, "host never stopped"
             await asyncio.sleep(0.05)
         return self.proc.returncode
 

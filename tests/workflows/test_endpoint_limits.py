@@ -4,7 +4,6 @@ pushed route (time-skipping server, activities recorded)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -18,6 +17,7 @@ from temporalio.worker import Worker
 from config.contract.ids import endpoint_id
 from config.contract.state import EndpointRecord
 from config.contract.workflows import EndpointWorkflowInput, UpdateEndpointInput
+from tests.support.polling import eventually
 from tests.workflows.recorders import Recorder
 from workflows.endpoint import EndpointWorkflow
 
@@ -45,14 +45,12 @@ async def endpoint(temporal_env: WorkflowEnvironment) -> AsyncIterator[tuple[Rec
             id=endpoint_id(name),
             task_queue=task_queue,
         )
-        while not recorder.routes:
-            await asyncio.sleep(0.05)
+        await eventually(lambda: recorder.routes, "a first route pushed")
         yield recorder, handle
 
 
 async def pushed(recorder: Recorder, rate: float) -> None:
-    while recorder.routes[-1].max_requests_per_second != rate:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: recorder.routes[-1].max_requests_per_second == rate, f"rate {rate} pushed")
 
 
 async def test_a_rate_and_payload_limit_set_by_update_reach_the_state_and_the_route(
@@ -94,8 +92,7 @@ async def test_retrying_dropped_requests_set_by_update_reaches_the_state_and_the
     )
 
     assert state.retry_dropped_requests is True
-    while not rec.routes[-1].retry_dropped_requests:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: rec.routes[-1].retry_dropped_requests, "the resend setting pushed")
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from config.contract.workflows import (
     UpdateEndpointInput,
 )
 from config.host_api import DeploymentRuntime
+from tests.support.polling import eventually
 from tests.workflows.recorders import Recorder
 from workflows.deployment import DeploymentWorkflow
 from workflows.endpoint import EndpointWorkflow
@@ -54,11 +55,12 @@ class Stack:
 
 
 async def wait_for(handle: WorkflowHandle, predicate: Callable[[EndpointRecord], bool]) -> EndpointRecord:
-    while True:
+    for _ in range(1200):  # a bound only so a broken build cannot hang CI
         state = await handle.query(EndpointWorkflow.describe)
         if predicate(state):
             return state
         await asyncio.sleep(0.05)
+    raise AssertionError(f"the endpoint never reached the state asked for; last: {state}")
 
 
 @asynccontextmanager
@@ -109,8 +111,7 @@ async def test_deployment_is_provisioned_and_routed_with_its_traffic(stack: Stac
     await wait_for(handle, lambda s: s.deployments["blue"].provisioning_state == "Succeeded")
     await handle.execute_update(EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic={"blue": 100}))
     await wait_for(handle, lambda s: s.generation > 0 and s.traffic == {"blue": 100})
-    while stack.recorder.routes[-1].traffic != {"blue": 100}:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: stack.recorder.routes[-1].traffic == {"blue": 100}, "blue's 100 % pushed")
     route = stack.recorder.routes[-1]
     assert [i.id for i in route.deployments["blue"].instances] == ["blue-0", "blue-1"]
     generations = [r.generation for r in stack.recorder.routes]
@@ -241,8 +242,11 @@ async def test_state_survives_continue_as_new(dev_stack: Stack) -> None:
             EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic={"blue": share})
         )
     latest = stack.env.client.get_workflow_handle(endpoint_id(name))
-    while (await latest.describe()).run_id == first_run:
-        await asyncio.sleep(0.05)
+
+    async def continued() -> bool:
+        return (await latest.describe()).run_id != first_run
+
+    await eventually(continued, "the endpoint continued as new")
     state = await latest.query(EndpointWorkflow.describe)
     assert state.traffic == {"blue": 100}
     assert state.deployments["blue"].provisioning_state == "Succeeded"

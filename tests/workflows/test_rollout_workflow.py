@@ -34,6 +34,7 @@ from config.contract.workflows import (
 from config.rollout import RolloutSpec
 from config.stats import WindowStats
 from decisions.rollout import expand_plan
+from tests.support.polling import eventually
 from tests.workflows.recorders import Recorder, scripted_window
 from tests.workflows.test_endpoint_workflow import target, wait_for
 from workflows.deployment import DeploymentWorkflow
@@ -226,8 +227,11 @@ async def test_undo_after_success_puts_the_baseline_back(rig: Rig) -> None:
         endpoint,
         **{**GATED, "steps": [{"weight": 50, "hold": "1s"}], "after_success": {"keep_previous_for": "1h"}},
     )
-    while (await rollout.query(RolloutWorkflow.status)).state.phase != "Succeeded":
-        await asyncio.sleep(0.05)
+
+    async def succeeded() -> bool:
+        return (await rollout.query(RolloutWorkflow.status)).state.phase == "Succeeded"
+
+    await eventually(succeeded, "the rollout succeeded")
     await rollout.signal(RolloutWorkflow.undo)
     final = await outcome(rig, rollout)
     assert final.phase == "RolledBack"
@@ -256,5 +260,4 @@ async def test_an_autoscaled_baseline_does_not_scale_in_while_a_rollout_moves_it
 
 
 async def _until_weight(rig: Rig, weight: int) -> None:
-    while weight not in rig.green_weights():
-        await asyncio.sleep(0.05)
+    await eventually(lambda: weight in rig.green_weights(), f"green at {weight} %")
