@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, Field
 
-from config.contract.state import InstanceDetail
+from config.contract.state import Health, InstanceDetail
 from config.host_api import DeploymentInstances, DeploymentRuntime, InstanceStatus
 from config.routes import InstanceRoute
+from decisions.autoscale import replacement_delay
 
 
 class Assessment(BaseModel):
@@ -52,3 +54,37 @@ def bump_patch_level(runtime: DeploymentRuntime) -> DeploymentRuntime:
     environment = runtime.environment.model_copy(update={"patch": level})
     digest = hashlib.sha256(f"{runtime.spec_hash}/patch-{level}".encode()).hexdigest()[:16]
     return runtime.model_copy(update={"environment": environment, "spec_hash": digest})
+
+
+CRASH_LOOP_RESTARTS = 2  # replacements of one place before the deployment says Degraded
+
+
+class RecoveryPlan(BaseModel):
+    """What the control loop does with the instances it sees: the health it reports, and
+    whether it asks for replacements now (then not again before ``next_replacement``)."""
+
+    health: Health
+    reason: str | None = None
+    replace: bool = False
+    next_replacement: datetime
+
+
+def plan_recovery(
+    status: DeploymentInstances, seen: Assessment, count: int, *, now: datetime, next_replacement: datetime
+) -> RecoveryPlan:
+    """Node recovery with crash-loop back-off: a failed or missing instance is replaced at
+    once, then after 1 s, 2 s, 4 s … (`replacement_delay`); from the second replacement of a
+    place on, the deployment is Degraded with the last failure's text."""
+    missing = count - len([i for i in status.instances if i.state != "failed"])
+    if not seen.failed and missing <= 0:
+        return RecoveryPlan(health="Healthy", next_replacement=next_replacement)
+    restarts = max([i.restarts for i in seen.failed] + [seen.restarts])
+    health: Health = "Healthy"
+    reason = None
+    if restarts >= CRASH_LOOP_RESTARTS:
+        cause = failure_text(seen.failed[0]) if seen.failed else "instances missing"
+        health, reason = "Degraded", f"crash loop ({restarts} replacements): {cause}"
+    if now < next_replacement:
+        return RecoveryPlan(health=health, reason=reason, next_replacement=next_replacement)
+    delay = timedelta(seconds=replacement_delay(restarts + 1))
+    return RecoveryPlan(health=health, reason=reason, replace=True, next_replacement=now + delay)
