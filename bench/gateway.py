@@ -4,9 +4,10 @@ the cost of each gateway feature, rps per process count, and the gateway's memor
 Rows:
   direct          a trivial backend, no proxy
   nginx           nginx doing the same key check (map) and 90/10 split (split_clients)
-  gateway         Tidegate's gateway, every feature on: key auth, 90/10 split, least
-                  outstanding choice, limits (64 per instance: checked, never binding),
-                  windows, access log to its file
+  gateway         Tidegate's gateway as `tidegate up` starts it (the shipped defaults):
+                  every feature on: key auth, 90/10 split, least outstanding choice,
+                  limits (64 per instance: checked, never binding), windows, access log to
+                  its file and not echoed, process log at INFO, 1 process
   gateway-tls     the same over HTTPS
   gw-echo         the same, access lines also echoed to stderr (TIDEGATE_GATEWAY_ACCESS_LOG_ECHO)
   gw-no-limits    gateway with the limits off (TIDEGATE_GATEWAY_DISABLE=limits)
@@ -21,13 +22,22 @@ Rows:
 Memory: the gateway's RSS idle, with 10,000 open idle keep-alive connections, and under
 overload (a backend of 8 slots x 10 ms, far more offered than it serves: 429s).
 
+Every gateway here is started as ``tidegate up`` starts it (``python -m control.cli gateway``,
+the shipped defaults), with no ``TIDEGATE_*`` setting inherited from the shell: a row changes
+only what its description says.
+
 Load: ``wrk -t1 -c32 -d10s`` when wrk is on PATH, else a Python asyncio load generator.
 The trivial backend is nginx ``return 200`` when nginx is on PATH, else a small uvloop
 server. Every server here listens on 127.0.0.1 only. Figures are printed, never asserted.
 ``--rounds N`` runs the gateway rows N times, interleaved, and prints each row's median:
 other work on the machine moves single runs by more than some features cost.
+``--baseline DIR`` prices a change to the gateway: DIR holds another ``gateway`` package (e.g.
+a copy of ``gateway/`` taken before the change, as DIR/gateway); every gateway row also runs
+from it, as ROW@base, right after or before this tree's (the order alternating by round), so
+the two see the same machine.
 
     .venv/bin/python bench/gateway.py [--duration 10] [--connections 32] [--rounds 1]
+                                      [--rows gateway,...] [--baseline DIR]
                                       [--no-azml] [--no-memory]
 """
 
@@ -316,22 +326,54 @@ def start_nginx_gateway(
 # --- Tidegate's gateway ---
 
 
+def gateway_command(code: Path | None) -> tuple[list[str], str]:
+    """``tidegate up``'s command for the gateway and the PYTHONPATH it runs with; with
+    ``code``, the ``gateway`` package comes from there (``-P``: the working directory, this
+    tree, would come first otherwise)."""
+    if code is None:
+        return [sys.executable, "-m", "control.cli", "gateway"], str(REPO)
+    return [sys.executable, "-P", "-m", "control.cli", "gateway"], f"{code}{os.pathsep}{REPO}"
+
+
+def check_baseline(code: Path) -> str:
+    """Where a gateway started with ``code`` imports ``gateway`` from; refuses a DIR without one."""
+    command, pythonpath = gateway_command(code)
+    found = subprocess.run(
+        [command[0], "-P", "-c", "import gateway; print(gateway.__file__)"],
+        env={**os.environ, "PYTHONPATH": pythonpath},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(found).resolve().is_relative_to(code.resolve()):
+        raise SystemExit(f"--baseline {code}: no gateway package there (gateway imports from {found})")
+    return found
+
+
 def start_gateway(
-    procs: Procs, work: Path, ports: dict[str, int], **extra_env: str
+    procs: Procs, work: Path, ports: dict[str, int], code: Path | None = None, **extra_env: str
 ) -> subprocess.Popen[bytes]:
+    """The gateway as ``tidegate up`` starts it (``control.stack``: ``python -m control.cli
+    gateway``, the caller's environment plus TIDEGATE_HOME), on the bench's own ports and
+    home. Inherited TIDEGATE_* settings are dropped so that a shell's (an echoed access log, a
+    feature turned off) cannot change a row; ``extra_env`` is the row's own. ``code``: a
+    directory with another ``gateway`` package to run instead (``--baseline``)."""
+    command, pythonpath = gateway_command(code)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
     env = {
-        **os.environ,
+        **inherited,
         **extra_env,
         "TIDEGATE_HOME": str(work / "home"),
         "TIDEGATE_GATEWAY_HTTPS_PORT": str(ports["https"]),
         "TIDEGATE_GATEWAY_HTTP_PORT": str(ports["http"]),
         "TIDEGATE_GATEWAY_ADMIN_PORT": str(ports["admin"]),
         "TIDEGATE_CONTROL_TOKEN": CONTROL_TOKEN,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": pythonpath,
     }
     with open(work / "gateway.log", "ab") as log:  # access lines echo here: keep it small
         log.truncate(0)
-    proc = procs.start([sys.executable, "-m", "gateway"], log=work / "gateway.log", env=env, cwd=REPO)
+    proc = procs.start(command, log=work / "gateway.log", env=env, cwd=REPO)
     wait_port(ports["admin"], proc)
     wait_http_ok(f"http://127.0.0.1:{ports['admin']}/healthz")
     return proc
@@ -595,7 +637,7 @@ def print_table(results: list[Result], notes: list[str], args: argparse.Namespac
     )
     print(header)
     print("-" * len(header))
-    for r in sorted(results, key=lambda r: ROW_ORDER.index(r.name) if r.name in ROW_ORDER else 99):
+    for r in sorted(results, key=_row_order):
         base = azml_direct if r.name.startswith("azml") else direct
         to_direct = f"{r.rps / base.rps:.2f}" if base and base.rps == base.rps else "-"
         to_nginx = "-"
@@ -612,10 +654,35 @@ def print_table(results: list[Result], notes: list[str], args: argparse.Namespac
             f"{100 * gateway.rps / nginx.rps:.0f} % of nginx, p99 {gateway.p99_ms:.2f} ms vs "
             f"{nginx.p99_ms + 0.5:.2f} ms"
         )
+    print_baseline(by_name)
     print_feature_costs(by_name)
     print_processes(by_name)
     for note in notes:
         print(f"note: {note}")
+
+
+def _row_order(r: Result) -> float:
+    name, based, _ = r.name.partition(BASE_SUFFIX)
+    return (ROW_ORDER.index(name) if name in ROW_ORDER else 99) + (0.5 if based else 0.0)
+
+
+def print_baseline(by_name: dict[str, Result]) -> None:
+    """This tree's gateway against the --baseline one, row by row."""
+    pairs = [(r, by_name.get(r.name + BASE_SUFFIX)) for r in by_name.values()]
+    pairs = [(r, base) for r, base in pairs if base is not None]
+    if not pairs:
+        return
+    print("\nthis tree vs --baseline (ROW vs ROW@base, alternated row by row)")
+    header = (
+        f"{'row':<16} {'rps':>9} {'rps base':>9} {'ratio':>6} {'cpu us/req':>11} {'base':>6} {'change':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r, base in sorted(pairs, key=lambda pair: _row_order(pair[0])):
+        print(
+            f"{r.name:<16} {r.rps:>9.0f} {base.rps:>9.0f} {r.rps / base.rps:>6.3f} {r.cpu_us:>11.1f} "
+            f"{base.cpu_us:>6.1f} {r.cpu_us - base.cpu_us:>+7.1f}"
+        )
 
 
 def print_feature_costs(by_name: dict[str, Result]) -> None:
@@ -682,15 +749,12 @@ ROW_ORDER = [
     "azml-gateway",
 ]
 
+BASE_SUFFIX = "@base"  # a row run from the --baseline gateway package
+
 # Gateway rows: (name, extra environment, mirror share, note)
 GATEWAY_ROWS: list[tuple[str, dict[str, str], int, str]] = [
-    ("gateway", {}, 0, "every feature on; access log to its file"),
-    (
-        "gw-echo",
-        {"TIDEGATE_LOG_LEVEL": "info", "TIDEGATE_GATEWAY_ACCESS_LOG_ECHO": "true"},
-        0,
-        "same + access lines echoed to stderr",
-    ),
+    ("gateway", {}, 0, "as `tidegate up` starts it: every feature on, access log to its file, no echo"),
+    ("gw-echo", {"TIDEGATE_GATEWAY_ACCESS_LOG_ECHO": "true"}, 0, "same + access lines echoed to stderr"),
     ("gw-no-limits", {"TIDEGATE_GATEWAY_DISABLE": "limits"}, 0, "limits off"),
     ("gw-no-windows", {"TIDEGATE_GATEWAY_DISABLE": "windows"}, 0, "windows off"),
     ("gw-no-accesslog", {"TIDEGATE_GATEWAY_DISABLE": "accesslog"}, 0, "access log off"),
@@ -926,6 +990,11 @@ def main() -> int:
     parser.add_argument("--no-azml", action="store_true", help="skip the azmlinfsrv rows")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
     parser.add_argument("--rows", help="only these gateway rows (comma-separated names)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a directory holding another gateway package: each gateway row also runs from it (ROW@base)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     parser.add_argument(
         "--python-load", action="store_true", help="use the Python load generator even if wrk is here"
@@ -933,6 +1002,8 @@ def main() -> int:
     args = parser.parse_args()
 
     notes = ensure_tools()
+    if args.baseline is not None:
+        notes.append(f"ROW@base rows: the gateway package at {check_baseline(args.baseline)}")
     load_before = os.getloadavg()[0]
     nginx = _which("nginx")
     work = Path(tempfile.mkdtemp(prefix="tidegate-bench-"))
@@ -974,53 +1045,58 @@ def main() -> int:
             procs.stop(nginx_gateway)  # idle from here on, but off the machine
 
         runs: dict[str, list[Result]] = {}
-        for _ in range(args.rounds):
+        variants: list[tuple[str, Path | None]] = [("", None)]
+        if args.baseline is not None:
+            variants.append((BASE_SUFFIX, args.baseline))
+        for round_index in range(args.rounds):
             for name, env, mirror, note in GATEWAY_ROWS:
                 if wanted is not None and name not in wanted:
                     continue
-                gateway = start_gateway(procs, work, ports, **{"TIDEGATE_LOG_LEVEL": "warning", **env})
-                deployments: dict[str, str | list[str]] = dict(split)
-                if mirror:
-                    deployments["shadow"] = f"http://127.0.0.1:{port_b}"
-                push_route(
-                    admin,
-                    deployments,
-                    {"blue": 90, "green": 10},
-                    mirror={"shadow": mirror} if mirror else None,
-                )
-                check(http, {**auth, **host})
-                check(http, {**host}, expect_status=401)
-                if name == "gw-2proc":
-                    time.sleep(1.0)  # the second process follows the pushed table
-                runs.setdefault(name, []).append(
-                    measure(
-                        name,
-                        f"http://127.0.0.1:{http}/score",
-                        {**auth, **host},
-                        args,
-                        work,
-                        note,
-                        gateway.pid,
+                # With --baseline, the two gateways take turns going first, round by round.
+                for suffix, code in variants if round_index % 2 == 0 else variants[::-1]:
+                    gateway = start_gateway(procs, work, ports, code, **env)
+                    deployments: dict[str, str | list[str]] = dict(split)
+                    if mirror:
+                        deployments["shadow"] = f"http://127.0.0.1:{port_b}"
+                    push_route(
+                        admin,
+                        deployments,
+                        {"blue": 90, "green": 10},
+                        mirror={"shadow": mirror} if mirror else None,
                     )
-                )
-                if name == "gateway":
-                    cafile = str(work / "home" / "tls" / "ca.pem")
-                    try:
-                        check(https, {**auth, **host}, cafile=cafile)
-                        runs.setdefault("gateway-tls", []).append(
-                            measure(
-                                "gateway-tls",
-                                f"https://127.0.0.1:{https}/score",
-                                {**auth, **host},
-                                args,
-                                work,
-                                "same, HTTPS",
-                                gateway.pid,
-                            )
+                    check(http, {**auth, **host})
+                    check(http, {**host}, expect_status=401)
+                    if name == "gw-2proc":
+                        time.sleep(1.0)  # the second process follows the pushed table
+                    runs.setdefault(name + suffix, []).append(
+                        measure(
+                            name + suffix,
+                            f"http://127.0.0.1:{http}/score",
+                            {**auth, **host},
+                            args,
+                            work,
+                            note,
+                            gateway.pid,
                         )
-                    except (OSError, RuntimeError) as exc:
-                        notes.append(f"gateway-tls skipped: {exc}")
-                procs.stop(gateway)
+                    )
+                    if name == "gateway":
+                        cafile = str(work / "home" / "tls" / "ca.pem")
+                        try:
+                            check(https, {**auth, **host}, cafile=cafile)
+                            runs.setdefault("gateway-tls" + suffix, []).append(
+                                measure(
+                                    "gateway-tls" + suffix,
+                                    f"https://127.0.0.1:{https}/score",
+                                    {**auth, **host},
+                                    args,
+                                    work,
+                                    "same, HTTPS",
+                                    gateway.pid,
+                                )
+                            )
+                        except (OSError, RuntimeError) as exc:
+                            notes.append(f"gateway-tls{suffix} skipped: {exc}")
+                    procs.stop(gateway)
         results.extend(median_result(name, found) for name, found in runs.items())
 
         if not args.no_memory:
@@ -1028,7 +1104,6 @@ def main() -> int:
                 procs,
                 work,
                 ports,
-                TIDEGATE_LOG_LEVEL="warning",
                 # Room for the held connections and the checks beside them.
                 TIDEGATE_GATEWAY_MAX_CONNECTIONS=str(args.idle_connections + 1024),
             )
@@ -1041,7 +1116,7 @@ def main() -> int:
             procs.stop(gateway)
 
         if not args.no_azml:
-            gateway = start_gateway(procs, work, ports, TIDEGATE_LOG_LEVEL="warning")
+            gateway = start_gateway(procs, work, ports)
             azml_proc = start_azmlinfsrv(procs, work, azml)
             results.append(
                 measure(

@@ -27,7 +27,7 @@ from gateway.windows import (
 )
 
 if TYPE_CHECKING:
-    from gateway.proxy import Gateway
+    from gateway.gateway import Gateway
 
 MINUTE_S = 60.0
 _CLASSES = ("2xx", "4xx", "5xx")

@@ -5,6 +5,11 @@ own window (status, latency) and compared with the live answer for the same requ
 statuses equal and bodies JSON-equal, numbers within a relative tolerance. A copy that
 would have to wait for a slot is not sent (``mirror.dropped``): the shadow never queues,
 so the live path never waits for it.
+
+A copy needs three things from around it, each handed to ``Mirroring`` by name: the
+``Sender`` live requests use too (connect, send, resend once, count refusals towards
+ejection), the set the gateway's deadline sweep expires, and admission's ``wake`` (a slot a
+copy frees goes to a waiting live request).
 """
 
 from __future__ import annotations
@@ -12,15 +17,17 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
-from functools import partial
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.upstream import InstanceState, UpstreamConnection
+from gateway.routing import pick_instance
+from gateway.upstream import Attempt, Forwarded, InstanceState, Sender, UpstreamConnection, upstream_request
+from gateway.windows import MIRROR_DROPPED, MIRROR_REQUESTS
 
 if TYPE_CHECKING:
-    from gateway.proxy import Gateway
-    from gateway.table import DeploymentState
+    from gateway.table import DeploymentState, EndpointState
 
 REL_TOLERANCE: Final = 1e-6
 MAX_COMPARED_BYTES: Final = 4 * 1024 * 1024  # larger bodies are compared byte for byte
@@ -53,11 +60,53 @@ def answers_match(status_a: int, body_a: bytes, status_b: int, body_b: bytes) ->
         return False
 
 
+class Mirroring:
+    """Copies live requests to shadow deployments (one per gateway, while mirroring is on)."""
+
+    __slots__ = ("sender", "timed", "wake", "limits")
+
+    def __init__(
+        self,
+        sender: Sender,
+        timed: set[Attempt],
+        wake: Callable[[DeploymentState], None],
+        *,
+        limits: bool,
+    ) -> None:
+        self.sender = sender
+        self.timed = timed  # the gateway's deadline sweep expires what is in it
+        self.wake = wake
+        self.limits = limits
+
+    def copies(
+        self, req: Forwarded, chosen: DeploymentState, endpoint: EndpointState, now: float
+    ) -> list[MirrorCopy] | None:
+        """Copy ``req`` to each shadow deployment its share says; never waits for a slot."""
+        copies: list[MirrorCopy] = []
+        for deployment, share in endpoint.mirrors:
+            if deployment is chosen or random.random() >= share:
+                continue
+            window = deployment.window
+            limit = deployment.limit if self.limits else 0
+            index = pick_instance(deployment.instances, deployment.rotor, now, limit)
+            deployment.rotor += 1
+            if index is None or index < 0 or deployment.queued:
+                window.record_mirror(MIRROR_DROPPED)
+                continue
+            instance = deployment.instances[index]
+            copy = MirrorCopy(self, deployment, instance, upstream_request(req, instance))
+            window.record_mirror(MIRROR_REQUESTS)
+            copy.start(now)
+            copies.append(copy)
+        return copies or None
+
+
 class MirrorCopy:
-    """One copy of a live request on its way to a shadow instance (an upstream ``Exchange``)."""
+    """One copy of a live request on its way to a shadow instance: its own upstream
+    ``Exchange`` and ``Attempt``."""
 
     __slots__ = (
-        "gw",
+        "mirroring",
         "deployment",
         "instance",
         "request",
@@ -74,15 +123,15 @@ class MirrorCopy:
     )
 
     def __init__(
-        self, gw: Gateway, deployment: DeploymentState, instance: InstanceState, request: bytes
+        self, mirroring: Mirroring, deployment: DeploymentState, instance: InstanceState, request: bytes
     ) -> None:
-        self.gw = gw
+        self.mirroring = mirroring
         self.deployment = deployment
         self.instance: InstanceState | None = instance
         self.request = request
         self.conn: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
-        self.deadline = 0.0  # in Gateway.timed until done
+        self.deadline = 0.0  # in the deadline set (Mirroring.timed) until done
         self.sent_at = 0.0
         self.replayed = False
         self.done = False
@@ -101,37 +150,14 @@ class MirrorCopy:
         instance.outstanding += 1
         self.sent_at = now
         self.deployment.window.in_flight += 1
-        loop = self.gw.loop
-        assert loop is not None
         self.deadline = now + self.deployment.timeout
-        self.gw.timed.add(self)
-        conn = instance.take_idle()
-        if conn is not None:
-            self.conn = conn
-            conn.send(self, self.request)
-        else:
-            self.connecting = loop.create_task(self._connect(instance))
+        mirroring = self.mirroring
+        mirroring.timed.add(self)
+        mirroring.sender.send(self, self, instance, self.request)
 
-    async def _connect(self, instance: InstanceState) -> None:
-        try:
-            _, conn = await self.gw.loop.create_connection(
-                partial(UpstreamConnection, instance),
-                instance.host,
-                instance.port,
-                ssl=self.gw.upstream_ssl if instance.tls else None,
-            )
-        except OSError:
-            if not self.done:
-                self.connecting = None
-                self.gw.instance_failed(instance)
-                self._end(502)
-            return
-        if self.done:
-            instance.give_back(conn)
-            return
-        self.connecting = None
-        self.conn = conn
-        conn.send(self, self.request)
+    def connect_failed(self, instance: InstanceState, reason: str) -> None:
+        """The shadow refused the connect: a 502 under its own name, nothing compared."""
+        self._end(502)
 
     # --- Exchange ---
     def upstream_response(self, status: int, headers: bytes, body: bytes) -> None:
@@ -150,12 +176,11 @@ class MirrorCopy:
         self.conn = None
         instance = self.instance
         assert instance is not None
-        if replay_safe and not self.replayed:
-            self.replayed = True
-            self.connecting = self.gw.loop.create_task(self._connect(instance))
+        sender = self.mirroring.sender
+        if replay_safe and sender.resend(self, self, instance, self.request):
             return
         if not conn.received:
-            self.gw.instance_failed(instance)
+            sender.instance_failed(instance)
         self._end(502)
 
     def expire(self) -> None:
@@ -177,7 +202,7 @@ class MirrorCopy:
         now = time.perf_counter()
         if self.deadline:
             self.deadline = 0.0
-            self.gw.timed.discard(self)
+            self.mirroring.timed.discard(self)
         instance, self.instance = self.instance, None
         deployment = self.deployment
         if instance is not None:
@@ -198,7 +223,7 @@ class MirrorCopy:
             self.status = -1
             self.body = b""
         if deployment.queued:
-            self.gw.wake(deployment)
+            self.mirroring.wake(deployment)
 
     # --- the live side ---
     def live_finished(self, status: int, body: bytes, upstream_ms: float | None) -> None:

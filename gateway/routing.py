@@ -1,6 +1,6 @@
 """Pure routing decisions for the data plane: no I/O, no clock, no protocol code.
 
-The protocol layer (``gateway.proxy``) parses bytes and calls these; the tests drive them
+The protocol layer (``gateway.client``) parses bytes and calls these; the tests drive them
 table-driven. Every function answers one question and returns either its answer or a
 ``RoutingError`` carrying the HTTP status and Azure-style error code the client should see.
 """

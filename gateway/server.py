@@ -35,8 +35,9 @@ from config.security import control_server_ssl, ensure_control_token
 from config.settings import Settings
 from gateway.accesslog import AccessLog
 from gateway.admin import TablePersister, create_app
+from gateway.client import protocol_factory
+from gateway.gateway import FEATURES, ClientLimits, Gateway
 from gateway.metrics import LocalStats, StatsSource, take_snapshot
-from gateway.proxy import FEATURES, ClientLimits, Gateway
 from gateway.table import RouteTable, load_table
 from gateway.tls import TlsMaterial, ensure_tls, server_context
 from gateway.workers import (
@@ -181,10 +182,11 @@ async def create_server(settings: Settings) -> RunningGateway:
         ]
         if settings.http_data_plane:
             listeners.append((settings.gateway_http_bind, settings.gateway_http_port, None))
+        client_protocol = protocol_factory(gateway)
         for bind, port, context in listeners:
             running.servers.append(
                 await loop.create_server(
-                    gateway.protocol_factory,
+                    client_protocol,
                     bind,
                     port,
                     ssl=context,

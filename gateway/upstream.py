@@ -1,14 +1,25 @@
-"""Pooled keep-alive HTTP/1.1 connections from the gateway to model instances.
+"""Pooled keep-alive HTTP/1.1 connections from the gateway to model instances, and sending
+a request over one.
 
 One ``InstanceState`` per instance holds its live load (outstanding requests, ejection) and
 its idle connections. An ``UpstreamConnection`` carries one exchange at a time and reports
 back to its ``Exchange`` owner by plain method calls: no futures or tasks on the hot path.
+
+``Sender`` is the one connect-and-send both live requests (``gateway.client``) and mirror
+copies (``gateway.mirror``) use: an idle pooled connection if there is one, else a new one;
+a refused connect counts towards the instance's ejection before the ``Attempt`` hears of it;
+and one resend on a fresh connection when a reused one closes with no byte back, which is how
+an instance closing an idle connection just as we reuse it looks (an instance that read the
+request and died at that moment would see it twice).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from array import array
+from collections.abc import Callable
+from functools import partial
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
@@ -54,12 +65,73 @@ def _header_action(name: bytes) -> int:
     return action
 
 
+_CRLF = b"\r\n"
+
+
 class Exchange(Protocol):
-    """The side waiting for an upstream answer (the client connection)."""
+    """The side an upstream connection reports to: the client connection for a live request,
+    the copy itself for a mirror copy."""
 
     def upstream_response(self, status: int, headers: bytes, body: bytes) -> None: ...
 
     def upstream_failed(self, conn: UpstreamConnection, replay_safe: bool) -> None: ...
+
+
+class Attempt(Protocol):
+    """A request on its way to an instance (a live one or a mirror copy): what ``Sender`` sets
+    and reads, and what the gateway's deadline sweep reads (``deadline``, then ``expire()``)."""
+
+    conn: UpstreamConnection | None
+    connecting: asyncio.Task[None] | None
+    done: bool
+    replayed: bool
+    deadline: float
+
+    def expire(self) -> None: ...
+
+    def connect_failed(self, instance: InstanceState, reason: str) -> None:
+        """Nothing reached ``instance``: the connect failed (already counted towards its
+        ejection)."""
+        ...
+
+
+class Forwarded(Protocol):
+    """What ``upstream_request`` reads of a client's request."""
+
+    method: bytes
+    resource_bytes: bytes
+    query: bytes
+    rid_bytes: bytes
+    headers: dict[bytes, bytes]
+    body: list[bytes]
+
+
+def upstream_request(req: Forwarded, instance: InstanceState) -> bytes:
+    """The request as the instance gets it: its own path prefix and host, our request id."""
+    headers = req.headers
+    body = req.body[0] if req.body else b""
+    parts = [
+        req.method,
+        b" ",
+        instance.path_prefix,
+        req.resource_bytes,
+        req.query,
+        b" HTTP/1.1\r\nhost: ",
+        instance.host_header,
+        b"\r\nx-request-id: ",
+        req.rid_bytes,
+        _CRLF,
+    ]
+    content_type = headers.get(b"content-type")
+    if content_type is not None:
+        parts += (b"content-type: ", content_type, _CRLF)
+    client_rid = headers.get(b"x-ms-client-request-id")
+    if client_rid is not None:
+        parts += (b"x-ms-client-request-id: ", client_rid, _CRLF)
+    if body or req.method == b"POST":
+        parts += (b"content-length: ", str(len(body)).encode(), _CRLF)
+    parts += (_CRLF, body)
+    return b"".join(parts)
 
 
 class InstanceState:
@@ -283,3 +355,73 @@ class UpstreamConnection(asyncio.Protocol):
         self.usable = False
         if self.transport is not None:
             self.transport.close()
+
+
+class Sender:
+    """Sends an attempt's request to an instance, for live requests and mirror copies alike.
+
+    ``instance_failed`` (the gateway's ejection) hears of every refused connect before the
+    attempt does. One per gateway; ``loop`` is set when the gateway starts.
+    """
+
+    __slots__ = ("loop", "upstream_ssl", "instance_failed")
+
+    def __init__(
+        self, upstream_ssl: ssl.SSLContext | None, instance_failed: Callable[[InstanceState], None]
+    ) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.upstream_ssl = upstream_ssl
+        self.instance_failed = instance_failed
+
+    def send(self, owner: Exchange, attempt: Attempt, instance: InstanceState, request: bytes) -> None:
+        """On an idle pooled connection (``owner`` hears the answer), else on a new one."""
+        conn = instance.take_idle()
+        if conn is not None:
+            attempt.conn = conn
+            conn.send(owner, request)
+        else:
+            attempt.connecting = self._open(owner, attempt, instance, request)
+
+    def resend(self, owner: Exchange, attempt: Attempt, instance: InstanceState, request: bytes) -> bool:
+        """Once per attempt, on a fresh connection: a reused one closed with no byte back (the
+        instance closed it while idle, so the request was never seen). False: already resent."""
+        if attempt.replayed:
+            return False
+        attempt.replayed = True
+        attempt.connecting = self._open(owner, attempt, instance, request)
+        return True
+
+    def _open(
+        self, owner: Exchange, attempt: Attempt, instance: InstanceState, request: bytes
+    ) -> asyncio.Task[None]:
+        loop = self.loop
+        assert loop is not None, "the gateway has not started"
+        return loop.create_task(self._connect(loop, owner, attempt, instance, request))
+
+    async def _connect(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        owner: Exchange,
+        attempt: Attempt,
+        instance: InstanceState,
+        request: bytes,
+    ) -> None:
+        try:
+            _, conn = await loop.create_connection(
+                partial(UpstreamConnection, instance),
+                instance.host,
+                instance.port,
+                ssl=self.upstream_ssl if instance.tls else None,
+            )
+        except OSError as exc:
+            if attempt.connecting is not None and not attempt.done:
+                attempt.connecting = None
+                self.instance_failed(instance)
+                attempt.connect_failed(instance, repr(exc))
+            return
+        if attempt.done or attempt.connecting is None:  # answered, timed out or abandoned meanwhile
+            instance.give_back(conn)
+            return
+        attempt.connecting = None
+        attempt.conn = conn
+        conn.send(owner, request)

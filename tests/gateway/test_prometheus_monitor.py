@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from activities.messages import QueryWindowInput
 from activities.prometheus.monitor import PrometheusMonitorProvider
+from config.contract.activities import QueryWindowInput
 from config.stats import WindowStats
 from tests.gateway.conftest import CONTROL_TOKEN, KEY, Backend, GatewayProcess
 from tests.gateway.helpers import push_route

@@ -15,7 +15,7 @@ import pytest_asyncio
 from pydantic import SecretStr
 
 from activities.local.network import LocalNetworkProvider
-from activities.messages import ApplyRouteInput
+from config.contract.activities import ApplyRouteInput
 from config.routes import EndpointRoute
 from config.settings import Settings
 from tests.gateway.conftest import CONTROL_TOKEN, Backend, GatewayProcess, route_body
