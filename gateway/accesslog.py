@@ -59,10 +59,6 @@ class AccessEntry(NamedTuple):
     request_id: str | None
 
 
-def _quote(value: str | None) -> str:
-    return "null" if value is None else encode_basestring(value)
-
-
 class _Clock:
     """ISO-8601 UTC time with milliseconds; the seconds part is formatted once a second."""
 

@@ -58,7 +58,7 @@ class TrafficPlan:
     targetable: frozenset[str]
 
 
-class InstanceLoad(Protocol):
+class LoadedInstance(Protocol):
     """What instance choice reads from an instance's live state."""
 
     @property
@@ -191,7 +191,7 @@ FULL = -1
 
 
 def pick_instance(
-    instances: Sequence[InstanceLoad],
+    instances: Sequence[LoadedInstance],
     start: int,
     now: float,
     limit: int = 0,

@@ -42,7 +42,7 @@ from gateway.table import RouteTable, load_table
 from gateway.tls import TlsMaterial, ensure_tls, server_context
 from gateway.workers import (
     MergedStats,
-    Supervisor,
+    ProcessSupervisor,
     TableWatcher,
     create_peer_app,
     socket_path,
@@ -106,7 +106,7 @@ class RunningGateway:
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
     admin: web.AppRunner | None = None
     index: int = 0
-    supervisor: Supervisor | None = None
+    supervisor: ProcessSupervisor | None = None
     watcher: TableWatcher | None = None
     merged: MergedStats | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -240,7 +240,7 @@ async def _serve_admin(running: RunningGateway, workers: int, admin_ssl: ssl.SSL
         runner, settings.gateway_admin_bind, settings.gateway_admin_port, ssl_context=admin_ssl
     ).start()
     if workers > 1:
-        running.supervisor = Supervisor(workers)
+        running.supervisor = ProcessSupervisor(workers)
         await running.supervisor.start()
 
 

@@ -20,6 +20,11 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from config.contract.defaults import (
+    DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE,
+    DEFAULT_MAX_QUEUE_WAIT_MS,
+    DEFAULT_REQUEST_TIMEOUT_MS,
+)
 from config.files import write_atomically
 from config.routes import ApplyRouteResult, DeploymentRoute, EndpointRoute
 from gateway.ratelimit import TokenBucket, retry_after_s
@@ -178,11 +183,11 @@ class DeploymentState:
         self.waiting: deque[Any] = deque()  # requests waiting for a slot (lazily removed)
         self.queued = 0  # how many in ``waiting`` still wait
         self.held = 0  # of those, how many wait for a healthy instance (none when they came)
-        self.timeout = 5.0
+        self.timeout = DEFAULT_REQUEST_TIMEOUT_MS / 1000
         self.instances: list[InstanceState] = []
-        self.limit = 1
-        self.instance_limit = 1
-        self.queue_wait = 0.5
+        self.limit = DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE
+        self.instance_limit = DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE
+        self.queue_wait = DEFAULT_MAX_QUEUE_WAIT_MS / 1000
         self.queue_limit = QUEUE_PER_SLOT
         self.hold_limit = QUEUE_PER_SLOT
         self.busy_body = b""

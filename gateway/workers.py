@@ -157,7 +157,7 @@ def _read_json(path: Path) -> dict[str, object]:
 # --- process 0 ---
 
 
-class Supervisor:
+class ProcessSupervisor:
     """Starts processes 1..N-1 and keeps them running until ``stop``."""
 
     def __init__(self, count: int, environ: dict[str, str] | None = None) -> None:
