@@ -90,3 +90,13 @@ class DeploymentInstances(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     instances: list[InstanceStatus] = Field(default_factory=list)
     version: int = Field(default=0, description="bumps on every change of any instance's state")
+
+
+class InstanceChanges(BaseModel):
+    """The host-wide long poll's answer (`GET /changes?since=S`): every deployment whose
+    instances changed since sequence S, as it is now, and the sequence to ask from next.
+    Versions and sequences come from one host-wide counter, so a deployment changed since S
+    is one whose version passed S."""
+
+    sequence: int = Field(description="the host's sequence now: pass it as `since` next time")
+    deployments: list[DeploymentInstances] = Field(default_factory=list)

@@ -44,6 +44,7 @@ def create_app(supervisor: Supervisor, *, settings: Settings, token: str) -> web
     app[SNAPSHOT_ROOTS] = (settings.artifacts_dir, settings.registry_dir)
     app.router.add_get(HEALTH_PATH, _healthz)
     app.router.add_get("/deployments", _list)
+    app.router.add_get("/changes", _changes)
     app.router.add_put("/deployments/{endpoint}/{deployment}", _put)
     app.router.add_get("/deployments/{endpoint}/{deployment}", _get)
     app.router.add_delete("/deployments/{endpoint}/{deployment}", _delete)
@@ -135,6 +136,33 @@ async def _list(request: web.Request) -> web.Response:
     )
 
 
+async def _changes(request: web.Request) -> web.Response:
+    """The host-wide long poll, one per watcher for every deployment on the host: the
+    deployments whose instances changed since sequence `since` (default 0: all of them), as
+    soon as there is one, or none after `timeout` seconds (default 30, at most 60); with the
+    sequence to pass next time."""
+    raw_since = request.query.get("since", "0")
+    try:
+        since = int(raw_since)
+    except ValueError:
+        since = -1
+    if since < 0:
+        raise bad_request(f"since must be a non-negative integer, got {raw_since!r}")
+    timeout = _wait_seconds(request.query.get("timeout"))
+    return _model(await request.app[SUPERVISOR].changes(since=since, timeout=timeout))
+
+
+def _wait_seconds(raw: str | None) -> float:
+    """A long poll's `timeout` query parameter, capped at MAX_WAIT_SECONDS."""
+    try:
+        timeout = DEFAULT_WAIT_SECONDS if raw is None else float(raw)
+    except ValueError:
+        timeout = math.nan
+    if not math.isfinite(timeout) or timeout < 0:
+        raise bad_request(f"timeout must be a number of seconds >= 0, got {raw!r}")
+    return min(timeout, MAX_WAIT_SECONDS)
+
+
 async def _get(request: web.Request) -> web.Response:
     """The deployment's instances; with `wait_version=N` a long poll: answered as soon as the
     version passes N, or after `timeout` seconds (default 30, at most 60) as it is then."""
@@ -149,14 +177,8 @@ async def _get(request: web.Request) -> web.Response:
         after = -1
     if after < 0:
         raise bad_request(f"wait_version must be a non-negative integer, got {raw_version!r}")
-    raw_timeout = request.query.get("timeout")
-    try:
-        timeout = DEFAULT_WAIT_SECONDS if raw_timeout is None else float(raw_timeout)
-    except ValueError:
-        timeout = math.nan
-    if not math.isfinite(timeout) or timeout < 0:
-        raise bad_request(f"timeout must be a number of seconds >= 0, got {raw_timeout!r}")
-    waited = await supervisor.wait(endpoint, deployment, after=after, timeout=min(timeout, MAX_WAIT_SECONDS))
+    timeout = _wait_seconds(request.query.get("timeout"))
+    waited = await supervisor.wait(endpoint, deployment, after=after, timeout=timeout)
     return _model(waited)
 
 

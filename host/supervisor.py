@@ -36,7 +36,9 @@ to replace, and backing off in a crash loop, is the workflows' job.
 
 Every change of a deployment's instance states (or its environment's) gives it a new
 `version` from one host-wide counter, written to disk before anyone can see it, so
-versions only grow across host restarts; `wait` long-polls on it.
+versions only grow across host restarts; `wait` long-polls one deployment's version, and
+`changes` the counter itself: every deployment changed since a point, for a watcher that
+serves them all.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from config.host_api import (
     DeploymentInstances,
     DeploymentRuntime,
     EnsureInstancesRequest,
+    InstanceChanges,
     ProbeSpec,
 )
 from config.settings import Settings
@@ -137,6 +140,8 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._dirty = False
         self._sequence = 0
+        # Set (and replaced) on every version bump of any deployment; `changes` waits on it.
+        self._any_changed = asyncio.Event()
         self._closing = False
         self._session: aiohttp.ClientSession | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -208,6 +213,7 @@ class Supervisor:
         self._closing = True
         for dep in self._deployments.values():
             dep.changed.set()
+        self._any_changed.set()
 
     async def close(self) -> None:
         """Stop every instance process but keep the desired state, so the next start brings
@@ -340,6 +346,29 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 # This await yields until the next version bump (or delete) or the deadline.
                 await asyncio.wait_for(dep.changed.wait(), remaining)
+
+    async def changes(self, *, since: int, timeout: float) -> InstanceChanges:
+        """Every deployment whose version passed `since`, once there is one, or none after
+        `timeout` seconds; with the sequence to ask from next. A `since` beyond this host's
+        sequence (its state was lost) answers every deployment at once. 503 while the host
+        stops: an empty answer at once would have the watcher ask again and again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._closing:
+                raise HostError(503, "HostStopping", "the host is stopping; ask again once it is back")
+            deployments = list(self._deployments.values())
+            for dep in deployments:
+                self._changed(dep)  # a view would bump it: do so before reading the sequence
+            sequence = self._sequence
+            reset = since > sequence
+            changed = [self._view(dep) for dep in deployments if reset or dep.version > since]
+            remaining = deadline - loop.time()
+            if changed or remaining <= 0:
+                return InstanceChanges(sequence=sequence, deployments=changed)
+            with contextlib.suppress(TimeoutError):
+                # This await yields until any deployment's next version bump or the deadline.
+                await asyncio.wait_for(self._any_changed.wait(), remaining)
 
     def list_deployments(self) -> list[DeploymentInstances]:
         return [self._view(dep) for dep in self._deployments.values()]
@@ -801,6 +830,8 @@ class Supervisor:
         self._save_if_dirty()
         event, dep.changed = dep.changed, asyncio.Event()
         event.set()
+        everyone, self._any_changed = self._any_changed, asyncio.Event()
+        everyone.set()
 
     def _require(self, endpoint: str, deployment: str) -> Deployment:
         dep = self._deployments.get((endpoint, deployment))

@@ -21,6 +21,7 @@ from activities.providers import provider
 from activities.secrets import SecretActivities
 from config.contract.temporal_client import connect
 from config.settings import Settings
+from worker.watcher import InstanceWatcher
 from workflows.deployment import DeploymentWorkflow
 from workflows.endpoint import EndpointWorkflow
 from workflows.patch import HostPatchWorkflow
@@ -42,6 +43,7 @@ def activities(client: Client, settings: Settings) -> list[Callable[..., Any]]:
     endpoints = EndpointActivities(client)
     return [
         compute.request_instances,
+        compute.get_instances,
         compute.watch_instances,
         compute.delete_instances,
         network.apply_route,
@@ -69,8 +71,16 @@ async def serve(settings: Settings) -> None:
     # Before polling: a rollout started in a namespace without them fails to start.
     await ensure_search_attributes(client, settings.temporal_namespace)
     worker = build_worker(client, settings)
+    # Beside the worker, not an activity: one long poll for every deployment on the host.
+    watcher = asyncio.create_task(
+        InstanceWatcher(provider("compute", settings), client).run(), name="instance-watcher"
+    )
     log.info("worker.started", task_queue=settings.task_queue, temporal=settings.temporal_target)
-    await worker.run()
+    try:
+        await worker.run()
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 def run(settings: Settings) -> None:

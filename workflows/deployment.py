@@ -1,10 +1,19 @@
 """DeploymentWorkflow: provision a deployment, keep it healthy and sized, change it, remove it.
 
-After provisioning it runs a control loop: long-poll the provider for any change of the
-instances; take what is no longer ready out of the route table first (a report to the
-endpoint), then ask the provider to replace it, backing off exponentially when replacements
-keep failing; scale by the gateway's utilisation when `target_utilization` is set; roll spec
-changes one instance at a time.
+After provisioning it runs a control loop: wait for a change of the instances; take what is
+no longer ready out of the route table first (a report to the endpoint), then ask the
+provider to replace it, backing off exponentially when replacements keep failing; scale by
+the gateway's utilisation when `target_utilization` is set; roll spec changes one instance at
+a time.
+
+Changes arrive as `instances_changed` signals from the worker's instance watcher (one long
+poll per host for every deployment, worker/watcher.py), so an idle deployment holds no
+activity slot: it waits on that signal, an update or delete, and a timer for the next job it
+really has (a replacement backing off, an autoscale check), and reads its instances once
+every CHECK_SECONDS in case a signal was lost. Converging (provisioning, rolling updates,
+scaling) waits on the same signals, reading every CONVERGE_CHECK_SECONDS. Workflows that
+started before this (no `Patch.INSTANCES_BY_SIGNAL` marker) keep long-polling their own
+instances with `watch_instances` until they continue as new.
 """
 
 from __future__ import annotations
@@ -17,12 +26,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from config.contract.activities import (
         DeleteInstancesInput,
+        GetInstancesInput,
         QueryWindowInput,
         RequestInstancesInput,
         WatchInstancesInput,
     )
     from config.contract.ids import endpoint_id
-    from config.contract.names import DEPLOYMENT_WORKFLOW, Activity, DeploymentSignal, EndpointSignal
+    from config.contract.names import DEPLOYMENT_WORKFLOW, Activity, DeploymentSignal, EndpointSignal, Patch
     from config.contract.state import DeploymentTarget, Health, ProvisioningState
     from config.contract.workflows import DeploymentReport, DeploymentWorkflowInput
     from config.host_api import DeploymentInstances
@@ -33,8 +43,22 @@ with workflow.unsafe.imports_passed_through():
     from workflows import options
 
 HISTORY_LIMIT = 2000
-WATCH_SECONDS = 30.0
+WATCH_SECONDS = 30.0  # the old path's long poll
+# How long an idle deployment trusts the watcher's signals before it reads its instances itself.
+CHECK_SECONDS = 300.0
+# The same while converging, when a lost signal would hold up a create or an update.
+CONVERGE_CHECK_SECONDS = 10.0
 ROLLING_SURGE = 1
+
+
+def missing_instances(status: DeploymentInstances, count: int) -> int:
+    """How many of `count` places no instance holds (a failed one holds none)."""
+    return count - len([i for i in status.instances if i.state != "failed"])
+
+
+def needs_repair(status: DeploymentInstances, count: int) -> bool:
+    """Something to replace: an instance failed, or places are empty."""
+    return any(i.state == "failed" for i in status.instances) or missing_instances(status, count) > 0
 
 
 def failure_reason(err: BaseException) -> str:
@@ -65,6 +89,17 @@ class DeploymentWorkflow:
         self._next_replacement = workflow.now()
         self._next_scale_check = workflow.now()
         self._scale_failures = 0  # autoscale changes in a row that ended in a failed instance
+        # The signal path (Patch.INSTANCES_BY_SIGNAL): the newest news from the watcher not yet
+        # acted on, the newest instances seen, whether the host has any, when to read them.
+        self._by_signal = False
+        self._news: DeploymentInstances | None = None
+        self._instances: DeploymentInstances | None = None
+        self._acted = -1  # the version of the last instances the loop acted on
+        self._on_host = True
+        # A continued run reads at once (signals may have crossed the continue-as-new); a new
+        # one has just been told by its own request.
+        first_check = 0.0 if input.provisioned else CHECK_SECONDS
+        self._check_at = workflow.now() + timedelta(seconds=first_check)
         # What steady-state reports say: a failed update keeps saying so (old spec serving).
         self._standing: ProvisioningState = "Succeeded"
         self._error: str | None = None
@@ -77,6 +112,14 @@ class DeploymentWorkflow:
     def delete(self) -> None:
         self._delete = True
 
+    @workflow.signal(name=DeploymentSignal.INSTANCES_CHANGED)
+    def instances_changed(self, status: DeploymentInstances) -> None:
+        """The instance watcher: the instances changed. News no newer than what is known is
+        dropped (several watchers may tell the same; a request's answer may have told it)."""
+        known = max(self._version, self._news.version if self._news is not None else -1)
+        if status.version > known:
+            self._news = status
+
     @workflow.signal(name=DeploymentSignal.ROLLOUT)
     def rollout(self, active: bool) -> None:
         """The endpoint says a rollout started or stopped moving this deployment's traffic."""
@@ -84,6 +127,8 @@ class DeploymentWorkflow:
 
     @workflow.run
     async def run(self, input: DeploymentWorkflowInput) -> None:
+        # Runs that began without the marker (recorded before it) keep the long poll throughout.
+        self._by_signal = workflow.patched(Patch.INSTANCES_BY_SIGNAL)
         if not input.provisioned:
             await self._create()
         while not self._delete:
@@ -91,7 +136,7 @@ class DeploymentWorkflow:
                 target, self._pending = self._pending, None
                 await self._change(target)
                 continue
-            status = await self._watch()
+            status = await self._next_change() if self._by_signal else await self._watch()
             if status is not None:
                 await self._keep_healthy(status)
             await self._autoscale()
@@ -127,6 +172,7 @@ class DeploymentWorkflow:
                 DeleteInstancesInput(endpoint=self._target.endpoint, deployment=self._target.name),
                 **options.DEPROVISION,
             )
+            self._on_host, self._instances = False, None  # nothing to watch until an update
             self._standing, self._error = "Failed", str(failed)
             await self._report("Failed", instances=[], error=str(failed))
 
@@ -162,7 +208,7 @@ class DeploymentWorkflow:
                 return
             if state == "Updating":
                 await self._report("Updating", seen=seen)
-            status = await self._watch_blocking()
+            status = await self._follow() if self._by_signal else await self._watch_blocking()
 
     async def _request(self, target: DeploymentTarget, count: int, surge: int) -> DeploymentInstances:
         try:
@@ -175,6 +221,8 @@ class DeploymentWorkflow:
         except ActivityError as err:
             raise ProvisionFailed(failure_reason(err)) from None
         self._version = max(self._version, status.version)
+        self._seen(status)
+        self._on_host = True
         return status
 
     # ---- the control loop -----------------------------------------------------------------
@@ -218,11 +266,103 @@ class DeploymentWorkflow:
         self._version = max(self._version, status.version)
         return status
 
+    # ---- the signal path (Patch.INSTANCES_BY_SIGNAL) ------------------------------------
+    def _has_news(self) -> bool:
+        return self._news is not None and self._news.version > self._version
+
+    def _take_news(self) -> DeploymentInstances:
+        status, self._news = self._news, None
+        assert status is not None
+        self._seen(status, checked=True)
+        return status
+
+    def _seen(self, status: DeploymentInstances, *, checked: bool = False) -> None:
+        """The newest instances known; `checked`: they came from the watcher or a read, so
+        the next read in case of a lost signal can wait a full CHECK_SECONDS again."""
+        self._version = max(self._version, status.version)
+        if self._instances is None or status.version >= self._instances.version:
+            self._instances = status
+        if checked:
+            self._check_at = workflow.now() + timedelta(seconds=CHECK_SECONDS)
+
+    def _repair_pending(self) -> bool:
+        """A replacement is backing off: the loop must wake for it."""
+        return self._instances is not None and needs_repair(self._instances, self._target.instance_count)
+
+    async def _next_change(self) -> DeploymentInstances | None:
+        """The instances to act on once there is something to do: the watcher's news (or a
+        request's answer not yet acted on), or the next timed job that exists: a replacement
+        backing off, the read in case a signal was lost. None: an update or delete to handle,
+        or an autoscale check due."""
+        if not self._woken() and not self._unacted():
+            due = [self._check_at] if self._on_host else []
+            if self._repair_pending():
+                due.append(self._next_replacement)
+            if self._target.autoscale is not None:
+                due.append(self._next_scale_check)
+            # No timer at all when nothing is due: a deployment whose create failed waits for
+            # an update or delete.
+            timeout = (min(due) - workflow.now()).total_seconds() if due else None
+            if timeout is None or timeout > 0:
+                try:
+                    await workflow.wait_condition(self._woken, timeout=timeout)
+                except TimeoutError:
+                    pass  # a timed job is due
+        if self._delete or self._pending is not None:
+            return None
+        if self._has_news():
+            self._take_news()
+        if self._unacted() or (self._repair_pending() and workflow.now() >= self._next_replacement):
+            return self._act(self._instances)
+        if self._on_host and workflow.now() >= self._check_at:
+            status = await self._read()
+            return self._act(status) if status is not None else None
+        return None
+
+    def _woken(self) -> bool:
+        return self._has_news() or self._delete or self._pending is not None
+
+    def _unacted(self) -> bool:
+        return self._instances is not None and self._instances.version > self._acted
+
+    def _act(self, status: DeploymentInstances | None) -> DeploymentInstances | None:
+        if status is not None:
+            self._acted = max(self._acted, status.version)
+        return status
+
+    async def _follow(self) -> DeploymentInstances:
+        """While converging: the watcher's next news, or a read of the instances every
+        CONVERGE_CHECK_SECONDS without any."""
+        while not self._has_news():
+            try:
+                await workflow.wait_condition(self._has_news, timeout=CONVERGE_CHECK_SECONDS)
+            except TimeoutError:
+                status = await self._read()
+                if status is not None:
+                    return status
+        return self._take_news()
+
+    async def _read(self) -> DeploymentInstances | None:
+        """The instances as they are, at once (a short activity, never a long poll)."""
+        self._check_at = workflow.now() + timedelta(seconds=CHECK_SECONDS)
+        try:
+            status = await workflow.execute_activity(
+                Activity.GET_INSTANCES,
+                GetInstancesInput(endpoint=self._target.endpoint, deployment=self._target.name),
+                result_type=DeploymentInstances,
+                **options.READ,
+            )
+        except ActivityError as err:
+            workflow.logger.warning("reading instances failed: %s", failure_reason(err))
+            return None
+        self._seen(status, checked=True)
+        return status
+
     async def _keep_healthy(self, status: DeploymentInstances) -> None:
         """Out of the table first (the report), then a replacement, backing off in a crash loop."""
         target = self._target
         seen = assess(status, target.runtime.spec_hash, target.instance_count)
-        missing = target.instance_count - len([i for i in status.instances if i.state != "failed"])
+        missing = missing_instances(status, target.instance_count)
         health: Health = "Healthy"
         reason = None
         if seen.failed or missing > 0:

@@ -9,8 +9,13 @@ import aiohttp
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from config.contract.activities import DeleteInstancesInput, RequestInstancesInput, WatchInstancesInput
-from config.host_api import DeploymentInstances, EnsureInstancesRequest
+from config.contract.activities import (
+    DeleteInstancesInput,
+    GetInstancesInput,
+    RequestInstancesInput,
+    WatchInstancesInput,
+)
+from config.host_api import DeploymentInstances, EnsureInstancesRequest, InstanceChanges
 from config.security import control_client_ssl, control_headers
 from config.settings import Settings
 
@@ -52,6 +57,25 @@ class LocalComputeProvider:
                     )
                 return DeploymentInstances.model_validate(await response.json())
 
+    async def get_instances(self, request: GetInstancesInput) -> DeploymentInstances:
+        async with self._session() as session:
+            async with session.get(self._url(request.endpoint, request.deployment)) as response:
+                _refuse_unauthorized(response)
+                _refuse_unknown(response, request.endpoint, request.deployment)
+                response.raise_for_status()
+                return DeploymentInstances.model_validate(await response.json())
+
+    async def changes(self, since: int, timeout_seconds: float) -> InstanceChanges:
+        """The host's own long poll, `GET /changes`: one for every deployment on the host."""
+        params = {"since": str(since), "timeout": f"{timeout_seconds:.3f}"}
+        # The host answers by `timeout_seconds`; the client's limit only catches a hung host.
+        limit = aiohttp.ClientTimeout(total=timeout_seconds + 30.0)
+        async with self._session() as session:
+            async with session.get(f"{self._host}/changes", params=params, timeout=limit) as response:
+                _refuse_unauthorized(response)
+                response.raise_for_status()
+                return InstanceChanges.model_validate(await response.json())
+
     async def watch_instances(self, request: WatchInstancesInput) -> DeploymentInstances:
         url = self._url(request.endpoint, request.deployment)
         deadline = time.monotonic() + request.timeout_seconds
@@ -61,11 +85,7 @@ class LocalComputeProvider:
                 params = {"wait_version": str(request.since_version), "timeout": f"{chunk:.3f}"}
                 async with session.get(url, params=params) as response:
                     _refuse_unauthorized(response)
-                    if response.status == 404:
-                        raise ApplicationError(
-                            f"host has no deployment {request.endpoint}/{request.deployment}",
-                            type="UnknownDeployment",
-                        )
+                    _refuse_unknown(response, request.endpoint, request.deployment)
                     response.raise_for_status()
                     status = DeploymentInstances.model_validate(await response.json())
                 if status.version > request.since_version or time.monotonic() >= deadline:
@@ -77,6 +97,11 @@ class LocalComputeProvider:
             async with session.delete(self._url(request.endpoint, request.deployment)) as response:
                 _refuse_unauthorized(response)
                 response.raise_for_status()
+
+
+def _refuse_unknown(response: aiohttp.ClientResponse, endpoint: str, deployment: str) -> None:
+    if response.status == 404:
+        raise ApplicationError(f"host has no deployment {endpoint}/{deployment}", type="UnknownDeployment")
 
 
 def _refuse_unauthorized(response: aiohttp.ClientResponse) -> None:

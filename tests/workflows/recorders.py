@@ -13,6 +13,7 @@ from config.contract.activities import (
     DeleteKeysInput,
     EnsureKeysInput,
     EnsureKeysResult,
+    GetInstancesInput,
     PushRouteResult,
     QueryWindowInput,
     RemoveRouteInput,
@@ -116,6 +117,11 @@ class Recorder:
                 await asyncio.sleep(min(request.timeout_seconds, 0.2))
             return status
 
+        @activity.defn(name=Activity.GET_INSTANCES)
+        async def get_instances(request: GetInstancesInput) -> DeploymentInstances:
+            self.calls.append("get_instances")
+            return self.hosts[request.deployment]
+
         @activity.defn(name=Activity.DELETE_INSTANCES)
         async def delete_instances(request: DeleteInstancesInput) -> None:
             self.calls.append("delete_instances")
@@ -128,5 +134,6 @@ class Recorder:
             delete_keys,
             request_instances,
             watch_instances,
+            get_instances,
             delete_instances,
         ]
