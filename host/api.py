@@ -141,15 +141,21 @@ async def _changes(request: web.Request) -> web.Response:
     deployments whose instances changed since sequence `since` (default 0: all of them), as
     soon as there is one, or none after `timeout` seconds (default 30, at most 60); with the
     sequence to pass next time."""
-    raw_since = request.query.get("since", "0")
-    try:
-        since = int(raw_since)
-    except ValueError:
-        since = -1
-    if since < 0:
-        raise bad_request(f"since must be a non-negative integer, got {raw_since!r}")
+    since = _non_negative_int(request, "since", "0")
     timeout = _wait_seconds(request.query.get("timeout"))
     return _model(await request.app[SUPERVISOR].changes(since=since, timeout=timeout))
+
+
+def _non_negative_int(request: web.Request, name: str, default: str) -> int:
+    """A query parameter that counts versions or sequence numbers."""
+    raw = request.query.get(name, default)
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise bad_request(f"{name} must be a non-negative integer, got {raw!r}")
+    return value
 
 
 def _wait_seconds(raw: str | None) -> float:
@@ -168,15 +174,9 @@ async def _get(request: web.Request) -> web.Response:
     version passes N, or after `timeout` seconds (default 30, at most 60) as it is then."""
     endpoint, deployment = _names(request)
     supervisor = request.app[SUPERVISOR]
-    raw_version = request.query.get("wait_version")
-    if raw_version is None:
+    if request.query.get("wait_version") is None:
         return _model(supervisor.get(endpoint, deployment))
-    try:
-        after = int(raw_version)
-    except ValueError:
-        after = -1
-    if after < 0:
-        raise bad_request(f"wait_version must be a non-negative integer, got {raw_version!r}")
+    after = _non_negative_int(request, "wait_version", "0")
     timeout = _wait_seconds(request.query.get("timeout"))
     waited = await supervisor.wait(endpoint, deployment, after=after, timeout=timeout)
     return _model(waited)
