@@ -56,6 +56,16 @@ def bump_patch_level(runtime: DeploymentRuntime) -> DeploymentRuntime:
     return runtime.model_copy(update={"environment": environment, "spec_hash": digest})
 
 
+def missing_instances(status: DeploymentInstances, count: int) -> int:
+    """How many of `count` places no instance holds (a failed one holds none)."""
+    return count - len([i for i in status.instances if i.state != "failed"])
+
+
+def needs_repair(status: DeploymentInstances, count: int) -> bool:
+    """Something to replace: an instance failed, or places are empty."""
+    return any(i.state == "failed" for i in status.instances) or missing_instances(status, count) > 0
+
+
 CRASH_LOOP_RESTARTS = 2  # replacements of one place before the deployment says Degraded
 
 
@@ -75,8 +85,7 @@ def plan_recovery(
     """Node recovery with crash-loop back-off: a failed or missing instance is replaced at
     once, then after 1 s, 2 s, 4 s … (`replacement_delay`); from the second replacement of a
     place on, the deployment is Degraded with the last failure's text."""
-    missing = count - len([i for i in status.instances if i.state != "failed"])
-    if not seen.failed and missing <= 0:
+    if not seen.failed and missing_instances(status, count) <= 0:
         return RecoveryPlan(health="Healthy", next_replacement=next_replacement)
     restarts = max([i.restarts for i in seen.failed] + [seen.restarts])
     health: Health = "Healthy"

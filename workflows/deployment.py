@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from config.routes import InstanceRoute
     from config.stats import WindowStats
     from decisions.autoscale import desired_instances, mean_waiting, replacement_delay
-    from decisions.instances import Assessment, assess, failure_text
+    from decisions.instances import Assessment, assess, failure_text, needs_repair, plan_recovery
     from workflows import options
 
 HISTORY_LIMIT = 2000
@@ -49,16 +49,6 @@ CHECK_SECONDS = 300.0
 # The same while converging, when a lost signal would hold up a create or an update.
 CONVERGE_CHECK_SECONDS = 10.0
 ROLLING_SURGE = 1
-
-
-def missing_instances(status: DeploymentInstances, count: int) -> int:
-    """How many of `count` places no instance holds (a failed one holds none)."""
-    return count - len([i for i in status.instances if i.state != "failed"])
-
-
-def needs_repair(status: DeploymentInstances, count: int) -> bool:
-    """Something to replace: an instance failed, or places are empty."""
-    return any(i.state == "failed" for i in status.instances) or missing_instances(status, count) > 0
 
 
 def failure_reason(err: BaseException) -> str:
@@ -362,29 +352,19 @@ class DeploymentWorkflow:
         """Out of the table first (the report), then a replacement, backing off in a crash loop."""
         target = self._target
         seen = assess(status, target.runtime.spec_hash, target.instance_count)
-        missing = missing_instances(status, target.instance_count)
-        health: Health = "Healthy"
-        reason = None
-        if seen.failed or missing > 0:
-            restarts = max([i.restarts for i in seen.failed] + [seen.restarts])
-            if restarts >= 2:
-                health, reason = (
-                    "Degraded",
-                    f"crash loop ({restarts} replacements): "
-                    + (failure_text(seen.failed[0]) if seen.failed else "instances missing"),
-                )
-            if workflow.now() >= self._next_replacement:
-                for instance in seen.failed:
-                    workflow.logger.info("instance.replaced %s (restarts %d)", instance.id, instance.restarts)
-                delay = replacement_delay(restarts + 1)
-                self._next_replacement = workflow.now() + timedelta(seconds=delay)
-                await self._steady_report(seen, health, reason)
-                try:
-                    await self._request(target, target.instance_count, 0)
-                except ProvisionFailed as failed:
-                    workflow.logger.warning("replacement refused: %s", failed)
-                return
-        await self._steady_report(seen, health, reason)
+        plan = plan_recovery(
+            status, seen, target.instance_count, now=workflow.now(), next_replacement=self._next_replacement
+        )
+        self._next_replacement = plan.next_replacement
+        await self._steady_report(seen, plan.health, plan.reason)
+        if not plan.replace:
+            return
+        for instance in seen.failed:
+            workflow.logger.info("instance.replaced %s (restarts %d)", instance.id, instance.restarts)
+        try:
+            await self._request(target, target.instance_count, 0)
+        except ProvisionFailed as failed:
+            workflow.logger.warning("replacement refused: %s", failed)
 
     async def _steady_report(self, seen: Assessment, health: Health, reason: str | None) -> None:
         await self._report(self._standing, seen=seen, error=self._error, health=health, health_reason=reason)
