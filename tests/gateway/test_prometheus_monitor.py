@@ -18,6 +18,8 @@ from tests.gateway.conftest import CONTROL_TOKEN, KEY, Backend, GatewayProcess
 from tests.gateway.helpers import push_route
 from tests.support.ports import free_port
 
+PROMETHEUS_GUARD_S = 180.0
+
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="Debian's prometheus is not installed (.ci/run installs it)"
 )
@@ -78,16 +80,18 @@ async def test_the_prometheus_provider_reads_the_same_window_as_stats(
     series = 'tidegate_requests_total{endpoint="prom-ep",deployment="blue"}'
     total = f"sum({series})"
     try:
-        while not await _ready(client, url):
-            await asyncio.sleep(0.2)
-        await _send(client, gateway, 1, "blue")  # the series exists before the counted traffic
-        while await _series_value(client, url, f"count_over_time({series}[1m])") is None:
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(2.5)
-        await _send(client, gateway, 59, "blue")
-        await _send(client, gateway, 20, "fail")
-        while (await _series_value(client, url, total) or 0) < 60:
-            await asyncio.sleep(0.5)
+        # Bounded only so a broken build cannot hang CI (Prometheus starts and scrapes each second).
+        async with asyncio.timeout(PROMETHEUS_GUARD_S):
+            while not await _ready(client, url):
+                await asyncio.sleep(0.2)
+            await _send(client, gateway, 1, "blue")  # the series exists before the counted traffic
+            while await _series_value(client, url, f"count_over_time({series}[1m])") is None:
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(2.5)
+            await _send(client, gateway, 59, "blue")
+            await _send(client, gateway, 20, "fail")
+            while (await _series_value(client, url, total) or 0) < 60:
+                await asyncio.sleep(0.5)
         await asyncio.sleep(2.5)  # a couple more scrapes of the final values
 
         provider = PrometheusMonitorProvider(url)

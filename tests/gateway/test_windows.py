@@ -27,7 +27,7 @@ from gateway.windows import (
     percentile,
 )
 from tests.gateway.conftest import KEY, Backend, GatewayProcess
-from tests.gateway.helpers import metrics, push_route, score, stats
+from tests.gateway.helpers import eventually, metrics, push_route, score, stats
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -295,8 +295,7 @@ async def test_in_flight_and_utilisation_follow_held_requests(
             max_concurrent=2,
         )
         pending = [asyncio.create_task(score(client, gateway, "w-busy")) for _ in range(2)]
-        while held.seen["score"] < 2:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: held.seen["score"] >= 2)
         busy = await stats(client, gateway, "w-busy", "blue", "60s")
         assert busy["in_flight"] == 2
         assert 0 < busy["utilisation"]["blue-0"] <= 1.0
