@@ -18,6 +18,8 @@ import secrets
 import ssl
 from pathlib import Path
 
+import aiohttp
+
 from config.settings import Settings, is_loopback
 
 CONTROL_TOKEN_FILE = "control.token"
@@ -98,6 +100,22 @@ def control_server_ssl(settings: Settings, *, bind: str, setting: str) -> ssl.SS
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     return context
+
+
+def control_session(
+    settings: Settings,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout: aiohttp.ClientTimeout | None = None,
+) -> aiohttp.ClientSession:
+    """The one way a client reaches a control surface: the credential (read now, since a
+    process started later may be the one that made it) and, for https URLs, the control CA
+    (`ssl_context` when the caller keeps one, else built here)."""
+    connector = aiohttp.TCPConnector(ssl=ssl_context or control_client_ssl(settings))
+    headers = control_headers(settings)
+    if timeout is None:  # aiohttp's own default
+        return aiohttp.ClientSession(headers=headers, connector=connector)
+    return aiohttp.ClientSession(headers=headers, connector=connector, timeout=timeout)
 
 
 def control_client_ssl(settings: Settings) -> ssl.SSLContext:

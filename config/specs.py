@@ -289,9 +289,14 @@ def _refuse_disabled(value: str, why: str) -> str:
 TIDEGATE_VARIABLE_PREFIX = "TIDEGATE_"
 
 
+def is_tidegate_variable(name: str) -> bool:
+    """One of Tidegate's own settings (``TIDEGATE_*``, any case), never a deployment's."""
+    return name.upper().startswith(TIDEGATE_VARIABLE_PREFIX)
+
+
 def strip_tidegate_variables(variables: Mapping[str, str]) -> dict[str, str]:
-    """The variables without Tidegate's own (``TIDEGATE_*``, any case)."""
-    return {k: v for k, v in variables.items() if not k.upper().startswith(TIDEGATE_VARIABLE_PREFIX)}
+    """The variables without Tidegate's own."""
+    return {k: v for k, v in variables.items() if not is_tidegate_variable(k)}
 
 
 class UserAssignedIdentity(_Spec):

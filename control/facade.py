@@ -34,7 +34,7 @@ from config.contract.workflows import (
     UpdateDeploymentInput,
     UpdateEndpointInput,
 )
-from config.security import control_client_ssl, control_headers
+from config.security import control_session
 from config.settings import Settings
 from config.specs import DeploymentSpec, EndpointSpec, endpoint_limits
 from control.targets import build_target
@@ -240,9 +240,7 @@ class Tidegate:
     async def get_logs(self, endpoint: str, name: str, lines: int) -> str:
         await self.show_deployment(endpoint, name)
         url = f"{self.settings.host_target}/deployments/{endpoint}/{name}/logs"
-        headers = control_headers(self.settings)
-        connector = aiohttp.TCPConnector(ssl=control_client_ssl(self.settings))
-        async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        async with control_session(self.settings) as session:
             async with session.get(url, params={"lines": str(lines)}) as response:
                 if response.status == 404:
                     return ""

@@ -20,7 +20,7 @@ from temporalio.service import RPCError
 from config.binaries import find_binary
 from config.contract.temporal_client import connect, identity
 from config.files import write_atomically
-from config.security import control_client_ssl, ensure_control_token, ensure_home
+from config.security import control_session, ensure_control_token, ensure_home
 from config.settings import Settings
 from control.api_server import api_url, codec_endpoint
 from host.processes import create_time, is_alive
@@ -228,9 +228,7 @@ def _tcp_open(port: int, bind: str = "127.0.0.1") -> bool:
 
 
 async def _http_ok(settings: Settings, url: str) -> bool:
-    timeout = aiohttp.ClientTimeout(total=2)
-    connector = aiohttp.TCPConnector(ssl=control_client_ssl(settings))
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+    async with control_session(settings, timeout=aiohttp.ClientTimeout(total=2)) as session:
         async with session.get(url) as response:
             return response.status == 200
 

@@ -25,14 +25,13 @@ import aiohttp
 import structlog
 
 from config.host_api import DeploymentRuntime, InstancePhase, InstanceStatus, ProbeSpec
+from config.specs import is_tidegate_variable
 from host.environments import EnvironmentStatus
 from host.processes import ProcessHandle, create_time, failure_excerpt, tail_lines
 from host.state import InstanceRecord
 
 log = structlog.get_logger("host.instances")
 
-# The prefix of the host's own settings (and of the launcher's): never an instance's.
-TIDEGATE_PREFIX = "TIDEGATE_"
 # A script, not a module: the instance's interpreter cannot import the host package.
 LAUNCHER = Path(__file__).with_name("loopback_server.py")
 PROBE_PATH = "/"
@@ -114,10 +113,6 @@ class Instance:
         return failure_excerpt(tail_lines(self.log_path, 400))
 
 
-def _is_tidegate_setting(name: str) -> bool:
-    return name.upper().startswith(TIDEGATE_PREFIX)
-
-
 def instance_environment(
     runtime: DeploymentRuntime, env: EnvironmentStatus, base: Mapping[str, str]
 ) -> dict[str, str]:
@@ -126,7 +121,7 @@ def instance_environment(
     No TIDEGATE_ variable reaches an instance, whoever sets it: the host's would hand it the
     control credential, a deployment's would steer the launcher (TIDEGATE_INSTANCE_BIND=0.0.0.0
     puts /score on the network without the gateway's key)."""
-    out = {k: v for k, v in base.items() if not _is_tidegate_setting(k) and k not in _NOT_INHERITED}
+    out = {k: v for k, v in base.items() if not is_tidegate_variable(k) and k not in _NOT_INHERITED}
     out["PATH"] = f"{env.path / 'bin'}{os.pathsep}{out.get('PATH', os.defpath)}"
     out["VIRTUAL_ENV"] = str(env.path)
     out["PYTHONUNBUFFERED"] = "1"  # print() in score.py reaches the log at once
@@ -137,7 +132,7 @@ def instance_environment(
     if env.gunicorn_has_control_socket:
         # Otherwise every instance's gunicorn fights over one ~/.gunicorn/gunicorn.ctl.
         out["GUNICORN_CMD_ARGS"] = f"{out.get('GUNICORN_CMD_ARGS', '')} --no-control-socket".strip()
-    stripped = sorted(k for k in out if _is_tidegate_setting(k))
+    stripped = sorted(k for k in out if is_tidegate_variable(k))
     if stripped:
         for name in stripped:
             del out[name]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 import time
 
 import aiohttp
@@ -16,7 +15,7 @@ from config.contract.activities import (
     WatchInstancesInput,
 )
 from config.host_api import DeploymentInstances, EnsureInstancesRequest, InstanceChanges
-from config.security import control_client_ssl, control_headers
+from config.security import control_client_ssl, control_session
 from config.settings import Settings
 
 # One HTTP long poll at most this long, so the activity heartbeats (and sees cancellation).
@@ -27,18 +26,13 @@ class LocalComputeProvider:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._host = settings.host_target
-        self._ssl: ssl.SSLContext | None = (
-            control_client_ssl(settings) if self._host.lower().startswith("https://") else None
-        )
+        self._ssl = control_client_ssl(settings)
 
     def _url(self, endpoint: str, deployment: str) -> str:
         return f"{self._host}/deployments/{endpoint}/{deployment}"
 
     def _session(self) -> aiohttp.ClientSession:
-        """A session that carries the control credential (read now: the host may have made it
-        after this provider was built) and trusts the control CA for an https host URL."""
-        connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
-        return aiohttp.ClientSession(headers=control_headers(self._settings), connector=connector)
+        return control_session(self._settings, ssl_context=self._ssl)
 
     async def request_instances(self, request: RequestInstancesInput) -> DeploymentInstances:
         runtime = request.runtime

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from config.contract.activities import QueryWindowInput
-from config.security import control_headers
+from config.security import control_client_ssl, control_session
 from config.settings import Settings
 from config.stats import LatencySummary, MirrorSummary, WindowStats
 
@@ -13,7 +13,8 @@ from config.stats import LatencySummary, MirrorSummary, WindowStats
 class LocalMonitorProvider:
     def __init__(self, settings: Settings) -> None:
         self._targets = settings.gateway_admin_targets
-        self._headers = control_headers(settings)
+        self._settings = settings
+        self._ssl = control_client_ssl(settings)
 
     async def query_window(self, request: QueryWindowInput) -> WindowStats:
         params = {
@@ -23,7 +24,7 @@ class LocalMonitorProvider:
         }
         windows = []
         timeout = aiohttp.ClientTimeout(total=5)
-        async with aiohttp.ClientSession(headers=self._headers, timeout=timeout) as session:
+        async with control_session(self._settings, ssl_context=self._ssl, timeout=timeout) as session:
             for target in self._targets:
                 async with session.get(f"{target}/stats", params=params) as response:
                     response.raise_for_status()

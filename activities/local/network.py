@@ -15,7 +15,7 @@ import aiohttp
 import structlog
 
 from config.contract.activities import ApplyRouteInput, PushRouteResult, RemoveRouteInput
-from config.security import control_client_ssl, control_headers
+from config.security import control_client_ssl, control_session
 from config.settings import Settings
 
 log = structlog.get_logger()
@@ -29,11 +29,10 @@ class LocalNetworkProvider:
     def __init__(self, settings: Settings) -> None:
         self._targets = settings.gateway_admin_targets
         self._settings = settings
+        self._ssl = control_client_ssl(settings)
 
     def _session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(ssl=control_client_ssl(self._settings))
-        headers = control_headers(self._settings)
-        return aiohttp.ClientSession(headers=headers, timeout=PUSH_TIMEOUT, connector=connector)
+        return control_session(self._settings, ssl_context=self._ssl, timeout=PUSH_TIMEOUT)
 
     async def apply_route(self, request: ApplyRouteInput) -> PushRouteResult:
         # Each gateway learns how many share the endpoint's limits.
