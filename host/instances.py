@@ -70,6 +70,7 @@ class Instance:
     drain_until: float | None = None  # wall clock, so it survives a host restart
     probe: asyncio.Task[None] | None = None  # readiness and liveness, while it runs
     started_at: float | None = None  # time.monotonic() when its process started (this host's clock)
+    port_races: int = 0  # times its port was taken before its server could bind it
 
     @property
     def url(self) -> str:

@@ -131,6 +131,12 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def lost_its_port(lines: list[str], port: int) -> bool:
+    """Whether a server's log says another process took `port` between our check and its bind
+    (an outgoing connection's ephemeral port, say): gunicorn's "Connection in use" for it."""
+    return any("Address already in use" in line and f", {port})" in line for line in lines)
+
+
 def tail_lines(path: Path, n: int) -> list[str]:
     """The last `n` lines of a file, reading backwards so large logs cost little."""
     if n <= 0:

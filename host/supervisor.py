@@ -68,7 +68,14 @@ from decisions.rolling_update import DOWN, RUNNING, OldInstance, instances_to_st
 from host.environments import Environments, EnvironmentStatus, environment_key
 from host.errors import HostError, not_found
 from host.instances import Instance, probe_once, spawn
-from host.processes import ProcessHandle, is_alive, port_is_free, seconds_since_start, tail_lines
+from host.processes import (
+    ProcessHandle,
+    is_alive,
+    lost_its_port,
+    port_is_free,
+    seconds_since_start,
+    tail_lines,
+)
 from host.state import (
     DeploymentRecord,
     HostState,
@@ -82,6 +89,7 @@ log = structlog.get_logger("host.supervisor")
 
 TICK_SECONDS = 1.0
 MAX_PORT = 65535
+PORT_RACES_RETRIED = 3  # a starting instance whose port was taken under it gets a new one, this often
 DEFAULT_DRAIN_SECONDS = 2.0
 # Not serving and never coming back by themselves.
 # Holding a process that the probes watch.
@@ -806,10 +814,34 @@ class Supervisor:
             for instance in list(dep.instances):
                 if instance.state in _PROBED and instance.process is not None:
                     exited, _ = instance.process.poll()
-                    if exited:
+                    if exited and not self._relaunched_on_new_port(dep, instance):
                         self._mark_failed(dep, instance, None)
             self._step(dep, explicit=False)
         self._save_if_dirty()
+
+    def _relaunched_on_new_port(self, dep: Deployment, instance: Instance) -> bool:
+        """A starting instance whose port another process bound between our check and its own
+        bind did nothing wrong: it starts again on a new port (a few times), not counted as a crash."""
+        if instance.state != "starting" or not dep.is_current(instance):
+            return False
+        if instance.port_races >= PORT_RACES_RETRIED:
+            return False
+        if not lost_its_port(tail_lines(instance.log_path, 40), instance.port):
+            return False
+        if instance.probe is not None:
+            instance.probe.cancel()
+        old_port, instance.process = instance.port, None
+        instance.port, instance.port_races = self._allocate_port(), instance.port_races + 1
+        log.warning(
+            "instance.port_lost",
+            endpoint=dep.endpoint,
+            deployment=dep.name,
+            instance=instance.id,
+            port=old_port,
+            new_port=instance.port,
+        )
+        self._dirty = True
+        return True  # launched again by this tick's step
 
     def wake(self) -> None:
         self._wake.set()

@@ -20,7 +20,7 @@ from tests.host.helpers import (
     UserFiles,
     kill_leftovers,
 )
-from tests.support.ports import free_port
+from tests.support.ports import free_port, instance_port_start
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def user_files(host: HostProcess) -> UserFiles:
 @pytest_asyncio.fixture(scope="session")
 async def host(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[HostProcess]:
     home = tmp_path_factory.mktemp("host-home")
-    process = HostProcess(home=home, port=free_port(), instance_port_start=free_port())
+    process = HostProcess(home=home, port=free_port(), instance_port_start=instance_port_start())
     async with aiohttp.ClientSession() as session:
         process.session = session
         process.start()

@@ -27,7 +27,7 @@ from tests.host.helpers import (
     port_answers,
     runtime,
 )
-from tests.support.ports import free_port
+from tests.support.ports import free_port, instance_port_start
 
 NO_CREDENTIAL: dict[str, str] = {}
 WRONG_CREDENTIAL = {"Authorization": "Bearer not-the-credential"}
@@ -264,7 +264,7 @@ async def test_a_host_bound_beyond_loopback_without_a_certificate_exits_1_saying
     other = HostProcess(
         home=tmp_path / "home",
         port=free_port(),
-        instance_port_start=free_port(),
+        instance_port_start=instance_port_start(),
         env={"TIDEGATE_HOST_BIND": "0.0.0.0"},
     )
     other.home.mkdir()
@@ -284,7 +284,7 @@ async def test_a_host_bound_beyond_loopback_serves_https_and_still_needs_the_cre
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    secure = HostProcess(home=home, port=free_port(), instance_port_start=free_port(), tls=True)
+    secure = HostProcess(home=home, port=free_port(), instance_port_start=instance_port_start(), tls=True)
     material = ensure_tls(secure.settings)  # the local CA; clients trust $TIDEGATE_HOME/tls/ca.pem
     secure.env = {
         "TIDEGATE_HOST_BIND": "0.0.0.0",

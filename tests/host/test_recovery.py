@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -136,6 +137,29 @@ async def test_kill_9_of_an_instance_fails_it_within_the_long_poll_and_a_put_rep
     assert by_id(done)[survivor["id"]]["restarts"] == 0
     assert (await score(host, by_id(done)[replacement["id"]]))[0] == 200
     await host.delete("rec-kill", "blue")
+
+
+async def test_an_instance_whose_port_is_taken_before_its_server_binds_it_starts_on_another(
+    host: HostProcess, user_files: UserFiles
+) -> None:
+    rt = runtime("rec-port", "blue", user_files.code_dir, model_dir=user_files.model_dir)
+    await host.put(rt, 1)
+    # The race an outgoing connection's ephemeral port can win: the host found the port free
+    # and started azmlinfsrv; someone else binds it while the server is still importing.
+    started = await host.wait_for("rec-port", "blue", lambda s: bool(s["instances"][0]["pid"]))
+    (instance,) = started["instances"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", instance["port"]))
+        squatter.listen()
+        done = await host.follow("rec-port", "blue", all_ready(1), after=started["version"])
+
+    (ready,) = done["instances"]
+    assert ready["id"] == instance["id"] and ready["port"] != instance["port"]
+    assert ready["restarts"] == 0  # not the user's fault: no crash counted
+    (lost,) = [e for e in host.events("instance.port_lost") if e["instance"] == instance["id"]]
+    assert (lost["port"], lost["new_port"]) == (instance["port"], ready["port"])
+    assert (await score(host, ready)) == (200, user_files.expected(ROWS))
+    await host.delete("rec-port", "blue")
 
 
 async def test_an_instance_that_stops_answering_fails_its_liveness_probe_and_is_stopped(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
-from tests.support.ports import free_ports
+from tests.support.ports import free_ports, instance_port_start
 
 
 @dataclass
@@ -23,7 +23,7 @@ class LocalStack:
 
     @classmethod
     def create(cls, home: Path) -> LocalStack:
-        ports = free_ports(8)
+        ports = free_ports(7)
         env = dict(
             os.environ,
             TIDEGATE_HOME=str(home),
@@ -33,8 +33,8 @@ class LocalStack:
             TIDEGATE_GATEWAY_HTTP_PORT=str(ports[3]),
             TIDEGATE_GATEWAY_ADMIN_PORT=str(ports[4]),
             TIDEGATE_HOST_PORT=str(ports[5]),
-            TIDEGATE_INSTANCE_PORT_START=str(20000 + (ports[6] % 20000)),
-            TIDEGATE_API_PORT=str(ports[7]),
+            TIDEGATE_INSTANCE_PORT_START=str(instance_port_start()),
+            TIDEGATE_API_PORT=str(ports[6]),
         )
         return cls(home=home, env=env)
 
