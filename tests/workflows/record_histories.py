@@ -2,10 +2,11 @@
 
 Runs the demo on a fresh local system (`tidegate up` with its own TIDEGATE_HOME), then an
 undo, a second rollout paused, resumed and rolled back by hand, and a host patch, and writes
-the history of every workflow Temporal holds into tests/workflows/histories/, one JSON file
-per run (the format `temporal workflow show --output json` prints). Record again only when
-a workflow change is meant to break replay, and say so in the commit: a running workflow
-would not survive that change (use `workflow.patched` instead).
+the history of every workflow Temporal holds into tests/workflows/histories/<today>/, one JSON
+file per run (the format `temporal workflow show --output json` prints). Earlier recordings
+stay: a workflow started on older code must keep replaying after every later change (those
+changes go behind `workflow.patched`). Remove a recording only when no workflow started on that
+code can still be running, and say so in the commit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from config.contract.temporal_client import connect
@@ -59,15 +61,16 @@ def tidegate_until(*args: str, output: str | None = None, tries: int = 120) -> N
 
 async def export() -> int:
     client = await connect(load_settings())
-    HISTORIES.mkdir(exist_ok=True)
-    for old in HISTORIES.glob("*.json"):
+    folder = HISTORIES / datetime.now(UTC).date().isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.json"):  # today's recording again
         old.unlink()
     count = 0
     async for execution in client.list_workflows():
         handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
         history = await handle.fetch_history()
         document = json.loads(history.to_json())
-        path = HISTORIES / file_name(execution.id, execution.run_id)
+        path = folder / file_name(execution.id, execution.run_id)
         path.write_text(json.dumps(document, sort_keys=True) + "\n")
         print(f"{path.relative_to(ROOT)}: {execution.workflow_type}, {len(history.events)} events")
         count += 1
