@@ -29,14 +29,19 @@ SCORE_RUN_RAISES = SCORE.replace(
     'raise ValueError("run() exploded on purpose: tidegate-test-marker")',
 )
 
-# A model whose run() fails a share of requests while a flag file says so (fault injection).
+# A model whose run() fails a share of requests while a flag file says so, and takes that many
+# seconds longer while another one says so (fault injection).
 SCORE_FAULTY = SCORE.replace(
     "import joblib",
-    'import joblib, random\nFLAG = os.environ.get("SCORE_FAULT_FILE", "")',
+    "import joblib, random, time\n"
+    'FLAG = os.environ.get("SCORE_FAULT_FILE", "")\n'
+    'DELAY = os.environ.get("SCORE_DELAY_FILE", "")',
 ).replace(
     '    data = json.loads(raw_data)["data"]',
     "    if FLAG and os.path.exists(FLAG) and random.random() < float(open(FLAG).read()):\n"
     '        raise RuntimeError("injected fault")\n'
+    "    if DELAY and os.path.exists(DELAY):\n"
+    "        time.sleep(float(open(DELAY).read()))\n"
     '    data = json.loads(raw_data)["data"]',
 )
 

@@ -1,6 +1,7 @@
 """Gates that judge a canary against its baseline, on a real stack under steady load: a canary
 failing 30 % of its requests is rolled back by a baseline-relative bound and by the two-proportion
-test, each verdict naming its gate and numbers; and a green that answers differently from blue
+test, a canary 200 ms slower by a latency bound relative to the baseline's p99, each verdict
+naming its gate and numbers; and a green that answers differently from blue
 fails a mirror phase on `mirror_match_rate` before it ever takes live traffic."""
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ gates:
 """
 )
 
+LATENCY_RATIO = (
+    ONE_LONG_STEP
+    + """
+gates:
+  - when: latency_p99 <= baseline * 1.2
+    window: 5s
+    min_requests: 10
+"""
+)
+
 TWO_PROPORTION = (
     ONE_LONG_STEP
     + """
@@ -73,9 +84,9 @@ after_failure: {canary: keep}
 @pytest.fixture(scope="module")
 def key(stack: LocalStack, project: tuple[Path, dict]) -> str:
     """One endpoint for the module: blue (model-1) with all traffic, and green (model-2) whose
-    run() fails a share of requests while this module's flag file says so."""
+    run() fails a share of requests, or answers late, while this module's flag files say so."""
     root, _ = project
-    fault = {"SCORE_FAULT_FILE": str(root / "gates-fault")}
+    fault = {"SCORE_FAULT_FILE": str(root / "gates-fault"), "SCORE_DELAY_FILE": str(root / "gates-delay")}
     (root / "gates-green.yml").write_text(deployment_yaml("green", "model-2", "code-faulty", env=fault))
     key = stack.serve(EP, root)
     stack.ok("online-deployment", "create", "-n", "green", "-e", EP, "-f", "gates-green.yml", cwd=root)
@@ -86,6 +97,15 @@ def key(stack: LocalStack, project: tuple[Path, dict]) -> str:
 def fault(project: tuple[Path, dict]) -> Iterator[Path]:
     """Write a share (e.g. "0.3") here and green fails that share of its requests."""
     flag = project[0] / "gates-fault"
+    flag.unlink(missing_ok=True)
+    yield flag
+    flag.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def delay(project: tuple[Path, dict]) -> Iterator[Path]:
+    """Write seconds (e.g. "0.2") here and green takes that much longer to answer."""
+    flag = project[0] / "gates-delay"
     flag.unlink(missing_ok=True)
     yield flag
     flag.unlink(missing_ok=True)
@@ -123,6 +143,24 @@ def test_a_canary_worse_than_baseline_plus_one_point_is_rolled_back_naming_the_g
     assert verdict["bound"] == pytest.approx(0.01) and verdict["value"] > 0.1, verdict
     assert stack.json("online-endpoint", "show", "-n", EP, "--query", "traffic") == {"blue": 100, "green": 0}
     assert load.failures_from("blue") == 0 and load.failures_from("green") > 0, load.seen
+
+
+def test_a_canary_slower_than_its_baselines_p99_times_1_2_is_rolled_back_naming_both_latencies(
+    stack: LocalStack, project: tuple[Path, dict], key: str, delay: Path
+) -> None:
+    root, _ = project
+    delay.write_text("0.2")
+    done, load = roll_out_under_load(stack, root, key, LATENCY_RATIO)
+    assert done.returncode == 1 and "RolledBack" in done.stderr, done.stderr
+    status = stack.json("rollout", "status", "--endpoint", EP)
+    assert status["phase"] == "RolledBack", status
+    [verdict] = status["gates"]
+    assert verdict["gate"] == "latency_p99 <= baseline * 1.2" and verdict["outcome"] == "fail", verdict
+    # Green answers in at least 200 ms; blue's p99, times 1.2, is far below that.
+    assert verdict["value"] >= 200 and verdict["bound"] < verdict["value"], verdict
+    assert status["reason"].startswith("latency_p99 <= baseline * 1.2: latency_p99 "), status["reason"]
+    assert stack.json("online-endpoint", "show", "-n", EP, "--query", "traffic") == {"blue": 100, "green": 0}
+    assert load.failures_from("blue") == 0, load.seen
 
 
 def test_a_canary_worse_than_baseline_by_the_two_proportion_test_is_rolled_back_naming_its_numbers(
