@@ -299,6 +299,29 @@ def strip_tidegate_variables(variables: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in variables.items() if not is_tidegate_variable(k)}
 
 
+# What Tidegate sets for the inference server itself: where it listens and what it runs. A
+# deployment's GUNICORN_CMD_ARGS="--bind 0.0.0.0:9000" would put /score on the network without
+# the gateway's key, so a deployment may not set these (refused by the spec, dropped by the host).
+SERVER_VARIABLES = frozenset(
+    {
+        "AML_APP_ROOT",
+        "AZUREML_CONFIG_FILE",
+        "AZUREML_ENTRY_SCRIPT",
+        "AZUREML_MODEL_DIR",
+        "GUNICORN_CMD_ARGS",
+        "HEALTH_PORT",
+        "PYTHONHOME",
+        "SEPERATE_HEALTH_ENDPOINT",
+        "SERVER_PORT",
+        "VIRTUAL_ENV",
+    }
+)
+
+
+def is_server_variable(name: str) -> bool:
+    return name.upper() in SERVER_VARIABLES
+
+
 class UserAssignedIdentity(_Spec):
     """One user-assigned managed identity, by ARM resource id (Azure's list-of-mappings form)."""
 
@@ -693,7 +716,14 @@ class DeploymentSpec(_Spec):
     @classmethod
     def _no_tidegate_variables(cls, value: dict[str, str]) -> dict[str, str]:
         """A deployment cannot set Tidegate's own settings (its bind address, say): they are
-        dropped here, after every merge, and again by the host."""
+        dropped here, after every merge, and again by the host. Nor how the inference server
+        listens or what it runs: refused, naming the variable."""
+        steering = sorted(k for k in value if is_server_variable(k))
+        if steering:
+            raise ValueError(
+                f"{', '.join(steering)}: set by Tidegate for the inference server (where it listens, "
+                "what it runs); remove it"
+            )
         return strip_tidegate_variables(value)
 
     @field_validator("egress_public_network_access")

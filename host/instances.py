@@ -25,7 +25,7 @@ import aiohttp
 import structlog
 
 from config.host_api import DeploymentRuntime, InstancePhase, InstanceStatus, ProbeSpec
-from config.specs import is_tidegate_variable
+from config.specs import SERVER_VARIABLES, is_server_variable, is_tidegate_variable
 from host.environments import EnvironmentStatus
 from host.processes import ProcessHandle, create_time, failure_excerpt, tail_lines
 from host.state import InstanceRecord
@@ -37,21 +37,7 @@ LAUNCHER = Path(__file__).with_name("loopback_server.py")
 PROBE_PATH = "/"
 
 # Variables that steer azmlinfsrv or the interpreter: the host sets them, never inherits them.
-_NOT_INHERITED = frozenset(
-    {
-        "AML_APP_ROOT",
-        "AZUREML_CONFIG_FILE",
-        "AZUREML_ENTRY_SCRIPT",
-        "AZUREML_MODEL_DIR",
-        "GUNICORN_CMD_ARGS",
-        "HEALTH_PORT",
-        "PYTHONHOME",
-        "PYTHONPATH",
-        "SEPERATE_HEALTH_ENDPOINT",
-        "SERVER_PORT",
-        "VIRTUAL_ENV",
-    }
-)
+_NOT_INHERITED = SERVER_VARIABLES | {"PYTHONPATH"}
 
 
 @dataclass
@@ -121,28 +107,27 @@ def instance_environment(
 
     No TIDEGATE_ variable reaches an instance, whoever sets it: the host's would hand it the
     control credential, a deployment's would steer the launcher (TIDEGATE_INSTANCE_BIND=0.0.0.0
-    puts /score on the network without the gateway's key)."""
+    puts /score on the network without the gateway's key). Nor does a deployment's setting of
+    how the inference server listens or what it runs (config.specs.SERVER_VARIABLES)."""
+    user = runtime.environment_variables
+    refused = sorted(k for k in user if is_tidegate_variable(k) or is_server_variable(k))
     out = {k: v for k, v in base.items() if not is_tidegate_variable(k) and k not in _NOT_INHERITED}
     out["PATH"] = f"{env.path / 'bin'}{os.pathsep}{out.get('PATH', os.defpath)}"
     out["VIRTUAL_ENV"] = str(env.path)
     out["PYTHONUNBUFFERED"] = "1"  # print() in score.py reaches the log at once
-    out.update(runtime.environment_variables)
+    out.update({k: v for k, v in user.items() if k not in refused})
     out["AML_APP_ROOT"] = runtime.code_dir
     if runtime.model_dir:
         out["AZUREML_MODEL_DIR"] = runtime.model_dir
     if env.gunicorn_has_control_socket:
         # Otherwise every instance's gunicorn fights over one ~/.gunicorn/gunicorn.ctl.
-        out["GUNICORN_CMD_ARGS"] = f"{out.get('GUNICORN_CMD_ARGS', '')} --no-control-socket".strip()
-    stripped = sorted(k for k in out if is_tidegate_variable(k))
-    if stripped:
-        for name in stripped:
-            del out[name]
-        # Names only: a value may be a secret.
+        out["GUNICORN_CMD_ARGS"] = "--no-control-socket"
+    if refused:  # names only: a value may be a secret
         log.warning(
             "instance.env_stripped",
             endpoint=runtime.endpoint,
             deployment=runtime.deployment,
-            names=stripped,
+            names=refused,
         )
     return out
 

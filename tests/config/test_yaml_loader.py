@@ -315,6 +315,17 @@ DEPLOYMENT_CASES = [
         "or an inline model mapping (got 'azureml:x:..')",
         id="model_reference_cannot_leave_the_registry",
     ),
+    pytest.param(
+        [
+            (
+                "instance_count: 1\n",
+                "instance_count: 1\nenvironment_variables:\n  GUNICORN_CMD_ARGS: --bind 0.0.0.0:9000\n",
+            )
+        ],
+        "blue-deployment.yml:14 environment_variables: GUNICORN_CMD_ARGS: set by Tidegate for the "
+        "inference server (where it listens, what it runs); remove it",
+        id="a_deployment_cannot_steer_where_the_inference_server_listens",
+    ),
 ]
 
 

@@ -24,6 +24,7 @@ from tests.host.helpers import (
     process_alive,
     runtime,
 )
+from tests.support.ports import free_port
 
 ROWS = [[10.0], [-2.5]]
 
@@ -87,25 +88,34 @@ async def test_an_instance_listens_on_loopback_only(serving: dict[str, Any]) -> 
     assert listening_addresses(instance["port"]) == {"0100007F"}  # 127.0.0.1, nothing else
 
 
-async def test_a_deployment_cannot_set_tidegate_variables_to_listen_on_the_network(
+async def test_a_deployment_cannot_set_variables_that_put_its_server_on_the_network(
     host: HostProcess, user_files: UserFiles
 ) -> None:
-    # The launcher reads TIDEGATE_INSTANCE_BIND; a deployment's YAML must not reach it.
+    # The launcher reads TIDEGATE_INSTANCE_BIND and gunicorn GUNICORN_CMD_ARGS; a deployment's
+    # variables must reach neither (the spec refuses the second; a host is asked directly here).
+    extra = free_port()
     rt = runtime(
         "ep-bind",
         "blue",
         user_files.code_dir,
         model_dir=user_files.model_dir,
-        environment_variables={"TIDEGATE_INSTANCE_BIND": "0.0.0.0", "tidegate_home": "/", "KEPT": "1"},
+        environment_variables={
+            "TIDEGATE_INSTANCE_BIND": "0.0.0.0",
+            "tidegate_home": "/",
+            "GUNICORN_CMD_ARGS": f"--bind 0.0.0.0:{extra}",
+            "KEPT": "1",
+        },
     )
     code, body = await host.put(rt, 1)
     assert code == 202, body
     (instance,) = (await host.wait_for("ep-bind", "blue", all_ready(1)))["instances"]
 
     assert listening_addresses(instance["port"]) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
+    assert listening_addresses(extra) == set()
     stripped = [e for e in host.events("instance.env_stripped") if e["endpoint"] == "ep-bind"]
     assert stripped and all(
-        e["names"] == ["TIDEGATE_INSTANCE_BIND", "TIDEGATE_TEST_VAR", "tidegate_home"] for e in stripped
+        e["names"] == ["GUNICORN_CMD_ARGS", "TIDEGATE_INSTANCE_BIND", "TIDEGATE_TEST_VAR", "tidegate_home"]
+        for e in stripped
     )
     assert "0.0.0.0" not in json.dumps(stripped)  # names only, never values
     await host.delete("ep-bind", "blue")
