@@ -1,4 +1,5 @@
-"""Endpoint keys: made, read and forgotten by a secret store; only their hashes leave it.
+"""Endpoint keys: made, read and forgotten by a secret store; only their hashes (and the token
+signing key's public half) leave it.
 
 Workflows reach the store through the key activities; the control façade reads keys from it
 directly (`get-credentials`, `invoke`). Keys never enter workflow history.
@@ -13,14 +14,21 @@ from temporalio import activity
 from config.contract.activities import DeleteKeysInput, EnsureKeysInput, EnsureKeysResult
 from config.contract.names import Activity
 from config.contract.state import KeyType
+from config.tokens import SigningKey
 
 
 class SecretStore(Protocol):
-    """Keeps each endpoint's primary and secondary key: `local` in files under the state dir."""
+    """Keeps each endpoint's primary and secondary key and its token signing key: `local` in
+    files under the state dir."""
 
     async def ensure_keys(self, endpoint: str, versions: dict[KeyType, int]) -> EnsureKeysResult:
-        """Make each key whose stored version is below the asked one (idempotent); the hashes
-        and versions of the keys now held."""
+        """Make each key whose stored version is below the asked one (idempotent), and a token
+        signing key whenever the primary key is new; the hashes and versions of the keys now
+        held, and the signing key's public half."""
+        ...
+
+    async def signing_key(self, endpoint: str) -> SigningKey | None:
+        """The private key the control plane signs the endpoint's tokens with."""
         ...
 
     async def keys(self, endpoint: str) -> dict[KeyType, str]:

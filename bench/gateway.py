@@ -69,12 +69,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from config.tokens import SigningKey, issue_token  # noqa: E402
 from tests.support.ports import free_ports  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
 CONTROL_TOKEN = "bench-control-credential-0123456789"  # the gateways' admin API wants it
 BODY = b'{"data": [[1.0, 2.0, 3.0, 4.0]]}'
 ENDPOINT = "bench-ep"
+SIGNING = SigningKey.generate(version=1)  # the gw-token row's endpoint signs with this
 RESPONSE_BODY = b'{"ok": true}'
 
 
@@ -387,6 +389,7 @@ def push_route(
     max_concurrent: int = 64,
     max_queue_wait_ms: int = 500,
     mirror: dict[str, int] | None = None,
+    token_auth: bool = False,
 ) -> None:
     """The bench endpoint; limits roomy by default so the rows price checking them, not
     queueing (Azure's default of 1 per instance would make every row a queueing test)."""
@@ -394,6 +397,8 @@ def push_route(
         "name": ENDPOINT,
         "generation": time.time_ns() // 1_000_000,  # epoch ms, as the endpoint workflow pushes
         "key_sha256": [hashlib.sha256(KEY.encode()).hexdigest()],
+        "auth_mode": "aml_token" if token_auth else "key",
+        "token_public_keys": [SIGNING.public] if token_auth else [],
         "traffic": traffic,
         "mirror_traffic": mirror or {},
         "deployments": {
@@ -761,6 +766,7 @@ GATEWAY_ROWS: list[tuple[str, dict[str, str], int, str]] = [
     ("gw-bare", {"TIDEGATE_GATEWAY_DISABLE": "limits,windows,accesslog,mirror"}, 0, "all of them off"),
     ("gw-mirror10", {}, 10, "every feature on + 10 % mirrored to a shadow"),
     ("gw-2proc", {"TIDEGATE_GATEWAY_WORKERS": "2"}, 0, "every feature on, 2 processes"),
+    ("gw-token", {}, 0, "every feature on, aml_token auth: a signed token instead of a key"),
 ]
 
 
@@ -1014,6 +1020,7 @@ def main() -> int:
     procs = Procs()
     results: list[Result] = []
     auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    token = issue_token(SIGNING, ENDPOINT, now=time.time(), lifetime_seconds=24 * 3600).access_token
     host = {"Host": f"{ENDPOINT}.localhost:{http}"}
     split = {"blue": f"http://127.0.0.1:{port_a}", "green": f"http://127.0.0.1:{port_b}"}
     wanted = set(args.rows.split(",")) if args.rows else None
@@ -1054,6 +1061,10 @@ def main() -> int:
                     continue
                 # With --baseline, the two gateways take turns going first, round by round.
                 for suffix, code in variants if round_index % 2 == 0 else variants[::-1]:
+                    token_row = name == "gw-token"
+                    if token_row and code is not None:
+                        continue  # a baseline from before token auth has no such row
+                    credential = {**auth, "Authorization": f"Bearer {token}"} if token_row else auth
                     gateway = start_gateway(procs, work, ports, code, **env)
                     deployments: dict[str, str | list[str]] = dict(split)
                     if mirror:
@@ -1063,16 +1074,19 @@ def main() -> int:
                         deployments,
                         {"blue": 90, "green": 10},
                         mirror={"shadow": mirror} if mirror else None,
+                        token_auth=token_row,
                     )
-                    check(http, {**auth, **host})
+                    check(http, {**credential, **host})
                     check(http, {**host}, expect_status=401)
+                    if token_row:
+                        check(http, {**auth, **host}, expect_status=401)  # a key opens nothing
                     if name == "gw-2proc":
                         time.sleep(1.0)  # the second process follows the pushed table
                     runs.setdefault(name + suffix, []).append(
                         measure(
                             name + suffix,
                             f"http://127.0.0.1:{http}/score",
-                            {**auth, **host},
+                            {**credential, **host},
                             args,
                             work,
                             note,

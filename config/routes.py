@@ -36,6 +36,9 @@ class EndpointRoute(BaseModel):
     key_sha256: list[str] = Field(
         default_factory=list, description="hex sha256 of each valid key; never the key"
     )
+    token_public_keys: list[str] = Field(
+        default_factory=list, description="base64 Ed25519 public keys that verify aml_token tokens"
+    )
     traffic: dict[str, int] = Field(default_factory=dict)
     mirror_traffic: dict[str, int] = Field(default_factory=dict)
     deployments: dict[str, DeploymentRoute] = Field(default_factory=dict)

@@ -354,7 +354,7 @@ class EndpointSpec(_Spec):
     description: str | None = None
     tags: StrDict = Field(default_factory=dict)
     properties: StrDict = Field(default_factory=dict)
-    auth_mode: Literal["key"] = "key"
+    auth_mode: Literal["key", "aml_token"] = "key"
     identity: IdentitySpec | None = None
     public_network_access: Literal["enabled", "disabled"] = "enabled"
     traffic: dict[str, Percent] = Field(
@@ -382,9 +382,9 @@ class EndpointSpec(_Spec):
     @classmethod
     def _auth_mode_supported(cls, value: Any) -> Any:
         if value == "aad_token":
-            raise ValueError("aad_token (Microsoft Entra ID) is not supported by Tidegate; use key")
-        if value == "aml_token":
-            raise ValueError("aml_token is not supported yet (token auth is planned); use key")
+            raise ValueError(
+                "aad_token (Microsoft Entra ID) is not supported by Tidegate; use key or aml_token"
+            )
         return value
 
     @field_validator("identity")

@@ -348,7 +348,8 @@ async def endpoint_invoke(name, request_file, deployment_name, resource_group, w
 @azure_options
 @run_async
 async def endpoint_credentials(name, resource_group, workspace_name, output, query):
-    """Print the endpoint's primaryKey and secondaryKey."""
+    """Print the endpoint's primaryKey and secondaryKey, or for an aml_token endpoint a fresh
+    accessToken with its expiryTimeUtc and refreshAfterTimeUtc."""
     tg = await facade()
     await tg.describe(name)
     emit(await tg.get_credentials(name), output, query)
@@ -360,7 +361,8 @@ async def endpoint_credentials(name, resource_group, workspace_name, output, que
 @azure_options
 @run_async
 async def endpoint_regenerate(name, key_type, resource_group, workspace_name, output, query):
-    """Make a new primary or secondary key; the old one stops working at once."""
+    """Make a new primary or secondary key; the old one stops working at once. On an aml_token
+    endpoint, a new primary also retires every token issued before."""
     await (await facade()).regenerate_keys(name, key_type)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,7 @@ from config.contract.workflows import (
 from config.security import control_session
 from config.settings import Settings
 from config.specs import DeploymentSpec, EndpointSpec, endpoint_limits
+from config.tokens import issue_token
 from control.targets import build_target
 from workflows.endpoint import EndpointWorkflow
 from workflows.patch import HostPatchWorkflow
@@ -142,7 +144,23 @@ class Tidegate:
         if wait:
             await handle.result()
 
-    async def get_credentials(self, name: str) -> dict[str, str]:
+    async def get_credentials(self, name: str) -> dict[str, Any]:
+        """Azure's answer: the two keys of a `key` endpoint; for `aml_token`, a fresh token with
+        its expiry and when to ask again (seconds since the epoch, as Azure's EndpointAuthToken)."""
+        state = await self.describe(name)
+        if state.auth_mode == "aml_token":
+            signing = await self._secrets.signing_key(name)
+            if signing is None:
+                raise NotFound(f"endpoint {name} has no token signing key yet (is it still being created?)")
+            token = issue_token(
+                signing, name, now=time.time(), lifetime_seconds=self.settings.token_lifetime_seconds
+            )
+            return {
+                "accessToken": token.access_token,
+                "expiryTimeUtc": token.expires_at,
+                "refreshAfterTimeUtc": token.refresh_after,
+                "tokenType": "Bearer",
+            }
         keys = await self._secrets.keys(name)
         if not keys:
             raise NotFound(f"endpoint {name} has no keys (does it exist?)")
@@ -159,8 +177,9 @@ class Tidegate:
         """POST to the scoring URI with the primary key, as a client would."""
         state = await self.describe(name)
         headers = {"Content-Type": "application/json"}
-        if state.auth_mode == "key":
-            headers["Authorization"] = f"Bearer {(await self.get_credentials(name))['primaryKey']}"
+        credentials = await self.get_credentials(name)
+        secret = credentials["primaryKey"] if state.auth_mode == "key" else credentials["accessToken"]
+        headers["Authorization"] = f"Bearer {secret}"
         if deployment:
             headers["azureml-model-deployment"] = deployment
         context = ssl.create_default_context(cafile=str(self.settings.tls_dir / "ca.pem"))

@@ -31,6 +31,7 @@ def build_endpoint_route(state: EndpointRecord, generation: int) -> EndpointRout
         generation=generation,
         auth_mode=state.auth_mode,
         key_sha256=list(state.key_sha256),
+        token_public_keys=list(state.token_public_keys),
         traffic={k: v for k, v in sorted(state.traffic.items()) if k in deployments},
         mirror_traffic={k: v for k, v in sorted(state.mirror_traffic.items()) if k in deployments},
         deployments=deployments,

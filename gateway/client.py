@@ -54,7 +54,7 @@ from gateway.routing import (
     key_matches,
     request_id,
 )
-from gateway.table import EndpointState, rate_limited
+from gateway.table import EndpointState, rate_limited, token_expiry
 from gateway.upstream import InstanceState, UpstreamConnection
 from gateway.windows import bucket_of
 
@@ -109,6 +109,7 @@ class ClientProtocol(asyncio.Protocol):
         self.swept = -1
         self.auth_endpoint: EndpointState | None = None
         self.auth_header: bytes | None = None
+        self.auth_expires: float | None = None  # a remembered token's expiry (None: a key)
         # Held, and its methods called on it (one admit and one release per request): cheaper
         # than holding its bound methods (measured with cachegrind, about 140 instructions a call).
         self.admission = gateway.admission
@@ -264,27 +265,36 @@ class ClientProtocol(asyncio.Protocol):
             req.error = RoutingError(404, "EndpointNotFound", f"no endpoint named {target.endpoint!r}")
             return
         req.endpoint = endpoint
-        if endpoint.auth_mode == "key":
-            authorization = headers.get(b"authorization")
-            # A keep-alive client repeats the same header: the last one that passed for this
-            # endpoint state (rebuilt on every push, so rotation invalidates it) is remembered
-            # on this connection only; the table still holds nothing but hashes.
-            if endpoint is not self.auth_endpoint or authorization != self.auth_header:
-                key = bearer_token(authorization.decode("latin-1")) if authorization else None
-                if not key_matches(key, endpoint.key_sha256):
+        authorization = headers.get(b"authorization")
+        # A keep-alive client repeats the same header: the last one that passed for this
+        # endpoint state (rebuilt on every push, so rotation invalidates it) is remembered on
+        # this connection only, until a token's expiry; the table holds only hashes and public keys.
+        if (
+            endpoint is not self.auth_endpoint
+            or authorization != self.auth_header
+            or (self.auth_expires is not None and time.time() >= self.auth_expires)
+        ):
+            credential = bearer_token(authorization.decode("latin-1")) if authorization else None
+            if endpoint.auth_mode == "key":
+                if not key_matches(credential, endpoint.key_sha256):
+                    req.error = RoutingError(
+                        401, "Unauthorized", "missing or invalid key: send Authorization: Bearer <key>"
+                    )
+                    return
+                self.auth_expires = None
+            else:
+                expires = token_expiry(endpoint, credential, time.time())
+                if expires is None:
                     req.error = RoutingError(
                         401,
                         "Unauthorized",
-                        "missing or invalid key: send Authorization: Bearer <key>",
+                        "missing, invalid or expired token: send Authorization: Bearer <accessToken> "
+                        "(online-endpoint get-credentials)",
                     )
                     return
-                self.auth_endpoint = endpoint
-                self.auth_header = authorization
-        else:
-            req.error = RoutingError(
-                401, "Unauthorized", f"auth mode {endpoint.auth_mode} is not supported yet"
-            )
-            return
+                self.auth_expires = expires
+            self.auth_endpoint = endpoint
+            self.auth_header = authorization
         req.max_bytes = endpoint.max_bytes
         length = headers.get(b"content-length")
         if length is not None and int(length) > endpoint.max_bytes:

@@ -27,6 +27,7 @@ from config.contract.defaults import (
 )
 from config.files import write_atomically
 from config.routes import ApplyRouteResult, DeploymentRoute, EndpointRoute
+from config.tokens import load_public_keys, verify_token
 from gateway.ratelimit import TokenBucket, retry_after_s
 from gateway.responses import error_body
 from gateway.routing import RoutingError, TrafficPlan, route_plan
@@ -231,6 +232,24 @@ def rate_limited(endpoint: str, rate: float, wait: float) -> RoutingError:
     )
 
 
+TOKENS_REMEMBERED = 4096
+
+
+def token_expiry(endpoint: EndpointState, token: str | None, now: float) -> int | None:
+    """When `token` stops being good for `endpoint`, or None if it is not good now."""
+    if not token:
+        return None
+    expires = endpoint.tokens_seen.get(token)
+    if expires is None:
+        expires = verify_token(token, endpoint.name, endpoint.token_keys, now=now)
+        if expires is None:
+            return None
+        if len(endpoint.tokens_seen) >= TOKENS_REMEMBERED:
+            endpoint.tokens_seen.clear()
+        endpoint.tokens_seen[token] = expires
+    return expires if expires > now else None
+
+
 class EndpointState:
     """One endpoint as the proxy uses it, rebuilt on every applied push."""
 
@@ -239,6 +258,8 @@ class EndpointState:
         "route",
         "auth_mode",
         "key_sha256",
+        "token_keys",
+        "tokens_seen",
         "plan",
         "deployments",
         "max_bytes",
@@ -260,6 +281,10 @@ class EndpointState:
         self.route = route
         self.auth_mode = route.auth_mode
         self.key_sha256 = tuple(digest.lower() for digest in route.key_sha256)
+        self.token_keys = load_public_keys(route.token_public_keys) if route.auth_mode == "aml_token" else []
+        # Tokens that verified, with their expiry: a client without keep-alive pays for the
+        # signature check once per token, not per request. Rebuilt with the state on each push.
+        self.tokens_seen: dict[str, int] = {}
         self.plan = plan
         self.deployments = deployments
         self.max_bytes = route.max_request_bytes

@@ -412,6 +412,7 @@ class EndpointWorkflow:
             **options.KEYS,
         )
         s.key_sha256 = list(result.key_sha256)
+        s.token_public_keys = list(result.token_public_keys)
         await self._push()
         # In force wherever the push went; a regenerate-keys caller hears of any gateway not.
         self._keys_lagging = dict(s.lagging_gateways)

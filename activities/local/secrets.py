@@ -1,5 +1,5 @@
-"""`local` secret store: endpoint keys in files under the state dir (mode 0600), never in
-workflow history."""
+"""`local` secret store: endpoint keys and token signing keys in files under the state dir
+(mode 0600), never in workflow history."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from config.contract.activities import EnsureKeysResult
 from config.contract.state import KeyType
 from config.files import write_atomically
 from config.settings import Settings
+from config.tokens import SigningKey
 
 KEY_TYPES: tuple[KeyType, ...] = ("primary", "secondary")
+SIGNING = "token_signing"
 
 
 def key_sha256(key: str) -> str:
@@ -43,12 +45,27 @@ class LocalSecretStore:
             if have is None or int(have["version"]) < want:
                 stored[key_type] = {"key": secrets.token_urlsafe(32), "version": want}
                 changed = True
+        # The token signing key follows the primary key: regenerating it retires every token.
+        signing = stored.get(SIGNING)
+        if signing is None or int(signing["version"]) < int(stored["primary"]["version"]):
+            fresh = SigningKey.generate(int(stored["primary"]["version"]))
+            stored[SIGNING] = {"private": fresh.private, "version": fresh.version}
+            changed = True
         if changed:
             self._write(endpoint, stored)
         return EnsureKeysResult(
             key_sha256=[key_sha256(str(stored[k]["key"])) for k in KEY_TYPES],
             versions={k: int(stored[k]["version"]) for k in KEY_TYPES},
+            token_public_keys=[self._signing(stored).public],
         )
+
+    async def signing_key(self, endpoint: str) -> SigningKey | None:
+        stored = self._read(endpoint)
+        return self._signing(stored) if SIGNING in stored else None
+
+    @staticmethod
+    def _signing(stored: dict[str, dict[str, Any]]) -> SigningKey:
+        return SigningKey(private=str(stored[SIGNING]["private"]), version=int(stored[SIGNING]["version"]))
 
     async def keys(self, endpoint: str) -> dict[KeyType, str]:
         stored = self._read(endpoint)

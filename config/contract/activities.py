@@ -46,6 +46,9 @@ class EnsureKeysInput(BaseModel):
 class EnsureKeysResult(BaseModel):
     key_sha256: list[str]
     versions: dict[KeyType, int]
+    token_public_keys: list[str] = Field(
+        default_factory=list, description="base64 Ed25519 keys that verify the endpoint's tokens"
+    )
 
 
 class DeleteKeysInput(BaseModel):

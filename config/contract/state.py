@@ -96,12 +96,13 @@ class EndpointRecord(BaseModel):
     name: str
     description: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
-    auth_mode: Literal["key", "aml_token"] = "key"  # aml_token: refused by the spec until token auth
+    auth_mode: Literal["key", "aml_token"] = "key"
     traffic: dict[str, int] = Field(default_factory=dict)
     mirror_traffic: dict[str, int] = Field(default_factory=dict)
     provisioning_state: ProvisioningState = "Creating"
     deployments: dict[str, DeploymentEntry] = Field(default_factory=dict)
     key_sha256: list[str] = Field(default_factory=list)
+    token_public_keys: list[str] = Field(default_factory=list, description="verify its tokens; public")
     key_versions: dict[KeyType, int] = Field(default_factory=lambda: dict(FIRST_KEY_VERSIONS))
     keys_applied: dict[KeyType, int] = Field(default_factory=dict)
     generation: int = 0

@@ -3,6 +3,7 @@ through the secrets protocol, whichever store the settings choose."""
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from pydantic import SecretStr
 from activities.local.secrets import LocalSecretStore, key_sha256
 from activities.providers import PROVIDERS
 from config.contract.errors import NotFound
-from config.contract.state import KeyType
+from config.contract.state import EndpointRecord, KeyType
 from config.settings import Settings
 from control.facade import Tidegate
 
@@ -60,6 +61,24 @@ async def test_the_facade_reads_keys_from_the_store_the_settings_choose(
     monkeypatch.setitem(PROVIDERS["secrets"], "memory", lambda settings: MemoryStore())
     settings = Settings(home=tmp_path, control_token=SecretStr("test-credential"), secrets_provider="memory")
     facade = Tidegate(settings, client=None)  # type: ignore[arg-type]
+
+    async def key_endpoint(name: str) -> EndpointRecord:  # as the endpoint's workflow answers
+        return EndpointRecord(name=name, auth_mode="key")
+
+    monkeypatch.setattr(facade, "describe", key_endpoint)
     assert await facade.get_credentials("ep") == {"primaryKey": "p-key", "secondaryKey": "s-key"}
     with pytest.raises(NotFound):
         await facade.get_credentials("other")
+
+
+async def test_the_token_signing_key_follows_the_primary_key(tmp_path: Path) -> None:
+    store = LocalSecretStore(Settings(home=tmp_path))
+    first = await store.ensure_keys("ep", {"primary": 1, "secondary": 1})
+    secondary = await store.ensure_keys("ep", {"primary": 1, "secondary": 2})
+    primary = await store.ensure_keys("ep", {"primary": 2, "secondary": 2})
+
+    signing = await store.signing_key("ep")
+    assert len(first.token_public_keys) == 1 and secondary.token_public_keys == first.token_public_keys
+    assert primary.token_public_keys != first.token_public_keys
+    assert signing is not None and [signing.public] == primary.token_public_keys and signing.version == 2
+    assert signing.private not in json.dumps(primary.model_dump())  # only the public half leaves

@@ -404,18 +404,14 @@ def test_local_path_that_does_not_exist_is_named_with_field_and_line(
 ENDPOINT_CASES = [
     pytest.param(
         [("auth_mode: key", "auth_mode: token")],
-        "endpoint.yml:3 auth_mode: must be key (got 'token')",
+        "endpoint.yml:3 auth_mode: must be one of key, aml_token (got 'token')",
         id="unknown_auth_mode",
     ),
     pytest.param(
         [("auth_mode: key", "auth_mode: aad_token")],
-        "endpoint.yml:3 auth_mode: aad_token (Microsoft Entra ID) is not supported by Tidegate; use key",
+        "endpoint.yml:3 auth_mode: aad_token (Microsoft Entra ID) is not supported by Tidegate; "
+        "use key or aml_token",
         id="aad_token_is_not_supported",
-    ),
-    pytest.param(
-        [("auth_mode: key", "auth_mode: aml_token")],
-        "endpoint.yml:3 auth_mode: aml_token is not supported yet (token auth is planned); use key",
-        id="aml_token_is_refused_until_token_auth_exists",
     ),
     pytest.param(
         [("auth_mode: key\n", "auth_mode: key\npublic_network_access: disabled\n")],

@@ -10,6 +10,7 @@ import json
 import shutil
 import signal
 import ssl
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from config.tokens import SigningKey, issue_token
 from tests.gateway.conftest import (
     KEY,
     SECONDARY_KEY,
@@ -86,6 +88,27 @@ async def test_missing_or_wrong_key_is_401(
     assert reply.status == 401
     assert reply.error_code == "Unauthorized"
     assert KEY.encode() not in reply.body
+
+
+async def test_a_token_endpoint_takes_its_tokens_and_no_key_and_stops_a_token_at_its_expiry(
+    gateway: GatewayProcess, backends: dict[str, Backend]
+) -> None:
+    signing = SigningKey.generate(version=1)
+    body = route_body("t-token", 1, {"blue": [backends["blue"].url]}, {"blue": 100})
+    body |= {"auth_mode": "aml_token", "token_public_keys": [signing.public]}
+    # One connection throughout: the token it sent is remembered on it, up to the token's expiry.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one_connection:
+        await push(one_connection, gateway, body)
+        soon = issue_token(signing, "t-token", now=time.time() - 58, lifetime_seconds=60)
+        good = issue_token(signing, "t-token", now=time.time(), lifetime_seconds=3600)
+
+        assert (await score(one_connection, gateway, "t-token", key=good.access_token)).status == 200
+        assert (await score(one_connection, gateway, "t-token", key=KEY)).status == 401
+        assert (await score(one_connection, gateway, "t-token", key=soon.access_token)).status == 200
+        await asyncio.sleep(max(0.0, soon.expires_at - time.time()) + 0.2)
+        late = await score(one_connection, gateway, "t-token", key=soon.access_token)
+        assert (late.status, late.error_code) == (401, "Unauthorized")
+        assert (await score(one_connection, gateway, "t-token", key=good.access_token)).status == 200
 
 
 async def test_unknown_endpoint_is_404(gateway: GatewayProcess, client: aiohttp.ClientSession) -> None:
