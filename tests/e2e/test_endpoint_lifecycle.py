@@ -15,6 +15,7 @@ import pytest
 
 from control.stack import alive
 from tests.e2e.project import CONDA, REQUEST
+from tests.support.load import SteadyLoad
 from tests.support.polling import until
 from tests.support.stack import LocalStack
 
@@ -231,6 +232,18 @@ def test_a_regenerated_secondary_key_replaces_the_old_one(stack: LocalStack, ser
     assert new != old
     assert asyncio.run(post(stack, old))[0] == 401
     assert asyncio.run(post(stack, new))[0] == 200
+
+
+def test_clients_on_the_secondary_key_see_no_401_while_the_primary_is_regenerated(
+    stack: LocalStack, served: dict
+) -> None:
+    old_primary = stack.key(EP)
+    with SteadyLoad(f"{stack.http_base}/endpoints/{EP}/score", stack.key(EP, "secondaryKey"), BODY) as load:
+        stack.ok("online-endpoint", "regenerate-keys", "--name", EP, "--key-type", "primary")
+        until(lambda: load.answered_by("blue") > 50, what="clients served after the rotation")
+    assert load.failures_from("blue") == 0 and load.seen[("-", 401)] == 0, load.seen
+    assert asyncio.run(post(stack, old_primary))[0] == 401
+    assert asyncio.run(post(stack, stack.key(EP)))[0] == 200
 
 
 def test_scaling_blue_to_two_instances_serves_from_both(stack: LocalStack, served: dict) -> None:
