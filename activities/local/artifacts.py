@@ -54,14 +54,17 @@ def content_hash(path: Path) -> str:
 
 
 def snapshot(source: Path, root: Path) -> tuple[str, Path]:
-    """Copy `source` to `root/<hash>/<source.name>` once; return the hash and the copy's path."""
+    """Copy `source` to `root/<hash>/<source.name>` once; return the hash and the copy's path.
+
+    The hash is of the content alone, so two folders holding the same files under different
+    names (`code/` here, `src/` there) share a hash folder and each gets its own copy in it."""
     if not source.exists():
         raise BadRequest(f"{source}: does not exist")
     _links_stay_inside(source)
     digest = content_hash(source)
     final = root / digest
     copy = final / source.name
-    if final.exists():
+    if copy.exists():
         return digest, copy
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
@@ -70,9 +73,13 @@ def snapshot(source: Path, root: Path) -> tuple[str, Path]:
     else:
         shutil.copytree(source, staging / source.name, ignore=shutil.ignore_patterns("__pycache__"))
     try:
-        os.rename(staging, final)
+        if final.exists():
+            os.rename(staging / source.name, copy)
+        else:
+            os.rename(staging, final)
     except OSError:  # another caller made the same snapshot first: same content, keep theirs
-        shutil.rmtree(staging, ignore_errors=True)
+        pass
+    shutil.rmtree(staging, ignore_errors=True)
     return digest, copy
 
 

@@ -28,6 +28,17 @@ def test_the_same_content_is_copied_once(tmp_path: Path) -> None:
     assert (first.path / "score.py").read_text() == "x = 1"
 
 
+def test_the_same_content_under_another_folder_name_gets_a_copy_of_that_name(tmp_path: Path) -> None:
+    # The CI example's repository calls its code folder src/; another project, code/.
+    store = LocalArtifactStore(Settings(home=tmp_path / "home"))
+    code = store.snapshot(folder(tmp_path / "a" / "code", "x = 1"), "code")
+    src = store.snapshot(folder(tmp_path / "b" / "src", "x = 1"), "code")
+    assert src.content_hash == code.content_hash
+    assert src.path.name == "src" and (src.path / "score.py").read_text() == "x = 1"
+    assert (code.path / "score.py").read_text() == "x = 1"
+    assert store.snapshot(tmp_path / "b" / "src", "code") == src
+
+
 def test_a_registered_model_resolves_by_version_and_latest(tmp_path: Path) -> None:
     store = LocalArtifactStore(Settings(home=tmp_path / "home"))
     store.create_model("diabetes", "1", folder(tmp_path / "v1" / "model", "one"))
