@@ -90,8 +90,7 @@ def select_buckets(
     counted = len(by_minute)
     missing = expected - counted
     numbers = f"{counted} of {expected} settled minutes"
-    if fresh_minutes:
-        numbers += f", {len(fresh_minutes)} newer ignored"
+    ignored = f", {len(fresh_minutes)} newer ignored" if fresh_minutes else ""
     if counted == 0 or counted < min_coverage * expected:
         return BucketSelection(
             window_start=start,
@@ -101,7 +100,7 @@ def select_buckets(
             missing=missing,
             fresh=len(fresh_minutes),
             value=None,
-            reason=f"no data: {numbers} have a value (need {min_coverage:.0%})",
+            reason=f"no data: {numbers} have a value (need {min_coverage:.0%}){ignored}",
         )
     per_minute = [_combine(aggregation, values) for _, values in sorted(by_minute.items())]
     value = _combine(aggregation, per_minute)
@@ -113,5 +112,5 @@ def select_buckets(
         missing=missing,
         fresh=len(fresh_minutes),
         value=value,
-        reason=f"{aggregation} {value:.4g} over {numbers}",
+        reason=f"{aggregation} {value:.4g} over {numbers}{ignored}",
     )
