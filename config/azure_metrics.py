@@ -35,9 +35,9 @@ def metric_namespace(resource_id: str) -> str:
     return "/".join([match["ns"], *parts[0::2]])
 
 
-class MetricQuery(BaseModel):
-    """One metric of one resource over a window, e.g. an Azure ML endpoint's `RequestLatency_P99`
-    filtered to `deployment eq 'green'`."""
+class AzureMonitorSource(BaseModel):
+    """Which metric of which resource: a rollout gate's `azure_monitor:` block, e.g. an Azure ML
+    endpoint's `RequestLatency_P99` filtered to `deployment eq 'green'`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,7 +47,6 @@ class MetricQuery(BaseModel):
     filter: str | None = Field(
         default=None, max_length=2048, description="dimension filter, e.g. \"deployment eq 'green'\""
     )
-    window_seconds: float = Field(default=300.0, ge=60.0, le=24 * 3600.0)
     namespace: str | None = Field(default=None, description="default: the resource id's own")
 
     @field_validator("resource_id")
@@ -59,6 +58,12 @@ class MetricQuery(BaseModel):
     @property
     def metric_namespace(self) -> str:
         return self.namespace or metric_namespace(self.resource_id)
+
+
+class MetricQuery(AzureMonitorSource):
+    """One metric of one resource over a window (at least Azure Monitor's minute)."""
+
+    window_seconds: float = Field(default=300.0, ge=60.0, le=24 * 3600.0)
 
 
 class MetricPoint(BaseModel):

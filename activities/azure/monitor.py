@@ -60,25 +60,32 @@ def _query_span(window: timedelta, now: datetime) -> tuple[datetime, datetime]:
 class AzureMonitorReader:
     """Reads platform metrics with an async `MetricsClient` on the region's metrics endpoint."""
 
-    def __init__(self, client: MetricsClient) -> None:
+    def __init__(
+        self, client: MetricsClient, *, owned_credential: AsyncTokenCredential | None = None
+    ) -> None:
         self._client = client
+        self._owned_credential = owned_credential  # made here, so closed here
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, credential: AsyncTokenCredential | None = None
     ) -> AzureMonitorReader:
         """The identity azure-identity finds (managed identity on a VM) unless one is given."""
+        owned = None
         if credential is None:
             from azure.identity.aio import DefaultAzureCredential
 
-            credential = DefaultAzureCredential()
+            credential = owned = DefaultAzureCredential()
         extra: dict[str, Any] = {}
         if settings.azure_ca_file is not None:
             extra["connection_verify"] = str(settings.azure_ca_file)
-        return cls(MetricsClient(settings.azure_metrics_url, credential, **extra))
+        client = MetricsClient(settings.azure_metrics_url, credential, **extra)
+        return cls(client, owned_credential=owned)
 
     async def close(self) -> None:
         await self._client.close()
+        if self._owned_credential is not None:
+            await self._owned_credential.close()
 
     async def _series(
         self,

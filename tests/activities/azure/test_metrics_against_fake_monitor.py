@@ -6,88 +6,32 @@ including missing, zero and late minutes."""
 from __future__ import annotations
 
 import json
-import ssl
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-import trustme
-from azure.core.credentials import AccessToken
 from azure.monitor.querymetrics.aio import MetricsClient
+from temporalio.exceptions import ApplicationError
 
 from activities.azure.monitor import AzureMonitorReader
+from activities.monitor import AzureMetricActivities
 from config.azure_metrics import MetricQuery
+from config.contract.activities import ReadAzureMetricInput
 from config.contract.errors import BadRequest, NotFound, OperationFailed
 from config.settings import Settings
+from tests.support.fake_monitor import TOKEN, FakeMonitor, StaticToken, run_fake_monitor
 
-REPO = Path(__file__).resolve().parents[3]
-TOKEN = "fake-monitor-token"
 NOW = datetime(2026, 11, 29, 12, 10, 30, tzinfo=UTC)  # settled minutes of a 5m window: 12:02 … 12:06
-
-
-class StaticToken:
-    """An async credential with one token; records the scopes asked for."""
-
-    def __init__(self, token: str) -> None:
-        self.token = token
-        self.scopes: list[tuple[str, ...]] = []
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.scopes.append(scopes)
-        return AccessToken(self.token, 4_102_444_800)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> StaticToken:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-@dataclass(frozen=True)
-class Fake:
-    url: str
-    ca_file: Path
-    ssl: ssl.SSLContext
+Fake = FakeMonitor
 
 
 @pytest.fixture(scope="module")
-def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fake]:
-    folder = tmp_path_factory.mktemp("fake-monitor")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(folder / "cert.pem")
-    for pem in cert.cert_chain_pems[1:]:
-        pem.write_to_path(folder / "cert.pem", append=True)
-    cert.private_key_pem.write_to_path(folder / "key.pem")
-    ca.cert_pem.write_to_path(folder / "ca.pem")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.monitor", "--cert", str(folder / "cert.pem")]
-        + ["--key", str(folder / "key.pem"), "--token", TOKEN],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    first = process.stdout.readline()  # returns "" if the fake dies: no hang
-    if not first.startswith("listening "):
-        process.kill()
-        pytest.fail(f"the fake monitor did not start: {first!r}")
-    context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
-    try:
-        yield Fake(url=first.split()[1], ca_file=folder / "ca.pem", ssl=context)
-    finally:
-        process.terminate()
-        process.wait()
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeMonitor]:
+    with run_fake_monitor(tmp_path_factory.mktemp("fake-monitor")) as running:
+        yield running
 
 
 def scale_set() -> str:
@@ -118,22 +62,12 @@ async def put_series(
     unit: str = "Percent",
     **dimensions: str,
 ) -> None:
-    body = {
-        "resource_id": resource_id,
-        "metric": metric,
-        "unit": unit,
-        "dimensions": dimensions,
-        "points": {minute(m): values for m, values in points.items()},
-    }
-    async with aiohttp.ClientSession() as session:
-        async with session.put(f"{fake.url}/control/series", json=body, ssl=fake.ssl) as response:
-            assert response.status == 200, await response.text()
+    by_minute = {minute(m): values for m, values in points.items()}
+    await fake.put_series(resource_id, metric, by_minute, unit=unit, dimensions=dimensions)
 
 
 async def received(fake: Fake) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{fake.url}/control/requests", ssl=fake.ssl) as response:
-            return list(await response.json())
+    return await fake.received()
 
 
 @pytest.fixture
@@ -295,3 +229,35 @@ def test_a_bad_metric_query_names_the_field(given: dict[str, Any], field: str) -
     with pytest.raises(ValueError) as refused:
         MetricQuery.model_validate({**base, **given})
     assert json.loads(refused.value.json())[0]["loc"] == [field]  # type: ignore[attr-defined]
+
+
+async def test_the_gate_activity_without_azure_settings_names_the_missing_setting(tmp_path: Path) -> None:
+    activities = AzureMetricActivities(Settings(home=tmp_path), credential=StaticToken())
+    query = MetricQuery(resource_id=scale_set(), metric="Percentage CPU")
+    with pytest.raises(ApplicationError) as refused:
+        await activities.read_azure_metric(ReadAzureMetricInput(query=query))
+    assert refused.value.non_retryable and refused.value.type == "AzureMonitorNotConfigured"
+    assert "TIDEGATE_AZURE_LOCATION" in str(refused.value)
+
+
+async def test_the_gate_activity_reads_settled_minutes_through_the_fake(fake: Fake, tmp_path: Path) -> None:
+    vmss = scale_set()
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    points = {
+        (now + timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%SZ"): {"average": 20.0} for m in range(-20, 3)
+    }
+    await fake.put_series(vmss, "Percentage CPU", points, unit="Percent")
+    settings = Settings(home=tmp_path, azure_metrics_endpoint=fake.url, azure_ca_file=fake.ca_file)
+    activities = AzureMetricActivities(settings, credential=StaticToken())
+    try:
+        read = await activities.read_azure_metric(
+            ReadAzureMetricInput(query=MetricQuery(resource_id=vmss, metric="Percentage CPU"))
+        )
+        with pytest.raises(ApplicationError) as refused:
+            await activities.read_azure_metric(
+                ReadAzureMetricInput(query=MetricQuery(resource_id=vmss, metric="Percentage GPU"))
+            )
+    finally:
+        await activities.close()
+    assert (read.value, read.counted, read.expected, read.unit) == (20.0, 5, 5, "Percent")
+    assert refused.value.non_retryable and refused.value.type == "BadRequest"
