@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from activities.monitor import AzureMetricActivities
 from config.settings import Settings
 from tests.support.fake_monitor import FakeMonitor, StaticToken, run_fake_monitor
 from tests.workflows.recorders import Recorder
 from tests.workflows.test_rollout_workflow import Rig
+from workflows.rollout import RolloutWorkflow
 
 DATABASE = "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Sql/servers/s1/databases/{name}"
 
@@ -95,10 +97,16 @@ async def test_a_healthy_azure_metric_lets_the_rollout_through(rig: AzureRig, fa
 async def test_a_failing_azure_metric_rolls_back_with_its_numbers(rig: AzureRig, fake: FakeMonitor) -> None:
     resource = await deadlocks(fake, 10.0, minutes=range(-30, 5))
     endpoint = await rig.endpoint_with_blue_and_green()
-    final = await (await rig.start(endpoint, **gated(resource))).result()
+    rollout = await rig.start(endpoint, **gated(resource))
+    final = await rollout.result()
     assert final.phase == "RolledBack"
     assert rig.green_weights() == [0, 10, 0]
     assert "deadlock (Total) 50 > 5 (5 of 5 settled minutes)" in (final.reason or "")
+    # The new path is deterministic: its history replays.
+    history = await rollout.fetch_history()
+    await Replayer(workflows=[RolloutWorkflow], data_converter=rig.env.client.data_converter).replay_workflow(
+        history
+    )
 
 
 async def test_only_fresh_minutes_are_no_data_and_on_no_data_fail_rolls_back(
