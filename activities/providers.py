@@ -56,12 +56,18 @@ def _local_artifacts(settings: Settings) -> ArtifactStore:
     return LocalArtifactStore(settings)
 
 
+def _azure_artifacts(settings: Settings) -> ArtifactStore:
+    from activities.azure.artifacts import BlobArtifactStore
+
+    return BlobArtifactStore.from_settings(settings)
+
+
 PROVIDERS: dict[ProviderKind, dict[str, Callable[[Settings], Any]]] = {
     "compute": {"local": _local_compute},
     "network": {"local": _local_network},
     "monitor": {"local": _local_monitor, "prometheus": _prometheus_monitor},
     "secrets": {"local": _local_secrets},
-    "artifacts": {"local": _local_artifacts},
+    "artifacts": {"local": _local_artifacts, "azure": _azure_artifacts},
 }
 
 

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from config.azure_metrics import AzureMonitorSource
+
 _DURATION = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -59,10 +61,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+GateSource = Literal["gateway", "azure_monitor"]
+AZURE_MONITOR_MIN_WINDOW = 60.0  # Azure Monitor's one-minute buckets
+
+
 class Gate(_Strict):
-    """One analysis check: `metric op threshold`, absolute or relative to the baseline."""
+    """One analysis check: `metric op threshold`, absolute or relative to the baseline, on the
+    gateways' windows; or (`source: azure_monitor`) an Azure Monitor metric of any resource
+    against an absolute threshold."""
 
     name: str | None = None
+    source: GateSource = Field(default="gateway", description="where the numbers come from")
+    azure_monitor: AzureMonitorSource | None = Field(
+        default=None, description="source azure_monitor: resource_id, metric, aggregation, filter"
+    )
     when: str | None = Field(
         default=None,
         description="shorthand: 'error_rate <= 0.05', 'latency_p99 <= baseline * 1.2', "
@@ -84,6 +96,10 @@ class Gate(_Strict):
 
     @model_validator(mode="after")
     def _one_form(self) -> Gate:
+        if self.source == "azure_monitor":
+            return self._azure_monitor_form()
+        if self.azure_monitor is not None:
+            raise ValueError("azure_monitor: only with source: azure_monitor")
         if self.when is not None:
             match = _EXPR.match(self.when)
             if match is None:
@@ -114,9 +130,34 @@ class Gate(_Strict):
             raise ValueError("give exactly one of threshold, baseline_factor, baseline_offset")
         return self
 
+    def _azure_monitor_form(self) -> Gate:
+        if self.azure_monitor is None:
+            raise ValueError("azure_monitor: required with source: azure_monitor (resource_id, metric, ...)")
+        for field in ("when", "metric", "baseline_factor", "baseline_offset", "test"):
+            if getattr(self, field) is not None:
+                raise ValueError(
+                    f"{field}: not for source azure_monitor (its metric is azure_monitor.metric, "
+                    "its bound an absolute threshold)"
+                )
+        if self.threshold is None:
+            raise ValueError("threshold: required with source: azure_monitor")
+        if self.window < AZURE_MONITOR_MIN_WINDOW:
+            raise ValueError(
+                f"window: {self.window:g}s is shorter than Azure Monitor's one-minute buckets "
+                f"(at least {AZURE_MONITOR_MIN_WINDOW:g}s)"
+            )
+        return self
+
+    @property
+    def metric_name(self) -> str:
+        """What the gate measures, as a user wrote it."""
+        if self.azure_monitor is not None:
+            return f"{self.azure_monitor.metric} ({self.azure_monitor.aggregation})"
+        return str(self.metric)
+
     @property
     def label(self) -> str:
-        return self.name or self.when or f"{self.metric} {self.op} {self.bound_text}"
+        return self.name or self.when or f"{self.metric_name} {self.op} {self.bound_text}"
 
     @property
     def relative(self) -> bool:

@@ -109,6 +109,33 @@ class Settings(BaseSettings):
     artifacts_provider: str | None = None
     prometheus_url: str = "http://127.0.0.1:9090"
 
+    # Azure: artifacts in Blob storage, platform metrics from Azure Monitor (`azure` provider).
+    # Credentials come from azure-identity (managed identity on a VM, CLI login on a laptop);
+    # an account key is only for the Azurite emulator or an account without Entra ID.
+    azure_subscription_id: str | None = None
+    azure_resource_group: str | None = None
+    azure_location: str | None = Field(default=None, description="region, e.g. westeurope")
+    azure_storage_account_url: str | None = Field(
+        default=None,
+        description="https://<account>.blob.core.windows.net (Azurite: http://127.0.0.1:<port>/devstoreaccount1)",
+    )
+    azure_storage_container: str = "tidegate"
+    azure_storage_account_key: SecretStr | None = Field(
+        default=None, description="shared key; unset, the identity's user delegation key signs SAS URLs"
+    )
+    azure_snapshot_url_ttl_seconds: float = Field(
+        default=900.0, gt=0, le=7 * 24 * 3600, description="how long an instance's snapshot URL is valid"
+    )
+    azure_instance_artifacts_dir: str = Field(
+        default="/var/lib/tidegate/artifacts", description="where a VM's bootstrap unpacks snapshots"
+    )
+    azure_metrics_endpoint: str | None = Field(
+        default=None, description="metrics data plane; default https://<location>.metrics.monitor.azure.com"
+    )
+    azure_ca_file: Path | None = Field(
+        default=None, description="CA bundle trusted for Azure endpoints (a local fake); unset, the system's"
+    )
+
     # Autoscale: how long utilisation must stay low before one instance goes (Azure has no field).
     scale_in_cooldown_seconds: float = 300.0
 
@@ -142,6 +169,15 @@ class Settings(BaseSettings):
     @property
     def host_target(self) -> str:
         return self.host_url or f"http://127.0.0.1:{self.host_port}"
+
+    @property
+    def azure_metrics_url(self) -> str:
+        """The regional metrics endpoint the batch API is served from."""
+        if self.azure_metrics_endpoint:
+            return self.azure_metrics_endpoint.rstrip("/")
+        if not self.azure_location:
+            raise ValueError("TIDEGATE_AZURE_LOCATION (or TIDEGATE_AZURE_METRICS_ENDPOINT) is required")
+        return f"https://{self.azure_location}.metrics.monitor.azure.com"
 
     def provider_name(self, kind: ProviderKind) -> str:
         """The provider of `kind`: its own setting, else `provider`."""

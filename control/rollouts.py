@@ -13,7 +13,7 @@ from config.contract.errors import BadRequest, NotFound
 from config.contract.names import ROLLOUT_WORKFLOW, RolloutSignal
 from config.contract.rollout import TERMINAL, Plan
 from config.contract.workflows import RolloutStatus, StartRolloutInput
-from config.rollout import RolloutSpec
+from config.rollout import Gate, RolloutSpec
 from control.facade import Tidegate
 from decisions.rollout import expand_plan
 from workflows import search
@@ -185,6 +185,13 @@ def rollout_view(status: RolloutStatus) -> dict[str, Any]:
     }
 
 
+def _evidence(gate: Gate) -> str:
+    """What a gate needs before it judges."""
+    if gate.azure_monitor is not None:
+        return f"Azure Monitor {gate.azure_monitor.resource_id}, settled minutes only"
+    return f"≥{gate.min_requests} requests"
+
+
 def describe_plan(plan: Plan) -> list[str]:
     """`rollout plan`: every step, gate and timeout, in words."""
     lines = [
@@ -195,7 +202,7 @@ def describe_plan(plan: Plan) -> list[str]:
     if plan.mirror is not None:
         lines.append(f"mirror: {plan.mirror.share}% shadowed to {plan.canary} for {plan.mirror.duration:g}s")
         lines += [
-            f"  gate {g.label} (window {g.window:g}s, ≥{g.min_requests} requests, "
+            f"  gate {g.label} (window {g.window:g}s, {_evidence(g)}, "
             f"no data → {g.on_no_data} (deadline {g.no_data_deadline:g}s))"
             for g in plan.mirror.gates
         ]
@@ -203,7 +210,7 @@ def describe_plan(plan: Plan) -> list[str]:
         lines.append(f"step {i}/{len(plan.steps)}: {plan.canary} {step.weight}%, hold {step.hold:g}s")
     for gate in plan.gates:
         lines.append(
-            f"gate {gate.label}: window {gate.window:g}s, ≥{gate.min_requests} requests, "
+            f"gate {gate.label}: window {gate.window:g}s, {_evidence(gate)}, "
             f"no data → {gate.on_no_data} (deadline {gate.no_data_deadline:g}s)"
         )
     if not plan.gates:

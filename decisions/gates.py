@@ -1,7 +1,9 @@
-"""Gate verdicts: is the canary healthy, judged on the gateway's windows? Pure, `now`-free."""
+"""Gate verdicts: is the canary healthy, judged on the gateway's windows (or, for a gate whose
+source is azure_monitor, on an Azure Monitor metric's settled minutes)? Pure, `now`-free."""
 
 from __future__ import annotations
 
+from config.contract.activities import ReadAzureMetricResult
 from config.contract.rollout import GateOutcome, Verdict
 from config.rollout import Gate
 from config.stats import WindowStats
@@ -122,4 +124,23 @@ def _judge_proportions(gate: Gate, canary: WindowStats, baseline: WindowStats) -
         bound=test.baseline_rate,
         requests=canary.requests,
         message=message,
+    )
+
+
+def judge_azure_monitor_gate(gate: Gate, reading: ReadAzureMetricResult) -> Verdict:
+    """An Azure Monitor metric against its absolute threshold. No value over the window's settled
+    minutes is `no_data` (the gate's `on_no_data` decides), never a pass."""
+    assert gate.source == "azure_monitor" and gate.threshold is not None
+    name, bound = gate.metric_name, gate.threshold
+    minutes = f"{reading.counted} of {reading.expected} settled minutes"
+    if reading.value is None:
+        return Verdict(gate=gate.label, outcome="no_data", message=f"{name}: {reading.reason}")
+    ok = _holds(reading.value, gate.op, bound)
+    shown_op = gate.op if ok else _negate(gate.op)
+    return Verdict(
+        gate=gate.label,
+        outcome="pass" if ok else "fail",
+        value=reading.value,
+        bound=bound,
+        message=f"{name} {reading.value:.4g} {shown_op} {bound:.4g} ({minutes})",
     )

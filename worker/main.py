@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 
 from activities.compute import ComputeActivities
 from activities.endpoints import EndpointActivities
-from activities.monitor import MonitorActivities
+from activities.monitor import AzureMetricActivities, MonitorActivities
 from activities.network import NetworkActivities
 from activities.providers import provider
 from activities.secrets import SecretActivities
@@ -40,6 +40,7 @@ def activities(client: Client, settings: Settings) -> list[Callable[..., Any]]:
     network = NetworkActivities(provider("network", settings))
     secrets = SecretActivities(provider("secrets", settings))
     monitor = MonitorActivities(provider("monitor", settings))
+    azure_metrics = AzureMetricActivities(settings)  # gates with source azure_monitor
     endpoints = EndpointActivities(client)
     return [
         compute.request_instances,
@@ -51,6 +52,7 @@ def activities(client: Client, settings: Settings) -> list[Callable[..., Any]]:
         secrets.ensure_keys,
         secrets.delete_keys,
         monitor.query_window,
+        azure_metrics.read_azure_metric,
         endpoints.set_rollout_traffic,
         endpoints.retire_deployment,
         endpoints.patch_deployment,

@@ -8,7 +8,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from config.contract.activities import QueryWindowInput, RetireDeploymentInput
+    from config.azure_metrics import MetricQuery
+    from config.contract.activities import (
+        QueryWindowInput,
+        ReadAzureMetricInput,
+        ReadAzureMetricResult,
+        RetireDeploymentInput,
+    )
     from config.contract.ids import endpoint_id
     from config.contract.names import ROLLOUT_WORKFLOW, Activity, EndpointSignal, RolloutQuery, RolloutSignal
     from config.contract.rollout import TERMINAL, RolloutState, Verdict
@@ -18,10 +24,10 @@ with workflow.unsafe.imports_passed_through():
         RolloutWorkflowInput,
         SetRolloutTrafficInput,
     )
-    from config.rollout import RetireAction
+    from config.rollout import Gate, RetireAction
     from config.stats import WindowStats
     from decisions import rollout
-    from decisions.gates import judge_gate
+    from decisions.gates import judge_azure_monitor_gate, judge_gate
     from decisions.rollout import (
         CheckGates,
         Complete,
@@ -142,21 +148,48 @@ class RolloutWorkflow:
 
     async def _check(self, decision: CheckGates) -> None:
         plan = self._plan
-        window = max(g.window for g in decision.gates)
-        try:
-            canary = await self._window(plan.canary, window)
-            baseline = await self._window(plan.baseline, window)
-        except ActivityError as err:
-            # No numbers is "no data", never a pass: each gate's on_no_data decides.
-            message = f"monitor unavailable: {failure_reason(err)}"
-            verdicts = [Verdict(gate=g.label, outcome="no_data", message=message) for g in decision.gates]
-        else:
-            verdicts = [judge_gate(g, canary, baseline) for g in decision.gates]
+        gates = decision.gates
+        # Each gate's verdict in the gates' order (after_check pairs them up).
+        found: dict[int, Verdict] = {}
+        on_gateway = [i for i, g in enumerate(gates) if g.source == "gateway"]
+        if on_gateway:
+            window = max(gates[i].window for i in on_gateway)
+            try:
+                canary = await self._window(plan.canary, window)
+                baseline = await self._window(plan.baseline, window)
+            except ActivityError as err:
+                # No numbers is "no data", never a pass: each gate's on_no_data decides.
+                message = f"monitor unavailable: {failure_reason(err)}"
+                found |= {
+                    i: Verdict(gate=gates[i].label, outcome="no_data", message=message) for i in on_gateway
+                }
+            else:
+                found |= {i: judge_gate(gates[i], canary, baseline) for i in on_gateway}
+        for i, gate in enumerate(gates):
+            if gate.source == "azure_monitor":
+                found[i] = await self._azure_monitor_verdict(gate)
+        verdicts = [found[i] for i in range(len(gates))]
         self._state = rollout.after_check(plan, self._state, verdicts, decision.gates, workflow.now())
         workflow.logger.info(
             "rollout.check %s",
             "; ".join(f"{v.outcome}: {v.message}" for v in verdicts),
         )
+
+    async def _azure_monitor_verdict(self, gate: Gate) -> Verdict:
+        """A gate on an Azure Monitor metric; a failed read is no data, never a pass."""
+        assert gate.azure_monitor is not None
+        query = MetricQuery(**gate.azure_monitor.model_dump(), window_seconds=gate.window)
+        try:
+            reading = await workflow.execute_activity(
+                Activity.READ_AZURE_METRIC,
+                ReadAzureMetricInput(query=query),
+                result_type=ReadAzureMetricResult,
+                **options.MONITOR,
+            )
+        except ActivityError as err:
+            message = f"Azure Monitor read failed: {failure_reason(err)}"
+            return Verdict(gate=gate.label, outcome="no_data", message=message)
+        return judge_azure_monitor_gate(gate, reading)
 
     async def _window(self, deployment: str, window: float) -> WindowStats:
         return await workflow.execute_activity(

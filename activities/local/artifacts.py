@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from activities.artifacts import ArtifactKind, RegisteredModel, Snapshot
+from activities.artifacts import ArtifactKind, ArtifactStore, RegisteredModel, Snapshot
 from config.contract.errors import BadRequest, Conflict, NotFound
 from config.settings import Settings
 
@@ -28,7 +28,7 @@ def check_asset_part(field: str, value: str) -> str:
     return value
 
 
-def _links_stay_inside(source: Path) -> None:
+def links_stay_inside(source: Path) -> None:
     """A symbolic link inside a snapshotted folder must point inside it: otherwise a
     deployment's code could carry a copy of anything its owner can read (the state dir's
     keys, say) to the instance."""
@@ -60,7 +60,7 @@ def snapshot(source: Path, root: Path) -> tuple[str, Path]:
     names (`code/` here, `src/` there) share a hash folder and each gets its own copy in it."""
     if not source.exists():
         raise BadRequest(f"{source}: does not exist")
-    _links_stay_inside(source)
+    links_stay_inside(source)
     digest = content_hash(source)
     final = root / digest
     copy = final / source.name
@@ -129,16 +129,27 @@ class LocalArtifactStore:
 
     def resolve_model(self, reference: str) -> Path:
         """`azureml:name:version` or `azureml:name@latest` → the registered copy."""
-        match = _REGISTERED.match(reference)
-        if match is None:
-            raise BadRequest(f"model: '{reference}' is neither a path nor azureml:<name>:<version>")
-        name, version = match["name"], match["version"]
-        if version is None:
-            versions = self.list_models(name)
-            if not versions:
-                raise NotFound(f"model {name} is not registered (see `tidegate model list`)")
-            return Path(max(versions, key=lambda m: _version_key(m.version)).path)
-        return Path(self.show_model(name, version).path)
+        return Path(resolve_reference(self, reference).path)
+
+
+def parse_model_reference(reference: str) -> tuple[str, str | None]:
+    """`azureml:name:version` → (name, version); `azureml:name@latest` → (name, None)."""
+    match = _REGISTERED.match(reference)
+    if match is None:
+        raise BadRequest(f"model: '{reference}' is neither a path nor azureml:<name>:<version>")
+    return match["name"], match["version"]
+
+
+def resolve_reference(store: ArtifactStore, reference: str) -> RegisteredModel:
+    """The registered model a reference names, `@latest` being the highest version; the same
+    rule for every provider's registry."""
+    name, version = parse_model_reference(reference)
+    if version is None:
+        versions = store.list_models(name)
+        if not versions:
+            raise NotFound(f"model {name} is not registered (see `tidegate model list`)")
+        return max(versions, key=lambda m: _version_key(m.version))
+    return store.show_model(name, version)
 
 
 def _version_key(version: str) -> tuple:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from config.azure_metrics import MetricQuery
 from config.contract.state import FIRST_KEY_VERSIONS, KeyType
 from config.host_api import DeploymentRuntime
 from config.rollout import RetireAction
@@ -95,6 +96,22 @@ class QueryWindowInput(BaseModel):
     endpoint: str
     deployment: str
     window_seconds: float
+
+
+class ReadAzureMetricInput(BaseModel):
+    """A rollout gate's Azure Monitor metric (source `azure_monitor`) over its window."""
+
+    query: MetricQuery
+
+
+class ReadAzureMetricResult(BaseModel):
+    """The metric over the window's settled minutes, or none (no data) and why."""
+
+    value: float | None
+    unit: str | None = None
+    counted: int = 0
+    expected: int = 0
+    reason: str
 
 
 class PatchDeploymentInput(BaseModel):

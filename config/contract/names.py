@@ -35,6 +35,7 @@ class Activity:
     DELETE_KEYS: Final = "delete_keys"
     # monitor
     QUERY_WINDOW: Final = "query_window"
+    READ_AZURE_METRIC: Final = "read_azure_metric"
     # an endpoint changed through its workflow
     SET_ROLLOUT_TRAFFIC: Final = "set_rollout_traffic"
     RETIRE_DEPLOYMENT: Final = "retire_deployment"

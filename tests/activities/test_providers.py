@@ -25,6 +25,10 @@ PROTOCOLS: dict[str, type] = {
     "secrets": SecretStore,
     "artifacts": ArtifactStore,
 }
+# What a provider needs before it can be built (building one makes no call).
+NEEDS: dict[str, dict[str, str]] = {
+    "azure": {"azure_storage_account_url": "https://example.blob.core.windows.net"},
+}
 ROWS = [(kind, name) for kind, by_name in PROVIDERS.items() for name in by_name]
 
 
@@ -47,7 +51,8 @@ def test_every_kind_has_a_protocol_and_a_local_provider() -> None:
 
 @pytest.mark.parametrize(("kind", "name"), ROWS, ids=[f"{k}-{n}" for k, n in ROWS])
 def test_a_registered_provider_implements_its_kinds_protocol(tmp_path: Path, kind: str, name: str) -> None:
-    built = provider(kind, settings(tmp_path, **{f"{kind}_provider": name}))  # type: ignore[call-overload]
+    chosen = {f"{kind}_provider": name, **NEEDS.get(name, {})}
+    built = provider(kind, settings(tmp_path, **chosen))  # type: ignore[call-overload]
     for method, wanted in protocol_methods(PROTOCOLS[kind]).items():
         implemented = getattr(built, method, None)
         assert implemented is not None, f"{type(built).__name__} lacks {method}"

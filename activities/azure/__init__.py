@@ -1,0 +1,1 @@
+"""The `azure` provider: Azure's own services behind the provider protocols."""

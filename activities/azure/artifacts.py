@@ -1,0 +1,298 @@
+"""`azure` artifacts: content-hashed snapshots and the model registry in one Blob container.
+
+Layout of the container:
+- `snapshots/<kind>/<hash>.tar.gz`: a snapshot, its metadata naming the hash and the source's
+  name; written once (`If-None-Match: *`), so the same content is never uploaded twice.
+- `registry/<name>/<version>/model.json`: a registered model, written once the same way, so of
+  two registrations of one version exactly one wins.
+
+An instance (a VM) gets a short-lived read-only SAS URL for each snapshot it needs and calls
+`fetch_snapshot` from its bootstrap; it holds no storage credential of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
+from azure.core.credentials import AzureNamedKeyCredential, TokenCredential
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import (
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContainerClient,
+    UserDelegationKey,
+    generate_blob_sas,
+)
+
+from activities.artifacts import ArtifactKind, RegisteredModel, Snapshot
+from activities.local.artifacts import (
+    check_asset_part,
+    content_hash,
+    links_stay_inside,
+    resolve_reference,
+)
+from config.contract.errors import BadRequest, Conflict, NotFound, OperationFailed
+from config.settings import Settings
+
+log = structlog.get_logger("activities.azure.artifacts")
+
+_SNAPSHOTS = "snapshots"
+_REGISTRY = "registry"
+
+
+def snapshot_blob_name(kind: ArtifactKind, digest: str) -> str:
+    return f"{_SNAPSHOTS}/{kind}/{digest}.tar.gz"
+
+
+def _record_blob_name(name: str, version: str) -> str:
+    return f"{_REGISTRY}/{check_asset_part('name', name)}/{check_asset_part('version', version)}/model.json"
+
+
+def _pack(source: Path, out: IO[bytes]) -> None:
+    """A gzipped tar of `source` under its own name. Links are followed (they stay inside, checked
+    before), as the local store's copy follows them; `__pycache__` is left out, as in the hash."""
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if "__pycache__" in PurePosixPath(info.name).parts:
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        tar.dereference = True
+        tar.add(source, arcname=source.name, filter=keep)
+
+
+class BlobArtifactStore:
+    """Snapshots and the registry in `settings.azure_storage_container`; instances see a snapshot at
+    `<azure_instance_artifacts_dir>/<kind>/<hash>/<name>`, where their bootstrap unpacks it."""
+
+    def __init__(
+        self,
+        service: BlobServiceClient,
+        container: str,
+        *,
+        instance_root: str = "/var/lib/tidegate/artifacts",
+        account_key: str | None = None,
+        url_ttl: timedelta = timedelta(minutes=15),
+    ) -> None:
+        self._service = service
+        self._container: ContainerClient = service.get_container_client(container)
+        self._instance_root = PurePosixPath(instance_root)
+        self._account_key = account_key  # never logged; signs SAS URLs when set
+        self._url_ttl = url_ttl
+        self._container_ready = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, credential: TokenCredential | None = None
+    ) -> BlobArtifactStore:
+        """An account key when one is set (Azurite), else the identity azure-identity finds."""
+        url = settings.azure_storage_account_url
+        if not url:
+            raise BadRequest(
+                "TIDEGATE_AZURE_STORAGE_ACCOUNT_URL is required for the azure artifacts provider"
+            )
+        key = (
+            settings.azure_storage_account_key.get_secret_value()
+            if settings.azure_storage_account_key
+            else None
+        )
+        auth: Any
+        if key is not None:
+            account = BlobServiceClient(url).account_name
+            if not account:
+                raise BadRequest(f"TIDEGATE_AZURE_STORAGE_ACCOUNT_URL={url}: names no storage account")
+            auth = AzureNamedKeyCredential(account, key)
+        elif credential is not None:
+            auth = credential
+        else:
+            from azure.identity import DefaultAzureCredential
+
+            auth = DefaultAzureCredential()
+        service = BlobServiceClient(url, credential=auth)
+        return cls(
+            service,
+            settings.azure_storage_container,
+            instance_root=settings.azure_instance_artifacts_dir,
+            account_key=key,
+            url_ttl=timedelta(seconds=settings.azure_snapshot_url_ttl_seconds),
+        )
+
+    def _ensure_container(self) -> None:
+        if self._container_ready:
+            return
+        try:
+            self._container.create_container()
+            log.info("artifacts.container_created", container=self._container.container_name)
+        except ResourceExistsError:
+            pass
+        self._container_ready = True
+
+    def _instance_path(self, kind: ArtifactKind, digest: str, name: str) -> Path:
+        return Path(self._instance_root / kind / digest / name)
+
+    def snapshot(self, source: Path, kind: ArtifactKind) -> Snapshot:
+        """Upload `source` once per content: an existing blob of that hash means no upload."""
+        if not source.exists():
+            raise BadRequest(f"{source}: does not exist")
+        links_stay_inside(source)
+        digest = content_hash(source)
+        blob = self._container.get_blob_client(snapshot_blob_name(kind, digest))
+        self._ensure_container()
+        try:
+            meta = blob.get_blob_properties().metadata
+        except ResourceNotFoundError:
+            meta = None
+        if meta is not None:
+            if meta.get("content_hash") != digest:
+                raise OperationFailed(f"{blob.blob_name}: holds content hashed {meta.get('content_hash')!r}")
+            log.info("artifacts.snapshot_present", kind=kind, content_hash=digest)
+            return Snapshot(content_hash=digest, path=self._instance_path(kind, digest, meta["name"]))
+        with tempfile.TemporaryFile() as packed:
+            _pack(source, packed)
+            size = packed.tell()
+            packed.seek(0)
+            try:
+                # If-None-Match: * — of two callers uploading the same content, one writes.
+                blob.upload_blob(
+                    packed,
+                    length=size,
+                    overwrite=False,
+                    metadata={"content_hash": digest, "kind": kind, "name": source.name},
+                )
+                log.info("artifacts.snapshot_uploaded", kind=kind, content_hash=digest, bytes=size)
+            except ResourceExistsError:
+                log.info("artifacts.snapshot_raced", kind=kind, content_hash=digest)
+        return Snapshot(content_hash=digest, path=self._instance_path(kind, digest, source.name))
+
+    def create_model(
+        self, name: str, version: str, source: Path, description: str | None = None
+    ) -> RegisteredModel:
+        record = self._container.get_blob_client(_record_blob_name(name, version))
+        self._ensure_container()
+        if record.exists():
+            raise Conflict(f"model {name}:{version} already exists; give a new --version")
+        copy = self.snapshot(source.resolve(), "models")
+        model = RegisteredModel(
+            name=name,
+            version=version,
+            path=str(copy.path),
+            content_hash=copy.content_hash,
+            description=description,
+        )
+        try:
+            # The conditional write is the real check: the `exists` above only saves an upload.
+            record.upload_blob(model.model_dump_json(indent=2).encode(), overwrite=False)
+        except ResourceExistsError:
+            raise Conflict(f"model {name}:{version} already exists; give a new --version") from None
+        log.info("artifacts.model_registered", name=name, version=version, content_hash=copy.content_hash)
+        return model
+
+    def list_models(self, name: str | None = None) -> list[RegisteredModel]:
+        prefix = f"{_REGISTRY}/{check_asset_part('name', name)}/" if name else f"{_REGISTRY}/"
+        found = []
+        try:
+            names = sorted(b.name for b in self._container.list_blobs(name_starts_with=prefix))
+        except ResourceNotFoundError:  # no container yet: nothing registered
+            return []
+        for blob_name in names:
+            if blob_name.endswith("/model.json"):
+                data = self._container.get_blob_client(blob_name).download_blob().readall()
+                found.append(RegisteredModel.model_validate(json.loads(data)))
+        return found
+
+    def show_model(self, name: str, version: str) -> RegisteredModel:
+        record = self._container.get_blob_client(_record_blob_name(name, version))
+        try:
+            data = record.download_blob().readall()
+        except ResourceNotFoundError:
+            raise NotFound(f"model {name}:{version} is not registered (see `tidegate model list`)") from None
+        return RegisteredModel.model_validate(json.loads(data))
+
+    def resolve_model(self, reference: str) -> Path:
+        """`azureml:name:version` or `azureml:name@latest` → where an instance sees the model."""
+        return Path(resolve_reference(self, reference).path)
+
+    def snapshot_url(self, kind: ArtifactKind, digest: str, *, now: datetime | None = None) -> str:
+        """A read-only URL for one snapshot, valid for the configured time: signed with the account
+        key when one is set, else with a user delegation key of the identity (no key on the VM)."""
+        blob = self._container.get_blob_client(snapshot_blob_name(kind, digest))
+        start = (now or datetime.now(UTC)) - timedelta(minutes=5)  # the storage clock may lag ours
+        expiry = start + timedelta(minutes=5) + self._url_ttl
+        sas_args: dict[str, Any] = {}
+        if self._account_key is not None:
+            sas_args["account_key"] = self._account_key
+        else:
+            sas_args["user_delegation_key"] = self._delegation_key(start, expiry)
+        sas = generate_blob_sas(
+            account_name=blob.account_name or "",
+            container_name=blob.container_name,
+            blob_name=blob.blob_name,
+            permission=BlobSasPermissions(read=True),
+            start=start,
+            expiry=expiry,
+            protocol=None if blob.url.startswith("http://") else "https",
+            **sas_args,
+        )
+        log.info("artifacts.snapshot_url", kind=kind, content_hash=digest, expires=expiry.isoformat())
+        return f"{blob.url}?{sas}"
+
+    def _delegation_key(self, start: datetime, expiry: datetime) -> UserDelegationKey:
+        return self._service.get_user_delegation_key(key_start_time=start, key_expiry_time=expiry)
+
+
+class SnapshotFetchError(RuntimeError):
+    """A snapshot could not be fetched; the message names the blob, never the signature."""
+
+
+def _without_query(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def fetch_snapshot(url: str, dest: Path, *, expected_hash: str | None = None, timeout: float = 60.0) -> Path:
+    """Download a snapshot (a SAS URL) and unpack it into `dest`, once: a VM's bootstrap calls this
+    for each artifact, and a second call finds it there. Returns the unpacked item's path. With
+    `expected_hash`, the unpacked content must hash to it (the local store's hash)."""
+    shown = _without_query(url)
+    if dest.is_dir() and (items := [p for p in dest.iterdir() if not p.name.startswith(".")]):
+        return items[0]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".fetch-"))
+    try:
+        archive = staging / "snapshot.tar.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, archive.open("wb") as out:
+                shutil.copyfileobj(response, out)
+        except urllib.error.HTTPError as error:
+            raise SnapshotFetchError(f"{shown}: HTTP {error.code} {error.reason}") from None
+        except urllib.error.URLError as error:
+            raise SnapshotFetchError(f"{shown}: {error.reason}") from None
+        unpacked = staging / "content"
+        with tarfile.open(archive, mode="r:gz") as tar:
+            tar.extractall(unpacked, filter="data")  # refuses absolute paths and links outside
+        items = list(unpacked.iterdir())
+        if len(items) != 1:
+            raise SnapshotFetchError(f"{shown}: expected one item in the snapshot, found {len(items)}")
+        if expected_hash is not None and (found := content_hash(items[0])) != expected_hash:
+            raise SnapshotFetchError(f"{shown}: content hashes to {found}, expected {expected_hash}")
+        try:
+            os.rename(unpacked, dest)
+        except OSError:  # another fetch of the same snapshot finished first: same content
+            pass
+        return dest / items[0].name
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
