@@ -109,6 +109,31 @@ class Settings(BaseSettings):
     artifacts_provider: str | None = None
     prometheus_url: str = "http://127.0.0.1:9090"
 
+    # Azure (TIDEGATE_PROVIDER=azure, or TIDEGATE_COMPUTE_PROVIDER=azure): where scale sets live
+    # and what their VMs boot. Credentials come from azure-identity (DefaultAzureCredential).
+    azure_subscription_id: str | None = None
+    azure_resource_group: str | None = None
+    azure_location: str | None = Field(default=None, description="e.g. westeurope")
+    azure_vnet: str | None = Field(default=None, description="virtual network in the resource group")
+    azure_subnet: str | None = Field(default=None, description="subnet of azure_vnet the instances join")
+    azure_image: str = Field(
+        default="Canonical:ubuntu-24_04-lts:server:latest",
+        description="publisher:offer:sku:version, or an image resource id (/subscriptions/...); "
+        "the image must carry Tidegate at /opt/tidegate/.venv",
+    )
+    azure_admin_username: str = "tidegate"
+    azure_ssh_public_key: str | None = Field(default=None, description="OpenSSH public key text")
+    azure_storage_account: str | None = None
+    azure_storage_container: str = "tidegate"
+    azure_dns_label_prefix: str | None = None
+    azure_instance_port: int = Field(default=5001, description="the fixed port azmlinfsrv serves on each VM")
+    azure_watch_interval_seconds: float = Field(
+        default=15.0, gt=0, description="how often the shared watcher lists the resource group"
+    )
+    # Tests point the SDK at the fake ARM: its URL and the CA that signed its certificate.
+    azure_arm_url: str | None = Field(default=None, description="ARM base URL; unset: Azure's public cloud")
+    azure_ca_file: Path | None = Field(default=None, description="CA bundle trusted for azure_arm_url")
+
     # Autoscale: how long utilisation must stay low before one instance goes (Azure has no field).
     scale_in_cooldown_seconds: float = 300.0
 
