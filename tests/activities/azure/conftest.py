@@ -12,11 +12,23 @@ import pytest_asyncio
 from sklearn.linear_model import LinearRegression
 
 from activities.azure.compute import AzureComputeProvider
-from config.host_api import DeploymentRuntime, ProbeSpec
+from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
 from config.settings import Settings
 from tests.fakes.arm.client import FakeArmProcess, StaticTokenCredential
 from tests.host.helpers import SCORE_PY
 from tests.support.ports import free_port
+
+# Built on each VM as the host builds it: conda dependencies and a pip section, to pip.
+CONDA_FILE = """\
+name: sklearn-env
+channels: [conda-forge]
+dependencies:
+  - python>=3.11
+  - scikit-learn
+  - pip
+  - pip:
+    - joblib
+"""
 
 
 @dataclass
@@ -90,6 +102,7 @@ def runtime(
         code_dir=str(artifacts.code_dir),
         model_dir=str(artifacts.model_dir),
         spec_hash=spec_hash,
+        environment=RuntimeEnvironment(conda_file=CONDA_FILE),
         readiness_probe=ProbeSpec(initial_delay=1, period=1),
         liveness_probe=ProbeSpec(initial_delay=1, period=1),
     )

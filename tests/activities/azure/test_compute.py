@@ -58,6 +58,11 @@ async def test_scale_set_of_two_serves_score_against_fake_arm(
     state = await fake_arm.state()
     [scale_set] = [s for s in state["scale_sets"] if s["name"] == scale_set_name("ep1", "blue")]
     assert scale_set["sku"] == "Standard_D2s_v5" and scale_set["capacity"] == 2
+    for vm in scale_set["vms"]:  # each VM built the conda file's environment on its own disk
+        [build_log] = (fake_arm.state_dir / scale_set["name"] / vm["instance_id"] / "disk" / "envs").glob(
+            "*.build.log"
+        )
+        assert "scikit-learn" in build_log.read_text() and "joblib" in build_log.read_text()
 
 
 async def _all_ready(provider: AzureComputeProvider, n: int) -> bool:
@@ -104,7 +109,9 @@ async def test_scale_set_throttled_reads_complete_against_fake_arm(
     assert len(status.instances) == 2
     after = await fake_arm.state()
     throttled = sum(after["throttled"].values()) - sum(before["throttled"].values())
-    assert throttled == 3  # the SDK waited the Retry-After and tried again, three times
+    assert throttled == 3  # the SDK tried again, three times...
+    waits = after["throttle_waits"][len(before["throttle_waits"]) :]
+    assert len(waits) == 3 and all(wait >= 0.9 for wait in waits)  # ...each after the Retry-After
 
 
 async def test_scale_set_transient_5xx_is_retried_against_fake_arm(

@@ -1,8 +1,9 @@
 """The fake ARM server: scale sets, their VMs and NICs, operation-status resources, faults.
 
-Shapes follow azure-rest-api-specs (Microsoft.Compute ComputeRP 2026-04-01 for scale sets and
-their VMs; Microsoft.Network 2018-10-01 for a scale set's network interfaces, the version
-azure-mgmt-network sends for that operation). Any other api-version is refused as ARM does.
+Field names are those of Microsoft.Compute 2026-04-01 (scale sets, their VMs, operation status)
+and Microsoft.Network 2018-10-01 (a scale set's network interfaces): the versions
+azure-mgmt-compute 39 and azure-mgmt-network 33 send, whose models are generated from
+azure-rest-api-specs. Any other api-version is refused as ARM does.
 """
 
 from __future__ import annotations
@@ -263,6 +264,9 @@ class FakeArm:
         self.faulted: Counter[str] = Counter()
         self.changes: Counter[str] = Counter()
         self.faults = Faults()
+        # Seconds between each 429 and the request that came next: did clients wait as asked?
+        self.throttle_waits: list[float] = []
+        self._throttled_at: float | None = None
         self._probes: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -344,9 +348,14 @@ class FakeArm:
         if name.startswith("_fake") or name == "":
             return await handler(request)
         faults = self.faults
+        clock = asyncio.get_running_loop().time()
+        if self._throttled_at is not None:
+            self.throttle_waits.append(round(clock - self._throttled_at, 3))
+            self._throttled_at = None
         if faults.throttle_count > 0:
             faults.throttle_count -= 1
             self.throttled[name] += 1
+            self._throttled_at = clock
             return arm_error(
                 429,
                 "TooManyRequests",
@@ -639,6 +648,7 @@ class FakeArm:
                 "throttled": dict(self.throttled),
                 "faulted": dict(self.faulted),
                 "changes": dict(self.changes),
+                "throttle_waits": list(self.throttle_waits),
                 "operations": {
                     op.id: {"name": op.name, "status": op.status} for op in self.operations.values()
                 },
