@@ -8,6 +8,8 @@ deleted by the last."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 
 import aiohttp
@@ -15,7 +17,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.azure.compute import AzureComputeProvider, ResumeToken, scale_set_name
+from activities.azure.compute import AzureComputeProvider, ResumeToken
+from activities.azure.scale_sets import scale_set_name
 from activities.compute import ComputeActivities
 from config.contract.activities import DeleteInstancesInput, GetInstancesInput, RequestInstancesInput
 from config.host_api import DeploymentInstances
@@ -160,9 +163,11 @@ async def test_scale_set_retried_create_resumes_the_same_operation_against_fake_
     saved = ResumeToken.model_validate(beats[-1])
     assert saved.operation == "createOrUpdate" and saved.scale_set == scale_set_name("ep1", "green")
 
+    assert fake_arm.token not in json.dumps(beats)  # the token never reaches workflow history
+
     second = ActivityEnvironment()
-    second.info = second.info.__class__(
-        **{**second.info.__dict__, "attempt": 2, "heartbeat_details": [beats[-1]]}
+    second.info = dataclasses.replace(
+        ActivityEnvironment.default_info(), attempt=2, heartbeat_details=[beats[-1]]
     )
     status = await second.run(activities.request_instances, request)
     assert isinstance(status, DeploymentInstances) and status.deployment == "green"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from activities.azure.bootstrap import bootstrap_script
-from activities.azure.compute import (
+from activities.azure.scale_sets import (
     SCALE_SET_NAME_MAX,
     instance_phase,
     scale_set_body,
