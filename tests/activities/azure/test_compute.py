@@ -20,7 +20,12 @@ from temporalio.testing import ActivityEnvironment
 from activities.azure.compute import AzureComputeProvider, ResumeToken
 from activities.azure.scale_sets import scale_set_name
 from activities.compute import ComputeActivities
-from config.contract.activities import DeleteInstancesInput, GetInstancesInput, RequestInstancesInput
+from config.contract.activities import (
+    DeleteInstancesInput,
+    GetInstancesInput,
+    RequestInstancesInput,
+    WatchInstancesInput,
+)
 from config.host_api import DeploymentInstances
 from tests.activities.azure.conftest import Artifacts, runtime
 from tests.fakes.arm.client import FakeArmProcess
@@ -103,6 +108,20 @@ async def test_scale_set_killed_vm_reported_by_changes_against_fake_arm(
     assert sorted(i.state for i in status.instances) == ["failed", "ready"]
 
 
+async def test_scale_set_watch_returns_when_a_vm_dies_against_fake_arm(
+    provider: AzureComputeProvider, fake_arm: FakeArmProcess
+) -> None:
+    now = await provider.changes(0, 5.0)
+    [blue] = [d for d in now.deployments if d.deployment == "blue"]
+    watching = asyncio.create_task(
+        provider.watch_instances(WatchInstancesInput(**BLUE.model_dump(), since_version=blue.version))
+    )
+    await fake_arm.kill(scale_set_name("ep1", "blue"), "1")
+    seen = await watching
+    assert seen.version > blue.version
+    assert [i.state for i in seen.instances] == ["failed", "failed"]
+
+
 async def test_scale_set_throttled_reads_complete_against_fake_arm(
     provider: AzureComputeProvider, fake_arm: FakeArmProcess
 ) -> None:
@@ -183,6 +202,7 @@ async def test_scale_set_delete_leaves_nothing_against_fake_arm(
 ) -> None:
     state = await fake_arm.state()
     pids = [vm["pid"] for s in state["scale_sets"] for vm in s["vms"] if vm["pid"]]
+    before = await provider.changes(0, 5.0)
     await provider.delete_instances(DeleteInstancesInput(endpoint="ep1", deployment="blue"))
     await provider.delete_instances(DeleteInstancesInput(endpoint="ep1", deployment="blue"))  # gone: success
     assert (await fake_arm.state())["scale_sets"] == []
@@ -191,6 +211,8 @@ async def test_scale_set_delete_leaves_nothing_against_fake_arm(
             os.kill(pid, 0)
     with pytest.raises(ApplicationError, match="no scale set"):
         await provider.get_instances(BLUE)
+    gone = await provider.changes(before.sequence, 30.0)  # the watcher hears of it once
+    assert [(d.deployment, d.instances) for d in gone.deployments] == [("blue", [])]
 
 
 async def test_fake_arm_refuses_other_api_versions_and_tokens(fake_arm: FakeArmProcess) -> None:

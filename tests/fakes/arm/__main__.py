@@ -1,8 +1,9 @@
-"""`python -m tests.fakes.arm --port N --cert C --key K --token T --state-dir D`"""
+"""`FAKE_ARM_TOKEN=T python -m tests.fakes.arm --port N --cert C --key K --state-dir D`"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -20,7 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert", type=Path, required=True, help="PEM certificate chain for localhost")
     parser.add_argument("--key", type=Path, required=True)
-    parser.add_argument("--token", required=True, help="the one bearer token accepted")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("FAKE_ARM_TOKEN"),
+        help="the one bearer token accepted (default: $FAKE_ARM_TOKEN, which keeps it out of ps)",
+    )
     parser.add_argument(
         "--state-dir", type=Path, required=True, help="where VMs keep their disks and consoles"
     )
@@ -28,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After of operation statuses")
     parser.add_argument("--image-python", default=sys.executable, help="the interpreter VMs boot with")
     args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("give --token or set FAKE_ARM_TOKEN")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
     fake = FakeArm(

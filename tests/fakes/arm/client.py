@@ -85,8 +85,6 @@ class FakeArmProcess:
             str(root / "cert.pem"),
             "--key",
             str(root / "key.pem"),
-            "--token",
-            self.token,
             "--state-dir",
             str(self.state_dir),
             "--subnet-prefix",
@@ -94,7 +92,12 @@ class FakeArmProcess:
         ]
         with open(root / "fake-arm.log", "ab") as out:
             self.process = subprocess.Popen(
-                args, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                args,
+                cwd=REPO_ROOT,
+                env={**os.environ, "FAKE_ARM_TOKEN": self.token},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def stop(self) -> None:
