@@ -296,13 +296,17 @@ class AzureComputeProvider:
             health = view.vm_health.status.code if view and view.vm_health and view.vm_health.status else None
             address = self._watch.addresses.get(str(vm.id), "")
             port = self._settings.azure_instance_port
+            phase = instance_phase(power, health)
             instances.append(
                 InstanceStatus(
                     id=str(vm.name),
                     port=port,
                     url=f"http://{address}:{port}" if address else "",
-                    state=instance_phase(power, health),
+                    state=phase,
                     spec_hash=spec if props and props.latest_model_applied else "",
+                    error=f"VM {vm.name} is {power} (its boot diagnostics say why)"
+                    if phase == "failed"
+                    else None,
                 )
             )
         ready = any(i.state == "ready" for i in instances)

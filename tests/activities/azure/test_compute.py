@@ -106,6 +106,8 @@ async def test_scale_set_killed_vm_reported_by_changes_against_fake_arm(
     assert changed.sequence > first.sequence
     status = await provider.get_instances(BLUE)
     assert sorted(i.state for i in status.instances) == ["failed", "ready"]
+    [dead] = [i for i in status.instances if i.state == "failed"]
+    assert dead.error is not None and "PowerState/stopped" in dead.error
 
 
 async def test_scale_set_watch_returns_when_a_vm_dies_against_fake_arm(
