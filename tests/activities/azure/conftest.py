@@ -31,6 +31,9 @@ dependencies:
 """
 
 
+RESOURCE_GROUP = "tidegate-test"
+
+
 @dataclass
 class Artifacts:
     code_dir: Path
@@ -69,7 +72,7 @@ def azure_settings(fake: FakeArmProcess, home: Path) -> Settings:
     return Settings(
         home=home,
         azure_subscription_id="00000000-0000-0000-0000-000000000001",
-        azure_resource_group="tidegate-test",
+        azure_resource_group=RESOURCE_GROUP,
         azure_location="westeurope",
         azure_vnet="tidegate-vnet",
         azure_subnet="instances",

@@ -27,7 +27,7 @@ from config.contract.activities import (
     WatchInstancesInput,
 )
 from config.host_api import DeploymentInstances
-from tests.activities.azure.conftest import Artifacts, runtime
+from tests.activities.azure.conftest import RESOURCE_GROUP, Artifacts, runtime
 from tests.fakes.arm.client import FakeArmProcess
 from tests.support.polling import eventually
 
@@ -197,6 +197,24 @@ async def test_scale_set_retried_create_resumes_the_same_operation_against_fake_
     [green] = [s for s in state["scale_sets"] if s["name"] == scale_set_name("ep1", "green")]
     assert green["provisioning_state"] == "Succeeded"
     await provider.delete_instances(DeleteInstancesInput(endpoint="ep1", deployment="green"))
+
+
+async def test_fake_arm_deletes_one_instance_through_the_sdk(
+    provider: AzureComputeProvider, fake_arm: FakeArmProcess
+) -> None:
+    """The fake's delete-instances (a replace-one step to come): the SDK's poller completes,
+    capacity drops by one and that VM's process is gone."""
+    name = scale_set_name("ep1", "blue")
+    [before] = [s for s in (await fake_arm.state())["scale_sets"] if s["name"] == name]
+    poller = await provider.compute.virtual_machine_scale_sets.begin_delete_instances(
+        RESOURCE_GROUP, name, {"instanceIds": ["1"]}
+    )
+    await poller.result()
+    [after] = [s for s in (await fake_arm.state())["scale_sets"] if s["name"] == name]
+    assert (before["capacity"], after["capacity"]) == (2, 1)
+    assert [vm["instance_id"] for vm in after["vms"]] == ["0"]
+    status = await provider.get_instances(BLUE)
+    assert [i.id for i in status.instances] == [f"{name}_0"]
 
 
 async def test_scale_set_delete_leaves_nothing_against_fake_arm(
