@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     azure_dns_label_prefix: str | None = None
     azure_instance_port: int = Field(default=5001, description="the fixed port azmlinfsrv serves on each VM")
     azure_watch_interval_seconds: float = Field(
-        default=15.0, gt=0, description="how often the shared watcher lists the resource group"
+        default=25.0, gt=0, description="how often the shared watcher lists the resource group"
     )
     # Tests point the SDK at the fake ARM: its URL and the CA that signed its certificate.
     azure_arm_url: str | None = Field(default=None, description="ARM base URL; unset: Azure's public cloud")
