@@ -246,3 +246,40 @@ async def test_fake_arm_refuses_other_api_versions_and_tokens(fake_arm: FakeArmP
             path, params={"api-version": "2026-04-01"}, headers={"Authorization": "Bearer wrong"}
         ) as response:
             assert response.status == 401
+
+
+async def test_scale_set_watcher_reads_one_list_per_round_and_one_per_scale_set_against_fake_arm(
+    provider: AzureComputeProvider, fake_arm: FakeArmProcess, artifacts: Artifacts
+) -> None:
+    """ARM's read budget: a watch round costs 1 + N reads for N deployments, whoever asks."""
+    names = [f"d{i}" for i in range(6)]
+    await asyncio.gather(
+        *(
+            provider.request_instances(
+                RequestInstancesInput(runtime=runtime(artifacts, "ep2", n), instance_count=0)
+            )
+            for n in names
+        )
+    )
+
+    async def all_watched() -> bool:
+        found = await provider.changes(0, 1.0)
+        return {d.deployment for d in found.deployments if d.endpoint == "ep2"} == set(names)
+
+    await eventually(all_watched, "the watcher knows all six", polls=100)
+    since = (await provider.changes(0, 0.0)).sequence
+    before = (await fake_arm.state())["requests"]
+    for _ in range(3):  # nothing changes: each call waits out a round or two
+        since = (await provider.changes(since, 0.6)).sequence
+    after = (await fake_arm.state())["requests"]
+    spent = {op: count - before.get(op, 0) for op, count in after.items() if count != before.get(op, 0)}
+    rounds = spent["virtualMachineScaleSets.list"]
+    assert rounds >= 3
+    assert spent == {
+        "virtualMachineScaleSets.list": rounds,
+        "virtualMachineScaleSetVMs.list": rounds * len(names),
+    }
+    await asyncio.gather(
+        *(provider.delete_instances(DeleteInstancesInput(endpoint="ep2", deployment=n)) for n in names)
+    )
+    assert (await fake_arm.state())["scale_sets"] == []
