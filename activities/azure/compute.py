@@ -110,6 +110,7 @@ class AzureComputeProvider:
         self._subscription = str(settings.azure_subscription_id)
         self._group = str(settings.azure_resource_group)
         self._credential = credential
+        self._owns_credential = credential is None
         self._compute: ComputeManagementClient | None = None
         self._network: NetworkManagementClient | None = None
         self._watch = _Watch()
@@ -151,6 +152,9 @@ class AzureComputeProvider:
             if client is not None:
                 await client.close()
         self._compute = self._network = None
+        if self._owns_credential and self._credential is not None:
+            await self._credential.close()
+            self._credential = None
 
     # ---- the protocol --------------------------------------------------------------------
     async def request_instances(self, request: RequestInstancesInput) -> DeploymentInstances:
