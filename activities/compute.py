@@ -22,7 +22,7 @@ from config.host_api import DeploymentInstances, InstanceChanges
 
 
 class ComputeProvider(Protocol):
-    """Runs a deployment's instances: `local` (the Tidegate host), later Azure VM scale sets."""
+    """Runs a deployment's instances: `local` (the Tidegate host), `azure` (VM scale sets)."""
 
     async def request_instances(self, request: RequestInstancesInput) -> DeploymentInstances: ...
 

@@ -26,6 +26,12 @@ def _local_compute(settings: Settings) -> ComputeProvider:
     return LocalComputeProvider(settings)
 
 
+def _azure_compute(settings: Settings) -> ComputeProvider:
+    from activities.azure.compute import AzureComputeProvider
+
+    return AzureComputeProvider(settings)
+
+
 def _local_network(settings: Settings) -> NetworkProvider:
     from activities.local.network import LocalNetworkProvider
 
@@ -63,7 +69,7 @@ def _azure_artifacts(settings: Settings) -> ArtifactStore:
 
 
 PROVIDERS: dict[ProviderKind, dict[str, Callable[[Settings], Any]]] = {
-    "compute": {"local": _local_compute},
+    "compute": {"local": _local_compute, "azure": _azure_compute},
     "network": {"local": _local_network},
     "monitor": {"local": _local_monitor, "prometheus": _prometheus_monitor},
     "secrets": {"local": _local_secrets},

@@ -109,12 +109,27 @@ class Settings(BaseSettings):
     artifacts_provider: str | None = None
     prometheus_url: str = "http://127.0.0.1:9090"
 
-    # Azure: artifacts in Blob storage, platform metrics from Azure Monitor (`azure` provider).
-    # Credentials come from azure-identity (managed identity on a VM, CLI login on a laptop);
-    # an account key is only for the Azurite emulator or an account without Entra ID.
+    # Azure (TIDEGATE_PROVIDER=azure, or one kind: TIDEGATE_COMPUTE_PROVIDER=azure...): where
+    # scale sets live and what their VMs boot, the Blob container for artifacts, Azure Monitor.
+    # Credentials come from azure-identity (DefaultAzureCredential: managed identity on a VM,
+    # CLI login on a laptop); an account key is only for Azurite or an account without Entra ID.
     azure_subscription_id: str | None = None
     azure_resource_group: str | None = None
     azure_location: str | None = Field(default=None, description="region, e.g. westeurope")
+    azure_vnet: str | None = Field(default=None, description="virtual network in the resource group")
+    azure_subnet: str | None = Field(default=None, description="subnet of azure_vnet the instances join")
+    azure_image: str = Field(
+        default="Canonical:ubuntu-24_04-lts:server:latest",
+        description="publisher:offer:sku:version, or an image resource id (/subscriptions/...); "
+        "the image must carry Tidegate at /opt/tidegate/.venv",
+    )
+    azure_admin_username: str = "tidegate"
+    azure_ssh_public_key: str | None = Field(default=None, description="OpenSSH public key text")
+    azure_dns_label_prefix: str | None = None
+    azure_instance_port: int = Field(default=5001, description="the fixed port azmlinfsrv serves on each VM")
+    azure_watch_interval_seconds: float = Field(
+        default=25.0, gt=0, description="how often the shared watcher lists the resource group"
+    )
     azure_storage_account_url: str | None = Field(
         default=None,
         description="https://<account>.blob.core.windows.net (Azurite: http://127.0.0.1:<port>/devstoreaccount1)",
@@ -132,6 +147,8 @@ class Settings(BaseSettings):
     azure_metrics_endpoint: str | None = Field(
         default=None, description="metrics data plane; default https://<location>.metrics.monitor.azure.com"
     )
+    # Tests point the SDKs at local fakes: ARM's URL, and the CA that signed the fakes' certificates.
+    azure_arm_url: str | None = Field(default=None, description="ARM base URL; unset: Azure's public cloud")
     azure_ca_file: Path | None = Field(
         default=None, description="CA bundle trusted for Azure endpoints (a local fake); unset, the system's"
     )

@@ -204,7 +204,12 @@ class DeploymentWorkflow:
         try:
             status = await workflow.execute_activity(
                 Activity.REQUEST_INSTANCES,
-                RequestInstancesInput(runtime=target.runtime, instance_count=count, max_surge=surge),
+                RequestInstancesInput(
+                    runtime=target.runtime,
+                    instance_count=count,
+                    instance_type=target.instance_type,
+                    max_surge=surge,
+                ),
                 result_type=DeploymentInstances,
                 **options.REQUEST,
             )

@@ -61,6 +61,10 @@ class RequestInstancesInput(BaseModel):
 
     runtime: DeploymentRuntime
     instance_count: int
+    instance_type: str = Field(
+        default="Standard_DS3_v2",
+        description="VM size (the azure provider's scale set sku); local ignores it",
+    )
     max_surge: int = Field(default=0, description="0: all at once; N: rolling, N extra at a time")
     drain_seconds: float = 2.0
 

@@ -32,8 +32,19 @@ NEEDS: dict[str, dict[str, str]] = {
 ROWS = [(kind, name) for kind, by_name in PROVIDERS.items() for name in by_name]
 
 
+# What the azure providers refuse to start without (no call is made: clients are built lazily).
+AZURE = {
+    "azure_subscription_id": "00000000-0000-0000-0000-000000000001",
+    "azure_resource_group": "rg",
+    "azure_location": "westeurope",
+    "azure_vnet": "vnet",
+    "azure_subnet": "subnet",
+    "azure_ssh_public_key": "ssh-ed25519 AAAA test",
+}
+
+
 def settings(tmp_path: Path, **given: Any) -> Settings:
-    return Settings(home=tmp_path, control_token=SecretStr("test-credential"), **given)
+    return Settings(home=tmp_path, control_token=SecretStr("test-credential"), **{**AZURE, **given})
 
 
 def protocol_methods(protocol: type) -> dict[str, inspect.Signature]:
@@ -80,10 +91,13 @@ def test_the_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pyt
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ({"provider": "azure"}, "TIDEGATE_PROVIDER=azure: no compute provider of that name (known: local)"),
         (
-            {"compute_provider": "azure"},
-            "TIDEGATE_COMPUTE_PROVIDER=azure: no compute provider of that name (known: local)",
+            {"provider": "kubernetes"},
+            "TIDEGATE_PROVIDER=kubernetes: no compute provider of that name (known: azure, local)",
+        ),
+        (
+            {"compute_provider": "kubernetes"},
+            "TIDEGATE_COMPUTE_PROVIDER=kubernetes: no compute provider of that name (known: azure, local)",
         ),
     ],
     ids=["the_shared_setting", "the_kinds_own_setting"],

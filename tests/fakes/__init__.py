@@ -1,0 +1,1 @@
+"""Fakes of outside services the tests point real clients at (out of process, real protocols)."""

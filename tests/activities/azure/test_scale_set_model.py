@@ -1,0 +1,122 @@
+"""What the azure provider sends, decided without ARM: names, the scale set body, custom data,
+and how a VM's power state and health read as an instance phase."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from activities.azure.bootstrap import bootstrap_script
+from activities.azure.scale_sets import (
+    SCALE_SET_NAME_MAX,
+    instance_phase,
+    scale_set_body,
+    scale_set_name,
+    vm_boot,
+)
+from config.azure_vm import VmBoot
+from config.contract.activities import RequestInstancesInput
+from config.host_api import DeploymentRuntime, ProbeSpec
+from config.settings import Settings
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        home=tmp_path,
+        azure_subscription_id="sub",
+        azure_resource_group="rg",
+        azure_location="westeurope",
+        azure_vnet="vnet",
+        azure_subnet="instances",
+        azure_ssh_public_key="ssh-ed25519 AAAA test",
+        azure_instance_port=5001,
+    )
+
+
+def request(count: int = 3, period: int = 10, failures: int = 30) -> RequestInstancesInput:
+    runtime = DeploymentRuntime(
+        endpoint="ep",
+        deployment="blue",
+        code_dir="/snapshots/code/abc",
+        model_dir="/snapshots/models/def",
+        spec_hash="h1",
+        readiness_probe=ProbeSpec(period=period, failure_threshold=failures),
+    )
+    return RequestInstancesInput(runtime=runtime, instance_count=count, instance_type="Standard_NC6s_v3")
+
+
+def test_scale_set_name_is_the_same_every_time_and_fits_azures_limit() -> None:
+    assert scale_set_name("ep", "blue") == scale_set_name("ep", "blue") == "tg-ep-blue"
+    long_a, long_b = scale_set_name("e" * 32, "a" * 32), scale_set_name("e" * 32, "a" * 31 + "b")
+    assert len(long_a) <= SCALE_SET_NAME_MAX and len(long_b) <= SCALE_SET_NAME_MAX
+    assert long_a != long_b
+
+
+def test_the_same_request_gives_the_same_body(tmp_path: Path) -> None:
+    assert scale_set_body(request(), settings(tmp_path)) == scale_set_body(request(), settings(tmp_path))
+
+
+def test_instance_type_is_the_sku_and_instance_count_the_capacity(tmp_path: Path) -> None:
+    body = scale_set_body(request(count=3), settings(tmp_path))
+    assert body["sku"] == {"name": "Standard_NC6s_v3", "tier": "Standard", "capacity": 3}
+    assert body["properties"]["orchestrationMode"] == "Uniform"
+    assert body["tags"]["tidegate-spec-hash"] == "h1"
+
+
+@pytest.mark.parametrize(
+    ("period", "failures", "interval", "probes"),
+    [(1, 3, 5, 3), (10, 30, 10, 24), (120, 1, 60, 1)],
+    ids=["interval_raised_to_azures_5s", "probes_cut_to_azures_24", "interval_cut_to_azures_60s"],
+)
+def test_health_extension_probes_the_readiness_route_within_azures_bounds(
+    tmp_path: Path, period: int, failures: int, interval: int, probes: int
+) -> None:
+    body = scale_set_body(request(period=period, failures=failures), settings(tmp_path))
+    [extension] = body["properties"]["virtualMachineProfile"]["extensionProfile"]["extensions"]
+    assert extension["properties"]["type"] == "ApplicationHealthLinux"
+    assert extension["properties"]["settings"] == {
+        "protocol": "http",
+        "port": 5001,
+        "requestPath": "/",
+        "intervalInSeconds": interval,
+        "numberOfProbes": probes,
+    }
+
+
+def test_custom_data_is_a_shell_script_carrying_the_boot_description(tmp_path: Path) -> None:
+    body = scale_set_body(request(), settings(tmp_path))
+    script = base64.b64decode(body["properties"]["virtualMachineProfile"]["osProfile"]["customData"]).decode()
+    assert script.startswith("#!/bin/sh\n")
+    subprocess.run(["sh", "-n"], input=script.encode(), check=True)  # parses as POSIX sh
+    document = script.split("<<'TIDEGATE_VM_BOOT_END'\n")[1].split("\nTIDEGATE_VM_BOOT_END\n")[0]
+    boot = VmBoot.model_validate_json(document)
+    assert boot.port == 5001
+    assert boot.runtime.code_dir == "file:///snapshots/code/abc"
+    assert boot.runtime.model_dir == "file:///snapshots/models/def"
+    assert bootstrap_script(vm_boot(request(), settings(tmp_path))) == script
+
+
+@pytest.mark.parametrize(
+    ("power", "health", "phase"),
+    [
+        ("PowerState/running", "HealthState/healthy", "ready"),
+        ("PowerState/running", "HealthState/initializing", "starting"),
+        ("PowerState/running", None, "starting"),
+        ("PowerState/running", "HealthState/unhealthy", "unready"),
+        ("PowerState/stopped", "HealthState/unhealthy", "failed"),
+        ("PowerState/deallocating", None, "stopped"),
+    ],
+    ids=[
+        "healthy_is_ready",
+        "initializing_is_starting",
+        "no_verdict_yet_is_starting",
+        "unhealthy_is_unready",
+        "stopped_vm_is_failed",
+        "deallocating_is_stopped",
+    ],
+)
+def test_power_state_and_health_read_as_an_instance_phase(power: str, health: str | None, phase: str) -> None:
+    assert instance_phase(power, health) == phase
