@@ -205,7 +205,7 @@ async def _steer(request: web.Request) -> web.StreamResponse:
     if reason is None and action in (RolloutSignal.PAUSE, RolloutSignal.PROMOTE, RolloutSignal.ROLLBACK):
         reason = f"{action} from the dashboard"
     try:
-        rid = await request.app[SOURCE].signal(name, action, reason)
+        rid = await _call(request, request.app[SOURCE].signal(name, action, reason), refusals=True)
     except (BadRequest, NotFound) as exc:
         log.info("dashboard.signal_refused", endpoint=name, action=action, error=str(exc))
         page = await _call(request, request.app[SOURCE].rollout_page(name))
@@ -236,12 +236,15 @@ async def _static(request: web.Request) -> web.StreamResponse:
 
 
 # ---- plumbing ----------------------------------------------------------------------------
-async def _call(request: web.Request, work: Awaitable[Any]) -> Any:
-    """The façade's answer, or a page that says what went wrong (no stack trace)."""
+async def _call(request: web.Request, work: Awaitable[Any], *, refusals: bool = False) -> Any:
+    """The façade's answer, or a page that says what went wrong (no stack trace); with
+    ``refusals``, a refused request (BadRequest, NotFound) is the caller's to show."""
     try:
         return await work
-    except NotFound as exc:
-        raise _Failed(404, str(exc)) from None
+    except (BadRequest, NotFound) as exc:
+        if refusals:
+            raise
+        raise _Failed(404 if isinstance(exc, NotFound) else 400, str(exc)) from None
     except TidegateError as exc:  # Temporal unreachable, a refused change
         raise _Failed(503, str(exc)) from None
     except RPCError as exc:
@@ -252,7 +255,9 @@ async def _call(request: web.Request, work: Awaitable[Any]) -> Any:
 def _error_page(request: web.Request, status: int, message: str) -> web.StreamResponse:
     if request.path.startswith(API_PREFIX):
         return protect(web.json_response({"error": {"code": str(status), "message": message}}, status=status))
-    return _render(request, "error.html", "error.html", status=status, title="Error", message=message)
+    return _render(
+        request, "error.html", "error.html", status=status, title="Error", code=status, message=message
+    )
 
 
 def _render(
