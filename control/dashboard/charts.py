@@ -29,7 +29,8 @@ class Chart(BaseModel):
     lines: list[Line]
     threshold_y: float | None = None
     threshold: float | None = None
-    markers: list[tuple[float, str]] = []  # (x, label): events drawn as vertical marks
+    # (x, event, labelled): events drawn as vertical marks, labelled where there is room
+    markers: list[tuple[float, str, bool]] = []
 
 
 def line_chart(
@@ -43,6 +44,7 @@ def line_chart(
     threshold: float | None = None,
     markers: Sequence[tuple[float, str]] = (),
     step: bool = False,
+    width: int = WIDTH,
 ) -> Chart:
     """``series``: name -> (time, value) points; None values are gaps left out. ``step`` draws
     a value held until the next point (weights), else straight segments."""
@@ -54,7 +56,7 @@ def line_chart(
     ceiling = top if top is not None else max([*values, threshold or 0.0, 0.0]) * 1.1 or 1.0
 
     def x(t: float) -> float:
-        return round(PAD + (WIDTH - 2 * PAD) * (t - t0) / span, 1)
+        return round(PAD + (width - 2 * PAD) * (t - t0) / span, 1)
 
     def y(v: float) -> float:
         return round(HEIGHT - PAD - (HEIGHT - 2 * PAD) * min(v, ceiling) / ceiling, 1)
@@ -88,5 +90,18 @@ def line_chart(
         lines=lines,
         threshold=threshold,
         threshold_y=y(threshold) if threshold is not None else None,
-        markers=[(x(t), label) for t, label in markers],
+        markers=_spaced([(x(t), label) for t, label in sorted(markers)]),
+        width=width,
     )
+
+
+def _spaced(marks: list[tuple[float, str]], room: float = 48.0) -> list[tuple[float, str, bool]]:
+    """Every mark, with a label only where it does not run into the previous label."""
+    spaced = []
+    last = -room
+    for x, label in marks:
+        labelled = x - last >= room
+        if labelled:
+            last = x
+        spaced.append((x, label, labelled))
+    return spaced

@@ -31,6 +31,7 @@ from control.facade import Tidegate
 from control.rollouts import Rollouts
 from decisions.availability import (
     DAY_S,
+    DEFAULT_FAILURE_KEYS,
     HOUR_S,
     SLO_TAG,
     Availability,
@@ -62,6 +63,7 @@ class Sample(BaseModel):
 
 
 class AvailabilityView(BaseModel):
+    failure_keys: list[str]
     hour: Availability
     day: Availability
     slo: SloReport | None = None
@@ -109,6 +111,10 @@ class RolloutPage(BaseModel):
     weights: list[tuple[float, int]] = Field(description="(epoch seconds, canary weight) from the history")
     workflow_url: str
     running: bool
+    gate_values: dict[str, list[tuple[float, float | None]]] = Field(
+        default_factory=dict, description="each gate's value at each look this process took"
+    )
+    gate_bounds: dict[str, float | None] = Field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +131,8 @@ class Source:
         self._tidegate: Tidegate | None = None
         self._connecting = asyncio.Lock()
         self._series: dict[tuple[str, str], _Series] = {}
+        # rollout id -> (when, gate -> value) each time its page was looked at
+        self._gate_looks: dict[str, deque[tuple[float, dict[str, float | None]]]] = {}
         self._ssl = control_client_ssl(settings)
 
     async def tidegate(self) -> Tidegate:
@@ -170,7 +178,8 @@ class Source:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("dashboard.stats_unavailable", endpoint=endpoint, error=repr(exc))
             return None
-        return availability_view(stats, tags, now=time.time())
+        failing = tuple(self.settings.availability_failure_statuses)
+        return availability_view(stats, tags, now=time.time(), failure_keys=failing)
 
     # ---- pages -------------------------------------------------------------------------
     async def endpoint_rows(self) -> list[EndpointRow]:
@@ -245,12 +254,19 @@ class Source:
         rid = await rollouts.current_id(endpoint)
         view = await rollouts.status(endpoint, rid)
         record = await tidegate.describe(endpoint)
+        looks = self._gate_looks.setdefault(rid, deque(maxlen=int(SERIES_KEEP_S / SAMPLE_EVERY_S)))
+        now = time.time()
+        if not looks or now - looks[-1][0] >= SAMPLE_EVERY_S / 2:
+            looks.append((now, {g["gate"]: g["value"] for g in view["gates"]}))
+        names = sorted({gate for _, values in looks for gate in values})
         return RolloutPage(
             endpoint=endpoint,
             view=view,
             weights=weights_over_time(view["history"]),
             workflow_url=workflow_url(self.settings, rid),
             running=record.rollout_id == rid,
+            gate_values={name: [(at, values.get(name)) for at, values in looks] for name in names},
+            gate_bounds={g["gate"]: g["bound"] for g in view["gates"]},
         )
 
     async def signal(self, endpoint: str, action: str, reason: str | None) -> str:
@@ -269,16 +285,22 @@ def to_sample(stats: WindowStats, at: float) -> Sample:
     )
 
 
-def availability_view(stats: WindowStats, tags: dict[str, str], *, now: float) -> AvailabilityView:
+def availability_view(
+    stats: WindowStats,
+    tags: dict[str, str],
+    *,
+    now: float,
+    failure_keys: tuple[str, ...] = DEFAULT_FAILURE_KEYS,
+) -> AvailabilityView:
     """Availability over the last hour and day from the gateways' minutes; against the SLO
     tag when the endpoint has one."""
     buckets = [
         CountBucket(start=m.start, seconds=60, requests=m.requests, status=m.status) for m in stats.minutes
     ]
     # A minute counts when it starts inside the window: the current one started < 60 s ago.
-    hour = availability(buckets, now=now, window_seconds=HOUR_S)
-    day = availability(buckets, now=now, window_seconds=DAY_S)
-    result = AvailabilityView(hour=hour, day=day)
+    hour = availability(buckets, now=now, window_seconds=HOUR_S, failure_keys=failure_keys)
+    day = availability(buckets, now=now, window_seconds=DAY_S, failure_keys=failure_keys)
+    result = AvailabilityView(hour=hour, day=day, failure_keys=list(failure_keys))
     raw = tags.get(SLO_TAG)
     if raw is not None:
         try:
@@ -323,3 +345,30 @@ def workflow_url(settings: Settings, workflow_id: str) -> str:
     namespace = urllib.parse.quote(settings.temporal_namespace, safe="")
     workflow = urllib.parse.quote(workflow_id, safe="")
     return f"{settings.temporal_ui_url}/namespaces/{namespace}/workflows/{workflow}"
+
+
+def availability_block(view: AvailabilityView | None) -> dict[str, Any]:
+    """`online-endpoint show`'s ``availability``: the last hour and day, and against the SLO
+    tag, the error budget left and its burn rate."""
+    if view is None:
+        return {"error": "no gateway answered /stats; availability unknown"}
+
+    def window(measured: Availability, slo: SloReport | None) -> dict[str, Any]:
+        shown: dict[str, Any] = {
+            "availability_percent": measured.percent,
+            "requests": measured.requests,
+            "failures": measured.failures,
+        }
+        if slo is not None:
+            shown["error_budget_remaining"] = slo.budget_remaining
+            shown["burn_rate"] = slo.burn_rate
+        return shown
+
+    block: dict[str, Any] = {"failure_statuses": view.failure_keys}
+    if view.slo is not None:
+        block["slo_percent"] = view.slo.target_percent
+    if view.slo_problem:
+        block["slo_error"] = view.slo_problem
+    block["last_hour"] = window(view.hour, view.slo)
+    block["last_day"] = window(view.day, view.slo_day)
+    return block

@@ -21,7 +21,7 @@ from config.contract.errors import BadRequest, NotFound, TidegateError
 from config.contract.names import RolloutSignal
 from config.security import bearer_matches
 from config.settings import Settings
-from control.dashboard.charts import Chart, line_chart
+from control.dashboard.charts import WIDTH, Chart, line_chart
 from control.dashboard.data import RolloutPage, Source
 from control.dashboard.security import (
     API_PREFIX,
@@ -172,6 +172,7 @@ async def _rollout(request: web.Request) -> web.StreamResponse:
         title=f"Rollout {page.view['id']}",
         page=page,
         chart=_weights_chart(page),
+        gate_charts=_gate_charts(page),
         problem=None,
     )
 
@@ -217,6 +218,7 @@ async def _steer(request: web.Request) -> web.StreamResponse:
             title=f"Rollout {page.view['id']}",
             page=page,
             chart=_weights_chart(page),
+            gate_charts=_gate_charts(page),
             problem=str(exc),
         )
     log.info("dashboard.signal", endpoint=name, action=action, rollout=rid)
@@ -300,7 +302,27 @@ def _weights_chart(page: RolloutPage) -> Chart:
         top=100.0,
         markers=markers,
         step=True,
+        width=2 * WIDTH,
     )
+
+
+def _gate_charts(page: RolloutPage) -> list[Chart]:
+    """Each gate's value at each look, against its threshold (a dashed line)."""
+    now = time.time()
+    charts = []
+    for gate, points in sorted(page.gate_values.items()):
+        start = points[0][0] if points else now - 60
+        charts.append(
+            line_chart(
+                gate,
+                "",
+                {"value": points},
+                start=min(start, now - 60),
+                end=now,
+                threshold=page.gate_bounds.get(gate),
+            )
+        )
+    return charts
 
 
 def _num(value: float | None, digits: int = 1) -> str:

@@ -216,6 +216,16 @@ def test_a_person_watches_a_rollout_pauses_it_and_rolls_it_back(
     assert "<b>not bold</b>" in browser.body()
     assert endpoint not in browser.driver.page_source
 
+    # A known mix: refused requests (4xx, not failures of the endpoint) and the load's answers.
+    refused = 7
+    for _ in range(refused):
+        status, _, _ = fetch(
+            f"{stack.http_base}/endpoints/{EP}/score",
+            method="POST",
+            headers={"Authorization": "Bearer not-the-key", "Content-Type": "application/json"},
+            data=BODY,
+        )
+        assert status == 401
     with SteadyLoad(f"{stack.http_base}/endpoints/{EP}/score", endpoint, BODY, concurrency=2) as load:
         # The endpoints list: the endpoint, its URI, and its traffic measured.
         browser.open("/ui/")
@@ -257,6 +267,10 @@ def test_a_person_watches_a_rollout_pauses_it_and_rolls_it_back(
         assert browser.text(".gate .verdict") in ("pass", "fail", "no_data", "inconclusive")
         assert "<= 0.05" in browser.text(".gate") or "0.05" in browser.text(".gate")
         browser.until(lambda: browser.text(".event-weights"), "a weights event")
+        browser.until(
+            lambda: browser.js("return document.querySelectorAll('.gate-charts polyline').length") >= 1,
+            "the gate's value drawn against its threshold",
+        )
         assert "Temporal UI" in browser.text("a.temporal")
         assert "rollout%2Fdash-ep%2F" in browser.js("return document.querySelector('a.temporal').href")
 
@@ -310,6 +324,28 @@ def test_a_person_watches_a_rollout_pauses_it_and_rolls_it_back(
         )
         rolled_back_shot = browser.shot("rollout-rolled-back")
         assert load.failures_from("blue") == 0
+
+    # The page's figures are the gateway's counts for the mix sent: every request counted, no
+    # failure among them (a 401 is the client's), and `online-endpoint show` agrees.
+    sent = sum(load.seen.values()) + refused
+    assert load.seen[("-", 0)] == 0
+    admin = f"http://127.0.0.1:{stack.port('gateway_admin')}"
+    minutes = stack.control_json(f"{admin}/stats?endpoint={EP}&minutes=60")["minutes"]
+    assert sum(m["requests"] for m in minutes) == sent
+    assert sum(m["status"]["4xx"] for m in minutes) >= refused
+    browser.open("/ui/")
+    row = f"tr[data-endpoint='{EP}'] .avail"
+    browser.until(
+        lambda: browser.js(f"return document.querySelector({row!r}).dataset.hourRequests") == str(sent),
+        f"the endpoints page counting the {sent} requests sent",
+    )
+    assert browser.js(f"return document.querySelector({row!r}).dataset.hourFailures") == "0"
+    shown = stack.json("online-endpoint", "show", "-n", EP, "--query", "availability")
+    assert isinstance(shown, dict), shown
+    assert shown["slo_percent"] == 99.9 and shown["failure_statuses"] == ["5xx", "408"]
+    assert shown["last_hour"]["requests"] == sent and shown["last_hour"]["failures"] == 0
+    assert shown["last_hour"]["availability_percent"] == 100.0
+    assert shown["last_hour"]["error_budget_remaining"] == 1.0 and shown["last_hour"]["burn_rate"] == 0.0
 
     DOCS.mkdir(exist_ok=True)
     shutil.copyfile(endpoint_shot, DOCS / "dashboard-endpoint.png")
