@@ -90,3 +90,13 @@ def test_an_endpoint_is_as_healthy_as_its_worst_deployment(healths: list[str], w
 def test_the_temporal_ui_link_quotes_the_workflow_id() -> None:
     url = workflow_url(Settings(temporal_ui_port=8233), "rollout/ep/3")
     assert url == "http://127.0.0.1:8233/namespaces/default/workflows/rollout%2Fep%2F3"
+
+
+def test_several_gateways_minutes_add_up_minute_by_minute() -> None:
+    from activities.local.monitor import sum_windows
+
+    one = minutes((0, 10, 1), (1, 5, 0))
+    two = minutes((0, 20, 2))
+    summed = sum_windows([one, two])
+    assert [(m.requests, m.status["5xx"]) for m in summed.minutes] == [(5, 0), (30, 3)]
+    assert summed.minutes[0].start < summed.minutes[1].start
