@@ -215,6 +215,7 @@ async def _steer(request: web.Request) -> web.StreamResponse:
             "rollout.html",
             "rollout_live.html",
             status=409,
+            live_path=f"{PREFIX}/endpoints/{urllib.parse.quote(name, safe='')}/rollout",
             title=f"Rollout {page.view['id']}",
             page=page,
             chart=_weights_chart(page),
@@ -263,16 +264,23 @@ def _error_page(request: web.Request, status: int, message: str) -> web.StreamRe
 
 
 def _render(
-    request: web.Request, template: str, fragment: str, *, status: int = 200, **context: Any
+    request: web.Request,
+    template: str,
+    fragment: str,
+    *,
+    status: int = 200,
+    live_path: str | None = None,
+    **context: Any,
 ) -> web.StreamResponse:
-    """The whole page, or (``?part=live``) the live part the page's script swaps in."""
+    """The whole page, or (``?part=live``) the live part the page's script swaps in (polled
+    from ``live_path``, by default the page's own path)."""
     env = request.app[TEMPLATES]
     session = request.cookies.get(request.app[COOKIE])
     context.update(
         prefix=PREFIX,
         csrf=request.app[CSRF].token(session) if session else "",
         sent=request.query.get("sent") if request.query.get("sent") in ACTIONS else None,
-        refresh=f"{request.path}?part=live",
+        refresh=f"{live_path or request.path}?part=live",
         refresh_ms=REFRESH_MS,
         rendered_at=time.time(),
     )

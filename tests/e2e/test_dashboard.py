@@ -5,13 +5,15 @@ a rollout the CLI started move its weights and gate values, pauses it from the p
 out, a page sends the login form and the API answers 401; a tag holding ``<script>`` shows as
 text; a POST without the CSRF token is refused.
 
-Screenshots land in the test's tmp dir (and, for the README, in docs/ when the test passes).
+Screenshots land in the test's tmp dir; with ``TIDEGATE_UPDATE_SCREENSHOTS=1`` a passing run
+also copies two of them to docs/ for the README.
 
 Skipped only where Chromium or chromedriver is missing (``apt-get install chromium chromium-driver``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -29,6 +31,8 @@ from tests.support.stack import LocalStack
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[dev]')")
+
+from selenium.common.exceptions import WebDriverException  # noqa: E402 - after the importorskip
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
@@ -92,7 +96,7 @@ class Browser:
         def safe() -> bool:
             try:
                 return bool(check())
-            except Exception:  # noqa: BLE001 - a page mid-navigation answers nothing useful yet
+            except (WebDriverException, ValueError, TypeError):  # a page mid-navigation or mid-swap
                 return False
 
         try:
@@ -166,7 +170,9 @@ def endpoint(stack: LocalStack, project: tuple[Path, dict]) -> str:
     return stack.key(EP)
 
 
-def fetch(url: str, *, method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None):
+def fetch(
+    url: str, *, method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, dict[str, str], str]:
     """One request without following redirects: (status, headers, body)."""
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -288,8 +294,17 @@ def test_a_person_watches_a_rollout_pauses_it_and_rolls_it_back(
         )
         endpoint_shot = browser.shot("endpoint-under-rollout")
 
-        # Pause from the page: the CLI sees it.
+        # A signal the rollout would ignore is refused on the page, saying why.
         browser.open(f"/ui/endpoints/{EP}/rollout")
+        browser.click_and_confirm("resume")
+        browser.until(
+            lambda: "only a Paused rollout can be resumed" in browser.text(".problem"), "resume refused"
+        )
+        assert str(browser.js("return document.getElementById('live').dataset.refresh")).endswith(
+            f"/ui/endpoints/{EP}/rollout?part=live"
+        )
+
+        # Pause from the page: the CLI sees it.
         assert "Pause rollout" in browser.click_and_confirm("pause")
         browser.until(lambda: "Sent pause." in browser.body(), "the pause acknowledged")
         until(
@@ -347,6 +362,7 @@ def test_a_person_watches_a_rollout_pauses_it_and_rolls_it_back(
     assert shown["last_hour"]["availability_percent"] == 100.0
     assert shown["last_hour"]["error_budget_remaining"] == 1.0 and shown["last_hour"]["burn_rate"] == 0.0
 
-    DOCS.mkdir(exist_ok=True)
-    shutil.copyfile(endpoint_shot, DOCS / "dashboard-endpoint.png")
-    shutil.copyfile(rolled_back_shot, DOCS / "dashboard-rollout.png")
+    if os.environ.get("TIDEGATE_UPDATE_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        shutil.copyfile(endpoint_shot, DOCS / "dashboard-endpoint.png")
+        shutil.copyfile(rolled_back_shot, DOCS / "dashboard-rollout.png")
