@@ -269,6 +269,17 @@ def test_a_person_watches_a_rollout_pauses_it_and_rolls_it_back(
         assert browser.js("return window.__samePage === true") is True, (
             "the page reloaded instead of updating"
         )
+        assert browser.text(".step.current").startswith("70 %")
+        # 10 % and 40 % done; the plan ends at 100 %, still to come.
+        steps = (
+            "return Array.from(document.querySelectorAll('.step'), e => e.className + ' ' + e.textContent)"
+        )
+        assert [" ".join(str(step).split()[:3]) for step in browser.js(steps)] == [
+            "step done 10",
+            "step done 40",
+            "step current 70",
+            "step todo 100",
+        ]
         browser.until(lambda: browser.text(".gate .value") not in ("", "–"), "a gate's value")
         assert browser.text(".gate .verdict") in ("pass", "fail", "no_data", "inconclusive")
         assert "<= 0.05" in browser.text(".gate") or "0.05" in browser.text(".gate")
@@ -292,6 +303,8 @@ def test_a_person_watches_a_rollout_pauses_it_and_rolls_it_back(
             lambda: browser.js("return document.querySelectorAll('section.deployment polyline').length") >= 4,
             "charts with lines",
         )
+        green = "return document.querySelector(\"[data-deployment='green'] polyline\").getAttribute('points')"
+        browser.until(lambda: len(browser.js(green).split()) >= 6, "a few samples of green")
         endpoint_shot = browser.shot("endpoint-under-rollout")
 
         # A signal the rollout would ignore is refused on the page, saying why.
