@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         default=None, description="admin URLs of every gateway the route table is pushed to"
     )
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Which answers count against an endpoint's availability (the dashboard, `online-endpoint
+    # show`): keys of config.stats.STATUS_KEYS; JSON in the environment, e.g. ["5xx","408","429"].
+    availability_failure_statuses: list[Literal["4xx", "5xx", "408", "424", "429", "503"]] = Field(
+        default=["5xx", "408"], min_length=1
+    )
     # Gateway: slow and hostile clients (each gateway process on its own), and its log's size.
     gateway_header_timeout_seconds: float = Field(
         default=10.0, gt=0, description="a request's line and headers must arrive within this; else 408"

@@ -30,6 +30,15 @@ class MirrorSummary(BaseModel):
         return self.matches / self.compared if self.compared else None
 
 
+class MinuteCounts(BaseModel):
+    """One minute's requests and status counts (what availability over an hour or a day is
+    computed from; the gateway keeps a day of them)."""
+
+    start: int = Field(description="epoch seconds at the minute's start")
+    requests: int = 0
+    status: dict[str, int] = Field(default_factory=dict)
+
+
 class WindowStats(BaseModel):
     """One deployment's last `window_seconds` as one gateway saw it (sum gateways with `+`)."""
 
@@ -45,6 +54,9 @@ class WindowStats(BaseModel):
         default_factory=dict, description="instance id -> busy time / wall time in the window"
     )
     mirror: MirrorSummary = Field(default_factory=MirrorSummary)
+    minutes: list[MinuteCounts] = Field(
+        default_factory=list, description="per-minute counts, when asked for (`/stats?minutes=N`)"
+    )
 
     @property
     def errors(self) -> int:

@@ -29,6 +29,7 @@ import hmac
 import html
 import secrets
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -40,6 +41,8 @@ from config.contract.codec import ENCODING, CodecKeyError, EncryptionCodec, code
 from config.lifecycle import run_until_signalled
 from config.security import ControlAccessError, bearer_matches, control_server_ssl, ensure_control_token
 from config.settings import Settings, is_loopback
+from control import dashboard
+from control.dashboard.security import is_dashboard, is_page, same_origin
 
 log = structlog.get_logger("control.api")
 
@@ -146,6 +149,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post(LOGIN_PATH, _login)
     app.router.add_post(LOGOUT_PATH, _logout)
     app.router.add_post(f"{CODEC_PATH}/{{op:encode|decode}}", _codec)
+    dashboard.add_routes(app, settings, credential=token, session_cookie=SESSION_COOKIE)
     return app
 
 
@@ -204,15 +208,22 @@ async def _require_credential(request: web.Request, handler: Handler) -> web.Str
     # a cookie that reached here any other way (a link, a form, another local page) is refused.
     if session == "valid" and origin in request.app[ORIGINS]:
         return await handler(request)
+    # The dashboard's own pages and their fetches and forms, from this origin (its POSTs carry
+    # a CSRF token as well, checked by the dashboard).
+    if session == "valid" and is_dashboard(request.path) and same_origin(request):
+        return await handler(request)
     log.warning(
         "api.unauthorized",
         method=request.method,
         path=request.path,
         authorization="missing" if authorization is None else "wrong",
-        session=session if session != "valid" else "valid, but not from the Temporal UI's origin",
+        session=session if session != "valid" else "valid, but not from an allowed origin",
         origin=origin,
         peer=request.remote,
     )
+    if is_page(request):  # a person, signed out: the login form, then back here
+        query = urllib.parse.urlencode({"next": request.path_qs})
+        return web.Response(status=303, headers={"Location": f"{LOGIN_PATH}?{query}"})
     response = _error(
         401,
         "Unauthorized",
@@ -278,9 +289,11 @@ code{{background:#eee;padding:0 .2em}}.error{{color:#a00}}</style></head>
 <body><h1>Tidegate</h1>{body}</body></html>
 """
 
-_FORM = """<p>Sign in with the control credential (<code>$TIDEGATE_HOME/control.token</code>) so that
-the Temporal UI in this browser can show the payloads Tidegate encrypts.</p>{problem}
+_FORM = """<p>Sign in with the control credential (<code>$TIDEGATE_HOME/control.token</code>) to open
+the dashboard, and so that the Temporal UI in this browser can show the payloads Tidegate
+encrypts.</p>{problem}
 <form method="post" action="{login}">
+<input type="hidden" name="next" value="{next}">
 <label for="credential">Control credential</label>
 <input id="credential" name="credential" type="password" autocomplete="current-password" required autofocus>
 <button type="submit">Sign in</button></form>
@@ -288,6 +301,7 @@ the Temporal UI in this browser can show the payloads Tidegate encrypts.</p>{pro
 
 _SIGNED_IN = """<p>Signed in: this browser's Temporal UI can decode payloads until the session
 ends (after {hours} hours, or when the control credential changes).</p>
+<p><a href="{dashboard}">Open the dashboard</a>.</p>
 <p>In the Temporal UI (<a href="{ui}">{ui}</a>), open <b>Data Encoder</b> and set:</p>
 <ul><li>Remote codec endpoint: <code>{endpoint}</code></li>
 <li><b>Include cross-origin credentials</b>: on (the UI sends this session's cookie only then)</li>
@@ -308,14 +322,27 @@ def _page(body: str, *, status: int = 200) -> web.Response:
     return response
 
 
-def _form(problem: str = "", *, status: int = 200) -> web.Response:
+def _form(problem: str = "", *, next_path: str = "", status: int = 200) -> web.Response:
     note = f'<p class="error">{html.escape(problem)}</p>' if problem else ""
-    return _page(_FORM.format(problem=note, login=LOGIN_PATH), status=status)
+    return _page(_FORM.format(problem=note, login=LOGIN_PATH, next=html.escape(next_path)), status=status)
+
+
+def _next_path(raw: object) -> str:
+    """Where to go after signing in: a dashboard page of this origin, never another site."""
+    if not isinstance(raw, str):
+        return ""
+    parsed = urllib.parse.urlsplit(raw)
+    if parsed.scheme or parsed.netloc or raw.startswith("//") or "\\" in raw or not is_dashboard(parsed.path):
+        return ""
+    return raw
 
 
 async def _login_form(request: web.Request) -> web.Response:
+    next_path = _next_path(request.query.get("next"))
     if not request.app[SESSIONS].valid(request.cookies.get(SESSION_COOKIE)):
-        return _form()
+        return _form(next_path=next_path)
+    if next_path:
+        return web.Response(status=303, headers={"Location": next_path})
     origins: frozenset[str] = request.app[ORIGINS]
     ui = sorted(origins)[0]
     endpoint = f"{request.scheme}://{request.host}{CODEC_PATH}"
@@ -325,6 +352,7 @@ async def _login_form(request: web.Request) -> web.Response:
             ui=html.escape(ui),
             endpoint=html.escape(endpoint),
             logout=LOGOUT_PATH,
+            dashboard=f"{dashboard.PREFIX}/",
         )
     )
 
@@ -332,12 +360,13 @@ async def _login_form(request: web.Request) -> web.Response:
 async def _login(request: web.Request) -> web.Response:
     form = await request.post()
     given = form.get("credential")
+    next_path = _next_path(form.get("next"))
     expected = request.app[TOKEN].encode()
     if not isinstance(given, str) or not hmac.compare_digest(given.strip().encode(), expected):
         log.warning("api.login_refused", peer=request.remote)
-        return _form("That is not the control credential.", status=401)
+        return _form("That is not the control credential.", next_path=next_path, status=401)
     log.info("api.login", peer=request.remote, session_hours=SESSION_SECONDS // 3600)
-    response = web.Response(status=303, headers={"Location": LOGIN_PATH})
+    response = web.Response(status=303, headers={"Location": next_path or LOGIN_PATH})
     response.set_cookie(
         SESSION_COOKIE,
         request.app[SESSIONS].issue(),

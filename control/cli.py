@@ -18,6 +18,7 @@ from rich.console import Console
 from config.contract.errors import TidegateError
 from config.contract.names import RolloutSignal
 from config.settings import Settings, load_settings
+from decisions.availability import SLO_TAG
 
 err_console = Console(stderr=True)
 
@@ -141,6 +142,7 @@ def _print_addresses(settings: Settings, *, already_running: bool) -> None:
     click.echo(f"  Temporal         {settings.temporal_target} (namespace {settings.temporal_namespace})")
     click.echo(f"  host             {settings.host_target}")
     click.echo(f"  API              {api_url(settings)} (sign in at {LOGIN_PATH} so the UI decodes payloads)")
+    click.echo(f"  dashboard        {api_url(settings)}/ui/ (sign in with the control credential)")
     click.echo(f"  control credential  {settings.home / 'control.token'} (mode 0600)")
     click.echo(f"Trust the local CA: curl --cacert {ca} ...  or  export CURL_CA_BUNDLE={ca}")
     click.echo(f"  (Python: export SSL_CERT_FILE={ca}  REQUESTS_CA_BUNDLE={ca})")
@@ -275,8 +277,16 @@ async def endpoint_create(name, file, no_wait, resource_group, workspace_name, o
 @azure_options
 @run_async
 async def endpoint_show(name, resource_group, workspace_name, output, query):
-    """Show an endpoint (name, scoring_uri, traffic, provisioning_state, ...)."""
-    emit(await (await facade()).show_endpoint(name), output, query)
+    """Show an endpoint (name, scoring_uri, traffic, provisioning_state, ...); with the
+    `tidegate/slo_availability` tag, its availability against that objective."""
+    tg = await facade()
+    view = await tg.show_endpoint(name)
+    tags = dict(view.get("tags") or {})
+    if SLO_TAG in tags:
+        from control.dashboard.data import Source, availability_block
+
+        view["availability"] = availability_block(await Source(tg.settings).availability(name, "", tags))
+    emit(view, output, query)
 
 
 @online_endpoint.command("list")

@@ -171,6 +171,7 @@ def rollout_view(status: RolloutStatus) -> dict[str, Any]:
         "strategy": plan.strategy,
         "phase": state.phase,
         "step": f"{state.step + 1}/{len(plan.steps)}" if state.step >= 0 else f"0/{len(plan.steps)}",
+        "steps": [{"weight": s.weight, "hold": s.hold} for s in plan.steps],
         "weights": {plan.baseline: 100 - state.weight, plan.canary: state.weight},
         "mirror_share": state.mirror_share,
         "reason": state.reason or state.pause_reason,

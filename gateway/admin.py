@@ -10,7 +10,8 @@ than ``MAX_GENERATION_AHEAD_MS`` ahead of this gateway's clock); every applied c
 persisted before the answer, so a push that got ``applied: true`` survives a crash.
 
 ``GET /stats?endpoint=E&deployment=D&window=30s`` answers a ``config.stats.WindowStats``
-(the monitor contract; ``deployment`` omitted: the endpoint as clients saw it). An endpoint
+(the monitor contract; ``deployment`` omitted: the endpoint as clients saw it); with
+``minutes=N`` (up to a day, 1440) it carries the last N minutes' counts as well. An endpoint
 or deployment with no data yet answers zero requests, not 404: a canary that got no traffic
 is "no data". ``GET /metrics`` is Prometheus text (see ``gateway.metrics``).
 """
@@ -38,7 +39,7 @@ from gateway.table import (
     save_table,
     wall_ms,
 )
-from gateway.windows import parse_window
+from gateway.windows import MINUTES_KEPT, parse_window
 
 log = structlog.get_logger("gateway.admin")
 
@@ -216,7 +217,10 @@ def create_app(
             seconds = parse_window(request.query.get("window"))
         except ValueError as exc:
             raise _bad_request([FieldProblem("window", f"{exc}; e.g. 30s, 5m or 90")]) from None
-        data = await stats.window(endpoint, deployment, seconds)
+        raw_minutes = request.query.get("minutes", "0").strip()
+        if not raw_minutes.isdigit() or int(raw_minutes) > MINUTES_KEPT:
+            raise _bad_request([FieldProblem("minutes", f"query parameter must be 0-{MINUTES_KEPT}")])
+        data = await stats.window(endpoint, deployment, seconds, int(raw_minutes))
         return web.json_response(data.to_stats(endpoint, deployment, seconds).model_dump(mode="json"))
 
     async def get_metrics(_: web.Request) -> web.Response:

@@ -344,10 +344,13 @@ class Gateway:
             self._rebuilt(endpoint)
 
     # --- reading the windows ---
-    def window_data(self, endpoint: str, deployment: str, seconds: float) -> WindowData:
-        """This process's part of a window (the admin API sums the processes)."""
+    def window_data(self, endpoint: str, deployment: str, seconds: float, minutes: int = 0) -> WindowData:
+        """This process's part of a window (the admin API sums the processes), with the last
+        ``minutes`` minutes' counts when asked."""
         window = self.windows.find(endpoint, deployment)
         data = window.data(seconds, self.second) if window is not None else WindowData.empty()
+        if window is not None and minutes:
+            data.minutes = window.minute_counts(minutes, self.second)
         state = self.live.get(endpoint.lower())
         dep = state.deployments.get(deployment) if state is not None and deployment else None
         if dep is not None:

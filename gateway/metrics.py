@@ -115,7 +115,9 @@ class Snapshot:
 class StatsSource(Protocol):
     """Where the admin API reads windows: this process, or every gateway process summed."""
 
-    async def window(self, endpoint: str, deployment: str, seconds: float) -> WindowData: ...
+    async def window(
+        self, endpoint: str, deployment: str, seconds: float, minutes: int = 0
+    ) -> WindowData: ...
 
     async def snapshot(self) -> Snapshot: ...
 
@@ -126,8 +128,8 @@ class LocalStats:
     def __init__(self, gw: Gateway) -> None:
         self._gw = gw
 
-    async def window(self, endpoint: str, deployment: str, seconds: float) -> WindowData:
-        return self._gw.window_data(endpoint, deployment, seconds)
+    async def window(self, endpoint: str, deployment: str, seconds: float, minutes: int = 0) -> WindowData:
+        return self._gw.window_data(endpoint, deployment, seconds, minutes)
 
     async def snapshot(self) -> Snapshot:
         return take_snapshot(self._gw)

@@ -5,7 +5,9 @@ latency and queue wait and keeps their log-bucket histograms, plus the mirror co
 when the deployment is a shadow. The proxy records into the current second with list
 arithmetic only (no object made per request); once a second the gateway's tick closes the
 second, compacting its histograms to the buckets that were hit, into a ring that holds
-``HORIZON_S`` seconds (more than ten minutes).
+``HORIZON_S`` seconds (more than ten minutes). Each closed second's request and status counts
+are also folded into a per-minute ring of ``MINUTES_KEPT`` minutes (a day, counts only, no
+histograms): what availability over the last hour or day is computed from.
 
 Histograms are log-bucketed (the DDSketch mapping): bucket ``i >= 1`` holds values in
 ``[MIN_MS * GAMMA**(i-1), MIN_MS * GAMMA**i)`` and reports ``MIN_MS * GAMMA**(i-1) * 2*GAMMA/(GAMMA+1)``,
@@ -22,10 +24,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from config.stats import STATUS_KEYS, LatencySummary, MirrorSummary, WindowStats
+from config.stats import STATUS_KEYS, LatencySummary, MinuteCounts, MirrorSummary, WindowStats
 
 HORIZON_S: Final = 660  # seconds kept: ten minutes plus a margin for the longest window asked
 MAX_WINDOW_S: Final = 600.0
+MINUTES_KEPT: Final = 1440  # a day of per-minute counts
 
 ALPHA: Final = 0.01
 GAMMA: Final = (1 + ALPHA) / (1 - ALPHA)
@@ -53,6 +56,7 @@ MIRROR_MATCHES: Final = MIRROR_COMPARED + 1
 MIRROR_DROPPED: Final = MIRROR_MATCHES + 1
 _IGNORED: Final = MIRROR_DROPPED + 1  # where statuses outside every key are counted, never read
 SLOTS: Final = _IGNORED + 1
+MINUTE_SLOTS: Final = LATENCY_SUM  # what a minute keeps: requests and the status slots
 
 
 def _status_tables() -> tuple[list[int], list[int]]:
@@ -133,6 +137,7 @@ class Window:
         "totals",
         "in_flight",
         "last_data",
+        "minutes",
     )
 
     def __init__(self, endpoint: str, deployment: str) -> None:
@@ -150,6 +155,8 @@ class Window:
         self.totals[LATENCY_SUM] = 0.0
         self.in_flight = 0
         self.last_data = -1  # the last second that had any data
+        # (minute, counts of the first MINUTE_SLOTS slots), at minute % MINUTES_KEPT.
+        self.minutes: list[tuple[int, list[int]] | None] = [None] * MINUTES_KEPT
 
     # --- hot path ---
     def record(self, status: int, latency_ms: float) -> None:
@@ -213,6 +220,13 @@ class Window:
             totals = self.totals
             for slot in range(SLOTS):
                 totals[slot] += cur[slot]
+            minute = second // 60
+            kept = self.minutes[minute % MINUTES_KEPT]
+            if kept is None or kept[0] != minute:
+                kept = self.minutes[minute % MINUTES_KEPT] = (minute, [0] * MINUTE_SLOTS)
+            counts = kept[1]
+            for slot in range(MINUTE_SLOTS):
+                counts[slot] += cur[slot]
             fresh: list[Any] = [0] * SLOTS
             fresh[LATENCY_SUM] = 0.0
             fresh[QUEUE_SUM] = 0.0
@@ -246,6 +260,24 @@ class Window:
         data.in_flight = self.in_flight
         return data
 
+    def minute_counts(self, count: int, now_second: int) -> dict[int, list[int]]:
+        """The last ``count`` minutes' counts by minute (epoch seconds // 60), the current
+        minute's with the current (partial) second in it; minutes without data left out."""
+        count = max(0, min(MINUTES_KEPT, count))
+        if count == 0:
+            return {}
+        now_minute = now_second // 60
+        found: dict[int, list[int]] = {}
+        for minute in range(now_minute - count + 1, now_minute + 1):
+            kept = self.minutes[minute % MINUTES_KEPT]
+            if kept is not None and kept[0] == minute:
+                found[minute] = list(kept[1])
+        if self.cur[REQUESTS]:
+            counts = found.setdefault(now_minute, [0] * MINUTE_SLOTS)
+            for slot in range(MINUTE_SLOTS):
+                counts[slot] += self.cur[slot]
+        return found
+
     def cumulative(self) -> list[Any]:
         """Counters since the window was made, the current second included."""
         return [a + b for a, b in zip(self.totals, self.cur, strict=True)]
@@ -276,6 +308,7 @@ class WindowData:
     diff: list[int]
     in_flight: int = 0
     instances: dict[str, InstanceLoad] = field(default_factory=dict)
+    minutes: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> WindowData:
@@ -302,6 +335,10 @@ class WindowData:
             else:
                 mine.busy_s += load.busy_s
                 mine.covered_s = max(mine.covered_s, load.covered_s)
+        for minute, counts in other.minutes.items():
+            kept = self.minutes.setdefault(minute, [0] * MINUTE_SLOTS)
+            for slot, value in enumerate(counts[:MINUTE_SLOTS]):
+                kept[slot] += value
 
     # --- the wire form between gateway processes (sparse histograms) ---
     def to_json(self) -> dict[str, Any]:
@@ -312,6 +349,7 @@ class WindowData:
             "diff": _sparse(self.diff),
             "in_flight": self.in_flight,
             "instances": {k: [v.busy_s, v.covered_s, v.limit] for k, v in self.instances.items()},
+            "minutes": [[minute, counts] for minute, counts in self.minutes.items()],
         }
 
     @classmethod
@@ -328,6 +366,8 @@ class WindowData:
         data.instances = {
             k: InstanceLoad(float(v[0]), float(v[1]), int(v[2])) for k, v in raw.get("instances", {}).items()
         }
+        for minute, counts in raw.get("minutes", []):
+            data.minutes[int(minute)] = [int(c) for c in counts[:MINUTE_SLOTS]]
         return data
 
     # --- the monitor contract ---
@@ -353,6 +393,14 @@ class WindowData:
                 dropped=int(counts[MIRROR_DROPPED]),
                 latency_diff_ms_p50=_round(percentile(self.diff, compared, 0.5, signed=True)),
             ),
+            minutes=[
+                MinuteCounts(
+                    start=minute * 60,
+                    requests=counts[REQUESTS],
+                    status={key: counts[slot] for key, slot in STATUS_SLOTS.items()},
+                )
+                for minute, counts in sorted(self.minutes.items())
+            ],
         )
 
 

@@ -68,13 +68,14 @@ def socket_path(gateway_dir: Path, index: int) -> str:
 
 
 def create_peer_app(
-    read_window: Callable[[str, str, float], WindowData], snapshot: Callable[[], Snapshot]
+    read_window: Callable[[str, str, float, int], WindowData], snapshot: Callable[[], Snapshot]
 ) -> web.Application:
     """What a worker process answers process 0 on its Unix socket."""
 
     async def window(request: web.Request) -> web.Response:
         seconds = parse_window(request.query.get("window"))
-        data = read_window(request.query["endpoint"], request.query.get("deployment", ""), seconds)
+        minutes = int(request.query.get("minutes", "0"))
+        data = read_window(request.query["endpoint"], request.query.get("deployment", ""), seconds, minutes)
         return web.json_response(data.to_json())
 
     async def snap(_: web.Request) -> web.Response:
@@ -206,7 +207,7 @@ class MergedStats:
 
     def __init__(
         self,
-        local_window: Callable[[str, str, float], WindowData],
+        local_window: Callable[[str, str, float, int], WindowData],
         local_snapshot: Callable[[], Snapshot],
         sockets: list[str],
     ) -> None:
@@ -237,9 +238,14 @@ class MergedStats:
         answers = await asyncio.gather(*(one(s) for s in self._sessions))
         return [a for a in answers if a is not None]
 
-    async def window(self, endpoint: str, deployment: str, seconds: float) -> WindowData:
-        data = self._local_window(endpoint, deployment, seconds)
-        params = {"endpoint": endpoint, "deployment": deployment, "window": repr(seconds)}
+    async def window(self, endpoint: str, deployment: str, seconds: float, minutes: int = 0) -> WindowData:
+        data = self._local_window(endpoint, deployment, seconds, minutes)
+        params = {
+            "endpoint": endpoint,
+            "deployment": deployment,
+            "window": repr(seconds),
+            "minutes": str(minutes),
+        }
         for raw in await self._ask("/window", params):
             data.merge(WindowData.from_json(raw))
         return data

@@ -7,7 +7,7 @@ import aiohttp
 from config.contract.activities import QueryWindowInput
 from config.security import control_client_ssl, control_session
 from config.settings import Settings
-from config.stats import LatencySummary, MirrorSummary, WindowStats
+from config.stats import LatencySummary, MinuteCounts, MirrorSummary, WindowStats
 
 
 class LocalMonitorProvider:
@@ -70,4 +70,17 @@ def sum_windows(windows: list[WindowStats]) -> WindowStats:
             dropped=sum(w.mirror.dropped for w in windows),
             latency_diff_ms_p50=weighted("latency_diff_ms_p50", "mirror"),
         ),
+        minutes=sum_minutes(windows),
     )
+
+
+def sum_minutes(windows: list[WindowStats]) -> list[MinuteCounts]:
+    """Several gateways' per-minute counts, added minute by minute."""
+    by_start: dict[int, MinuteCounts] = {}
+    for window in windows:
+        for one in window.minutes:
+            kept = by_start.setdefault(one.start, MinuteCounts(start=one.start))
+            kept.requests += one.requests
+            for key, count in one.status.items():
+                kept.status[key] = kept.status.get(key, 0) + count
+    return [by_start[start] for start in sorted(by_start)]

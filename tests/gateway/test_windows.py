@@ -18,6 +18,7 @@ from gateway.metrics import Snapshot, render
 from gateway.windows import (
     ALPHA,
     HORIZON_S,
+    MINUTES_KEPT,
     MIRROR_DROPPED,
     InstanceLoad,
     Window,
@@ -106,6 +107,51 @@ def test_seconds_roll_into_the_ring_and_out_of_the_window() -> None:
     assert window.data(600, 130).counts[0] == 1 + sum(range(1, 31))
     # Seconds older than the ring are never read back, even where their slot is reused.
     assert window.data(600, 130 + HORIZON_S).counts[0] == 1
+
+
+def test_seconds_fold_into_minutes_kept_for_a_day() -> None:
+    window = Window("ep", "blue")
+    start = 1_800_000_000 - 1_800_000_000 % 60  # a minute boundary
+    for second in range(start, start + 150):  # two and a half minutes, one request a second
+        window.record(500 if second % 10 == 0 else 200, 1.0)
+        window.close(second)
+    window.record(200, 1.0)  # the current second, not closed yet
+    now = start + 150
+    minutes = window.minute_counts(MINUTES_KEPT, now)
+    first = start // 60
+    assert sorted(minutes) == [first, first + 1, first + 2]
+    assert [minutes[m][0] for m in sorted(minutes)] == [60, 60, 31]
+    data = WindowData.empty()
+    data.minutes = minutes
+    stats = data.to_stats("ep", "blue", 60)
+    assert [(m.start, m.requests, m.status["5xx"]) for m in stats.minutes] == [
+        (start, 60, 6),
+        (start + 60, 60, 6),
+        (start + 120, 31, 3),
+    ]
+    assert list(window.minute_counts(2, now)) == [first + 1, first + 2]
+    assert window.minute_counts(0, now) == {}
+    # A day later the slots are reused: nothing older than MINUTES_KEPT minutes is read back.
+    later = now + MINUTES_KEPT * 60
+    assert window.minute_counts(MINUTES_KEPT, later) == {later // 60: [1, 1, 0, 0, 0, 0, 0, 0]}
+
+
+def test_minutes_of_several_processes_add_up() -> None:
+    parts = []
+    for statuses in ([200, 200, 503], [200, 408]):
+        window = Window("ep", "blue")
+        for status in statuses:
+            window.record(status, 1.0)
+        window.close(6_000)
+        data = window.data(60, 6_001)
+        data.minutes = window.minute_counts(60, 6_001)
+        parts.append(WindowData.from_json(data.to_json()))
+    merged = WindowData.empty()
+    for part in parts:
+        merged.merge(part)
+    (only,) = merged.to_stats("ep", "blue", 60).minutes
+    assert (only.start, only.requests) == (6_000, 5)
+    assert (only.status["2xx"], only.status["5xx"], only.status["503"], only.status["408"]) == (3, 1, 1, 1)
 
 
 def test_a_second_with_no_data_is_not_kept() -> None:
@@ -244,6 +290,12 @@ async def test_stats_count_exactly_what_was_sent_by_status(
         endpoint = WindowStats.model_validate(await stats(client, gateway, "w-count", window="5m"))
         assert (endpoint.deployment, endpoint.requests, endpoint.status["4xx"]) == ("", 42, 12)
         assert endpoint.window_seconds == 300
+        params = {"endpoint": "w-count", "deployment": "blue", "window": "30s", "minutes": "60"}
+        async with client.get(f"{gateway.admin}/stats", params=params, headers=gateway.admin_headers) as r:
+            history = WindowStats.model_validate(await r.json())
+        assert sum(m.requests for m in history.minutes) == 39
+        assert sum(m.status["424"] for m in history.minutes) == 4
+        assert all(m.start % 60 == 0 for m in history.minutes)
     finally:
         await echo.stop()
 
@@ -326,8 +378,13 @@ async def test_stats_of_something_never_served_is_zero_requests_not_404(
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [({"window": "30s"}, "endpoint"), ({"endpoint": "e", "window": "soon"}, "window")],
-    ids=["no_endpoint", "bad_window"],
+    [
+        ({"window": "30s"}, "endpoint"),
+        ({"endpoint": "e", "window": "soon"}, "window"),
+        ({"endpoint": "e", "minutes": "1441"}, "minutes"),
+        ({"endpoint": "e", "minutes": "-1"}, "minutes"),
+    ],
+    ids=["no_endpoint", "bad_window", "more_than_a_day_of_minutes", "negative_minutes"],
 )
 async def test_bad_stats_query_is_400(
     gateway: GatewayProcess, client: aiohttp.ClientSession, query: dict[str, str], field: str

@@ -1,0 +1,102 @@
+"""The dashboard's figures from known inputs: availability and SLO from the gateways' minutes,
+weights over time from a rollout's history, chart geometry, health and the Temporal UI link."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import Settings
+from config.stats import MinuteCounts, WindowStats
+from control.dashboard.charts import HEIGHT, PAD, WIDTH, line_chart
+from control.dashboard.data import availability_view, endpoint_health, weights_over_time, workflow_url
+
+NOW = 1_800_000_000.0
+
+
+def minutes(*counts: tuple[int, int, int]) -> WindowStats:
+    """(minutes ago, requests, 5xx) per minute."""
+    return WindowStats(
+        endpoint="ep",
+        deployment="",
+        window_seconds=1,
+        minutes=[
+            MinuteCounts(
+                start=int(NOW) - 60 * ago - int(NOW) % 60, requests=n, status={"2xx": n - bad, "5xx": bad}
+            )
+            for ago, n, bad in counts
+        ],
+    )
+
+
+def test_availability_over_the_hour_and_the_day_against_the_slo_tag() -> None:
+    stats = minutes((0, 1000, 1), (30, 1000, 0), (120, 1000, 10))
+    view = availability_view(stats, {"tidegate/slo_availability": "99.9"}, now=NOW)
+    assert (view.hour.requests, view.hour.failures) == (2000, 1)
+    assert (view.day.requests, view.day.failures) == (3000, 11)
+    assert view.slo is not None and view.slo_day is not None
+    assert view.slo.budget_remaining == pytest.approx(0.5)  # 1 of 2 allowed failures spent
+    assert view.slo.burn_rate == pytest.approx(0.5)
+    assert view.slo_day.budget_remaining == pytest.approx(1 - 11 / 3)
+
+
+@pytest.mark.parametrize(
+    ("tags", "slo", "problem"),
+    [({}, False, None), ({"tidegate/slo_availability": "100"}, False, "below 100")],
+    ids=["no_tag_no_slo", "a_bad_tag_is_named"],
+)
+def test_slo_only_from_a_valid_tag(tags: dict[str, str], slo: bool, problem: str | None) -> None:
+    view = availability_view(minutes((0, 10, 0)), tags, now=NOW)
+    assert (view.slo is not None) is slo
+    assert (problem is None and view.slo_problem is None) or (problem or "") in (view.slo_problem or "")
+
+
+def test_weights_over_time_from_the_history() -> None:
+    history = [
+        {"at": "2026-11-29T08:00:00+00:00", "event": "weights", "detail": "canary 10%"},
+        {"at": "2026-11-29T08:00:05+00:00", "event": "check.passed", "detail": "error_rate 0 <= 0.05"},
+        {"at": "2026-11-29T08:00:10+00:00", "event": "weights", "detail": "canary 40%"},
+        {"at": "2026-11-29T08:00:12+00:00", "event": "rolledback", "detail": "by hand"},
+    ]
+    points = weights_over_time(history)
+    assert [w for _, w in points] == [10, 40, 0]
+    assert points[1][0] - points[0][0] == 10
+
+
+def test_a_line_chart_scales_into_its_box_and_leaves_gaps_out() -> None:
+    chart = line_chart(
+        "rps", "req/s", {"a": [(0.0, 0.0), (5.0, None), (10.0, 10.0)]}, start=0, end=10, top=10
+    )
+    assert chart.lines[0].points == f"{PAD:.1f},{HEIGHT - PAD:.1f} {WIDTH - PAD:.1f},{PAD:.1f}"
+    assert chart.lines[0].last == 10.0
+
+
+def test_a_step_chart_holds_each_value_until_the_next() -> None:
+    chart = line_chart("w", "%", {"canary": [(0.0, 0.0), (5.0, 100.0)]}, start=0, end=10, top=100, step=True)
+    xs = [float(p.split(",")[0]) for p in chart.lines[0].points.split()]
+    ys = [float(p.split(",")[1]) for p in chart.lines[0].points.split()]
+    assert ys == [HEIGHT - PAD, HEIGHT - PAD, PAD, PAD]
+    assert xs[1] == xs[2] and xs[-1] == WIDTH - PAD
+
+
+@pytest.mark.parametrize(
+    ("healths", "worst"),
+    [([], "NoDeployments"), (["Healthy", "Degraded"], "Degraded"), (["Unhealthy", "Healthy"], "Unhealthy")],
+    ids=["none", "degraded_wins", "unhealthy_wins"],
+)
+def test_an_endpoint_is_as_healthy_as_its_worst_deployment(healths: list[str], worst: str) -> None:
+    assert endpoint_health([{"health": h} for h in healths]) == worst
+
+
+def test_the_temporal_ui_link_quotes_the_workflow_id() -> None:
+    url = workflow_url(Settings(temporal_ui_port=8233), "rollout/ep/3")
+    assert url == "http://127.0.0.1:8233/namespaces/default/workflows/rollout%2Fep%2F3"
+
+
+def test_several_gateways_minutes_add_up_minute_by_minute() -> None:
+    from activities.local.monitor import sum_windows
+
+    one = minutes((0, 10, 1), (1, 5, 0))
+    two = minutes((0, 20, 2))
+    summed = sum_windows([one, two])
+    assert [(m.requests, m.status["5xx"]) for m in summed.minutes] == [(5, 0), (30, 3)]
+    assert summed.minutes[0].start < summed.minutes[1].start

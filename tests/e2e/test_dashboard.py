@@ -1,0 +1,381 @@
+"""The dashboard in a real browser (Debian's Chromium driven by Selenium through Debian's
+chromedriver) against a real stack: a person signs in, sees an endpoint and its traffic, watches
+a rollout the CLI started move its weights and gate values, pauses it from the page (and
+`tidegate rollout status` says Paused), rolls it back from the page and sees the event. Signed
+out, a page sends the login form and the API answers 401; a tag holding ``<script>`` shows as
+text; a POST without the CSRF token is refused.
+
+Screenshots land in the test's tmp dir; with ``TIDEGATE_UPDATE_SCREENSHOTS=1`` a passing run
+also copies two of them to docs/ for the README.
+
+Skipped only where Chromium or chromedriver is missing (``apt-get install chromium chromium-driver``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_rollout import BODY
+from tests.support.load import SteadyLoad
+from tests.support.polling import until
+from tests.support.stack import LocalStack
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[dev]')")
+
+from selenium.common.exceptions import WebDriverException  # noqa: E402 - after the importorskip
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+
+EP = "dash-ep"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+HOSTILE = "<script>window.__pwned = 1</script>"
+
+ENDPOINT = f"""\
+name: {EP}
+auth_mode: key
+description: 'Scores loans; <b>not bold</b> here'
+tags:
+  owner: '{HOSTILE}'
+  tidegate/slo_availability: '99.9'
+"""
+
+# Two short steps, then one held past the test: only the page's buttons end it.
+ROLLOUT = """
+strategy: canary
+steps:
+  - {weight: 10, hold: 4s}
+  - {weight: 40, hold: 4s}
+  - {weight: 70, hold: 1h}
+gates:
+  - when: error_rate <= 0.05
+    window: 5s
+    min_requests: 5
+check_interval: 1s
+success_count: 1
+after_failure: {canary: keep}
+"""
+
+
+class Browser:
+    """One Chromium window and the little this test asks of it."""
+
+    def __init__(self, driver: Any, base: str, shots: Path) -> None:
+        self.driver = driver
+        self.base = base
+        self.shots = shots
+
+    def open(self, path: str) -> None:
+        self.driver.get(f"{self.base}{path}")
+
+    def js(self, script: str) -> Any:
+        return self.driver.execute_script(script)
+
+    def text(self, selector: str) -> str:
+        """The element's text now ("" when absent): read in one go, since the live part of a
+        page is replaced every two seconds."""
+        value = self.js(f"var e = document.querySelector({selector!r}); return e ? e.textContent : '';")
+        return str(value).strip()
+
+    def body(self) -> str:
+        return str(self.js("return document.body ? document.body.innerText : '';"))
+
+    def until(self, check: Any, what: str, polls: int = 600) -> None:
+        def safe() -> bool:
+            try:
+                return bool(check())
+            except (WebDriverException, ValueError, TypeError):  # a page mid-navigation or mid-swap
+                return False
+
+        try:
+            until(safe, what, polls=polls, every=0.1)
+        except AssertionError:
+            self.shot("failed")
+            raise AssertionError(
+                f"never: {what}; at {self.driver.current_url}:\n{self.body()[:2000]}"
+            ) from None
+
+    def click_and_confirm(self, button_id: str) -> str:
+        """Press a steering button and accept its confirmation; the dialog's text."""
+        self.driver.find_element("id", button_id).click()
+        alert: list[Any] = []
+
+        def dialog() -> bool:
+            alert[:] = [self.driver.switch_to.alert]
+            return True
+
+        self.until(dialog, f"a confirmation after pressing {button_id}")
+        words = str(alert[0].text)
+        alert[0].accept()
+        return words
+
+    def shot(self, name: str) -> Path:
+        path = self.shots / f"{name}.png"
+        self.driver.save_screenshot(str(path))
+        return path
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory, stack: LocalStack) -> Iterator[Browser]:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    assert CHROMIUM is not None and CHROMEDRIVER is not None
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        base = f"http://127.0.0.1:{stack.port('api')}"
+        yield Browser(driver, base, tmp_path_factory.mktemp("screenshots"))
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def endpoint(stack: LocalStack, project: tuple[Path, dict]) -> str:
+    """dash-ep: blue takes all traffic, green is ready for a rollout; its primary key."""
+    root, _ = project
+    (root / "dash-endpoint.yml").write_text(ENDPOINT)
+    (root / "dash-rollout.yml").write_text(ROLLOUT)
+    stack.ok("online-endpoint", "create", "--name", EP, "-f", "dash-endpoint.yml", cwd=root)
+    stack.ok(
+        "online-deployment", "create", "-n", "blue", "-e", EP, "-f", "blue.yml", "--all-traffic", cwd=root
+    )
+    stack.ok("online-deployment", "create", "-n", "green", "-e", EP, "-f", "green.yml", cwd=root)
+    return stack.key(EP)
+
+
+def fetch(
+    url: str, *, method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, dict[str, str], str]:
+    """One request without following redirects: (status, headers, body)."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *_: Any, **__: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    request = urllib.request.Request(url, method=method, headers=headers or {}, data=data)
+    try:
+        with opener.open(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read().decode()
+
+
+def test_signed_out_a_page_sends_the_login_form_and_the_api_answers_401(
+    stack: LocalStack, endpoint: str
+) -> None:
+    base = f"http://127.0.0.1:{stack.port('api')}"
+    status, headers, _ = fetch(f"{base}/ui/endpoints/{EP}")
+    assert status == 303 and headers["Location"] == f"/login?next=%2Fui%2Fendpoints%2F{EP}"
+    status, _, body = fetch(f"{base}/ui/api/endpoints")
+    assert status == 401 and "control credential" in body
+    status, _, body = fetch(f"{base}/ui/api/endpoints", headers=stack.control_headers())
+    assert status == 200 and f'"name": "{EP}"'.replace(" ", "") in body.replace(" ", "")
+    assert endpoint not in body  # the key never leaves the control plane
+
+
+def test_a_person_watches_a_rollout_pauses_it_and_rolls_it_back(
+    stack: LocalStack, project: tuple[Path, dict], endpoint: str, browser: Browser
+) -> None:
+    root, _ = project
+    token = stack.control_headers()["Authorization"].removeprefix("Bearer ")
+
+    # Signed out, the dashboard sends the login form, which comes back to the page asked for.
+    browser.open(f"/ui/endpoints/{EP}")
+    browser.until(lambda: "/login" in browser.driver.current_url, "the login form")
+    browser.driver.find_element("id", "credential").send_keys(token)
+    browser.driver.find_element("css selector", "button[type=submit]").click()
+    browser.until(lambda: browser.driver.current_url.endswith(f"/ui/endpoints/{EP}"), "back on the endpoint")
+    assert token not in browser.driver.page_source
+
+    # A hostile tag is text on the page, and never ran.
+    browser.until(lambda: HOSTILE in browser.body(), "the owner tag shown as text")
+    assert browser.js("return window.__pwned === undefined") is True
+    assert browser.js("return document.querySelectorAll('main script').length") == 0
+    assert "<b>not bold</b>" in browser.body()
+    assert endpoint not in browser.driver.page_source
+
+    # A known mix: refused requests (4xx, not failures of the endpoint) and the load's answers.
+    refused = 7
+    for _ in range(refused):
+        status, _, _ = fetch(
+            f"{stack.http_base}/endpoints/{EP}/score",
+            method="POST",
+            headers={"Authorization": "Bearer not-the-key", "Content-Type": "application/json"},
+            data=BODY,
+        )
+        assert status == 401
+    with SteadyLoad(f"{stack.http_base}/endpoints/{EP}/score", endpoint, BODY, concurrency=2) as load:
+        # The endpoints list: the endpoint, its URI, and its traffic measured.
+        browser.open("/ui/")
+        browser.until(lambda: browser.text(f"tr[data-endpoint='{EP}'] a") == EP, "the endpoint listed")
+        assert f"{EP}." in browser.text(f"tr[data-endpoint='{EP}'] code") or EP in browser.body()
+        browser.until(
+            lambda: float(browser.text(f"tr[data-endpoint='{EP}'] .rps") or 0) > 0, "requests/s above 0"
+        )
+        browser.until(lambda: "1 h: 100.000 %" in browser.body(), "availability over the last hour")
+        assert "SLO 99.9 %" in browser.body()
+
+        stack.ok(
+            "rollout",
+            "start",
+            "--endpoint",
+            EP,
+            "--to",
+            "green",
+            "-f",
+            "dash-rollout.yml",
+            "--no-wait",
+            cwd=root,
+        )
+        browser.open(f"/ui/endpoints/{EP}/rollout")
+        weights: set[str] = set()
+
+        def weight_seen() -> bool:
+            weights.add(browser.text(".w[data-deployment='green']"))
+            return "green 40 %" in weights or "green 70 %" in weights
+
+        # The live part refreshes in place: the weights change without a reload.
+        browser.js("window.__samePage = true")
+        browser.until(weight_seen, "green's weight moving past 10 %")
+        browser.until(lambda: browser.text(".w[data-deployment='green']") == "green 70 %", "green at 70 %")
+        assert browser.js("return window.__samePage === true") is True, (
+            "the page reloaded instead of updating"
+        )
+        assert browser.text(".step.current").startswith("70 %")
+        # 10 % and 40 % done; the plan ends at 100 %, still to come.
+        steps = (
+            "return Array.from(document.querySelectorAll('.step'), e => e.className + ' ' + e.textContent)"
+        )
+        assert [" ".join(str(step).split()[:3]) for step in browser.js(steps)] == [
+            "step done 10",
+            "step done 40",
+            "step current 70",
+            "step todo 100",
+        ]
+        browser.until(lambda: browser.text(".gate .value") not in ("", "–"), "a gate's value")
+        assert browser.text(".gate .verdict") in ("pass", "fail", "no_data", "inconclusive")
+        assert "<= 0.05" in browser.text(".gate") or "0.05" in browser.text(".gate")
+        browser.until(lambda: browser.text(".event-weights"), "a weights event")
+        browser.until(
+            lambda: browser.js("return document.querySelectorAll('.gate-charts polyline').length") >= 1,
+            "the gate's value drawn against its threshold",
+        )
+        assert "Temporal UI" in browser.text("a.temporal")
+        assert "rollout%2Fdash-ep%2F" in browser.js("return document.querySelector('a.temporal').href")
+
+        browser.open(f"/ui/endpoints/{EP}")
+        browser.until(
+            lambda: browser.text("section[data-deployment='green'] .weight") == "70 %",
+            "green at 70 % on the endpoint",
+        )
+        browser.until(
+            lambda: float(browser.text("section[data-deployment='green'] .dep-rps") or 0) > 0, "green serving"
+        )
+        browser.until(
+            lambda: browser.js("return document.querySelectorAll('section.deployment polyline').length") >= 4,
+            "charts with lines",
+        )
+        green = "return document.querySelector(\"[data-deployment='green'] polyline\").getAttribute('points')"
+        browser.until(lambda: len(browser.js(green).split()) >= 6, "a few samples of green")
+        endpoint_shot = browser.shot("endpoint-under-rollout")
+
+        # A signal the rollout would ignore is refused on the page, saying why.
+        browser.open(f"/ui/endpoints/{EP}/rollout")
+        browser.click_and_confirm("resume")
+        browser.until(
+            lambda: "only a Paused rollout can be resumed" in browser.text(".problem"), "resume refused"
+        )
+        assert str(browser.js("return document.getElementById('live').dataset.refresh")).endswith(
+            f"/ui/endpoints/{EP}/rollout?part=live"
+        )
+
+        # Pause from the page: the CLI sees it.
+        assert "Pause rollout" in browser.click_and_confirm("pause")
+        browser.until(lambda: "Sent pause." in browser.body(), "the pause acknowledged")
+        until(
+            lambda: stack.json("rollout", "status", "--endpoint", EP)["phase"] == "Paused",  # type: ignore[index]
+            "rollout status saying Paused",
+            polls=300,
+        )
+        browser.until(lambda: browser.text("#phase") == "Paused", "the page saying Paused")
+
+        # A POST carrying the session but not the CSRF token is refused, and changes nothing.
+        cookie = browser.driver.get_cookie("tidegate_session")
+        assert cookie is not None and cookie["httpOnly"] is True
+        status, _, body = fetch(
+            f"{browser.base}/ui/endpoints/{EP}/rollout/resume",
+            method="POST",
+            headers={"Cookie": f"tidegate_session={cookie['value']}", "Origin": browser.base},
+            data=b"",
+        )
+        assert status == 403 and "CSRF" in body
+        assert stack.json("rollout", "status", "--endpoint", EP)["phase"] == "Paused"  # type: ignore[index]
+
+        # Roll back from the page, with a reason: an event, the weights back on blue.
+        browser.driver.find_element("css selector", "form[action$='/rollback'] input[name=reason]").send_keys(
+            "p99 looks odd <i>here</i>"
+        )
+        assert "Roll back rollout" in browser.click_and_confirm("rollback")
+        browser.until(lambda: browser.text(".event-rolledback"), "a rolledback event")
+        browser.until(lambda: browser.text("#phase") == "RolledBack", "the page saying RolledBack")
+        assert "p99 looks odd <i>here</i>" in browser.body()
+        browser.until(
+            lambda: browser.text(".w[data-deployment='blue']") == "blue 100 %", "blue back at 100 %"
+        )
+        rolled_back_shot = browser.shot("rollout-rolled-back")
+        assert load.failures_from("blue") == 0
+
+    # The page's figures are the gateway's counts for the mix sent: every request counted, no
+    # failure among them (a 401 is the client's), and `online-endpoint show` agrees.
+    sent = sum(load.seen.values()) + refused
+    assert load.seen[("-", 0)] == 0
+    admin = f"http://127.0.0.1:{stack.port('gateway_admin')}"
+    minutes = stack.control_json(f"{admin}/stats?endpoint={EP}&minutes=60")["minutes"]
+    assert sum(m["requests"] for m in minutes) == sent
+    assert sum(m["status"]["4xx"] for m in minutes) >= refused
+    browser.open("/ui/")
+    row = f"tr[data-endpoint='{EP}'] .avail"
+    browser.until(
+        lambda: browser.js(f"return document.querySelector({row!r}).dataset.hourRequests") == str(sent),
+        f"the endpoints page counting the {sent} requests sent",
+    )
+    assert browser.js(f"return document.querySelector({row!r}).dataset.hourFailures") == "0"
+    shown = stack.json("online-endpoint", "show", "-n", EP, "--query", "availability")
+    assert isinstance(shown, dict), shown
+    assert shown["slo_percent"] == 99.9 and shown["failure_statuses"] == ["5xx", "408"]
+    assert shown["last_hour"]["requests"] == sent and shown["last_hour"]["failures"] == 0
+    assert shown["last_hour"]["availability_percent"] == 100.0
+    assert shown["last_hour"]["error_budget_remaining"] == 1.0 and shown["last_hour"]["burn_rate"] == 0.0
+
+    if os.environ.get("TIDEGATE_UPDATE_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        shutil.copyfile(endpoint_shot, DOCS / "dashboard-endpoint.png")
+        shutil.copyfile(rolled_back_shot, DOCS / "dashboard-rollout.png")
