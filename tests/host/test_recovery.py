@@ -140,12 +140,20 @@ async def test_kill_9_of_an_instance_fails_it_within_the_long_poll_and_a_put_rep
 
 
 async def test_an_instance_whose_port_is_taken_before_its_server_binds_it_starts_on_another(
-    host: HostProcess, user_files: UserFiles
+    host: HostProcess, user_files: UserFiles, tmp_path: Path
 ) -> None:
-    rt = runtime("rec-port", "blue", user_files.code_dir, model_dir=user_files.model_dir)
+    # A server that takes two seconds longer to start: Python runs this before anything else.
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(2)\n")
+    rt = runtime(
+        "rec-port",
+        "blue",
+        user_files.code_dir,
+        model_dir=user_files.model_dir,
+        environment_variables={"PYTHONPATH": str(tmp_path)},
+    )
     await host.put(rt, 1)
     # The race an outgoing connection's ephemeral port can win: the host found the port free
-    # and started azmlinfsrv; someone else binds it while the server is still importing.
+    # and started azmlinfsrv; someone else binds it while the server is still starting.
     started = await host.wait_for("rec-port", "blue", lambda s: bool(s["instances"][0]["pid"]))
     (instance,) = started["instances"]
     with socket.socket() as squatter:
