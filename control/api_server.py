@@ -40,6 +40,7 @@ from config.contract.codec import ENCODING, CodecKeyError, EncryptionCodec, code
 from config.lifecycle import run_until_signalled
 from config.security import ControlAccessError, bearer_matches, control_server_ssl, ensure_control_token
 from config.settings import Settings, is_loopback
+from control.arm.routes import add_arm_routes
 
 log = structlog.get_logger("control.api")
 
@@ -55,7 +56,8 @@ CODEC_MAX_BYTES = 16 * 1024 * 1024
 # to pass its OIDC token.
 CORS_ALLOW_HEADERS = "Content-Type, X-Namespace, Authorization, Authorization-Extras"
 CORS_MAX_AGE_SECONDS = 600
-_OPEN_PATHS = frozenset({HEALTH_PATH, LOGIN_PATH, LOGOUT_PATH})
+# /openapi.json and /docs describe the routes and hold nothing secret.
+_OPEN_PATHS = frozenset({HEALTH_PATH, LOGIN_PATH, LOGOUT_PATH, "/openapi.json", "/docs"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -146,6 +148,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post(LOGIN_PATH, _login)
     app.router.add_post(LOGOUT_PATH, _logout)
     app.router.add_post(f"{CODEC_PATH}/{{op:encode|decode}}", _codec)
+    add_arm_routes(app, settings)
     return app
 
 

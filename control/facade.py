@@ -133,14 +133,18 @@ class Tidegate:
         query = f'WorkflowType = "{ENDPOINT_WORKFLOW}" AND ExecutionStatus = "Running"'
         return {endpoint_of(execution.id) async for execution in self.client.list_workflows(query)}
 
-    async def list_endpoints(self) -> list[dict[str, Any]]:
-        views = []
+    async def endpoint_records(self) -> list[EndpointRecord]:
+        """Every endpoint's state, by name."""
+        records = []
         for name in sorted(await self._running_endpoints()):
             try:
-                views.append(await self.show_endpoint(name))
+                records.append(await self.describe(name))
             except NotFound:
                 continue  # deleted between the list and the query
-        return views
+        return records
+
+    async def list_endpoints(self) -> list[dict[str, Any]]:
+        return [self.endpoint_view(record) for record in await self.endpoint_records()]
 
     async def update_endpoint(self, name: str, change: UpdateEndpointInput) -> dict[str, Any]:
         await self.describe(name)
