@@ -69,6 +69,8 @@ def operation_status(operation: Operation, record: EndpointRecord | None) -> Ope
         if record is None or record.created_at != operation.created_at:
             return OperationStatus(status="Succeeded")
         return OperationStatus(status="InProgress")
+    if kind == "deployment.delete" and record is None:
+        return OperationStatus(status="Succeeded")  # the endpoint went, and its deployments with it
     if record is None:
         return _failed("ResourceNotFound", f"endpoint {name} no longer exists")
     if kind in ("endpoint.create", "endpoint.update"):
