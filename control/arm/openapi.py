@@ -46,7 +46,13 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, tuple[int, ...]]]
     ("get", r.ROLLOUTS, "List the endpoint's rollouts", None, (200,)),
     ("post", r.ROLLOUTS, "Start a rollout (?dryRun=true: the plan only)", r.StartRolloutBody, (200, 201)),
     ("get", r.ROLLOUT, "A rollout's status", None, (200,)),
-    ("post", f"{r.ROLLOUT}/{{action}}", "Pause, resume, promote or roll back a rollout", r.SteerBody, (200,)),
+    (
+        "post",
+        f"{r.ROLLOUT}/{{action}}",
+        "Pause, resume, promote, roll back or undo a rollout",
+        r.SteerBody,
+        (200,),
+    ),
     ("get", r.OPERATION_STATUS, "A long-running operation's status", None, (200,)),
     ("get", r.OPERATION_RESULT, "202 while in progress, then the status", None, (200, 202)),
 ]

@@ -79,7 +79,13 @@ OPERATIONS = f"/subscriptions/{{subscription}}/providers/{PROVIDER}/locations/{{
 OPERATION_STATUS = f"{OPERATIONS}/mfeOperationsStatus/{{operation}}"
 OPERATION_RESULT = f"{OPERATIONS}/mfeOperationResults/{{operation}}"
 PAGE_SIZE = 100
-STEERING = (RolloutSignal.PAUSE, RolloutSignal.RESUME, RolloutSignal.PROMOTE, RolloutSignal.ROLLBACK)
+STEERING = (
+    RolloutSignal.PAUSE,
+    RolloutSignal.RESUME,
+    RolloutSignal.PROMOTE,
+    RolloutSignal.ROLLBACK,
+    RolloutSignal.UNDO,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
