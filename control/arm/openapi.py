@@ -86,6 +86,13 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
     return parameters
 
 
+def _success(status: int, path: str) -> dict[str, Any]:
+    """200 and 201 answer JSON (regenerateKeys: nothing); 202 and 204 answer nothing."""
+    if status in (202, 204) or path.endswith("/regenerateKeys"):
+        return {"description": "accepted" if status == 202 else "done"}
+    return {"description": "success", "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
 def _api_version() -> dict[str, Any]:
     return {
         "name": "api-version",
@@ -111,7 +118,7 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [*_path_parameters(path), _api_version()],
             "security": [{"bearer": []}],
             "responses": {
-                **{str(status): {"description": "success"} for status in statuses},
+                **{str(status): _success(status, path) for status in statuses},
                 "default": {
                     "description": "an error in ARM's shape",
                     "content": {
