@@ -107,7 +107,7 @@ class EndpointWorkflow:
     # ---- updates: validators refuse before anything is recorded ---------------------------
     def _refuse_if_deleting(self) -> None:
         if self._state.provisioning_state == "Deleting":
-            raise _bad_request(f"endpoint {self._state.name} is being deleted")
+            raise _conflict(f"endpoint {self._state.name} is being deleted")
 
     def _record(self, name: str) -> DeploymentEntry:
         record = self._state.deployments.get(name)
@@ -147,7 +147,7 @@ class EndpointWorkflow:
         if problems:
             raise _bad_request("; ".join(f"properties.{key}: {problem}" for key, problem in problems.items()))
         if s.rollout_id and (change.traffic is not None or change.mirror_traffic is not None):
-            raise _bad_request(
+            raise _conflict(
                 f"endpoint {s.name} is under rollout {s.rollout_id}; steer it with "
                 "`tidegate rollout pause|resume|promote|rollback`"
             )
@@ -236,7 +236,7 @@ class EndpointWorkflow:
                 "to 0 before deleting it"
             )
         if request.name in self._state.rollout_deployments:
-            raise _bad_request(
+            raise _conflict(
                 f"deployment {request.name} is part of rollout {self._state.rollout_id}; "
                 "wait for it to end or roll it back"
             )
@@ -277,7 +277,7 @@ class EndpointWorkflow:
     def _validate_delete_endpoint(self) -> None:
         self._refuse_if_deleting()
         if self._state.rollout_id:
-            raise _bad_request(
+            raise _conflict(
                 f"endpoint {self._state.name} is under rollout {self._state.rollout_id}; roll it back first"
             )
 
@@ -310,7 +310,7 @@ class EndpointWorkflow:
         self._refuse_if_deleting()
         s, plan = self._state, request.plan
         if s.rollout_id:
-            raise _bad_request(f"endpoint {s.name} already has a running rollout: {s.rollout_id}")
+            raise _conflict(f"endpoint {s.name} already has a running rollout: {s.rollout_id}")
         if plan.baseline == plan.canary:
             raise _bad_request(f"--to: {plan.canary} is already the baseline")
         for role, name in (("baseline", plan.baseline), ("--to", plan.canary)):
