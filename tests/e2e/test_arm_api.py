@@ -244,13 +244,23 @@ def test_regenerating_the_secondary_key_keeps_the_primary(api: Api, served: dict
 
 ROLLOUT = {
     "strategy": "canary",
-    "steps": [{"weight": 50, "hold": "1s"}],
+    "steps": [{"weight": 50, "hold": "10m"}],
     "check_interval": "1s",
     "after_success": {"keep_previous_for": "1s", "then": "keep"},
 }
 
 
-def test_a_rollout_started_by_post_reaches_succeeded(api: Api, served: dict[str, Any]) -> None:
+def wait_phase(api: Api, name: str, *phases: str, green: int | None = None) -> dict[str, Any]:
+    """The rollout's status once it is in one of `phases` (and gives green `green` percent)."""
+    for _ in range(POLLS):
+        status = api.call("GET", f"{ENDPOINT}/rollouts/{name}").body["properties"]
+        if status["phase"] in phases and green in (None, status["weights"]["green"]):
+            return status
+        time.sleep(0.25)
+    raise AssertionError(f"rollout {name} never reached {phases}: {status}")
+
+
+def test_a_rollout_started_by_post_is_steered_to_succeeded(api: Api, served: dict[str, Any]) -> None:
     green = api.call("PUT", f"{ENDPOINT}/deployments/green", deployment_body(served["root"], "model-2"))
     assert green.status == 201, green.body
     assert api.wait(green)["status"] == "Succeeded"
@@ -267,17 +277,33 @@ def test_a_rollout_started_by_post_reaches_succeeded(api: Api, served: dict[str,
     started = api.call("POST", f"{ENDPOINT}/rollouts", {"to": "green", "spec": ROLLOUT})
     assert started.status == 201, started.body
     name = started.body["name"]
-    for _ in range(POLLS):
-        status = api.call("GET", f"{ENDPOINT}/rollouts/{name}").body["properties"]
-        if status["phase"] in ("Succeeded", "RolledBack"):
-            break
-        time.sleep(0.25)
-    assert status["phase"] == "Succeeded", status
+    assert wait_phase(api, name, "Progressing", green=50)["weights"] == {"blue": 50, "green": 50}
+    refused = api.call("PATCH", ENDPOINT, {"properties": {"traffic": {"blue": 100, "green": 0}}})
+    assert refused.status == 409 and "under rollout" in refused.body["error"]["message"]
+
+    paused = api.call("POST", f"{ENDPOINT}/rollouts/{name}/pause", {"reason": "look first"})
+    assert paused.status == 200, paused.body
+    assert wait_phase(api, name, "Paused")["reason"] == "look first"
+    assert api.call("POST", f"{ENDPOINT}/rollouts/{name}/resume").status == 200
+    wait_phase(api, name, "Progressing")
+    assert api.call("POST", f"{ENDPOINT}/rollouts/{name}/promote", {"reason": "ship it"}).status == 200
+    assert wait_phase(api, name, "Succeeded", "RolledBack")["phase"] == "Succeeded"
+
     assert api.call("GET", ENDPOINT).body["properties"]["traffic"] == {"blue": 0, "green": 100}
     listed_rollouts = api.call("GET", f"{ENDPOINT}/rollouts").body["value"]
     assert name in [r["name"] for r in listed_rollouts]
     ended = api.call("POST", f"{ENDPOINT}/rollouts/{name}/pause", {"reason": "too late"})
     assert ended.status == 400 and "nothing to pause" in ended.body["error"]["message"]
+
+
+def test_patch_scales_a_deployment_by_sku_capacity(api: Api, served: dict[str, Any]) -> None:
+    url = f"{ENDPOINT}/deployments/green"
+    patched = api.call("PATCH", url, {"sku": {"capacity": 2}})
+    assert patched.status == 200, patched.body
+    assert api.wait(patched)["status"] == "Succeeded"
+    shown = api.call("GET", url).body
+    assert shown["sku"]["capacity"] == 2
+    assert shown["properties"]["model"].endswith("/model-2/model")
 
 
 def test_openapi_describes_the_routes_and_docs_list_them(api: Api) -> None:
