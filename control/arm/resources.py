@@ -365,7 +365,6 @@ def endpoint_resource(
             "publicNetworkAccess": "Enabled",
             "provisioningState": _STATES.get(record.provisioning_state, record.provisioning_state),
         },
-        "systemData": {"createdAt": record.created_at},
     }
 
 

@@ -64,7 +64,14 @@ from decisions.traffic import TrafficError
 
 log = structlog.get_logger("control.arm")
 
-API_VERSIONS = ("2024-04-01", "2024-10-01", "2024-10-01-preview")
+API_VERSIONS = (
+    "2024-04-01",
+    "2024-10-01",
+    "2024-10-01-preview",
+    # What azure-ai-ml 1.35 pins: online endpoints, online deployments (same shapes for these routes).
+    "2022-02-01-preview",
+    "2023-04-01-preview",
+)
 WORKSPACE = (
     "/subscriptions/{subscription}/resourceGroups/{resource_group}"
     f"/providers/{PROVIDER}/workspaces/{{workspace}}"

@@ -4,6 +4,7 @@ it: PUT, poll the operation, listKeys, invoke, PATCH, etags, conflicts, rollouts
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +37,7 @@ class Api:
     def __init__(self, stack: LocalStack) -> None:
         self.base = f"http://127.0.0.1:{stack.port('api')}"
         self.auth = stack.control_headers()
+        self.context: ssl.SSLContext | None = None  # set for an API served over https
 
     def call(
         self,
@@ -54,7 +56,7 @@ class Api:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(url, data=data, method=method, headers=sent)
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=60, context=self.context) as response:
                 raw, status, got = response.read(), response.status, dict(response.headers)
         except urllib.error.HTTPError as err:
             raw, status, got = err.read(), err.code, dict(err.headers)
