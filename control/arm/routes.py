@@ -493,15 +493,21 @@ async def put_deployment(request: web.Request) -> web.Response:
     tg = await request.app[STATE].tidegate()
     record = await tg.describe(endpoint)
     current = record.deployments.get(name)
-    if current is None:
-        conditions.check_absent("deployment", name)
-        await tg.create_deployment(spec)
-        kind: OperationKind = "deployment.create"
-        status = 201
-    else:
-        if_match = conditions.check_present("deployment", name, deployment_etag(current))
-        await tg.update_deployment(spec, if_match=if_match)
-        kind, status = "deployment.update", 200
+    try:
+        if current is None:
+            conditions.check_absent("deployment", name)
+            await tg.create_deployment(spec)
+            kind: OperationKind = "deployment.create"
+            status = 201
+        else:
+            if_match = conditions.check_present("deployment", name, deployment_etag(current))
+            await tg.update_deployment(spec, if_match=if_match)
+            kind, status = "deployment.update", 200
+    except NotFound as err:
+        if isinstance(spec.model, str) and str(err).startswith("model "):
+            # The body names a model the registry lacks: the caller's field, not a missing resource.
+            raise ArmError(400, "BadRequest", str(err), "properties.model") from None
+        raise
     entry = await _entry(tg, endpoint, name)
     etag = deployment_etag(entry)
     log.info("arm.deployment_put", endpoint=endpoint, deployment=name, created=status == 201)
