@@ -202,6 +202,18 @@ def test_a_stale_etag_is_refused_and_nothing_changes(api: Api, served: dict[str,
     assert exists.status == 412
 
 
+def test_two_writers_holding_one_etag_one_wins_the_other_412(api: Api, served: dict[str, Any]) -> None:
+    etag = api.call("GET", ENDPOINT).headers["ETag"]
+    bodies = [{"tags": {"writer": who}} for who in ("one", "two")]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(lambda body: api.call("PATCH", ENDPOINT, body, headers={"If-Match": etag}), bodies)
+        )
+    assert sorted(a.status for a in answers) == [200, 412], [a.body for a in answers]
+    winner = next(i for i, a in enumerate(answers) if a.status == 200)
+    assert api.call("GET", ENDPOINT).body["tags"] == {"writer": ("one", "two")[winner]}
+
+
 def test_two_puts_at_once_one_wins_the_other_gets_409(api: Api, served: dict[str, Any]) -> None:
     root = served["root"]
     url = f"{ENDPOINT}/deployments/blue"
