@@ -1,6 +1,7 @@
-"""`tidegate api`: the control plane's HTTP front door. For now: ``/healthz`` and the payload
-codec endpoint that lets the Temporal UI and ``temporal workflow show`` read the payloads
-Tidegate encrypts (config.contract.codec).
+"""`tidegate api`: the control plane's HTTP front door: ``/healthz``; the ARM-shaped REST API
+(control.arm: endpoints, deployments, keys, rollouts, long-running operations); the dashboard
+under ``/ui/`` (control.dashboard); and the payload codec endpoint that lets the Temporal UI and
+``temporal workflow show`` read the payloads Tidegate encrypts (config.contract.codec).
 
 The codec routes follow Temporal's remote-codec protocol: ``POST /codec/decode`` and
 ``POST /codec/encode``, body ``{"payloads": [...]}`` (Payloads in protobuf JSON, so ``data`` and
@@ -42,6 +43,7 @@ from config.lifecycle import run_until_signalled
 from config.security import ControlAccessError, bearer_matches, control_server_ssl, ensure_control_token
 from config.settings import Settings, is_loopback
 from control import dashboard
+from control.arm.routes import add_arm_routes
 from control.dashboard.security import is_dashboard, is_page, same_origin
 
 log = structlog.get_logger("control.api")
@@ -58,7 +60,8 @@ CODEC_MAX_BYTES = 16 * 1024 * 1024
 # to pass its OIDC token.
 CORS_ALLOW_HEADERS = "Content-Type, X-Namespace, Authorization, Authorization-Extras"
 CORS_MAX_AGE_SECONDS = 600
-_OPEN_PATHS = frozenset({HEALTH_PATH, LOGIN_PATH, LOGOUT_PATH})
+# /openapi.json and /docs describe the routes and hold nothing secret.
+_OPEN_PATHS = frozenset({HEALTH_PATH, LOGIN_PATH, LOGOUT_PATH, "/openapi.json", "/docs"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -150,6 +153,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post(LOGOUT_PATH, _logout)
     app.router.add_post(f"{CODEC_PATH}/{{op:encode|decode}}", _codec)
     dashboard.add_routes(app, settings, credential=token, session_cookie=SESSION_COOKIE)
+    add_arm_routes(app, settings)
     return app
 
 

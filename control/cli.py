@@ -191,7 +191,7 @@ def gateway() -> None:
 
 @main.command()
 def api() -> None:
-    """Run the control API alone (for now: the payload codec endpoint for the Temporal UI and CLI)."""
+    """Run the control API alone: the REST API, the dashboard and the payload codec endpoint."""
     from config.logging import configure_logging
     from control.api_server import run
 

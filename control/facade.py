@@ -21,7 +21,14 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.providers import provider
-from config.contract.errors import BadRequest, Conflict, NotFound, OperationFailed, TidegateError
+from config.contract.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    OperationFailed,
+    PreconditionFailed,
+    TidegateError,
+)
 from config.contract.ids import endpoint_id, endpoint_of, host_patch_id
 from config.contract.names import ENDPOINT_WORKFLOW
 from config.contract.state import DeploymentEntry, EndpointRecord, KeyType
@@ -45,6 +52,11 @@ from workflows.patch import HostPatchWorkflow
 
 POLL_SECONDS = 0.25
 _DONE = ("Succeeded", "Failed")
+# An update's refusal (its ApplicationError type) as the error the caller sees; others: BadRequest.
+_UPDATE_ERRORS: dict[str, type[TidegateError]] = {
+    "Conflict": Conflict,
+    "PreconditionFailed": PreconditionFailed,
+}
 
 
 class Tidegate:
@@ -123,14 +135,18 @@ class Tidegate:
         query = f'WorkflowType = "{ENDPOINT_WORKFLOW}" AND ExecutionStatus = "Running"'
         return {endpoint_of(execution.id) async for execution in self.client.list_workflows(query)}
 
-    async def list_endpoints(self) -> list[dict[str, Any]]:
-        views = []
+    async def endpoint_records(self) -> list[EndpointRecord]:
+        """Every endpoint's state, by name."""
+        records = []
         for name in sorted(await self._running_endpoints()):
             try:
-                views.append(await self.show_endpoint(name))
+                records.append(await self.describe(name))
             except NotFound:
                 continue  # deleted between the list and the query
-        return views
+        return records
+
+    async def list_endpoints(self) -> list[dict[str, Any]]:
+        return [self.endpoint_view(record) for record in await self.endpoint_records()]
 
     async def update_endpoint(self, name: str, change: UpdateEndpointInput) -> dict[str, Any]:
         await self.describe(name)
@@ -203,13 +219,14 @@ class Tidegate:
         )
         return self.deployment_view(spec.endpoint_name, DeploymentEntry.model_validate(record))
 
-    async def update_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
+    async def update_deployment(self, spec: DeploymentSpec, *, if_match: str | None = None) -> dict[str, Any]:
+        """`if_match`: refused (PreconditionFailed) unless the deployment's etag is still this."""
         await self.show_deployment(spec.endpoint_name, spec.name)
         target = build_target(spec, self.settings, self._artifacts)
         record = await self.execute_update(
             spec.endpoint_name,
             EndpointWorkflow.update_deployment,
-            UpdateDeploymentInput(target=target),
+            UpdateDeploymentInput(target=target, if_match=if_match),
         )
         return self.deployment_view(spec.endpoint_name, DeploymentEntry.model_validate(record))
 
@@ -350,7 +367,9 @@ class Tidegate:
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause)
-            raise BadRequest(message) from None
+            kind = cause.type if isinstance(cause, ApplicationError) else None
+            error = _UPDATE_ERRORS.get(kind or "", BadRequest)
+            raise error(message) from None
 
     async def _wait_endpoint(self, name: str, predicate: Callable[[EndpointRecord], bool]) -> None:
         while not predicate(await self.describe(name)):

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
         PushRouteResult,
         RemoveRouteInput,
     )
+    from config.contract.etags import deployment_etag, endpoint_etag
     from config.contract.ids import deployment_id, rollout_id
     from config.contract.names import (
         ENDPOINT_WORKFLOW,
@@ -64,6 +65,19 @@ def _bad_request(message: str) -> ApplicationError:
     return ApplicationError(message, type="BadRequest", non_retryable=True)
 
 
+def _conflict(message: str) -> ApplicationError:
+    """A request that clashes with the resource's state now (another change got there first)."""
+    return ApplicationError(message, type="Conflict", non_retryable=True)
+
+
+def _precondition_failed(kind: str, name: str, given: str, current: str) -> ApplicationError:
+    return ApplicationError(
+        f"{kind} {name} has changed (etag {current}, the request expected {given}); read it again",
+        type="PreconditionFailed",
+        non_retryable=True,
+    )
+
+
 @workflow.defn(name=ENDPOINT_WORKFLOW)
 class EndpointWorkflow:
     @workflow.init
@@ -93,7 +107,7 @@ class EndpointWorkflow:
     # ---- updates: validators refuse before anything is recorded ---------------------------
     def _refuse_if_deleting(self) -> None:
         if self._state.provisioning_state == "Deleting":
-            raise _bad_request(f"endpoint {self._state.name} is being deleted")
+            raise _conflict(f"endpoint {self._state.name} is being deleted")
 
     def _record(self, name: str) -> DeploymentEntry:
         record = self._state.deployments.get(name)
@@ -127,11 +141,13 @@ class EndpointWorkflow:
     def _validate_update_endpoint(self, change: UpdateEndpointInput) -> None:
         self._refuse_if_deleting()
         s = self._state
+        if change.if_match is not None and change.if_match != endpoint_etag(s):
+            raise _precondition_failed("endpoint", s.name, change.if_match, endpoint_etag(s))
         problems = property_problems(change.properties or {})
         if problems:
             raise _bad_request("; ".join(f"properties.{key}: {problem}" for key, problem in problems.items()))
         if s.rollout_id and (change.traffic is not None or change.mirror_traffic is not None):
-            raise _bad_request(
+            raise _conflict(
                 f"endpoint {s.name} is under rollout {s.rollout_id}; steer it with "
                 "`tidegate rollout pause|resume|promote|rollback`"
             )
@@ -164,7 +180,7 @@ class EndpointWorkflow:
         self._refuse_if_deleting()
         name = request.target.name
         if name in self._state.deployments:
-            raise _bad_request(
+            raise _conflict(
                 f"deployment {name} already exists in endpoint {self._state.name}; "
                 "use `online-deployment update`"
             )
@@ -185,8 +201,10 @@ class EndpointWorkflow:
     def _validate_update_deployment(self, request: UpdateDeploymentInput) -> None:
         self._refuse_if_deleting()
         record = self._record(request.target.name)
+        if request.if_match is not None and request.if_match != deployment_etag(record):
+            raise _precondition_failed("deployment", record.name, request.if_match, deployment_etag(record))
         if record.provisioning_state in ("Creating", "Updating", "Deleting"):
-            raise _bad_request(
+            raise _conflict(
                 f"deployment {record.name} is {record.provisioning_state}; wait until it finishes"
             )
 
@@ -205,7 +223,7 @@ class EndpointWorkflow:
         self._refuse_if_deleting()
         record = self._record(request.name)
         if record.provisioning_state == "Deleting":
-            raise _bad_request(f"deployment {request.name} is already being deleted")
+            raise _conflict(f"deployment {request.name} is already being deleted")
         share = self._state.traffic.get(request.name, 0)
         if share > 0:
             raise _bad_request(
@@ -218,7 +236,7 @@ class EndpointWorkflow:
                 "to 0 before deleting it"
             )
         if request.name in self._state.rollout_deployments:
-            raise _bad_request(
+            raise _conflict(
                 f"deployment {request.name} is part of rollout {self._state.rollout_id}; "
                 "wait for it to end or roll it back"
             )
@@ -259,7 +277,7 @@ class EndpointWorkflow:
     def _validate_delete_endpoint(self) -> None:
         self._refuse_if_deleting()
         if self._state.rollout_id:
-            raise _bad_request(
+            raise _conflict(
                 f"endpoint {self._state.name} is under rollout {self._state.rollout_id}; roll it back first"
             )
 
@@ -292,7 +310,7 @@ class EndpointWorkflow:
         self._refuse_if_deleting()
         s, plan = self._state, request.plan
         if s.rollout_id:
-            raise _bad_request(f"endpoint {s.name} already has a running rollout: {s.rollout_id}")
+            raise _conflict(f"endpoint {s.name} already has a running rollout: {s.rollout_id}")
         if plan.baseline == plan.canary:
             raise _bad_request(f"--to: {plan.canary} is already the baseline")
         for role, name in (("baseline", plan.baseline), ("--to", plan.canary)):

@@ -20,5 +20,9 @@ class Conflict(TidegateError):
     pass
 
 
+class PreconditionFailed(TidegateError):
+    """The resource is no longer what the caller read (a stale etag)."""
+
+
 class OperationFailed(TidegateError):
     pass

@@ -46,6 +46,9 @@ class UpdateEndpointInput(BaseModel):
     properties: dict[str, str] | None = Field(
         default=None, description="replaces the properties whole; tidegate/ keys set the limits"
     )
+    if_match: str | None = Field(
+        default=None, description="refused unless the endpoint's etag is this (config.contract.etags)"
+    )
 
 
 class CreateDeploymentInput(BaseModel):
@@ -54,6 +57,9 @@ class CreateDeploymentInput(BaseModel):
 
 class UpdateDeploymentInput(BaseModel):
     target: DeploymentTarget
+    if_match: str | None = Field(
+        default=None, description="refused unless the deployment's etag is this (config.contract.etags)"
+    )
 
 
 class DeleteDeploymentInput(BaseModel):

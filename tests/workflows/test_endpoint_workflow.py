@@ -10,9 +10,11 @@ from contextlib import asynccontextmanager
 import pytest
 import pytest_asyncio
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from config.contract.etags import deployment_etag, endpoint_etag
 from config.contract.ids import endpoint_id
 from config.contract.state import DeploymentTarget, EndpointRecord
 from config.contract.workflows import (
@@ -20,6 +22,7 @@ from config.contract.workflows import (
     DeleteDeploymentInput,
     EndpointWorkflowInput,
     RegenerateKeysInput,
+    UpdateDeploymentInput,
     UpdateEndpointInput,
 )
 from config.host_api import DeploymentRuntime
@@ -253,3 +256,36 @@ async def test_state_survives_continue_as_new(dev_stack: Stack) -> None:
     generation = state.generation
     await latest.execute_update(EndpointWorkflow.update_endpoint, UpdateEndpointInput(traffic={"blue": 0}))
     assert (await wait_for(latest, lambda s: s.generation > generation)).traffic == {"blue": 0}
+
+
+async def test_an_update_carrying_a_stale_etag_is_refused_before_anything_changes(stack: Stack) -> None:
+    name = unique("ep")
+    handle = await stack.start_endpoint(name)
+    read = await handle.query(EndpointWorkflow.describe)
+    await handle.execute_update(
+        EndpointWorkflow.update_endpoint, UpdateEndpointInput(tags={"a": "1"}, if_match=endpoint_etag(read))
+    )
+    with pytest.raises(WorkflowUpdateFailedError) as caught:
+        stale = UpdateEndpointInput(tags={"b": "2"}, if_match=endpoint_etag(read))
+        await handle.execute_update(EndpointWorkflow.update_endpoint, stale)
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "PreconditionFailed"
+    assert (await handle.query(EndpointWorkflow.describe)).tags == {"a": "1"}
+
+    await handle.execute_update(
+        EndpointWorkflow.create_deployment, CreateDeploymentInput(target=target(name, "blue"))
+    )
+    state = await wait_for(handle, lambda s: s.deployments["blue"].provisioning_state == "Succeeded")
+    etag = deployment_etag(state.deployments["blue"])
+    changed = target(name, "blue", count=2).model_copy(update={"spec": {"instance_count": 2}})
+    await handle.execute_update(
+        EndpointWorkflow.update_deployment, UpdateDeploymentInput(target=changed, if_match=etag)
+    )
+    with pytest.raises(WorkflowUpdateFailedError) as caught:
+        again = target(name, "blue", count=3).model_copy(update={"spec": {"instance_count": 3}})
+        await handle.execute_update(
+            EndpointWorkflow.update_deployment, UpdateDeploymentInput(target=again, if_match=etag)
+        )
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "PreconditionFailed"
+    assert (await handle.query(EndpointWorkflow.describe)).deployments["blue"].target.instance_count == 2
