@@ -269,7 +269,7 @@ def read_model(model: type[M], body: Any) -> M:
 
 # ---- endpoint ----------------------------------------------------------------------------------
 _AUTH_TO_SPEC = {"Key": "key", "AMLToken": "aml_token", "AADToken": "aad_token"}
-_AUTH_TO_ARM = {"key": "Key", "aml_token": "AMLToken"}
+AUTH_TO_ARM = {"key": "Key", "aml_token": "AMLToken"}
 _ENDPOINT_TARGETS = {"tags": "tags", "name": "name"}
 _KEYED = frozenset({"tags", "properties", "traffic", "mirror_traffic", "environment_variables"})
 
@@ -355,7 +355,7 @@ def endpoint_resource(
         "tags": dict(record.tags),
         "identity": {"type": "None"},
         "properties": {
-            "authMode": _AUTH_TO_ARM.get(record.auth_mode, record.auth_mode),
+            "authMode": AUTH_TO_ARM.get(record.auth_mode, record.auth_mode),
             "description": record.description,
             "properties": dict(record.properties),
             "scoringUri": scoring_uri,

@@ -38,6 +38,7 @@ from control.arm.operations import (
     operation_status,
 )
 from control.arm.resources import (
+    AUTH_TO_ARM,
     LOCATION,
     PROVIDER,
     ArmDeployment,
@@ -408,12 +409,31 @@ class RegenerateKeysBody(BaseModel):
 
 @arm
 async def list_keys(request: web.Request) -> web.Response:
+    return await _credentials(request, "key")
+
+
+@arm
+async def get_token(request: web.Request) -> web.Response:
+    return await _credentials(request, "aml_token")
+
+
+async def _credentials(request: web.Request, auth_mode: str) -> web.Response:
+    """listKeys for a Key endpoint, token for an AMLToken one (Azure's EndpointAuthKeys and
+    EndpointAuthToken); the other verb on either is a 400 saying which to use."""
     name = _endpoint_name(request)
     tg = await request.app[STATE].tidegate()
-    await tg.describe(name)
-    keys = await tg.get_credentials(name)
-    log.info("arm.keys_listed", endpoint=name)  # who asked, never what was given
-    return _json(keys, headers={"Cache-Control": "no-store"})
+    record = await tg.describe(name)
+    if record.auth_mode != auth_mode:
+        verb = "token" if record.auth_mode == "aml_token" else "listKeys"
+        raise ArmError(
+            400,
+            "BadRequest",
+            f"endpoint {name} uses authMode {AUTH_TO_ARM[record.auth_mode]}: POST .../{verb}",
+            "properties.authMode",
+        )
+    credentials = await tg.get_credentials(name)
+    log.info("arm.credentials_given", endpoint=name, auth_mode=auth_mode)  # never what was given
+    return _json(credentials, headers={"Cache-Control": "no-store"})
 
 
 @arm
@@ -714,6 +734,7 @@ def add_arm_routes(app: web.Application, settings: Settings) -> None:
     router.add_delete(ENDPOINT, delete_endpoint)
     router.add_post(f"{ENDPOINT}/listKeys", list_keys)
     router.add_post(f"{ENDPOINT}/regenerateKeys", regenerate_keys)
+    router.add_post(f"{ENDPOINT}/token", get_token)
     router.add_get(DEPLOYMENTS, list_deployments)
     router.add_get(DEPLOYMENT, get_deployment)
     router.add_put(DEPLOYMENT, put_deployment)

@@ -175,6 +175,24 @@ def test_a_deployment_put_serves_and_the_key_from_listkeys_scores(
         assert json.load(response) == pytest.approx(served["answers"]["model-1"])
 
 
+def test_an_amltoken_endpoint_gives_tokens_from_token_and_no_keys(api: Api, served: dict[str, Any]) -> None:
+    path = f"{WS}/onlineEndpoints/arm-token-ep"
+    created = api.call("PUT", path, {"location": "local", "properties": {"authMode": "AMLToken"}})
+    assert api.wait(created)["status"] == "Succeeded"
+    assert api.call("GET", path).body["properties"]["authMode"] == "AMLToken"
+
+    token = api.call("POST", f"{path}/token")
+    assert token.status == 200 and token.headers["Cache-Control"] == "no-store"
+    assert set(token.body) == {"accessToken", "expiryTimeUtc", "refreshAfterTimeUtc", "tokenType"}
+    assert token.body["expiryTimeUtc"] - token.body["refreshAfterTimeUtc"] == 12 * 3600
+    keys = api.call("POST", f"{path}/listKeys")
+    assert (keys.status, keys.body["error"]["target"]) == (400, "properties.authMode")
+    assert "POST .../token" in keys.body["error"]["message"]
+    on_key_endpoint = api.call("POST", f"{ENDPOINT}/token")
+    assert on_key_endpoint.status == 400 and "POST .../listKeys" in on_key_endpoint.body["error"]["message"]
+    assert api.wait(api.call("DELETE", path))["status"] == "Succeeded"
+
+
 def test_get_logs_gives_the_instances_log(api: Api, served: dict[str, Any]) -> None:
     answer = api.call("POST", f"{ENDPOINT}/deployments/blue/getLogs", {"tail": 50})
     assert answer.status == 200
