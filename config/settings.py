@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     azure_metrics_endpoint: str | None = Field(
         default=None, description="metrics data plane; default https://<location>.metrics.monitor.azure.com"
     )
+    azure_access_token: SecretStr | None = Field(
+        default=None, description="an ARM bearer token to use instead of DefaultAzureCredential (short jobs)"
+    )
     # Tests point the SDKs at local fakes: ARM's URL, and the CA that signed the fakes' certificates.
     azure_arm_url: str | None = Field(default=None, description="ARM base URL; unset: Azure's public cloud")
     azure_ca_file: Path | None = Field(

@@ -70,12 +70,12 @@ class AzureMonitorReader:
     def from_settings(
         cls, settings: Settings, *, credential: AsyncTokenCredential | None = None
     ) -> AzureMonitorReader:
-        """The identity azure-identity finds (managed identity on a VM) unless one is given."""
+        """The settings' credential (activities.azure.credentials) unless one is given."""
         owned = None
         if credential is None:
-            from azure.identity.aio import DefaultAzureCredential
+            from activities.azure.credentials import azure_credential
 
-            credential = owned = DefaultAzureCredential()
+            credential = owned = azure_credential(settings)
         extra: dict[str, Any] = {}
         if settings.azure_ca_file is not None:
             extra["connection_verify"] = str(settings.azure_ca_file)

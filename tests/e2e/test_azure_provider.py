@@ -1,0 +1,146 @@
+"""The same workflows on the `azure` compute provider, end to end against the fake ARM: a whole
+local stack (Temporal, worker, gateway, api) whose worker runs deployments as VM scale sets
+through the real azure-mgmt-compute SDK over TLS, the fake's VMs real processes serving the
+model with azmlinfsrv. Create, invoke through the endpoint's URI, a killed VM replaced, delete
+leaving no scale set behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.project import REQUEST
+from tests.fakes.arm.client import FakeArmProcess
+from tests.support.load import SteadyLoad
+from tests.support.polling import until
+from tests.support.ports import free_port
+from tests.support.stack import LocalStack
+
+EP = "azure-ep"
+SCALE_SET = "tg-azure-ep-blue"
+BODY = json.dumps({"data": REQUEST}).encode()
+
+
+@pytest.fixture(scope="module")
+def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArmProcess]:
+    fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm"), free_port())
+    fake.start()
+    try:
+        asyncio.run(fake.wait_up())
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture(scope="module")
+def azure_stack(fake_arm: FakeArmProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    stack = LocalStack.create(tmp_path_factory.mktemp("azure-home"))
+    stack.env.update(
+        TIDEGATE_COMPUTE_PROVIDER="azure",
+        TIDEGATE_AZURE_SUBSCRIPTION_ID="00000000-0000-0000-0000-000000000001",
+        TIDEGATE_AZURE_RESOURCE_GROUP="tidegate-e2e",
+        TIDEGATE_AZURE_LOCATION="westeurope",
+        TIDEGATE_AZURE_VNET="tidegate-vnet",
+        TIDEGATE_AZURE_SUBNET="instances",
+        TIDEGATE_AZURE_SSH_PUBLIC_KEY="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheFakeArmOnly e2e",
+        TIDEGATE_AZURE_INSTANCE_PORT=str(free_port()),
+        TIDEGATE_AZURE_WATCH_INTERVAL_SECONDS="1",
+        TIDEGATE_AZURE_ARM_URL=fake_arm.url,
+        TIDEGATE_AZURE_CA_FILE=str(fake_arm.ca_file),
+        TIDEGATE_AZURE_ACCESS_TOKEN=fake_arm.token,
+    )
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+def scale_sets(fake: FakeArmProcess) -> dict[str, Any]:
+    return asyncio.run(fake.state())
+
+
+@pytest.fixture(scope="module")
+def served(azure_stack: LocalStack, project: tuple[Path, dict]) -> str:
+    root, _ = project
+    (root / "azure-endpoint.yml").write_text(f"name: {EP}\nauth_mode: key\n")
+    azure_stack.ok("online-endpoint", "create", "-f", "azure-endpoint.yml", cwd=root)
+    azure_stack.ok(
+        "online-deployment",
+        "create",
+        "-n",
+        "blue",
+        "-e",
+        EP,
+        "-f",
+        "blue.yml",
+        "--all-traffic",
+        "--set",
+        "instance_count=2",
+        cwd=root,
+    )
+    return azure_stack.key(EP)
+
+
+def blue_vms(fake: FakeArmProcess) -> list[dict[str, Any]]:
+    [blue] = [s for s in scale_sets(fake)["scale_sets"] if s["name"] == SCALE_SET]
+    return list(blue["vms"])
+
+
+def test_a_deployment_is_a_scale_set_whose_vms_serve_through_the_endpoint(
+    azure_stack: LocalStack, fake_arm: FakeArmProcess, served: str, project: tuple[Path, dict]
+) -> None:
+    root, answers = project
+    [blue] = [s for s in scale_sets(fake_arm)["scale_sets"] if s["name"] == SCALE_SET]
+    assert blue["capacity"] == 2 and blue["sku"] == "Standard_DS3_v2"
+    out = azure_stack.ok("online-endpoint", "invoke", "-n", EP, "--request-file", "request.json", cwd=root)
+    assert json.loads(out) == pytest.approx(answers["model-1"])
+    shown = azure_stack.json("online-deployment", "show", "-n", "blue", "-e", EP)
+    assert {i["id"] for i in shown["instances"]} == {f"{SCALE_SET}_0", f"{SCALE_SET}_1"}
+    assert all(i["state"] == "ready" for i in shown["instances"]), shown["instances"]
+
+
+def test_a_killed_vm_is_replaced_by_a_new_one_and_clients_see_no_error(
+    azure_stack: LocalStack, fake_arm: FakeArmProcess, served: str
+) -> None:
+    victim = blue_vms(fake_arm)[0]["instance_id"]
+    with SteadyLoad(f"{azure_stack.http_base}/endpoints/{EP}/score", served, BODY) as load:
+        killed = time.monotonic()
+        asyncio.run(fake_arm.kill(SCALE_SET, victim))
+        until(
+            lambda: (
+                victim not in {vm["instance_id"] for vm in blue_vms(fake_arm)}
+                and len(
+                    azure_stack.json(
+                        "online-deployment",
+                        "show",
+                        "-n",
+                        "blue",
+                        "-e",
+                        EP,
+                        "--query",
+                        "instances[?state=='ready']",
+                    )
+                )
+                == 2
+            ),
+            what="the killed VM replaced by a ready one",
+        )
+        print(
+            f"VM {victim} killed: a new VM ready {time.monotonic() - killed:.1f} s later; "
+            f"clients saw {dict(load.seen)}"
+        )
+    assert len(blue_vms(fake_arm)) == 2
+    # Only requests the dying VM held could fail; the gateway retries connection failures.
+    assert load.failures_from("blue") <= 1 and load.seen[("-", 0)] == 0, load.seen
+
+
+def test_deleting_the_endpoint_leaves_no_scale_set(azure_stack: LocalStack, fake_arm: FakeArmProcess) -> None:
+    azure_stack.ok("online-endpoint", "delete", "-n", EP, "--yes")
+    assert scale_sets(fake_arm)["scale_sets"] == []
