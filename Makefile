@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint down histories
+.PHONY: demo demo-azure test test-fast bench lint down histories
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tidegate up --detach
 	$(PY) -m control.demo
+
+# The same walk-through with deployments on VM scale sets, against the fake ARM, and a VM replaced.
+demo-azure: $(STAMP)
+	$(PY) -m tests.fakes.arm.demo
 
 test: lint
 	$(VENV)/bin/pytest -q

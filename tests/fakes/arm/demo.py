@@ -1,0 +1,104 @@
+"""`make demo-azure`: the `make demo` walk-through with deployments on VM scale sets, against the
+fake ARM (tests/fakes/arm; Azure cannot be reached from here), plus a VM killed and replaced.
+
+Starts the fake ARM (its own process, TLS, a static token), then a local stack on a throw-away
+home whose worker runs compute through the `azure` provider; runs control.demo; kills one of the
+green scale set's VMs and waits until a new one serves; prints the Azure operations the provider
+made (by ARM operation, as the fake counted them); and stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.fakes.arm.client import FakeArmProcess
+from tests.support.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+SCALE_SET = "tg-demo-ep-green"
+
+
+def tidegate(*args: str, check: bool = True) -> str:
+    print(f"$ tidegate {' '.join(args)}", flush=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "control.cli", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    if check and done.returncode != 0:
+        raise SystemExit(f"tidegate {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout.strip()
+
+
+def vms(fake: FakeArmProcess) -> list[dict]:
+    state = asyncio.run(fake.state())
+    return [vm for s in state["scale_sets"] if s["name"] == SCALE_SET for vm in s["vms"]]
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="tidegate-demo-azure-"))
+    fake = FakeArmProcess.prepare(work / "fake-arm", free_port())
+    fake.start()
+    asyncio.run(fake.wait_up())
+    os.environ.update(
+        TIDEGATE_HOME=str(work / "home"),
+        TIDEGATE_COMPUTE_PROVIDER="azure",
+        TIDEGATE_AZURE_SUBSCRIPTION_ID="00000000-0000-0000-0000-000000000001",
+        TIDEGATE_AZURE_RESOURCE_GROUP="tidegate-demo",
+        TIDEGATE_AZURE_LOCATION="westeurope",
+        TIDEGATE_AZURE_VNET="tidegate-vnet",
+        TIDEGATE_AZURE_SUBNET="instances",
+        TIDEGATE_AZURE_SSH_PUBLIC_KEY="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheFakeArmOnly demo",
+        TIDEGATE_AZURE_INSTANCE_PORT=str(free_port()),
+        TIDEGATE_AZURE_WATCH_INTERVAL_SECONDS="2",
+        TIDEGATE_AZURE_ARM_URL=fake.url,
+        TIDEGATE_AZURE_CA_FILE=str(fake.ca_file),
+        TIDEGATE_AZURE_ACCESS_TOKEN=fake.token,
+    )
+    try:
+        tidegate("up", "--detach")
+        subprocess.run([sys.executable, "-m", "control.demo"], cwd=ROOT, check=True)
+        victim = vms(fake)[0]["instance_id"]
+        print(f"\nKilling VM {victim} of scale set {SCALE_SET} (the fake's /_fake/kill)...", flush=True)
+        killed = time.monotonic()
+        asyncio.run(fake.kill(SCALE_SET, victim))
+        for _ in range(600):
+            ready = json.loads(
+                tidegate(
+                    "online-deployment",
+                    "show",
+                    "-n",
+                    "green",
+                    "-e",
+                    "demo-ep",
+                    "-o",
+                    "json",
+                    "--query",
+                    "instances[?state=='ready'].id",
+                )
+            )
+            if victim not in {vm["instance_id"] for vm in vms(fake)} and ready:
+                print(f"replaced: {ready} ready {time.monotonic() - killed:.1f} s after the kill", flush=True)
+                break
+            time.sleep(0.5)
+        else:
+            raise SystemExit("the killed VM was never replaced")
+        state = asyncio.run(fake.state())
+        print("\nAzure operations the provider made (ARM requests, as the fake counted them):")
+        for operation, count in sorted(state["requests"].items()):
+            if not operation.startswith("_fake"):
+                print(f"  {count:6d}  {operation}")
+    finally:
+        tidegate("down", check=False)
+        fake.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
