@@ -152,6 +152,26 @@ class Settings(BaseSettings):
     azure_metrics_endpoint: str | None = Field(
         default=None, description="metrics data plane; default https://<location>.metrics.monitor.azure.com"
     )
+    # Azure network (TIDEGATE_NETWORK_PROVIDER=azure): each endpoint gets a public IP with the DNS
+    # label `<azure_dns_label_prefix>-<endpoint>`, and a frontend and rule (azure_frontend_port ->
+    # gateway_https_port) on one shared Standard Load Balancer in front of the gateway VMs'
+    # backend pool; one NSG lets only the gateways' subnet reach the instances' port.
+    azure_load_balancer: str = Field(default="tidegate-gateways", description="the gateways' load balancer")
+    azure_gateway_backend_pool: str = Field(
+        default="gateways", description="its backend pool, which the gateway scale set's NICs join"
+    )
+    azure_gateway_subnet_prefix: str | None = Field(
+        default=None, description="CIDR of the gateways' subnet, e.g. 10.0.1.0/24: who may reach instances"
+    )
+    azure_instances_nsg: str = Field(
+        default="tidegate-instances", description="NSG for the instances' subnet (or their NICs)"
+    )
+    azure_frontend_port: int = Field(default=443, description="the port clients call on an endpoint's IP")
+    azure_network_recheck_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="a re-push within this long of a converged one spends no ARM call on the network",
+    )
     # Tests point the SDKs at local fakes: ARM's URL, and the CA that signed the fakes' certificates.
     azure_arm_url: str | None = Field(default=None, description="ARM base URL; unset: Azure's public cloud")
     azure_ca_file: Path | None = Field(
