@@ -282,15 +282,28 @@ class Settings(BaseSettings):
             return f"{scheme}://{endpoint}.{self.domain}:{port}{path}"
         return f"{scheme}://{self.domain}:{port}/endpoints/{endpoint}{path}"
 
+    @property
+    def azure_routed(self) -> bool:
+        """Endpoints are reached through the Azure load balancer: each at its public IP's name."""
+        return self.provider_name("network") == "azure" and bool(self.azure_location)
+
     def scoring_uri(self, endpoint: str) -> str:
+        if self.azure_routed:
+            from config.azure_network import azure_scoring_uri  # it imports this module
+
+            return azure_scoring_uri(self, endpoint)
         return self._endpoint_url("https", self.gateway_https_port, endpoint, "/score")
 
     def scoring_uri_http(self, endpoint: str) -> str | None:
-        if not self.http_data_plane:
+        if not self.http_data_plane or self.azure_routed:  # the load balancer forwards HTTPS only
             return None
         return self._endpoint_url("http", self.gateway_http_port, endpoint, "/score")
 
     def openapi_uri(self, endpoint: str) -> str:
+        if self.azure_routed:
+            from config.azure_network import azure_endpoint_url
+
+            return azure_endpoint_url(self, endpoint, "/swagger.json")
         return self._endpoint_url("https", self.gateway_https_port, endpoint, "/swagger.json")
 
 

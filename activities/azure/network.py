@@ -42,7 +42,7 @@ from activities.azure.load_balancer import (
 from activities.azure.scale_sets import AzureSettingsMissing
 from activities.local.network import LocalNetworkProvider
 from activities.network import NetworkProvider
-from config.azure_network import dns_label
+from config.azure_network import InvalidDnsLabel, checked_dns_label, dns_label
 from config.contract.activities import ApplyRouteInput, PushRouteResult, RemoveRouteInput
 from config.settings import Settings
 
@@ -126,6 +126,10 @@ class AzureNetworkProvider:
         wanted = self._desired_key(endpoint)
         if self._fresh(endpoint, wanted):
             return
+        try:
+            checked_dns_label(self._settings, endpoint)
+        except InvalidDnsLabel as err:
+            raise ApplicationError(str(err), type="InvalidDnsLabel", non_retryable=True) from None
         await self._ensure_public_ip(endpoint)
         await self._ensure_load_balancer(endpoint)
         await self._ensure_nsg()

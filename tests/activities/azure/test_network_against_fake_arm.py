@@ -20,6 +20,7 @@ import pytest_asyncio
 from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
+from yarl import URL
 
 from activities.azure.arm import ResumeToken
 from activities.azure.load_balancer import GATEWAY_PROBE
@@ -31,8 +32,7 @@ from config.routes import EndpointRoute
 from config.settings import Settings
 from tests.activities.azure.conftest import RESOURCE_GROUP, azure_settings
 from tests.fakes.arm.client import FakeArmProcess, StaticTokenCredential
-from tests.gateway.conftest import CONTROL_TOKEN, Backend, GatewayProcess, route_body
-from tests.gateway.helpers import score
+from tests.gateway.conftest import CONTROL_TOKEN, KEY, Backend, GatewayProcess, route_body
 from tests.support.ports import free_port
 
 GATEWAY_SUBNET = "10.0.1.0/24"
@@ -168,7 +168,6 @@ async def test_network_apply_makes_ip_frontend_rule_nsg_and_the_gateway_serves_i
     [ip] = public_ips_of(state, "alpha")
     assert ip["name"] == "tg-alpha" and (ip["sku"], ip["allocation"]) == ("Standard", "Static")
     assert ip["fqdn"] == "tgtest-alpha.westeurope.cloudapp.azure.com"
-    assert azure_scoring_uri(settings, "alpha") == "https://tgtest-alpha.westeurope.cloudapp.azure.com/score"
     assert (
         ip["provisioning_state"] == "Succeeded"
         and ip["held_by"] == f"{lb_id(settings)}/frontendIPConfigurations/tg-alpha"
@@ -198,8 +197,16 @@ async def test_network_apply_makes_ip_frontend_rule_nsg_and_the_gateway_serves_i
     # The route reached the real gateway over its admin API, and it serves the endpoint.
     shown = await gateway_route(client, gateway, "alpha")
     assert shown is not None and shown["generation"] == 1
-    reply = await score(client, gateway, "alpha", path_form=True)
-    assert reply.status == 200 and reply.json()["backend"] == "blue"
+    # The URI `show` prints reaches the endpoint on that gateway (over its plain-HTTP port here).
+    uri = URL(azure_scoring_uri(settings, "alpha"))
+    assert uri.host == ip["fqdn"] and uri.path == "/endpoints/alpha/score"
+    async with client.post(
+        f"{gateway.http}{uri.path}",
+        data=b'{"data": [1]}',
+        headers={"Host": uri.host, "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+        assert (await reply.json())["backend"] == "blue"
 
 
 def ip_id(settings: Settings, name: str) -> str:
@@ -399,11 +406,28 @@ async def test_fake_arm_refuses_other_network_api_versions(fake_arm: FakeArmProc
             assert (await response.json())["error"]["code"] == "InvalidApiVersionParameter"
 
 
-def test_azure_scoring_uri_names_a_port_only_when_not_443(tmp_path: Path) -> None:
-    base = Settings(home=tmp_path, azure_location="WestEurope", azure_dns_label_prefix="Contoso")
-    assert azure_scoring_uri(base, "Fraud-1") == "https://contoso-fraud-1.westeurope.cloudapp.azure.com/score"
-    other = base.model_copy(update={"azure_frontend_port": 8443})
-    assert (
-        azure_scoring_uri(other, "fraud-1")
-        == "https://contoso-fraud-1.westeurope.cloudapp.azure.com:8443/score"
+@pytest.mark.parametrize(
+    ("given", "uri"),
+    [
+        ({}, "https://contoso-fraud-1.westeurope.cloudapp.azure.com/endpoints/fraud-1/score"),
+        (
+            {"azure_frontend_port": 8443},
+            "https://contoso-fraud-1.westeurope.cloudapp.azure.com:8443/endpoints/fraud-1/score",
+        ),
+        (
+            {"azure_dns_label_prefix": None, "domain": "westeurope.cloudapp.azure.com"},
+            "https://fraud-1.westeurope.cloudapp.azure.com/score",
+        ),
+    ],
+    ids=["path_names_the_endpoint", "port_only_when_not_443", "host_names_it_when_label_is_the_endpoint"],
+)
+def test_azure_scoring_uri(tmp_path: Path, given: dict[str, Any], uri: str) -> None:
+    settings = Settings(
+        home=tmp_path, **{"azure_location": "WestEurope", "azure_dns_label_prefix": "Contoso", **given}
     )
+    assert azure_scoring_uri(settings, "fraud-1") == uri
+    assert settings.scoring_uri("fraud-1") != uri  # the local network provider: the gateway's own
+    on_azure = settings.model_copy(update={"network_provider": "azure"})
+    assert on_azure.scoring_uri("fraud-1") == uri  # what `online-endpoint show` prints
+    assert on_azure.scoring_uri_http("fraud-1") is None
+    assert on_azure.openapi_uri("fraud-1") == uri.removesuffix("/score") + "/swagger.json"
