@@ -237,8 +237,17 @@ class AzureNetworkProvider:
                 except ResourceNotFoundError:
                     current, etag = None, None
                 body = change(current)
-                if body is None or (current is not None and body == writable(current)):
+                if body is None:
                     return
+                if current is not None and body == writable(current):
+                    state = (current.get("properties") or {}).get("provisioningState")
+                    if state in (None, "Succeeded"):
+                        return
+                    if state != "Failed":  # a Failed one is PUT again, which is how ARM retries it
+                        raise ApplicationError(
+                            f"load balancer {name} is {state}: another operation on it has not ended",
+                            type="LoadBalancerBusy",
+                        )
                 condition = {"If-Match": etag} if etag else {"If-None-Match": "*"}
                 log.info("azure.load_balancer.put", load_balancer=name, endpoint=endpoint, attempt=attempt)
 

@@ -281,24 +281,37 @@ async def test_network_two_endpoints_share_one_lb_and_removing_one_leaves_the_ot
 
 
 async def test_network_two_workers_at_once_lose_no_frontend_against_fake_arm(
-    settings: Settings, fake_arm: FakeArmProcess, backend: Backend
+    settings: Settings, fake_arm: FakeArmProcess, backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each worker edits the one load balancer; the ETag makes the later writer read again."""
-    workers = [new_provider(settings, fake_arm) for _ in range(2)]
+    """Worker A reads the load balancer; worker B writes it before A does. A's PUT, conditional
+    on the ETag it read, is refused (412); A reads again and keeps B's frontend."""
+    first, second = new_provider(settings, fake_arm), new_provider(settings, fake_arm)
+    read = first.network.load_balancers.get
+    reads = 0
+
+    async def read_then_the_other_worker_writes(*args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        got = await read(*args, **kwargs)
+        reads += 1
+        if reads == 1:
+            await second.apply_route(route("delta", 1, backend))
+        return got
+
+    monkeypatch.setattr(first.network.load_balancers, "get", read_then_the_other_worker_writes)
+    before = await fake_arm.state()
     try:
+        await first.apply_route(route("gamma", 1, backend))
+        after = await fake_arm.state()
+        assert {"tg-alpha", "tg-gamma", "tg-delta"} <= set(the_lb(after)["frontends"])
+        assert reads == 2  # it read again after the refusal...
+        assert spent(before, after)[PUT_LB] == 3  # ...B's PUT, A's refused one, A's second
         await asyncio.gather(
-            workers[0].apply_route(route("gamma", 1, backend)),
-            workers[1].apply_route(route("delta", 1, backend)),
-        )
-        lb = the_lb(await fake_arm.state())
-        assert {"tg-alpha", "tg-gamma", "tg-delta"} <= set(lb["frontends"])
-        await asyncio.gather(
-            workers[0].remove_route(RemoveRouteInput(endpoint="gamma", generation=2)),
-            workers[1].remove_route(RemoveRouteInput(endpoint="delta", generation=2)),
+            first.remove_route(RemoveRouteInput(endpoint="gamma", generation=2)),
+            second.remove_route(RemoveRouteInput(endpoint="delta", generation=2)),
         )
     finally:
-        for worker in workers:
-            await worker.close()
+        await first.close()
+        await second.close()
     state = await fake_arm.state()
     assert set(the_lb(state)["frontends"]) == {"tg-alpha"}
     assert public_ips_of(state, "gamma") == public_ips_of(state, "delta") == []
@@ -373,6 +386,7 @@ async def test_network_retried_apply_resumes_the_load_balancer_operation_against
     assert result.lagging == {}
     after = await fake_arm.state()
     assert spent(before, after)[PUT_LB] == 1  # one PUT: the second attempt polled it to the end
+    assert the_lb(after)["provisioning_state"] == "Succeeded"
     assert "tg-eta" in the_lb(after)["frontends"]
     await provider.remove_route(RemoveRouteInput(endpoint="eta", generation=2))
 
