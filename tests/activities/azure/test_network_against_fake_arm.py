@@ -320,10 +320,13 @@ async def test_network_two_workers_at_once_lose_no_frontend_against_fake_arm(
 async def test_network_throttled_midway_still_completes_against_fake_arm(
     provider: AzureNetworkProvider, fake_arm: FakeArmProcess, backend: Backend
 ) -> None:
+    """ARM throttles the load balancer's PUT, after the public IP is made: the SDK waits as
+    told and the apply completes."""
     before = await fake_arm.state()
-    await fake_arm.fault(throttle={"count": 2, "retry_after": 1})
+    await fake_arm.fault(throttle={"count": 2, "retry_after": 1, "on": PUT_LB})
     await provider.apply_route(route("epsilon", 1, backend))
     after = await fake_arm.state()
+    assert after["throttled"].get(PUT_LB, 0) - before["throttled"].get(PUT_LB, 0) == 2
     assert sum(after["throttled"].values()) - sum(before["throttled"].values()) == 2
     waits = after["throttle_waits"][len(before["throttle_waits"]) :]
     assert len(waits) == 2 and all(wait >= 0.9 for wait in waits)  # the SDK waited as told

@@ -244,6 +244,7 @@ class ScaleSet:
 class Faults:
     throttle_count: int = 0
     throttle_retry_after: int = 1
+    throttle_on: str | None = None  # only requests to this route (its name), else any
     error_count: int = 0
     error_status: int = 503
     operation_polls: int | None = None
@@ -369,7 +370,7 @@ class FakeArm:
         if self._throttled_at is not None:
             self.throttle_waits.append(round(clock - self._throttled_at, 3))
             self._throttled_at = None
-        if faults.throttle_count > 0:
+        if faults.throttle_count > 0 and faults.throttle_on in (None, name):
             faults.throttle_count -= 1
             self.throttled[name] += 1
             self._throttled_at = clock
@@ -678,7 +679,8 @@ class FakeArm:
         )
 
     async def _fake_faults(self, request: web.Request) -> web.Response:
-        """{"throttle": {"count": N, "retry_after": S}} | {"errors": {"count": N, "status": 503}}
+        """{"throttle": {"count": N, "retry_after": S, "on": route name}}
+        | {"errors": {"count": N, "status": 503}}
         | {"operation": {"polls": K, "error": {"code": ..., "message": ...}, "on": route name}}
         (the next operation, or the next of that route's: "publicIPAddresses.createOrUpdate")."""
         body = await request.json()
@@ -686,6 +688,7 @@ class FakeArm:
         if "throttle" in body:
             faults.throttle_count = int(body["throttle"]["count"])
             faults.throttle_retry_after = int(body["throttle"].get("retry_after", 1))
+            faults.throttle_on = body["throttle"].get("on")
         if "errors" in body:
             faults.error_count = int(body["errors"]["count"])
             faults.error_status = int(body["errors"].get("status", 503))
