@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from azure.mgmt.network.models import PublicIPAddress
 from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -392,6 +393,24 @@ async def test_network_retried_apply_resumes_the_load_balancer_operation_against
     assert the_lb(after)["provisioning_state"] == "Succeeded"
     assert "tg-eta" in the_lb(after)["frontends"]
     await provider.remove_route(RemoveRouteInput(endpoint="eta", generation=2))
+
+
+async def test_network_leaves_alone_a_public_ip_that_is_not_the_endpoints_against_fake_arm(
+    provider: AzureNetworkProvider, fake_arm: FakeArmProcess, backend: Backend, settings: Settings
+) -> None:
+    """Someone's own `tg-theta` (no tidegate tag): apply refuses to take it over, remove keeps it."""
+    ips = provider.network.public_ip_addresses
+    theirs = {"location": "westeurope", "tags": {"owner": "someone"}, "sku": {"name": "Standard"}}
+    await (await ips.begin_create_or_update(RESOURCE_GROUP, "tg-theta", PublicIPAddress(theirs))).result()
+    with pytest.raises(ApplicationError) as caught:
+        await provider.apply_route(route("theta", 1, backend))
+    assert caught.value.non_retryable and caught.value.type == "ResourceNotOurs"
+    assert "tg-theta" in str(caught.value)
+    await provider.remove_route(RemoveRouteInput(endpoint="theta", generation=2))
+    state = await fake_arm.state()
+    [kept] = [ip for ip in state["public_ips"] if ip["name"] == "tg-theta"]
+    assert kept["tags"] == {"owner": "someone"} and state["changes"]["publicIPAddresses/tg-theta"] == 1
+    await (await ips.begin_delete(RESOURCE_GROUP, "tg-theta")).result()
 
 
 async def test_network_remove_leaves_nothing_of_the_endpoint_and_again_is_success_against_fake_arm(
