@@ -335,6 +335,17 @@ async def test_network_throttled_midway_still_completes_against_fake_arm(
     await provider.remove_route(RemoveRouteInput(endpoint="epsilon", generation=2))
 
 
+async def test_network_transient_5xx_is_retried_against_fake_arm(
+    provider: AzureNetworkProvider, fake_arm: FakeArmProcess
+) -> None:
+    before = await fake_arm.state()
+    await fake_arm.fault(errors={"count": 2, "status": 503})
+    await provider.remove_route(RemoveRouteInput(endpoint="iota", generation=1))  # nothing there: reads
+    after = await fake_arm.state()
+    assert sum(after["faulted"].values()) - sum(before["faulted"].values()) == 2
+    assert set(spent(before, after)) <= GETS
+
+
 async def test_network_quota_exceeded_on_the_public_ip_fails_non_retryable_against_fake_arm(
     provider: AzureNetworkProvider,
     fake_arm: FakeArmProcess,
