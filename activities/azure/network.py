@@ -23,7 +23,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.polling import AsyncLROPoller
 from azure.mgmt.network.aio import NetworkManagementClient
-from azure.mgmt.network.models import LoadBalancer, NetworkSecurityGroup, PublicIPAddress
+from azure.mgmt.network.models import LoadBalancer, NetworkSecurityGroup, PublicIPAddress, Subnet
 from temporalio.exceptions import ApplicationError
 
 from activities.azure.arm import client_options, default_credential, long_running, resume_token
@@ -32,6 +32,7 @@ from activities.azure.load_balancer import (
     covers,
     endpoint_resource_name,
     instances_nsg_body,
+    network_id,
     new_load_balancer,
     public_ip_body,
     put_entry,
@@ -71,6 +72,8 @@ class AzureNetworkProvider:
                 "azure_subscription_id",
                 "azure_resource_group",
                 "azure_location",
+                "azure_vnet",
+                "azure_subnet",
                 "azure_gateway_subnet_prefix",
             )
             if not getattr(settings, name)
@@ -274,11 +277,20 @@ class AzureNetworkProvider:
         )
 
     async def _ensure_nsg(self) -> None:
-        """The shared NSG: our two rules in it (other rules and tags kept)."""
+        """The shared NSG with our two rules, attached to the instances' subnet."""
         s = self._settings
-        wanted_key = f"{s.azure_gateway_subnet_prefix}|{s.azure_instance_port}"
+        wanted_key = (
+            f"{s.azure_gateway_subnet_prefix}|{s.azure_instance_port}|{s.azure_vnet}/{s.azure_subnet}"
+        )
         if self._fresh(_NSG_KEY, wanted_key):
             return
+        await self._put_nsg()
+        await self._attach_nsg()
+        self._converged[_NSG_KEY] = (wanted_key, time.monotonic())
+
+    async def _put_nsg(self) -> None:
+        """Our two rules in the NSG (its other rules and tags kept)."""
+        s = self._settings
         name = s.azure_instances_nsg
         resource = f"networkSecurityGroups/{name}"
         wanted = instances_nsg_body(s)
@@ -293,8 +305,7 @@ class AzureNetworkProvider:
             if existing is not None:
                 rules = (existing.get("properties") or {}).get("securityRules") or []
                 merged = [
-                    {"name": r["name"], "properties": _settable_rule(r.get("properties") or {})}
-                    for r in rules
+                    {"name": r["name"], "properties": _settable(r.get("properties") or {})} for r in rules
                 ]
                 for rule in wanted["properties"]["securityRules"]:
                     merged = put_entry(merged, rule)
@@ -304,7 +315,6 @@ class AzureNetworkProvider:
                     "properties": {"securityRules": merged},
                 }
                 if covers(existing, body):
-                    self._converged[_NSG_KEY] = (wanted_key, time.monotonic())
                     return
         log.info("azure.nsg.put", nsg=name, source=s.azure_gateway_subnet_prefix, port=s.azure_instance_port)
 
@@ -314,7 +324,49 @@ class AzureNetworkProvider:
             )
 
         await long_running(CREATE, resource, f"network security group {name}", start)
-        self._converged[_NSG_KEY] = (wanted_key, time.monotonic())
+
+    async def _attach_nsg(self) -> None:
+        """The instances' subnet names our NSG. A subnet with another NSG is not taken over:
+        two NSGs cannot both guard it, and merging rules is the operator's call."""
+        s = self._settings
+        vnet, name = str(s.azure_vnet), str(s.azure_subnet)
+        nsg_id = network_id(s, "networkSecurityGroups", s.azure_instances_nsg)
+        resource = f"virtualNetworks/{vnet}/subnets/{name}"
+        if resume_token(CREATE, resource) is None:
+            try:
+                read = await self.network.subnets.get(self._group, vnet, name)
+            except ResourceNotFoundError:
+                raise ApplicationError(
+                    f"subnet {name} of virtual network {vnet} not found in {self._group} "
+                    "(TIDEGATE_AZURE_VNET / TIDEGATE_AZURE_SUBNET)",
+                    type="SubnetNotFound",
+                    non_retryable=True,
+                ) from None
+            current = read.as_dict()
+            properties = _settable(current.get("properties") or {})
+            held = (properties.get("networkSecurityGroup") or {}).get("id")
+            if held is not None and held.lower() == nsg_id.lower():
+                return
+            if held is not None:
+                raise ApplicationError(
+                    f"subnet {name} of {vnet} is guarded by {held}, not {nsg_id}: copy the rules "
+                    f"tidegate-allow-gateways and tidegate-deny-others there, or attach "
+                    f"{s.azure_instances_nsg} instead",
+                    type="SubnetHasAnotherNsg",
+                    non_retryable=True,
+                )
+            body = {"name": name, "properties": {**properties, "networkSecurityGroup": {"id": nsg_id}}}
+            condition = {"If-Match": read.etag} if read.etag else {}
+        else:
+            body, condition = {}, {}
+        log.info("azure.nsg.attach", nsg=s.azure_instances_nsg, subnet=name, virtual_network=vnet)
+
+        def start(token: str | None) -> Awaitable[AsyncLROPoller[Any]]:
+            return self.network.subnets.begin_create_or_update(
+                self._group, vnet, name, Subnet(body), continuation_token=token, headers=condition
+            )
+
+        await long_running(CREATE, resource, f"subnet {name}", start)
 
     # ---- release ---------------------------------------------------------------------------
     async def release_endpoint(self, endpoint: str) -> None:
@@ -351,5 +403,10 @@ class AzureNetworkProvider:
             pass
 
 
-def _settable_rule(properties: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in properties.items() if k not in ("provisioningState", "etag")}
+def _settable(properties: dict[str, Any]) -> dict[str, Any]:
+    """Properties as read, without what ARM fills in (a subnet's NIC back-references too)."""
+    return {
+        k: v
+        for k, v in properties.items()
+        if k not in ("provisioningState", "etag", "ipConfigurations", "ipConfigurationProfiles")
+    }

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from azure.mgmt.network.models import PublicIPAddress
+from azure.mgmt.network.models import NetworkSecurityGroup, PublicIPAddress, Subnet
 from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -43,7 +43,8 @@ PUT_IP, PUT_LB, PUT_NSG = (
     "loadBalancers.createOrUpdate",
     "networkSecurityGroups.createOrUpdate",
 )
-GETS = {"publicIPAddresses.get", "loadBalancers.get", "networkSecurityGroups.get"}
+GETS = {"publicIPAddresses.get", "loadBalancers.get", "networkSecurityGroups.get", "subnets.get"}
+INSTANCES_SUBNET = "10.0.2.0/24"
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -102,6 +103,13 @@ def new_provider(settings: Settings, fake: FakeArmProcess) -> AzureNetworkProvid
 @pytest_asyncio.fixture(scope="module")
 async def provider(settings: Settings, fake_arm: FakeArmProcess) -> AsyncIterator[AzureNetworkProvider]:
     made = new_provider(settings, fake_arm)
+    # The instances' subnet exists before Tidegate runs (the operator made the virtual network).
+    subnet = Subnet({"properties": {"addressPrefix": INSTANCES_SUBNET}})
+    await (
+        await made.network.subnets.begin_create_or_update(
+            RESOURCE_GROUP, str(settings.azure_vnet), str(settings.azure_subnet), subnet
+        )
+    ).result()
     try:
         yield made
     finally:
@@ -194,6 +202,13 @@ async def test_network_apply_makes_ip_frontend_rule_nsg_and_the_gateway_serves_i
     )
     assert (deny["sourceAddressPrefix"], deny["destinationPortRange"], deny["access"]) == ("*", port, "Deny")
     assert allow["priority"] < deny["priority"]
+    [subnet] = state["subnets"]  # and it guards the instances' subnet
+    nsg_id = ip_id(settings, "x").replace("publicIPAddresses/x", "networkSecurityGroups/tidegate-instances")
+    assert (subnet["name"], subnet["nsg"], subnet["address_prefix"]) == (
+        "instances",
+        nsg_id,
+        INSTANCES_SUBNET,
+    )
 
     # The route reached the real gateway over its admin API, and it serves the endpoint.
     shown = await gateway_route(client, gateway, "alpha")
@@ -243,6 +258,7 @@ async def test_network_apply_again_changes_nothing_and_a_fresh_worker_only_reads
         "networkSecurityGroups/tidegate-instances",
     ):
         assert after["changes"][resource] == 1, resource  # each made once, never changed since
+    assert after["changes"]["subnets/instances"] == 2  # made by the operator, given the NSG once
     assert the_lb(after)["etag"] == the_lb(before)["etag"]
     assert [ip["address"] for ip in public_ips_of(after, "alpha")] == [
         ip["address"] for ip in public_ips_of(before, "alpha")
@@ -424,6 +440,38 @@ async def test_network_leaves_alone_a_public_ip_that_is_not_the_endpoints_agains
     await (await ips.begin_delete(RESOURCE_GROUP, "tg-theta")).result()
 
 
+async def test_network_does_not_take_over_a_subnet_another_nsg_guards_against_fake_arm(
+    settings: Settings, fake_arm: FakeArmProcess, backend: Backend
+) -> None:
+    elsewhere = settings.model_copy(update={"azure_subnet": "theirs"})
+    worker = new_provider(elsewhere, fake_arm)
+    try:
+        network = worker.network
+        theirs = NetworkSecurityGroup({"location": "westeurope", "properties": {"securityRules": []}})
+        made = await (
+            await network.network_security_groups.begin_create_or_update(RESOURCE_GROUP, "theirs", theirs)
+        ).result()
+        subnet = Subnet(
+            {"properties": {"addressPrefix": "10.0.3.0/24", "networkSecurityGroup": {"id": made.id}}}
+        )
+        await (
+            await network.subnets.begin_create_or_update(
+                RESOURCE_GROUP, str(settings.azure_vnet), "theirs", subnet
+            )
+        ).result()
+        with pytest.raises(ApplicationError) as caught:
+            await worker.apply_route(route("kappa", 1, backend))
+        assert caught.value.non_retryable and caught.value.type == "SubnetHasAnotherNsg"
+        assert "theirs" in str(caught.value)
+        [kept] = [n for n in (await fake_arm.state())["subnets"] if n["name"] == "theirs"]
+        assert kept["nsg"] == made.id
+        await worker.remove_route(RemoveRouteInput(endpoint="kappa", generation=2))
+    finally:
+        await worker.close()
+    state = await fake_arm.state()
+    assert public_ips_of(state, "kappa") == [] and "tg-kappa" not in the_lb(state)["frontends"]
+
+
 async def test_network_remove_leaves_nothing_of_the_endpoint_and_again_is_success_against_fake_arm(
     provider: AzureNetworkProvider,
     fake_arm: FakeArmProcess,
@@ -437,7 +485,7 @@ async def test_network_remove_leaves_nothing_of_the_endpoint_and_again_is_succes
     lb = the_lb(state)
     assert (lb["frontends"], lb["rules"]) == ({}, {})
     assert (lb["pools"], lb["probes"]) == (["gateways"], [GATEWAY_PROBE])  # shared: kept
-    assert [n["name"] for n in state["network_security_groups"]] == ["tidegate-instances"]  # shared: kept
+    assert "tidegate-instances" in [n["name"] for n in state["network_security_groups"]]  # shared: kept
     assert await gateway_route(client, gateway, "alpha") is None
 
     await provider.remove_route(RemoveRouteInput(endpoint="alpha", generation=11))  # gone: success

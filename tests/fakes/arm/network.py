@@ -6,7 +6,9 @@ sends for these three (its models are generated from azure-rest-api-specs). What
 and a provider could get wrong is refused here too: a PUT whose If-Match is not the current
 ETag (412), a frontend naming a public IP that does not exist or a rule naming a frontend,
 pool or probe the body lacks, two rules on one backend port and pool without Floating IP,
-a DNS label another public IP of the region holds, and deleting a public IP a frontend holds.
+a DNS label another public IP of the region holds, deleting a public IP a frontend holds, and
+a subnet naming an NSG that does not exist. A subnet (`virtualNetworks/{vnet}/subnets`, GET and
+PUT) is kept without its virtual network: a test makes it as the operator would.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ NETWORK = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network"
 PUBLIC_IP = "publicIPAddresses"
 LOAD_BALANCER = "loadBalancers"
 NSG = "networkSecurityGroups"
-KINDS = (PUBLIC_IP, LOAD_BALANCER, NSG)
+SUBNETS = "subnets"  # of a virtual network; the fake keeps them without their network
+KINDS = (PUBLIC_IP, LOAD_BALANCER, NSG, SUBNETS)
+SUBNET_PATH = NETWORK + "/virtualNetworks/{vnet}/subnets/{name}"
 # The parts of a load balancer's body that are lists of named sub-resources.
 LB_PARTS = (
     "frontendIPConfigurations",
@@ -85,10 +89,14 @@ class NetworkResource:
     etag: str = field(default_factory=_etag)
     resource_guid: str = field(default_factory=lambda: str(uuid.uuid4()))
     address: str | None = None  # a public IP's
+    vnet: str | None = None  # a subnet's
 
     @property
     def id(self) -> str:
-        return NETWORK.format(sub=self.subscription, rg=self.resource_group) + f"/{self.kind}/{self.name}"
+        group = NETWORK.format(sub=self.subscription, rg=self.resource_group)
+        if self.kind == SUBNETS:
+            return f"{group}/virtualNetworks/{self.vnet}/subnets/{self.name}"
+        return f"{group}/{self.kind}/{self.name}"
 
     def model(self) -> dict[str, Any]:
         return {"location": self.location, "tags": self.tags, "sku": self.sku, "properties": self.properties}
@@ -97,19 +105,21 @@ class NetworkResource:
 class FakeNetwork:
     def __init__(self, arm: FakeArm) -> None:
         self._arm = arm
-        self.resources: dict[str, dict[tuple[str, str, str], NetworkResource]] = {k: {} for k in KINDS}
+        self.resources: dict[str, dict[tuple[str, ...], NetworkResource]] = {k: {} for k in KINDS}
         self._next_address = 1
 
     def routes(self, add: Callable[..., Any]) -> None:
         for kind in KINDS:
-            path = NETWORK + f"/{kind}/{{name}}"
+            path = SUBNET_PATH if kind == SUBNETS else NETWORK + f"/{kind}/{{name}}"
             add("PUT", path, self._put(kind), name=f"{kind}.createOrUpdate")
             add("GET", path, self._get(kind), name=f"{kind}.get")
         add("DELETE", NETWORK + f"/{PUBLIC_IP}/{{name}}", self._delete_public_ip, name=f"{PUBLIC_IP}.delete")
 
     # ---- handlers --------------------------------------------------------------------------
-    def _key(self, request: web.Request) -> tuple[str, str, str]:
+    def _key(self, request: web.Request) -> tuple[str, ...]:
         info = request.match_info
+        if "vnet" in info:
+            return info["sub"], info["rg"].lower(), info["vnet"].lower(), info["name"].lower()
         return info["sub"], info["rg"].lower(), info["name"].lower()
 
     def _not_found(self, kind: str, request: web.Request) -> web.Response:
@@ -135,7 +145,7 @@ class FakeNetwork:
                 body = await request.json()
             except json.JSONDecodeError:
                 return _error(400, "InvalidRequestContent", "The request content could not be deserialized.")
-            if not body.get("location"):
+            if kind != SUBNETS and not body.get("location"):
                 return _error(
                     400, "LocationRequired", "The location property is required for this definition."
                 )
@@ -147,7 +157,7 @@ class FakeNetwork:
             if refused is not None:
                 return refused
             model = {
-                "location": body["location"],
+                "location": body.get("location", ""),
                 "tags": body.get("tags") or {},
                 "sku": body.get("sku"),
                 "properties": _settable(body.get("properties") or {}),
@@ -158,6 +168,7 @@ class FakeNetwork:
                     subscription=key[0],
                     resource_group=request.match_info["rg"],
                     name=request.match_info["name"],
+                    vnet=request.match_info.get("vnet"),
                     location=model["location"],
                     tags=model["tags"],
                     sku=model["sku"],
@@ -189,7 +200,7 @@ class FakeNetwork:
             headers = self._arm.start_operation(
                 request,
                 f"{kind}.createOrUpdate",
-                resource.location,
+                resource.location or "westeurope",  # a subnet has none; the status URL wants one
                 succeeded,
                 failed,
                 provider="Microsoft.Network",
@@ -238,9 +249,17 @@ class FakeNetwork:
         return None
 
     def _validate(
-        self, kind: str, key: tuple[str, str, str], request: web.Request, body: dict[str, Any]
+        self, kind: str, key: tuple[str, ...], request: web.Request, body: dict[str, Any]
     ) -> web.Response | None:
         properties = body.get("properties") or {}
+        if kind == SUBNETS:
+            nsg = (properties.get("networkSecurityGroup") or {}).get("id")
+            if nsg is not None and nsg.lower() not in {r.id.lower() for r in self.resources[NSG].values()}:
+                return _error(
+                    400,
+                    "InvalidResourceReference",
+                    f"Resource {nsg} referenced by resource {request.path} was not found.",
+                )
         if kind == PUBLIC_IP:
             label = (properties.get("dnsSettings") or {}).get("domainNameLabel")
             if label is not None:
@@ -325,6 +344,15 @@ class FakeNetwork:
     # ---- views -------------------------------------------------------------------------------
     def view(self, resource: NetworkResource) -> dict[str, Any]:
         properties = copy.deepcopy(resource.properties)
+        if resource.kind == SUBNETS:  # a child resource: no location, tags or sku of its own
+            properties["provisioningState"] = resource.provisioning_state
+            return {
+                "id": resource.id,
+                "name": resource.name,
+                "type": "Microsoft.Network/virtualNetworks/subnets",
+                "etag": resource.etag,
+                "properties": properties,
+            }
         properties["provisioningState"] = resource.provisioning_state
         properties["resourceGuid"] = resource.resource_guid
         for part in LB_PARTS + ("securityRules",):
@@ -391,6 +419,15 @@ class FakeNetwork:
                     "provisioning_state": lb.provisioning_state,
                 }
                 for lb in self.resources[LOAD_BALANCER].values()
+            ],
+            "subnets": [
+                {
+                    "virtual_network": n.vnet,
+                    "name": n.name,
+                    "address_prefix": n.properties.get("addressPrefix"),
+                    "nsg": (n.properties.get("networkSecurityGroup") or {}).get("id"),
+                }
+                for n in self.resources[SUBNETS].values()
             ],
             "network_security_groups": [
                 {
