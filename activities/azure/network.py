@@ -55,6 +55,10 @@ DELETE = "delete"
 # (its retry policy tries again).
 LOAD_BALANCER_ATTEMPTS = 5
 PRECONDITION_FAILED = 412
+# A permanent refusal is given again without asking ARM for this long: the endpoint's workflow
+# pushes again at once after a failed push, and each ask would spend ARM writes (about 1,200 an
+# hour per subscription), which scale sets need too.
+REFUSAL_MEMORY_SECONDS = 60.0
 _NSG_KEY = "\0nsg"
 
 
@@ -89,6 +93,8 @@ class AzureNetworkProvider:
         self._gateways = gateways if gateways is not None else LocalNetworkProvider(settings)
         # endpoint (or the NSG) -> (what was converged, when): re-pushes skip ARM for a while.
         self._converged: dict[str, tuple[str, float]] = {}
+        # endpoint -> (what was refused, the refusal, when): see REFUSAL_MEMORY_SECONDS.
+        self._refused: dict[str, tuple[str, ApplicationError, float]] = {}
         # One writer of the shared load balancer per process; the ETag guards against others.
         self._load_balancer_lock = asyncio.Lock()
 
@@ -129,13 +135,34 @@ class AzureNetworkProvider:
         wanted = self._desired_key(endpoint)
         if self._fresh(endpoint, wanted):
             return
+        refused = self._refused.get(endpoint)
+        if refused is not None and refused[0] == wanted:
+            age = time.monotonic() - refused[2]
+            if age < REFUSAL_MEMORY_SECONDS:
+                err = refused[1]
+                log.info(
+                    "azure.network.still_refused", endpoint=endpoint, error=err.type, age_seconds=round(age)
+                )
+                raise ApplicationError(
+                    f"{err.message} (Azure said so {age:.0f} s ago; asked again after "
+                    f"{REFUSAL_MEMORY_SECONDS:.0f} s)",
+                    type=err.type,
+                    non_retryable=True,
+                )
         try:
             checked_dns_label(self._settings, endpoint)
+            await self._ensure_public_ip(endpoint)
+            await self._ensure_load_balancer(endpoint)
+            await self._ensure_nsg()
         except InvalidDnsLabel as err:
-            raise ApplicationError(str(err), type="InvalidDnsLabel", non_retryable=True) from None
-        await self._ensure_public_ip(endpoint)
-        await self._ensure_load_balancer(endpoint)
-        await self._ensure_nsg()
+            failure = ApplicationError(str(err), type="InvalidDnsLabel", non_retryable=True)
+            self._refused[endpoint] = (wanted, failure, time.monotonic())
+            raise failure from None
+        except ApplicationError as err:
+            if err.non_retryable:
+                self._refused[endpoint] = (wanted, err, time.monotonic())
+            raise
+        self._refused.pop(endpoint, None)
         self._converged[endpoint] = (wanted, time.monotonic())
         log.info("azure.network.converged", endpoint=endpoint, label=dns_label(self._settings, endpoint))
 
@@ -374,6 +401,7 @@ class AzureNetworkProvider:
         (Azure refuses to delete an IP a frontend still holds). What is gone is success; what
         is not the endpoint's is left alone."""
         self._converged.pop(endpoint, None)
+        self._refused.pop(endpoint, None)
         await self._edit_load_balancer(
             endpoint, lambda current: None if current is None else without_endpoint(current, endpoint)
         )

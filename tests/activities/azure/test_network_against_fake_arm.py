@@ -381,6 +381,13 @@ async def test_network_quota_exceeded_on_the_public_ip_fails_non_retryable_again
     assert [ip["provisioning_state"] for ip in public_ips_of(state, "zeta")] == ["Failed"]
     assert "tg-zeta" not in the_lb(state)["frontends"]  # it stopped there
     assert await gateway_route(client, gateway, "zeta") is None  # and pushed nothing
+
+    # The workflow pushes again at once: the refusal is given again without spending ARM's writes.
+    before = await fake_arm.state()
+    with pytest.raises(ApplicationError) as again:
+        await provider.apply_route(route("zeta", 2, backend))
+    assert again.value.non_retryable and again.value.type == "QuotaExceeded" and message in str(again.value)
+    assert spent(before, await fake_arm.state()) == {}
     await provider.remove_route(RemoveRouteInput(endpoint="zeta", generation=2))
     assert public_ips_of(await fake_arm.state(), "zeta") == []
 
