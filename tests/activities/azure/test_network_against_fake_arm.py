@@ -8,6 +8,7 @@ request and every change."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -153,6 +154,14 @@ def spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
         for op, n in after["requests"].items()
         if n != before["requests"].get(op, 0)
     }
+
+
+def opened(token: str) -> str:
+    """A continuation token's text (azure-core: base64 JSON, the response body base64 inside)."""
+    outer = base64.b64decode(token).decode()
+    inner = base64.b64decode(json.loads(outer)["data"]["response"]["content"]).decode()
+    assert "tg-eta" in outer + inner or LB in outer + inner  # it was opened, not misread
+    return outer + inner
 
 
 def lb_id(settings: Settings) -> str:
@@ -414,7 +423,8 @@ async def test_network_retried_apply_resumes_the_load_balancer_operation_against
         await first.run(activities.apply_route, request)
     saved = ResumeToken.model_validate(beats[-1])
     assert (saved.operation, saved.resource) == ("createOrUpdate", f"loadBalancers/{LB}")
-    assert fake_arm.token not in json.dumps(beats)  # no credential in workflow history
+    assert fake_arm.token not in json.dumps(beats)  # no credential in workflow history,
+    assert fake_arm.token not in opened(saved.token)  # not even inside the opaque token
 
     second = ActivityEnvironment()
     second.info = dataclasses.replace(
