@@ -38,6 +38,12 @@ def _local_network(settings: Settings) -> NetworkProvider:
     return LocalNetworkProvider(settings)
 
 
+def _azure_network(settings: Settings) -> NetworkProvider:
+    from activities.azure.network import AzureNetworkProvider
+
+    return AzureNetworkProvider(settings)
+
+
 def _local_monitor(settings: Settings) -> MonitorProvider:
     from activities.local.monitor import LocalMonitorProvider
 
@@ -70,7 +76,7 @@ def _azure_artifacts(settings: Settings) -> ArtifactStore:
 
 PROVIDERS: dict[ProviderKind, dict[str, Callable[[Settings], Any]]] = {
     "compute": {"local": _local_compute, "azure": _azure_compute},
-    "network": {"local": _local_network},
+    "network": {"local": _local_network, "azure": _azure_network},
     "monitor": {"local": _local_monitor, "prometheus": _prometheus_monitor},
     "secrets": {"local": _local_secrets},
     "artifacts": {"local": _local_artifacts, "azure": _azure_artifacts},

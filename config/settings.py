@@ -152,6 +152,26 @@ class Settings(BaseSettings):
     azure_metrics_endpoint: str | None = Field(
         default=None, description="metrics data plane; default https://<location>.metrics.monitor.azure.com"
     )
+    # Azure network (TIDEGATE_NETWORK_PROVIDER=azure): each endpoint gets a public IP with the DNS
+    # label `<azure_dns_label_prefix>-<endpoint>`, and a frontend and rule (azure_frontend_port ->
+    # gateway_https_port) on one shared Standard Load Balancer in front of the gateway VMs'
+    # backend pool; one NSG lets only the gateways' subnet reach the instances' port.
+    azure_load_balancer: str = Field(default="tidegate-gateways", description="the gateways' load balancer")
+    azure_gateway_backend_pool: str = Field(
+        default="gateways", description="its backend pool, which the gateway scale set's NICs join"
+    )
+    azure_gateway_subnet_prefix: str | None = Field(
+        default=None, description="CIDR of the gateways' subnet, e.g. 10.0.1.0/24: who may reach instances"
+    )
+    azure_instances_nsg: str = Field(
+        default="tidegate-instances", description="NSG for the instances' subnet (or their NICs)"
+    )
+    azure_frontend_port: int = Field(default=443, description="the port clients call on an endpoint's IP")
+    azure_network_recheck_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="a re-push within this long of a converged one spends no ARM call on the network",
+    )
     azure_access_token: SecretStr | None = Field(
         default=None, description="an ARM bearer token to use instead of DefaultAzureCredential (short jobs)"
     )
@@ -265,15 +285,28 @@ class Settings(BaseSettings):
             return f"{scheme}://{endpoint}.{self.domain}:{port}{path}"
         return f"{scheme}://{self.domain}:{port}/endpoints/{endpoint}{path}"
 
+    @property
+    def azure_routed(self) -> bool:
+        """Endpoints are reached through the Azure load balancer: each at its public IP's name."""
+        return self.provider_name("network") == "azure" and bool(self.azure_location)
+
     def scoring_uri(self, endpoint: str) -> str:
+        if self.azure_routed:
+            from config.azure_network import azure_scoring_uri  # it imports this module
+
+            return azure_scoring_uri(self, endpoint)
         return self._endpoint_url("https", self.gateway_https_port, endpoint, "/score")
 
     def scoring_uri_http(self, endpoint: str) -> str | None:
-        if not self.http_data_plane:
+        if not self.http_data_plane or self.azure_routed:  # the load balancer forwards HTTPS only
             return None
         return self._endpoint_url("http", self.gateway_http_port, endpoint, "/score")
 
     def openapi_uri(self, endpoint: str) -> str:
+        if self.azure_routed:
+            from config.azure_network import azure_endpoint_url
+
+            return azure_endpoint_url(self, endpoint, "/swagger.json")
         return self._endpoint_url("https", self.gateway_https_port, endpoint, "/swagger.json")
 
 

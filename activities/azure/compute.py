@@ -17,15 +17,19 @@ from typing import Any, TypeVar
 
 import structlog
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 from azure.core.polling import AsyncLROPoller
 from azure.mgmt.compute.aio import ComputeManagementClient
 from azure.mgmt.compute.models import VirtualMachineScaleSet, VirtualMachineScaleSetVMInstanceRequiredIDs
 from azure.mgmt.network.aio import NetworkManagementClient
-from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.azure.arm import (
+    HEARTBEAT_SECONDS,
+    client_options,
+    long_running,
+)
 from activities.azure.credentials import azure_credential
 from activities.azure.scale_sets import (
     TAG_DEPLOYMENT,
@@ -53,20 +57,7 @@ from config.settings import Settings
 
 log = structlog.get_logger("activities.azure.compute")
 
-# Errors that retrying cannot fix: the deployment fails with Azure's own message.
-PERMANENT_ERRORS = frozenset({"QuotaExceeded", "SkuNotAvailable", "AllocationFailed"})
-# A long-running operation's heartbeat, at most this far apart (the poller waits in between).
-HEARTBEAT_SECONDS = 5.0
-
 T = TypeVar("T")
-
-
-class ResumeToken(BaseModel):
-    """What a long-running activity heartbeats: enough to resume the very same operation."""
-
-    operation: str
-    scale_set: str
-    token: str
 
 
 def _vm_phase(vm: Any) -> tuple[str | None, InstancePhase]:
@@ -77,17 +68,6 @@ def _vm_phase(vm: Any) -> tuple[str | None, InstancePhase]:
     power = next((c for c in statuses if c and c.startswith("PowerState/")), None)
     health = view.vm_health.status.code if view and view.vm_health and view.vm_health.status else None
     return power, instance_phase(power, health)
-
-
-def permanent_failure(err: HttpResponseError, scale_set: str) -> ApplicationError | None:
-    """The non-retryable error for what retrying cannot fix, else None (the retry policy's)."""
-    code = err.error.code if err.error is not None else None
-    if code in PERMANENT_ERRORS:
-        message = err.error.message if err.error is not None else str(err)
-        return ApplicationError(
-            f"Azure refused scale set {scale_set}: {code}: {message}", type=code, non_retryable=True
-        )
-    return None
 
 
 @dataclass
@@ -129,12 +109,7 @@ class AzureComputeProvider:
 
     # ---- clients -------------------------------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self._settings.azure_arm_url:
-            options["base_url"] = self._settings.azure_arm_url
-        if self._settings.azure_ca_file:
-            options["connection_verify"] = str(self._settings.azure_ca_file)
-        return options
+        return client_options(self._settings)
 
     def _credential_now(self) -> AsyncTokenCredential:
         if self._credential is None:
@@ -286,35 +261,7 @@ class AzureComputeProvider:
     async def _long_running(
         self, operation: str, scale_set: str, start: Callable[[str | None], Awaitable[AsyncLROPoller[T]]]
     ) -> T:
-        """Start (or, on a retried activity, resume) an operation and wait for its end,
-        heartbeating the continuation token so the next attempt resumes it too."""
-        token = _resume_token(operation, scale_set)
-        if token is not None:
-            log.info("azure.operation.resumed", operation=operation, scale_set=scale_set)
-        try:
-            poller = await start(token)
-            resume = ResumeToken(operation=operation, scale_set=scale_set, token=poller.continuation_token())
-            waiting = asyncio.ensure_future(poller.result())
-            try:
-                while True:
-                    if activity.in_activity():
-                        activity.heartbeat(resume.model_dump())
-                    done, _ = await asyncio.wait({waiting}, timeout=HEARTBEAT_SECONDS)
-                    if done:
-                        return waiting.result()
-            finally:
-                if not waiting.done():
-                    waiting.cancel()  # the activity was cancelled; the operation goes on in Azure
-        except ResourceNotFoundError:
-            raise
-        except HttpResponseError as err:
-            failure = permanent_failure(err, scale_set)
-            if failure is not None:
-                log.warning(
-                    "azure.operation.failed", operation=operation, scale_set=scale_set, error=str(failure)
-                )
-                raise failure from None
-            raise
+        return await long_running(operation, scale_set, f"scale set {scale_set}", start)
 
     # ---- reading -------------------------------------------------------------------------
     async def _deployment_status(self, scale_set: Any) -> DeploymentInstances:
@@ -412,19 +359,3 @@ class AzureComputeProvider:
             states=[i.state for i in status.instances],
             sequence=watch.sequence,
         )
-
-
-def _resume_token(operation: str, scale_set: str) -> str | None:
-    """The continuation token a previous attempt of this activity heartbeat, if any."""
-    if not activity.in_activity():
-        return None
-    details = activity.info().heartbeat_details
-    if not details:
-        return None
-    try:
-        saved = ResumeToken.model_validate(details[-1])
-    except ValueError:
-        return None
-    if (saved.operation, saved.scale_set) != (operation, scale_set):
-        return None
-    return saved.token

@@ -40,6 +40,7 @@ AZURE = {
     "azure_vnet": "vnet",
     "azure_subnet": "subnet",
     "azure_ssh_public_key": "ssh-ed25519 AAAA test",
+    "azure_gateway_subnet_prefix": "10.0.1.0/24",
 }
 
 
@@ -108,3 +109,11 @@ def test_an_unknown_provider_names_the_setting_at_fault(
     with pytest.raises(UnknownProvider) as refused:
         provider("compute", settings(tmp_path, **given))
     assert str(refused.value) == message
+
+
+def test_the_azure_network_provider_names_the_settings_it_lacks(tmp_path: Path) -> None:
+    from activities.azure.scale_sets import AzureSettingsMissing
+
+    chosen = settings(tmp_path, network_provider="azure", azure_gateway_subnet_prefix=None)
+    with pytest.raises(AzureSettingsMissing, match="TIDEGATE_AZURE_GATEWAY_SUBNET_PREFIX"):
+        provider("network", chosen)

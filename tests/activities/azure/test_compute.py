@@ -17,7 +17,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.azure.compute import AzureComputeProvider, ResumeToken
+from activities.azure.arm import ResumeToken
+from activities.azure.compute import AzureComputeProvider
 from activities.azure.scale_sets import scale_set_name
 from activities.compute import ComputeActivities
 from config.contract.activities import (
@@ -182,7 +183,7 @@ async def test_scale_set_retried_create_resumes_the_same_operation_against_fake_
         await first.run(activities.request_instances, request)
     assert beats, "the first attempt heartbeat its continuation token"
     saved = ResumeToken.model_validate(beats[-1])
-    assert saved.operation == "createOrUpdate" and saved.scale_set == scale_set_name("ep1", "green")
+    assert saved.operation == "createOrUpdate" and saved.resource == scale_set_name("ep1", "green")
 
     assert fake_arm.token not in json.dumps(beats)  # the token never reaches workflow history
 

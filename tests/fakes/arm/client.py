@@ -50,6 +50,7 @@ class FakeArmProcess:
     state_dir: Path
     subnet_prefix: str
     process: subprocess.Popen[bytes] | None = None
+    retry_after: int = 1  # the Retry-After of its operation statuses: how long pollers wait
 
     @property
     def url(self) -> str:
@@ -89,6 +90,8 @@ class FakeArmProcess:
             str(self.state_dir),
             "--subnet-prefix",
             self.subnet_prefix,
+            "--retry-after",
+            str(self.retry_after),
         ]
         with open(root / "fake-arm.log", "ab") as out:
             self.process = subprocess.Popen(

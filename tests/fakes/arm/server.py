@@ -1,9 +1,10 @@
 """The fake ARM server: scale sets, their VMs and NICs, operation-status resources, faults.
 
-Field names are those of Microsoft.Compute 2026-04-01 (scale sets, their VMs, operation status)
-and Microsoft.Network 2018-10-01 (a scale set's network interfaces): the versions
-azure-mgmt-compute 39 and azure-mgmt-network 33 send, whose models are generated from
-azure-rest-api-specs. Any other api-version is refused as ARM does.
+Field names are those of Microsoft.Compute 2026-04-01 (scale sets, their VMs, operation status),
+Microsoft.Network 2018-10-01 (a scale set's network interfaces) and Microsoft.Network 2026-03-01
+(public IPs, load balancers, NSGs: tests/fakes/arm/network.py): the versions azure-mgmt-compute
+39 and azure-mgmt-network 33.1 send, whose models are generated from azure-rest-api-specs. Any
+other api-version is refused as ARM does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.arm.network import KINDS as NETWORK_KINDS
+from tests.fakes.arm.network import NETWORK_API_VERSION, FakeNetwork
 from tests.fakes.arm.vms import HealthProbe, Image, Vm
 
 COMPUTE_API_VERSION = "2026-04-01"
@@ -32,7 +35,7 @@ NETWORK_VMSS_NIC_API_VERSION = "2018-10-01"
 _RG = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute"
 SCALE_SETS = _RG + "/virtualMachineScaleSets"
 SCALE_SET = SCALE_SETS + "/{name}"
-OPERATION = "/subscriptions/{sub}/providers/Microsoft.Compute/locations/{location}/operations/{op}"
+OPERATION = "/subscriptions/{sub}/providers/{provider}/locations/{location}/operations/{op}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -241,10 +244,12 @@ class ScaleSet:
 class Faults:
     throttle_count: int = 0
     throttle_retry_after: int = 1
+    throttle_on: str | None = None  # only requests to this route (its name), else any
     error_count: int = 0
     error_status: int = 503
     operation_polls: int | None = None
     operation_error: tuple[str, str] | None = None
+    operation_on: str | None = None  # only an operation of this name (a route's), else the next
 
 
 class FakeArm:
@@ -269,6 +274,7 @@ class FakeArm:
         self._throttled_at: float | None = None
         self._probes: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.network = FakeNetwork(self)
 
     # ---- the app -------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -291,7 +297,19 @@ class FakeArm:
             self._list_nics,
             name="networkInterfaces.listVirtualMachineScaleSetNetworkInterfaces",
         )
-        add("GET", OPERATION, self._get_operation, name="operations.get")
+        self.network.routes(add)
+        add(
+            "GET",
+            OPERATION.format(sub="{sub}", provider="Microsoft.Compute", location="{location}", op="{op}"),
+            self._get_operation,
+            name="operations.get",
+        )
+        add(
+            "GET",
+            OPERATION.format(sub="{sub}", provider="Microsoft.Network", location="{location}", op="{op}"),
+            self._get_operation,
+            name="networkOperations.get",
+        )
         add("GET", "/_fake/state", self._fake_state, name="_fake.state")
         add("POST", "/_fake/faults", self._fake_faults, name="_fake.faults")
         add("POST", "/_fake/kill", self._fake_kill, name="_fake.kill")
@@ -332,7 +350,7 @@ class FakeArm:
         name = _route_name(request)
         if name.startswith("_fake") or name == "":
             return await handler(request)
-        wanted = NETWORK_VMSS_NIC_API_VERSION if name.startswith("networkInterfaces") else COMPUTE_API_VERSION
+        wanted = _api_version_of(name)
         given = request.query.get("api-version")
         if given != wanted:
             return arm_error(
@@ -352,7 +370,7 @@ class FakeArm:
         if self._throttled_at is not None:
             self.throttle_waits.append(round(clock - self._throttled_at, 3))
             self._throttled_at = None
-        if faults.throttle_count > 0:
+        if faults.throttle_count > 0 and faults.throttle_on in (None, name):
             faults.throttle_count -= 1
             self.throttled[name] += 1
             self._throttled_at = clock
@@ -379,7 +397,7 @@ class FakeArm:
     def _base_url(self, request: web.Request) -> str:
         return f"{request.scheme}://{request.host}"
 
-    def _lro(
+    def start_operation(
         self,
         request: web.Request,
         name: str,
@@ -387,9 +405,10 @@ class FakeArm:
         on_success: Callable[[], None],
         on_failure: Callable[[], None] = lambda: None,
         fault: tuple[int, tuple[str, str] | None] | None = None,
+        provider: str = "Microsoft.Compute",
     ) -> dict[str, str]:
         """Start an operation; the headers that point at its status."""
-        polls, error = fault or self._take_operation_fault() or (1, None)
+        polls, error = fault or self._take_operation_fault(name) or (1, None)
         op = Operation(
             id=str(uuid.uuid4()),
             name=name,
@@ -403,8 +422,8 @@ class FakeArm:
         sub = request.match_info["sub"]
         url = (
             f"{self._base_url(request)}"
-            + OPERATION.format(sub=sub, location=location, op=op.id)
-            + f"?api-version={COMPUTE_API_VERSION}"
+            + OPERATION.format(sub=sub, provider=provider, location=location, op=op.id)
+            + f"?api-version={_api_version_of(name)}"
         )
         return {
             "Azure-AsyncOperation": url,
@@ -412,13 +431,13 @@ class FakeArm:
             "Retry-After": str(self._retry_after),
         }
 
-    def _take_operation_fault(self) -> tuple[int, tuple[str, str] | None] | None:
-        """The injected fault for the next operation, if any (used once)."""
+    def _take_operation_fault(self, name: str) -> tuple[int, tuple[str, str] | None] | None:
+        """The injected fault for the next operation (of that name, if one was given), used once."""
         faults = self.faults
-        if faults.operation_polls is None:
+        if faults.operation_polls is None or faults.operation_on not in (None, name):
             return None
         taken = (faults.operation_polls, faults.operation_error)
-        faults.operation_polls, faults.operation_error = None, None
+        faults.operation_polls, faults.operation_error, faults.operation_on = None, None, None
         return taken
 
     async def _put_scale_set(self, request: web.Request) -> web.Response:
@@ -436,7 +455,7 @@ class FakeArm:
             )
         if "name" not in sku or "capacity" not in sku:
             return arm_error(400, "InvalidParameter", "sku.name and sku.capacity are required.")
-        fault = self._take_operation_fault() or (1, None)
+        fault = self._take_operation_fault("virtualMachineScaleSets.createOrUpdate") or (1, None)
         key = self._key(request)
         existing = self.scale_sets.get(key)
         created = existing is None
@@ -480,7 +499,7 @@ class FakeArm:
             # What Azure could not allocate never runs.
             scale_set.provisioning_state = "Failed"
 
-        headers = self._lro(
+        headers = self.start_operation(
             request, "virtualMachineScaleSets.createOrUpdate", location, succeeded, failed, fault=fault
         )
         return web.json_response(scale_set.view(), status=201 if created else 200, headers=headers)
@@ -546,7 +565,7 @@ class FakeArm:
         def done() -> None:
             self.scale_sets.pop(key, None)
 
-        headers = self._lro(request, "virtualMachineScaleSets.delete", scale_set.location, done)
+        headers = self.start_operation(request, "virtualMachineScaleSets.delete", scale_set.location, done)
         return web.Response(status=202, headers=headers)
 
     async def _delete_instances(self, request: web.Request) -> web.Response:
@@ -563,7 +582,7 @@ class FakeArm:
         for instance_id in ids:
             scale_set.vms.pop(instance_id).kill()
         scale_set.sku["capacity"] = len(scale_set.vms)
-        headers = self._lro(
+        headers = self.start_operation(
             request, "virtualMachineScaleSets.deleteInstances", scale_set.location, lambda: None
         )
         return web.Response(status=202, headers=headers)
@@ -587,12 +606,15 @@ class FakeArm:
         if op is None:
             return arm_error(404, "OperationNotFound", "The operation was not found.")
         op.advance()
+        # A start's Retry-After may be 0 (poll at once); a status still running asks for at least
+        # a second, since azure-core takes 0 as "not said" and falls back to its 30 s default.
+        again = str(max(1, self._retry_after))
         if "monitor" not in request.query:
-            headers = {"Retry-After": str(self._retry_after)} if op.status == "InProgress" else None
+            headers = {"Retry-After": again} if op.status == "InProgress" else None
             return web.json_response(op.body(), headers=headers)
         # The Location form: 202 while running, 200 when done, the error when it failed.
         if op.status == "InProgress":
-            return web.Response(status=202, headers={"Retry-After": str(self._retry_after)})
+            return web.Response(status=202, headers={"Retry-After": again})
         if op.status == "Failed" and op.error:
             return arm_error(400, op.error[0], op.error[1])
         return web.Response(status=200)
@@ -649,6 +671,7 @@ class FakeArm:
                 "faulted": dict(self.faulted),
                 "changes": dict(self.changes),
                 "throttle_waits": list(self.throttle_waits),
+                **self.network.state(),
                 "operations": {
                     op.id: {"name": op.name, "status": op.status} for op in self.operations.values()
                 },
@@ -656,13 +679,16 @@ class FakeArm:
         )
 
     async def _fake_faults(self, request: web.Request) -> web.Response:
-        """{"throttle": {"count": N, "retry_after": S}} | {"errors": {"count": N, "status": 503}}
-        | {"operation": {"polls": K, "error": {"code": ..., "message": ...}}} (the next one)."""
+        """{"throttle": {"count": N, "retry_after": S, "on": route name}}
+        | {"errors": {"count": N, "status": 503}}
+        | {"operation": {"polls": K, "error": {"code": ..., "message": ...}, "on": route name}}
+        (the next operation, or the next of that route's: "publicIPAddresses.createOrUpdate")."""
         body = await request.json()
         faults = self.faults
         if "throttle" in body:
             faults.throttle_count = int(body["throttle"]["count"])
             faults.throttle_retry_after = int(body["throttle"].get("retry_after", 1))
+            faults.throttle_on = body["throttle"].get("on")
         if "errors" in body:
             faults.error_count = int(body["errors"]["count"])
             faults.error_status = int(body["errors"].get("status", 503))
@@ -670,6 +696,7 @@ class FakeArm:
             faults.operation_polls = int(body["operation"]["polls"])
             error = body["operation"].get("error")
             faults.operation_error = (error["code"], error["message"]) if error else None
+            faults.operation_on = body["operation"].get("on")
         return web.json_response({"ok": True})
 
     async def _fake_kill(self, request: web.Request) -> web.Response:
@@ -684,6 +711,15 @@ class FakeArm:
                 vm.killed = True
                 return web.json_response({"killed": vm.name})
         return web.json_response({"error": "no such VM"}, status=404)
+
+
+def _api_version_of(route: str) -> str:
+    """The one api-version each route takes (what the pinned SDKs send)."""
+    if route.startswith("networkInterfaces"):
+        return NETWORK_VMSS_NIC_API_VERSION
+    if route.split(".")[0] in (*NETWORK_KINDS, "networkOperations"):
+        return NETWORK_API_VERSION
+    return COMPUTE_API_VERSION
 
 
 def _route_name(request: web.Request) -> str:
