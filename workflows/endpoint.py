@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         EndpointQuery,
         EndpointSignal,
         EndpointUpdate,
+        Patch,
     )
     from config.contract.state import DeploymentEntry, DeploymentTarget, EndpointRecord
     from config.contract.workflows import (
@@ -98,6 +99,7 @@ class EndpointWorkflow:
         self._version = 0
         self._pushed_version = 0
         self._keys_lagging: dict[str, str] = {}
+        self._push_failed = False  # the last push or removal failed: try again soon
 
     # ---- queries -------------------------------------------------------------------------
     @workflow.query(name=EndpointQuery.DESCRIBE)
@@ -396,7 +398,8 @@ class EndpointWorkflow:
             s.created_at = workflow.now().isoformat()
         while True:
             # A gateway that missed a push is tried again soon; the others every _repush.
-            wait = min(self._repush, LAGGING_REPUSH) if s.lagging_gateways else self._repush
+            behind = s.lagging_gateways or self._push_failed
+            wait = min(self._repush, LAGGING_REPUSH) if behind else self._repush
             try:
                 await workflow.wait_condition(self._has_work, timeout=wait)
             except TimeoutError:
@@ -436,6 +439,12 @@ class EndpointWorkflow:
         self._keys_lagging = dict(s.lagging_gateways)
         s.keys_applied = dict(result.versions)
 
+    def _push_failed_again(self) -> None:
+        if workflow.patched(Patch.PUSH_FAILURE_BACKOFF):
+            self._push_failed = True  # the loop's wait ends in LAGGING_REPUSH, then a re-push
+        else:
+            self._dirty = True  # at once (workflows that took this branch before the patch)
+
     async def _push(self) -> None:
         s = self._state
         s.generation = next_generation(s.generation, int(workflow.now().timestamp() * 1000))
@@ -449,10 +458,12 @@ class EndpointWorkflow:
                 **options.PUSH,
             )
         except ActivityError as err:
-            # The next periodic re-push tries again; the state itself is already recorded.
+            # The state itself is already recorded; the push is tried again in a few seconds (a
+            # refusal such as Azure's QuotaExceeded must not become a tight loop of failures).
             workflow.logger.warning("route push failed: %s", err.cause or err)
-            self._dirty = True
+            self._push_failed_again()
             return
+        self._push_failed = False
         # None: a worker from before gateways were reported one by one (histories replay).
         result = result or PushRouteResult(gateways=1)
         s.lagging_gateways = dict(result.lagging)
@@ -478,8 +489,9 @@ class EndpointWorkflow:
             )
         except ActivityError as err:
             workflow.logger.warning("route removal failed: %s", err.cause or err)
-            self._dirty = True
+            self._push_failed_again()
             return
+        self._push_failed = False
         s.lagging_gateways = dict(result.lagging) if result else {}
 
     async def _carry_out(self) -> None:

@@ -76,6 +76,8 @@ class Patch:
 
     # DeploymentWorkflow learns of instance changes from the watcher's signals, not a long poll.
     INSTANCES_BY_SIGNAL: Final = "deployment-instances-by-signal"
+    # EndpointWorkflow tries a failed route push again on the lagging gateways' cadence, not at once.
+    PUSH_FAILURE_BACKOFF: Final = "endpoint-push-failure-backoff"
 
 
 class RolloutSignal:

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from config.contract.activities import (
     ApplyRouteInput,
@@ -52,11 +53,16 @@ class Recorder:
     ensured: list[RequestInstancesInput] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     hosts: dict[str, DeploymentInstances] = field(default_factory=dict)
+    refuse_routes: bool = False  # apply_route fails as Azure refuses a public IP over quota
 
     def activities(self) -> list:
         @activity.defn(name=Activity.APPLY_ROUTE)
         async def apply_route(request: ApplyRouteInput) -> PushRouteResult:
             self.calls.append("apply_route")
+            if self.refuse_routes:
+                raise ApplicationError(
+                    "QuotaExceeded: public IP addresses", type="QuotaExceeded", non_retryable=True
+                )
             self.routes.append(request.route)
             return PushRouteResult(gateways=1)
 

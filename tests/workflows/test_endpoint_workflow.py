@@ -105,6 +105,23 @@ async def test_new_endpoint_makes_keys_and_pushes_an_empty_route(stack: Stack) -
     assert stack.recorder.routes[-1].deployments == {}
 
 
+async def test_a_refused_route_push_is_tried_again_every_few_seconds_not_in_a_tight_loop(
+    stack: Stack,
+) -> None:
+    name = unique("ep")
+    handle = await stack.start_endpoint(name)
+    stack.recorder.refuse_routes = True
+    before = stack.recorder.calls.count("apply_route")
+    await handle.execute_update(EndpointWorkflow.update_endpoint, UpdateEndpointInput(description="x"))
+    await eventually(lambda: stack.recorder.calls.count("apply_route") >= before + 2, "the push tried again")
+    await stack.env.sleep(30)  # time-skipped
+    tries = stack.recorder.calls.count("apply_route") - before
+    # One try at once, then one every 5 s: about 7 in 30 s, where a tight loop makes hundreds.
+    assert 2 <= tries <= 9, tries
+    stack.recorder.refuse_routes = False
+    await eventually(lambda: stack.recorder.routes[-1].name == name, "the push went through at last")
+
+
 async def test_deployment_is_provisioned_and_routed_with_its_traffic(stack: Stack) -> None:
     name = unique("ep")
     handle = await stack.start_endpoint(name)
