@@ -6,85 +6,20 @@ gets, carrying the same request id as the x-request-id header and the access-log
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest_asyncio
-from aiohttp import web
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tests.gateway.conftest import KEY, Backend, GatewayProcess
 from tests.gateway.helpers import push_route, score
-from tests.support.ports import free_port
+from tests.support.otlp import OtlpReceiver, ReceivedSpan
 
 GUARD_S = 30.0  # bounds waits on a broken build; not a timing assertion
-
-
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    return getattr(value, kind) if kind else None
-
-
-@dataclass
-class ReceivedSpan:
-    span: Span
-    resource: dict[str, Any]
-
-    @property
-    def attributes(self) -> dict[str, Any]:
-        return {kv.key: _value(kv.value) for kv in self.span.attributes}
-
-
-@dataclass
-class OtlpReceiver:
-    """An OTLP/HTTP trace receiver: POST /v1/traces, protobuf in, protobuf out."""
-
-    port: int = 0
-    spans: list[ReceivedSpan] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)
-    runner: web.AppRunner | None = None
-
-    async def traces(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/x-protobuf":
-            return web.Response(status=415)
-        body = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        self.bodies.append(body)
-        export = ExportTraceServiceRequest.FromString(body)
-        for resource_spans in export.resource_spans:
-            resource = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                self.spans.extend(ReceivedSpan(span, resource) for span in scope_spans.spans)
-        return web.Response(
-            body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
-        )
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/traces", self.traces)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def span_for(self, request_id: str) -> ReceivedSpan:
-        async with asyncio.timeout(GUARD_S):
-            while True:
-                for received in self.spans:
-                    if received.attributes.get("tidegate.request_id") == request_id:
-                        return received
-                await asyncio.sleep(0.05)
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -94,8 +29,7 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
     try:
         yield made
     finally:
-        assert made.runner is not None
-        await made.runner.cleanup()
+        await made.stop()
 
 
 @pytest_asyncio.fixture(scope="module")
