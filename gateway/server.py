@@ -248,7 +248,13 @@ async def _serve_admin(running: RunningGateway, workers: int, admin_ssl: ssl.SSL
         running.merged = MergedStats(gateway.window_data, lambda: take_snapshot(gateway), sockets)
         stats = running.merged
     persister = TablePersister(running.table, settings.gateway_dir / ROUTES_FILE)
-    app = create_app(running.table, persister.save, control_token=running.control_token, stats=stats)
+    app = create_app(
+        running.table,
+        persister.save,
+        control_token=running.control_token,
+        stats=stats,
+        access_log=(settings.gateway_dir / ACCESS_LOG_FILE, settings.gateway_access_log_backups),
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     running.admin = runner
