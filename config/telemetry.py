@@ -16,6 +16,7 @@ from config.settings import Settings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 TRACES_PATH = "/v1/traces"
 _made: list[TracerProvider] = []  # flushed by shutdown_tracing()
@@ -28,7 +29,9 @@ def traces_url(otlp_endpoint: str) -> str:
     return base if base.endswith(TRACES_PATH) else base + TRACES_PATH
 
 
-def tracer_provider(settings: Settings, service: str) -> TracerProvider | None:
+def tracer_provider(
+    settings: Settings, service: str, *, id_generator: IdGenerator | None = None
+) -> TracerProvider | None:
     """A provider for ``service`` (e.g. ``tidegate-gateway``) exporting to the OTLP endpoint,
     or None when tracing is off. Not installed globally: the caller hands it where it is used."""
     if not settings.otlp_endpoint:
@@ -46,7 +49,7 @@ def tracer_provider(settings: Settings, service: str) -> TracerProvider | None:
             "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
         }
     )
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, id_generator=id_generator)
     provider.add_span_processor(
         BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_url(settings.otlp_endpoint)))
     )

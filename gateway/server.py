@@ -191,12 +191,14 @@ async def create_server(settings: Settings) -> RunningGateway:
         if settings.http_data_plane:
             listeners.append((settings.gateway_http_bind, settings.gateway_http_port, None))
         client_protocol = protocol_factory(gateway)
-        provider = tracer_provider(settings, "tidegate-gateway")
-        if provider is not None:
+        if settings.otlp_endpoint:
             # Only then: the traced protocol is a subclass; off, nothing of it runs per request.
-            from gateway.tracing import RequestTracer, traced_protocol_factory
+            from gateway.tracing import PresetIds, RequestTracer, traced_protocol_factory
 
-            running.tracer = RequestTracer(provider, gateway)
+            ids = PresetIds()
+            provider = tracer_provider(settings, "tidegate-gateway", id_generator=ids)
+            assert provider is not None
+            running.tracer = RequestTracer(provider, ids, gateway)
             client_protocol = traced_protocol_factory(gateway, running.tracer)
         for bind, port, context in listeners:
             running.servers.append(
