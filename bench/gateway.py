@@ -19,6 +19,7 @@ Rows:
                   (TIDEGATE_OTLP_ENDPOINT) to a sink that decodes them; `gateway` is the same
                   with tracing off, which must cost nothing (run them side by side:
                   --rows gateway,gw-traced; --baseline prices "off" against the code before)
+  gw-traced10     the same with 1 request in 10 sampled (OTEL_TRACES_SAMPLER)
   gw-2proc        every feature on, TIDEGATE_GATEWAY_WORKERS=2 (SO_REUSEPORT)
   azml-direct     azmlinfsrv serving a trivial score.py
   azml-gateway    the same through the gateway
@@ -403,11 +404,11 @@ def start_gateway(
 ) -> subprocess.Popen[bytes]:
     """The gateway as ``tidegate up`` starts it (``control.stack``: ``python -m control.cli
     gateway``, the caller's environment plus TIDEGATE_HOME), on the bench's own ports and
-    home. Inherited TIDEGATE_* settings are dropped so that a shell's (an echoed access log, a
+    home. Inherited TIDEGATE_* and OTEL_* settings are dropped so that a shell's (an echoed access log, a
     feature turned off) cannot change a row; ``extra_env`` is the row's own. ``code``: a
     directory with another ``gateway`` package to run instead (``--baseline``)."""
     command, pythonpath = gateway_command(code)
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("TIDEGATE_", "OTEL_"))}
     env = {
         **inherited,
         **extra_env,
@@ -755,6 +756,7 @@ def print_feature_costs(by_name: dict[str, Result]) -> None:
         ("access log to stderr", "gateway", by_name.get("gw-echo")),
         ("mirror 10 %", "gateway", by_name.get("gw-mirror10")),
         ("tracing (OTLP export)", "gateway", by_name.get("gw-traced")),
+        ("tracing, 10 % sampled", "gateway", by_name.get("gw-traced10")),
     ):
         off = by_name.get(row)
         if off is None or feature_on is None:
@@ -796,6 +798,7 @@ ROW_ORDER = [
     "gw-bare",
     "gw-mirror10",
     "gw-traced",
+    "gw-traced10",
     "gw-2proc",
     "azml-direct",
     "azml-gateway",
@@ -814,6 +817,16 @@ GATEWAY_ROWS: list[tuple[str, dict[str, str], int, str]] = [
     ("gw-mirror10", {}, 10, "every feature on + 10 % mirrored to a shadow"),
     # The endpoint is the bench's OTLP sink (its port is known once it runs).
     ("gw-traced", {"TIDEGATE_OTLP_ENDPOINT": "{otlp}"}, 0, "every feature on + a span per request, OTLP"),
+    (
+        "gw-traced10",
+        {
+            "TIDEGATE_OTLP_ENDPOINT": "{otlp}",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        },
+        0,
+        "same, 1 request in 10 sampled (OTEL_TRACES_SAMPLER)",
+    ),
     ("gw-2proc", {"TIDEGATE_GATEWAY_WORKERS": "2"}, 0, "every feature on, 2 processes"),
     ("gw-token", {}, 0, "every feature on, aml_token auth: a signed token instead of a key"),
 ]
@@ -1109,7 +1122,7 @@ def main() -> int:
             for name, env, mirror, note in GATEWAY_ROWS:
                 if wanted is not None and name not in wanted:
                     continue
-                traced_row = name == "gw-traced"
+                traced_row = name.startswith("gw-traced")
                 if traced_row:
                     if sink is None:
                         sink = start_otlp_sink(procs, work, otlp)

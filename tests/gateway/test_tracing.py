@@ -172,3 +172,24 @@ async def test_without_tracing_the_clients_traceparent_reaches_the_instance_unch
     reply = await score(client, gateway, "untraced-ep", headers={"traceparent": traceparent})
     assert reply.status == 200
     assert _instance_headers(backends["green"], reply.headers["x-request-id"])["traceparent"] == traceparent
+
+
+async def test_a_client_trace_not_sampled_gives_no_span_and_the_instance_hears_so(
+    traced: GatewayProcess,
+    receiver: OtlpReceiver,
+    backends: dict[str, Backend],
+    client: aiohttp.ClientSession,
+) -> None:
+    trace_id = secrets.token_hex(16)
+    unsampled = await score(
+        client, traced, "traced-ep", headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-00"}
+    )
+    sampled = await score(client, traced, "traced-ep")  # exported after the one before, if at all
+    await receiver.span_for(sampled.headers["x-request-id"])
+
+    assert unsampled.status == 200
+    assert not [s for s in receiver.spans if s.span.trace_id.hex() == trace_id]
+    upstream = _instance_headers(backends["blue"], unsampled.headers["x-request-id"])["traceparent"]
+    version, upstream_trace, span_id, flags = upstream.split("-")
+    assert (version, upstream_trace, flags) == ("00", trace_id, "00")  # same trace, not sampled
+    assert len(span_id) == 16 and span_id != "0" * 16
