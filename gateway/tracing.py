@@ -173,6 +173,7 @@ class TracedClientProtocol(ClientProtocol):
         self.tracer = tracer
 
     def on_message_begin(self) -> None:
+        # ClientProtocol.on_message_begin with a TracedRequest: keep the two alike.
         self.req = TracedRequest(self, _perf())
         self.in_head = True
 
