@@ -15,6 +15,11 @@ Rows:
   gw-no-accesslog ... access log off
   gw-bare         ... limits, windows, access log and mirroring all off
   gw-mirror10     every feature on and 10 % of requests mirrored to a shadow deployment
+  gw-traced       every feature on and a span per request exported over OTLP/HTTP
+                  (TIDEGATE_OTLP_ENDPOINT) to a sink that decodes them; `gateway` is the same
+                  with tracing off, which must cost nothing (run them side by side:
+                  --rows gateway,gw-traced; --baseline prices "off" against the code before)
+  gw-traced10     the same with 1 request in 10 sampled (OTEL_TRACES_SAMPLER)
   gw-2proc        every feature on, TIDEGATE_GATEWAY_WORKERS=2 (SO_REUSEPORT)
   azml-direct     azmlinfsrv serving a trivial score.py
   azml-gateway    the same through the gateway
@@ -256,6 +261,47 @@ def start_slow_backend(
     return proc
 
 
+OTLP_SINK = textwrap.dedent(
+    """
+    import sys
+    from aiohttp import web
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest, ExportTraceServiceResponse)
+    bodies = []
+    OK = ExportTraceServiceResponse().SerializeToString()
+    async def traces(request):
+        bodies.append(await request.read())  # decoded when asked: off the measured run
+        return web.Response(body=OK, content_type="application/x-protobuf")
+    async def count(_):
+        spans = 0
+        for body in bodies:
+            for rs in ExportTraceServiceRequest.FromString(body).resource_spans:
+                for ss in rs.scope_spans:
+                    spans += len(ss.spans)
+        return web.json_response({"spans": spans, "exports": len(bodies)})
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/traces", traces)
+    app.router.add_get("/count", count)
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    """
+)
+
+
+def start_otlp_sink(procs: Procs, work: Path, port: int) -> subprocess.Popen[bytes]:
+    """An OTLP/HTTP trace receiver (its own process) that keeps what it gets; ``/count``
+    decodes it and says how many spans arrived."""
+    script = work / "otlp_sink.py"
+    script.write_text(OTLP_SINK)
+    proc = procs.start([sys.executable, str(script), str(port)], log=work / "otlp_sink.out")
+    wait_port(port, proc)
+    return proc
+
+
+def otlp_sink_count(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=60) as response:
+        return dict(json.load(response))
+
+
 def start_backends(procs: Procs, work: Path, port_a: int, port_b: int, nginx: str | None) -> str:
     if nginx:
         conf = work / "backend.conf"
@@ -358,11 +404,11 @@ def start_gateway(
 ) -> subprocess.Popen[bytes]:
     """The gateway as ``tidegate up`` starts it (``control.stack``: ``python -m control.cli
     gateway``, the caller's environment plus TIDEGATE_HOME), on the bench's own ports and
-    home. Inherited TIDEGATE_* settings are dropped so that a shell's (an echoed access log, a
+    home. Inherited TIDEGATE_* and OTEL_* settings are dropped so that a shell's (an echoed access log, a
     feature turned off) cannot change a row; ``extra_env`` is the row's own. ``code``: a
     directory with another ``gateway`` package to run instead (``--baseline``)."""
     command, pythonpath = gateway_command(code)
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("TIDEGATE_", "OTEL_"))}
     env = {
         **inherited,
         **extra_env,
@@ -709,6 +755,8 @@ def print_feature_costs(by_name: dict[str, Result]) -> None:
         ("all three", "gw-bare", on),
         ("access log to stderr", "gateway", by_name.get("gw-echo")),
         ("mirror 10 %", "gateway", by_name.get("gw-mirror10")),
+        ("tracing (OTLP export)", "gateway", by_name.get("gw-traced")),
+        ("tracing, 10 % sampled", "gateway", by_name.get("gw-traced10")),
     ):
         off = by_name.get(row)
         if off is None or feature_on is None:
@@ -749,6 +797,8 @@ ROW_ORDER = [
     "gw-no-accesslog",
     "gw-bare",
     "gw-mirror10",
+    "gw-traced",
+    "gw-traced10",
     "gw-2proc",
     "azml-direct",
     "azml-gateway",
@@ -765,6 +815,18 @@ GATEWAY_ROWS: list[tuple[str, dict[str, str], int, str]] = [
     ("gw-no-accesslog", {"TIDEGATE_GATEWAY_DISABLE": "accesslog"}, 0, "access log off"),
     ("gw-bare", {"TIDEGATE_GATEWAY_DISABLE": "limits,windows,accesslog,mirror"}, 0, "all of them off"),
     ("gw-mirror10", {}, 10, "every feature on + 10 % mirrored to a shadow"),
+    # The endpoint is the bench's OTLP sink (its port is known once it runs).
+    ("gw-traced", {"TIDEGATE_OTLP_ENDPOINT": "{otlp}"}, 0, "every feature on + a span per request, OTLP"),
+    (
+        "gw-traced10",
+        {
+            "TIDEGATE_OTLP_ENDPOINT": "{otlp}",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        },
+        0,
+        "same, 1 request in 10 sampled (OTEL_TRACES_SAMPLER)",
+    ),
     ("gw-2proc", {"TIDEGATE_GATEWAY_WORKERS": "2"}, 0, "every feature on, 2 processes"),
     ("gw-token", {}, 0, "every feature on, aml_token auth: a signed token instead of a key"),
 ]
@@ -1015,7 +1077,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tidegate-bench-"))
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
         (work / sub).mkdir()
-    port_a, port_b, ngw, https, http, admin, azml, slow_a, slow_b = free_ports(9)
+    port_a, port_b, ngw, https, http, admin, azml, slow_a, slow_b, otlp = free_ports(10)
     ports = {"https": https, "http": http, "admin": admin}
     procs = Procs()
     results: list[Result] = []
@@ -1055,15 +1117,23 @@ def main() -> int:
         variants: list[tuple[str, Path | None]] = [("", None)]
         if args.baseline is not None:
             variants.append((BASE_SUFFIX, args.baseline))
+        sink: subprocess.Popen[bytes] | None = None
         for round_index in range(args.rounds):
             for name, env, mirror, note in GATEWAY_ROWS:
                 if wanted is not None and name not in wanted:
                     continue
+                traced_row = name.startswith("gw-traced")
+                if traced_row:
+                    if sink is None:
+                        sink = start_otlp_sink(procs, work, otlp)
+                    env = {k: v.format(otlp=f"http://127.0.0.1:{otlp}") for k, v in env.items()}
                 # With --baseline, the two gateways take turns going first, round by round.
                 for suffix, code in variants if round_index % 2 == 0 else variants[::-1]:
                     token_row = name == "gw-token"
                     if token_row and code is not None:
                         continue  # a baseline from before token auth has no such row
+                    if traced_row and code is not None:
+                        continue  # nor one from before tracing
                     credential = {**auth, "Authorization": f"Bearer {token}"} if token_row else auth
                     gateway = start_gateway(procs, work, ports, code, **env)
                     deployments: dict[str, str | list[str]] = dict(split)
@@ -1110,7 +1180,16 @@ def main() -> int:
                             )
                         except (OSError, RuntimeError) as exc:
                             notes.append(f"gateway-tls{suffix} skipped: {exc}")
-                    procs.stop(gateway)
+                    procs.stop(gateway)  # with tracing on, the spans still queued go out
+                    if traced_row:
+                        served = runs[name + suffix][-1].total
+                        got = otlp_sink_count(otlp)
+                        notes.append(
+                            f"{name}{suffix} round {round_index + 1}: the OTLP sink has {got['spans']} "
+                            f"spans in {got['exports']} exports so far ({served} requests this round)"
+                        )
+        if sink is not None:
+            procs.stop(sink)
         results.extend(median_result(name, found) for name, found in runs.items())
 
         if not args.no_memory:

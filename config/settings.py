@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     secrets_provider: str | None = None
     artifacts_provider: str | None = None
     prometheus_url: str = "http://127.0.0.1:9090"
+    # OpenTelemetry traces: an OTLP/HTTP receiver's base URL (a collector, Jaeger, Tempo...,
+    # e.g. http://127.0.0.1:4318; spans go to <url>/v1/traces). The gateway sends a span per
+    # request and the worker one per workflow and activity. Unset: no tracing, no cost.
+    # The exporter's other knobs are OpenTelemetry's own (OTEL_EXPORTER_OTLP_HEADERS,
+    # OTEL_TRACES_SAMPLER, OTEL_BSP_*).
+    otlp_endpoint: str | None = None
 
     # Azure (TIDEGATE_PROVIDER=azure, or one kind: TIDEGATE_COMPUTE_PROVIDER=azure...): where
     # scale sets live and what their VMs boot, the Blob container for artifacts, Azure Monitor.

@@ -18,6 +18,7 @@ from rich.console import Console
 from config.contract.errors import TidegateError
 from config.contract.names import RolloutSignal
 from config.settings import Settings, load_settings
+from config.telemetry import shutdown_tracing
 from decisions.availability import SLO_TAG
 
 err_console = Console(stderr=True)
@@ -36,7 +37,9 @@ def fail(message: str) -> None:
 
 def _exit(code: int) -> None:
     """Leave without interpreter teardown: the Temporal client's Rust threads can abort a
-    finalizing interpreter (temporalio/sdk-python#300) and turn a success into exit code 134."""
+    finalizing interpreter (temporalio/sdk-python#300) and turn a success into exit code 134.
+    The spans still queued (TIDEGATE_OTLP_ENDPOINT) go out first: os._exit skips atexit."""
+    shutdown_tracing()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -506,11 +509,16 @@ async def deployment_delete(name, endpoint, yes, no_wait, resource_group, worksp
 @click.option("-n", "--name", required=True)
 @click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
 @click.option("-l", "--lines", type=int, default=100, show_default=True)
+@click.option(
+    "--request-id",
+    help="only this request: its gateway access-log line and what each instance logged serving it "
+    "(the x-request-id the client got)",
+)
 @azure_options
 @run_async
-async def deployment_logs(name, endpoint, lines, resource_group, workspace_name, output, query):
+async def deployment_logs(name, endpoint, lines, request_id, resource_group, workspace_name, output, query):
     """Print the last lines of each instance's log (the scoring server's stdout and stderr)."""
-    click.echo(await (await facade()).get_logs(endpoint, name, lines))
+    click.echo(await (await facade()).get_logs(endpoint, name, lines, request_id=request_id))
 
 
 # ---- rollout (Tidegate's own) ---------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 from collections.abc import Callable
@@ -273,15 +274,36 @@ class Tidegate:
         if wait:
             await self.wait_deployment_gone(endpoint, name)
 
-    async def get_logs(self, endpoint: str, name: str, lines: int) -> str:
+    async def get_logs(self, endpoint: str, name: str, lines: int, *, request_id: str | None = None) -> str:
+        """The last ``lines`` of each instance's log; with ``request_id``, that request's
+        access-log line from every gateway and what each instance logged while serving it."""
         await self.show_deployment(endpoint, name)
         url = f"{self.settings.host_target}/deployments/{endpoint}/{name}/logs"
+        params = {"request_id": request_id} if request_id is not None else {"lines": str(lines)}
         async with control_session(self.settings) as session:
-            async with session.get(url, params={"lines": str(lines)}) as response:
+            async with session.get(url, params=params) as response:
                 if response.status == 404:
-                    return ""
+                    instances = ""
+                else:
+                    response.raise_for_status()
+                    instances = await response.text()
+            if request_id is None:
+                return instances
+            access = await self._access_lines(session, endpoint, request_id)
+        part = "\n".join(["=== gateway access log ===", *(json.dumps(line) for line in access)])
+        return part + "\n\n" + instances if instances else part + "\n"
+
+    async def _access_lines(
+        self, session: aiohttp.ClientSession, endpoint: str, request_id: str
+    ) -> list[dict[str, Any]]:
+        """The request's access-log lines for ``endpoint`` from every gateway, by time."""
+        found: list[dict[str, Any]] = []
+        for admin in self.settings.gateway_admin_targets:
+            async with session.get(f"{admin}/access-log", params={"request_id": request_id}) as response:
                 response.raise_for_status()
-                return await response.text()
+                lines = (await response.json())["lines"]
+                found.extend(line for line in lines if line.get("endpoint") == endpoint)
+        return sorted(found, key=lambda line: str(line.get("time")))
 
     # ---- the host ------------------------------------------------------------------------
     async def host_patch(

@@ -333,3 +333,28 @@ class AccessLog:
                 stream.flush()
             except (OSError, ValueError):  # stderr closed or gone: the file still has them
                 pass
+
+
+def find_request(path: Path, backups: int, request_id: str) -> list[dict[str, Any]]:
+    """The access-log lines of ``request_id`` (normally one; a client may reuse an id), oldest
+    first, across ``path`` and its rotated files. Reads every file a line at a time: for a
+    person looking one request up, not for a hot path."""
+    quoted = encode_basestring(request_id)  # as the id appears inside a line
+    found: list[dict[str, Any]] = []
+    files = [path.with_name(f"{path.name}.{n}") for n in range(backups, 0, -1)] + [path]
+    for file in files:
+        try:
+            f = open(file, encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            continue
+        with f:
+            for line in f:
+                if quoted not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # a line cut by a crash mid-write
+                    continue
+                if isinstance(entry, dict) and entry.get("request_id") == request_id:
+                    found.append(entry)
+    return found

@@ -29,7 +29,9 @@ from pydantic import ValidationError
 
 from config.routes import ApplyRouteResult, EndpointRoute
 from config.security import bearer_matches
+from gateway.accesslog import find_request
 from gateway.metrics import StatsSource, render
+from gateway.routing import MAX_REQUEST_ID_CHARS
 from gateway.table import (
     FieldProblem,
     RouteTable,
@@ -100,9 +102,12 @@ def create_app(
     *,
     control_token: str,
     stats: StatsSource | None = None,
+    access_log: tuple[Path, int] | None = None,
 ) -> web.Application:
     """The admin application; ``persist`` is awaited after every applied change. Every
-    request but the health check must carry ``control_token`` (the control credential)."""
+    request but the health check must carry ``control_token`` (the control credential).
+    ``access_log``: the access log's path and how many rotated files it keeps, for
+    ``GET /access-log?request_id=``."""
     if not control_token:
         raise ValueError("the admin API needs a control credential")
 
@@ -231,7 +236,21 @@ def create_app(
             text=text, content_type="text/plain", charset="utf-8", headers={"X-Prometheus-Format": "0.0.4"}
         )
 
+    async def get_access_log(request: web.Request) -> web.Response:
+        """The access-log lines of one request id (every process of this gateway shares the file)."""
+        if access_log is None:
+            raise AdminError(404, "NotFound", "this gateway keeps no access log")
+        request_id = request.query.get("request_id", "")
+        if not 0 < len(request_id) <= MAX_REQUEST_ID_CHARS:
+            raise _bad_request(
+                [FieldProblem("request_id", f"query parameter of 1 to {MAX_REQUEST_ID_CHARS} characters")]
+            )
+        path, backups = access_log
+        lines = await asyncio.to_thread(find_request, path, backups, request_id)  # reads whole files
+        return web.json_response({"request_id": request_id, "lines": lines})
+
     app = web.Application(middlewares=[errors], client_max_size=8 * 1024 * 1024)
+    app.router.add_get("/access-log", get_access_log)
     app.router.add_get("/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)

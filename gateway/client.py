@@ -73,6 +73,8 @@ _WANTED_HEADERS: Final = frozenset(
         b"azureml-model-deployment",
         b"x-request-id",
         b"x-ms-client-request-id",
+        b"traceparent",
+        b"tracestate",
         b"expect",
         b"connection",
     }

@@ -26,6 +26,7 @@ import resource
 import signal
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 import uvloop
@@ -33,6 +34,7 @@ from aiohttp import web
 
 from config.security import control_server_ssl, ensure_control_token
 from config.settings import Settings
+from config.telemetry import tracer_provider
 from gateway.accesslog import AccessLog
 from gateway.admin import TablePersister, create_app
 from gateway.client import protocol_factory
@@ -49,6 +51,9 @@ from gateway.workers import (
     start_peer_site,
     worker_index,
 )
+
+if TYPE_CHECKING:
+    from gateway.tracing import RequestTracer
 
 log = structlog.get_logger("gateway.server")
 
@@ -109,6 +114,7 @@ class RunningGateway:
     supervisor: ProcessSupervisor | None = None
     watcher: TableWatcher | None = None
     merged: MergedStats | None = None
+    tracer: RequestTracer | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def close(self) -> None:
@@ -127,6 +133,8 @@ class RunningGateway:
         for server in self.servers:
             await server.wait_closed()
         await asyncio.to_thread(self.access_log.close)
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # the spans still queued
         log.info("gateway.stopped", index=self.index)
 
 
@@ -183,6 +191,15 @@ async def create_server(settings: Settings) -> RunningGateway:
         if settings.http_data_plane:
             listeners.append((settings.gateway_http_bind, settings.gateway_http_port, None))
         client_protocol = protocol_factory(gateway)
+        if settings.otlp_endpoint:
+            # Only then: the traced protocol is a subclass; off, nothing of it runs per request.
+            from gateway.tracing import PresetIds, RequestTracer, traced_protocol_factory
+
+            ids = PresetIds()
+            provider = tracer_provider(settings, "tidegate-gateway", id_generator=ids)
+            assert provider is not None
+            running.tracer = RequestTracer(provider, ids, gateway)
+            client_protocol = traced_protocol_factory(gateway, running.tracer)
         for bind, port, context in listeners:
             running.servers.append(
                 await loop.create_server(
@@ -220,6 +237,7 @@ async def create_server(settings: Settings) -> RunningGateway:
         endpoints=len(table.routes),
         ca=str(material.ca_cert),
         disabled=sorted(FEATURES - features) or None,
+        tracing=running.tracer is not None,
     )
     return running
 
@@ -232,7 +250,13 @@ async def _serve_admin(running: RunningGateway, workers: int, admin_ssl: ssl.SSL
         running.merged = MergedStats(gateway.window_data, lambda: take_snapshot(gateway), sockets)
         stats = running.merged
     persister = TablePersister(running.table, settings.gateway_dir / ROUTES_FILE)
-    app = create_app(running.table, persister.save, control_token=running.control_token, stats=stats)
+    app = create_app(
+        running.table,
+        persister.save,
+        control_token=running.control_token,
+        stats=stats,
+        access_log=(settings.gateway_dir / ACCESS_LOG_FILE, settings.gateway_access_log_backups),
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     running.admin = runner

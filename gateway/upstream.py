@@ -107,7 +107,8 @@ class Forwarded(Protocol):
 
 
 def upstream_request(req: Forwarded, instance: InstanceState) -> bytes:
-    """The request as the instance gets it: its own path prefix and host, our request id."""
+    """The request as the instance gets it: its own path prefix and host, our request id, the
+    trace context."""
     headers = req.headers
     body = req.body[0] if req.body else b""
     parts = [
@@ -128,6 +129,14 @@ def upstream_request(req: Forwarded, instance: InstanceState) -> bytes:
     client_rid = headers.get(b"x-ms-client-request-id")
     if client_rid is not None:
         parts += (b"x-ms-client-request-id: ", client_rid, _CRLF)
+    # W3C trace context: the client's, passed through; with tracing on, the gateway's span's
+    # (gateway.tracing put it there). The one test tracing adds per request when it is off.
+    traceparent = headers.get(b"traceparent")
+    if traceparent is not None:
+        parts += (b"traceparent: ", traceparent, _CRLF)
+        tracestate = headers.get(b"tracestate")
+        if tracestate is not None:
+            parts += (b"tracestate: ", tracestate, _CRLF)
     if body or req.method == b"POST":
         parts += (b"content-length: ", str(len(body)).encode(), _CRLF)
     parts += (_CRLF, body)

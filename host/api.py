@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -24,6 +25,7 @@ log = structlog.get_logger("host.api")
 SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("supervisor", Supervisor)
 DEFAULT_LOG_LINES = 100
 MAX_LOG_LINES = 100_000
+MAX_REQUEST_ID_CHARS = 100  # the gateway's bound on x-request-id
 DEFAULT_WAIT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 60.0
 # Names become path segments of log files: letters, digits, '-' and '_' only.
@@ -205,6 +207,13 @@ async def _delete(request: web.Request) -> web.Response:
 
 async def _logs(request: web.Request) -> web.Response:
     endpoint, deployment = _names(request)
+    request_id = request.query.get("request_id")
+    if request_id is not None:
+        if not 0 < len(request_id) <= MAX_REQUEST_ID_CHARS or not request_id.isprintable():
+            raise bad_request(f"request_id must be 1 to {MAX_REQUEST_ID_CHARS} printable characters")
+        # Reads whole log files: off the event loop.
+        text = await asyncio.to_thread(request.app[SUPERVISOR].request_logs, endpoint, deployment, request_id)
+        return web.Response(text=text, content_type="text/plain")
     raw = request.query.get("lines", str(DEFAULT_LOG_LINES))
     try:
         lines = int(raw)

@@ -34,6 +34,8 @@ log = structlog.get_logger("host.instances")
 
 # A script, not a module: the instance's interpreter cannot import the host package.
 LAUNCHER = Path(__file__).with_name("loopback_server.py")
+# What the launcher puts before a message logged while serving a request (it spells it itself).
+REQUEST_ID_TAG = "request_id="
 PROBE_PATH = "/"
 
 # Variables that steer azmlinfsrv or the interpreter: the host sets them, never inherits them.

@@ -191,6 +191,25 @@ def failure_excerpt(lines: list[str], limit: int = ERROR_TAIL_LINES) -> str:
     return "\n".join([*block, "[...]", *lines[-5:]])
 
 
+def records_with(path: Path, needle: str) -> list[str]:
+    """The log records of ``path`` whose first line holds ``needle``, each with the lines that
+    continue it (a traceback under an error record). The whole file is read, a line at a time."""
+    found: list[str] = []
+    keeping = False
+    try:
+        f = open(path, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return found
+    with f:
+        for raw in f:
+            line = raw.rstrip("\n")
+            if _looks_like_log_record(line) or line.startswith("[tidegate]"):
+                keeping = needle in line
+            if keeping:
+                found.append(line)
+    return found
+
+
 def _looks_like_log_record(line: str) -> bool:
     # azmlinfsrv/gunicorn records start with a date: "2026-11-25 12:51:13,890 E [pid] ..."
     return len(line) >= 10 and line[:4].isdigit() and line[4] == "-" and line[7] == "-"

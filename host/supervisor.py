@@ -67,12 +67,13 @@ from decisions.probes import ProbeCount, count_probe, next_probe_at, startup_bud
 from decisions.rolling_update import DOWN, RUNNING, OldInstance, instances_to_start, old_instances_to_retire
 from host.environments import Environments, EnvironmentStatus, environment_key
 from host.errors import HostError, not_found
-from host.instances import Instance, probe_once, spawn
+from host.instances import REQUEST_ID_TAG, Instance, probe_once, spawn
 from host.processes import (
     ProcessHandle,
     is_alive,
     lost_its_port,
     port_is_free,
+    records_with,
     seconds_since_start,
     tail_lines,
 )
@@ -396,6 +397,18 @@ class Supervisor:
         self._save_if_dirty()
         log.info("deployment.deleted", endpoint=endpoint, deployment=deployment)
         return True
+
+    def request_logs(self, endpoint: str, deployment: str, request_id: str) -> str:
+        """The records every instance of the deployment, current or gone, logged while serving
+        ``request_id`` (tagged by host/loopback_server.py), under each instance's heading."""
+        dep = self._require(endpoint, deployment)
+        needle = f"{REQUEST_ID_TAG}{request_id} "
+        parts = []
+        for path in sorted((self._logs_root / dep.endpoint / dep.name).glob("*.log")):
+            found = records_with(path, needle)
+            if found:
+                parts.append("\n".join([f"=== instance {path.stem} ===", *found]))
+        return "\n\n".join(parts) + ("\n" if parts else "")
 
     def logs(self, endpoint: str, deployment: str, *, lines: int, instance: str | None) -> str:
         dep = self._require(endpoint, deployment)

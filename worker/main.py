@@ -21,6 +21,7 @@ from activities.providers import provider
 from activities.secrets import SecretActivities
 from config.contract.temporal_client import connect
 from config.settings import Settings
+from config.telemetry import shutdown_tracing
 from worker.watcher import InstanceWatcher
 from workflows.deployment import DeploymentWorkflow
 from workflows.endpoint import EndpointWorkflow
@@ -69,7 +70,7 @@ def build_worker(client: Client, settings: Settings) -> Worker:
 
 
 async def serve(settings: Settings) -> None:
-    client = await connect(settings)
+    client = await connect(settings, service="tidegate-worker")
     # Before polling: a rollout started in a namespace without them fails to start.
     await ensure_search_attributes(client, settings.temporal_namespace)
     worker = build_worker(client, settings)
@@ -106,6 +107,7 @@ def run(settings: Settings) -> None:
         return 0
 
     code = asyncio.run(main())
+    shutdown_tracing()  # the spans still queued; os._exit skips the SDK's own atexit hook
     # Leave without interpreter teardown: the Temporal client's Rust threads can abort a
     # finalizing interpreter (temporalio/sdk-python#300), seen once after a Temporal restart.
     sys.stdout.flush()

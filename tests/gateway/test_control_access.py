@@ -83,6 +83,7 @@ async def test_a_push_or_delete_without_the_credential_is_401_and_changes_nothin
         ("GET", "/routes/a-guarded"),
         ("GET", "/stats?endpoint=a-guarded&window=60s"),
         ("GET", "/metrics"),
+        ("GET", "/access-log?request_id=anything"),
         ("GET", "/no-such-path"),
         ("POST", "/healthz"),
     ],

@@ -17,7 +17,15 @@ from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from config.settings import Settings
-from gateway.accesslog import MAX_PATH_CHARS, AccessEntry, AccessLog, RotatingFile, _Clock, format_entry
+from gateway.accesslog import (
+    MAX_PATH_CHARS,
+    AccessEntry,
+    AccessLog,
+    RotatingFile,
+    _Clock,
+    find_request,
+    format_entry,
+)
 from gateway.tls import SniMinter, ensure_tls, server_context
 
 
@@ -380,3 +388,23 @@ def test_an_unwritable_access_log_drops_entries_but_keeps_running(tmp_path: Path
     log.start()
     log.record(tuple(ENTRY))
     log.close()  # returns: the thread neither died nor hung
+
+
+def test_a_request_id_is_found_in_the_rotated_files_too_and_only_whole(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    rotating = RotatingFile(path, max_bytes=2000, backups=3)
+    for i in range(40):  # about 230 bytes a line: several rotations
+        entry = ENTRY._replace(request_id=f"rid-{i % 12}", status=200 + i)
+        rotating.write((format_entry(tuple(entry), _Clock()) + "\n").encode())
+    rotating.release()
+    with path.with_name("access.log.1").open("a") as cut:  # a line a crash cut short
+        cut.write('{"request_id":"rid-1", "sta\n')
+    assert path.with_name("access.log.3").exists()
+
+    found = find_request(path, 3, "rid-1")
+    kept = "".join(p.read_text() for p in [path.with_name(f"access.log.{n}") for n in (3, 2, 1)] + [path])
+    whole = [line for line in kept.splitlines() if line.endswith("}")]
+    expected = [json.loads(line) for line in whole if '"request_id":"rid-1"' in line]
+    assert found == expected and len(found) >= 2  # oldest first; rid-10 and rid-11 are others
+    assert {(line["status"] - 200) % 12 for line in found} == {1}
+    assert find_request(path, 3, "rid-99") == []
