@@ -62,16 +62,7 @@ async def run(args: argparse.Namespace) -> None:
     await fake.wait_up()
     settings = Settings(
         home=work / "home",
-        azure_subscription_id="00000000-0000-0000-0000-000000000001",
-        azure_resource_group="bench",
-        azure_location="westeurope",
-        azure_vnet="vnet",
-        azure_subnet="instances",
-        azure_ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheFakeArmOnly bench",
-        azure_instance_port=free_port(),
-        azure_watch_interval_seconds=args.interval,
-        azure_arm_url=fake.url,
-        azure_ca_file=fake.ca_file,
+        **fake.azure_settings("bench", watch_interval=args.interval),
     )
     provider = AzureComputeProvider(settings, credential=StaticTokenCredential(fake.token))
     probe = ProbeSpec(initial_delay=1, period=5)

@@ -51,6 +51,15 @@ class ResumeToken(BaseModel):
     token: str
 
 
+def require_settings(settings: Settings, provider: str, names: tuple[str, ...]) -> None:
+    """Refuse to start a provider without the settings it needs, naming their variables."""
+    missing = [f"TIDEGATE_{name.upper()}" for name in names if not getattr(settings, name)]
+    if missing:
+        from activities.azure.scale_sets import AzureSettingsMissing
+
+        raise AzureSettingsMissing(f"the azure {provider} provider needs {', '.join(missing)}")
+
+
 def client_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for an azure-mgmt client: ARM's URL and CA when tests set them."""
     options: dict[str, Any] = {}

@@ -29,13 +29,13 @@ from activities.azure.arm import (
     HEARTBEAT_SECONDS,
     client_options,
     long_running,
+    require_settings,
 )
 from activities.azure.credentials import azure_credential
 from activities.azure.scale_sets import (
     TAG_DEPLOYMENT,
     TAG_ENDPOINT,
     TAG_SPEC,
-    AzureSettingsMissing,
     image_reference,
     instance_phase,
     scale_set_body,
@@ -83,20 +83,18 @@ class _Watch:
 
 class AzureComputeProvider:
     def __init__(self, settings: Settings, *, credential: AsyncTokenCredential | None = None) -> None:
-        missing = [
-            f"TIDEGATE_{name.upper()}"
-            for name in (
+        require_settings(
+            settings,
+            "compute",
+            (
                 "azure_subscription_id",
                 "azure_resource_group",
                 "azure_location",
                 "azure_vnet",
                 "azure_subnet",
                 "azure_ssh_public_key",
-            )
-            if not getattr(settings, name)
-        ]
-        if missing:
-            raise AzureSettingsMissing(f"the azure compute provider needs {', '.join(missing)}")
+            ),
+        )
         image_reference(settings.azure_image)  # refuse a malformed image before any call
         self._settings = settings
         self._subscription = str(settings.azure_subscription_id)

@@ -26,7 +26,7 @@ from azure.mgmt.network.aio import NetworkManagementClient
 from azure.mgmt.network.models import LoadBalancer, NetworkSecurityGroup, PublicIPAddress, Subnet
 from temporalio.exceptions import ApplicationError
 
-from activities.azure.arm import client_options, long_running, resume_token
+from activities.azure.arm import client_options, long_running, require_settings, resume_token
 from activities.azure.credentials import azure_credential
 from activities.azure.load_balancer import (
     TAG_ENDPOINT,
@@ -41,7 +41,6 @@ from activities.azure.load_balancer import (
     without_endpoint,
     writable,
 )
-from activities.azure.scale_sets import AzureSettingsMissing
 from activities.local.network import LocalNetworkProvider
 from activities.network import NetworkProvider
 from config.azure_network import InvalidDnsLabel, checked_dns_label, dns_label
@@ -71,20 +70,18 @@ class AzureNetworkProvider:
         credential: AsyncTokenCredential | None = None,
         gateways: NetworkProvider | None = None,
     ) -> None:
-        missing = [
-            f"TIDEGATE_{name.upper()}"
-            for name in (
+        require_settings(
+            settings,
+            "network",
+            (
                 "azure_subscription_id",
                 "azure_resource_group",
                 "azure_location",
                 "azure_vnet",
                 "azure_subnet",
                 "azure_gateway_subnet_prefix",
-            )
-            if not getattr(settings, name)
-        ]
-        if missing:
-            raise AzureSettingsMissing(f"the azure network provider needs {', '.join(missing)}")
+            ),
+        )
         self._settings = settings
         self._group = str(settings.azure_resource_group)
         self._credential = credential

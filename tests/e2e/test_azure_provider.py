@@ -41,20 +41,7 @@ def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArmProces
 @pytest.fixture(scope="module")
 def azure_stack(fake_arm: FakeArmProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     stack = LocalStack.create(tmp_path_factory.mktemp("azure-home"))
-    stack.env.update(
-        TIDEGATE_COMPUTE_PROVIDER="azure",
-        TIDEGATE_AZURE_SUBSCRIPTION_ID="00000000-0000-0000-0000-000000000001",
-        TIDEGATE_AZURE_RESOURCE_GROUP="tidegate-e2e",
-        TIDEGATE_AZURE_LOCATION="westeurope",
-        TIDEGATE_AZURE_VNET="tidegate-vnet",
-        TIDEGATE_AZURE_SUBNET="instances",
-        TIDEGATE_AZURE_SSH_PUBLIC_KEY="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheFakeArmOnly e2e",
-        TIDEGATE_AZURE_INSTANCE_PORT=str(free_port()),
-        TIDEGATE_AZURE_WATCH_INTERVAL_SECONDS="1",
-        TIDEGATE_AZURE_ARM_URL=fake_arm.url,
-        TIDEGATE_AZURE_CA_FILE=str(fake_arm.ca_file),
-        TIDEGATE_AZURE_ACCESS_TOKEN=fake_arm.token,
-    )
+    stack.env.update(fake_arm.environment("tidegate-e2e", watch_interval=1))
     stack.up()
     try:
         yield stack
@@ -137,8 +124,9 @@ def test_a_killed_vm_is_replaced_by_a_new_one_and_clients_see_no_error(
             f"clients saw {dict(load.seen)}"
         )
     assert len(blue_vms(fake_arm)) == 2
-    # Only requests the dying VM held could fail; the gateway retries connection failures.
-    assert load.failures_from("blue") <= 1 and load.seen[("-", 0)] == 0, load.seen
+    # Only requests the dying VM held could fail (502); the gateway retries refused connections.
+    failed = {status for (who, status), n in load.seen.items() if status != 200}
+    assert failed <= {502} and load.failures_from("blue") <= load.concurrency, load.seen
 
 
 def test_deleting_the_endpoint_leaves_no_scale_set(azure_stack: LocalStack, fake_arm: FakeArmProcess) -> None:

@@ -69,19 +69,7 @@ async def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fa
 
 
 def azure_settings(fake: FakeArmProcess, home: Path) -> Settings:
-    return Settings(
-        home=home,
-        azure_subscription_id="00000000-0000-0000-0000-000000000001",
-        azure_resource_group=RESOURCE_GROUP,
-        azure_location="westeurope",
-        azure_vnet="tidegate-vnet",
-        azure_subnet="instances",
-        azure_ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheFakeArmOnly tidegate@test",
-        azure_instance_port=free_port(),
-        azure_watch_interval_seconds=0.5,
-        azure_arm_url=fake.url,
-        azure_ca_file=fake.ca_file,
-    )
+    return Settings(home=home, **fake.azure_settings(RESOURCE_GROUP, watch_interval=0.5))
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -17,6 +17,8 @@ import aiohttp
 import trustme
 from azure.core.credentials import AccessToken, AccessTokenInfo
 
+from tests.support.ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -112,6 +114,32 @@ class FakeArmProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+    def azure_settings(self, resource_group: str, watch_interval: float) -> dict[str, str]:
+        """The azure_* settings (as Settings fields) that point the azure providers at this fake:
+        placeholder subscription, network and key, a free instance port, and its URL and CA."""
+        return {
+            "azure_subscription_id": "00000000-0000-0000-0000-000000000001",
+            "azure_resource_group": resource_group,
+            "azure_location": "westeurope",
+            "azure_vnet": "tidegate-vnet",
+            "azure_subnet": "instances",
+            "azure_ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheFakeArmOnly tidegate",
+            "azure_instance_port": str(free_port()),
+            "azure_watch_interval_seconds": str(watch_interval),
+            "azure_arm_url": self.url,
+            "azure_ca_file": str(self.ca_file),
+        }
+
+    def environment(self, resource_group: str, watch_interval: float) -> dict[str, str]:
+        """The same as TIDEGATE_ variables for a stack whose compute is the azure provider, with
+        this fake's token as the ARM bearer token."""
+        settings = self.azure_settings(resource_group, watch_interval)
+        return {
+            "TIDEGATE_COMPUTE_PROVIDER": "azure",
+            "TIDEGATE_AZURE_ACCESS_TOKEN": self.token,
+            **{f"TIDEGATE_{name.upper()}": value for name, value in settings.items()},
+        }
 
     def session(self) -> aiohttp.ClientSession:
         import ssl

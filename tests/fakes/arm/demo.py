@@ -46,21 +46,7 @@ def main() -> None:
     fake = FakeArmProcess.prepare(work / "fake-arm", free_port())
     fake.start()
     asyncio.run(fake.wait_up())
-    os.environ.update(
-        TIDEGATE_HOME=str(work / "home"),
-        TIDEGATE_COMPUTE_PROVIDER="azure",
-        TIDEGATE_AZURE_SUBSCRIPTION_ID="00000000-0000-0000-0000-000000000001",
-        TIDEGATE_AZURE_RESOURCE_GROUP="tidegate-demo",
-        TIDEGATE_AZURE_LOCATION="westeurope",
-        TIDEGATE_AZURE_VNET="tidegate-vnet",
-        TIDEGATE_AZURE_SUBNET="instances",
-        TIDEGATE_AZURE_SSH_PUBLIC_KEY="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheFakeArmOnly demo",
-        TIDEGATE_AZURE_INSTANCE_PORT=str(free_port()),
-        TIDEGATE_AZURE_WATCH_INTERVAL_SECONDS="2",
-        TIDEGATE_AZURE_ARM_URL=fake.url,
-        TIDEGATE_AZURE_CA_FILE=str(fake.ca_file),
-        TIDEGATE_AZURE_ACCESS_TOKEN=fake.token,
-    )
+    os.environ.update(TIDEGATE_HOME=str(work / "home"), **fake.environment("tidegate-demo", watch_interval=2))
     try:
         tidegate("up", "--detach")
         subprocess.run([sys.executable, "-m", "control.demo"], cwd=ROOT, check=True)
