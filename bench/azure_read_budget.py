@@ -27,11 +27,12 @@ import joblib  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 
 from activities.azure.compute import AzureComputeProvider  # noqa: E402
+from activities.azure.credentials import GivenTokenCredential  # noqa: E402
 from activities.azure.scale_sets import scale_set_name  # noqa: E402
 from config.contract.activities import RequestInstancesInput  # noqa: E402
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment  # noqa: E402
 from config.settings import Settings  # noqa: E402
-from tests.fakes.arm.client import FakeArmProcess, StaticTokenCredential  # noqa: E402
+from tests.fakes.arm.client import FakeArmProcess  # noqa: E402
 from tests.host.helpers import SCORE_PY  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
@@ -64,7 +65,7 @@ async def run(args: argparse.Namespace) -> None:
         home=work / "home",
         **fake.azure_settings("bench", watch_interval=args.interval),
     )
-    provider = AzureComputeProvider(settings, credential=StaticTokenCredential(fake.token))
+    provider = AzureComputeProvider(settings, credential=GivenTokenCredential(fake.token))
     probe = ProbeSpec(initial_delay=1, period=5)
 
     def request(n: int) -> RequestInstancesInput:

@@ -12,9 +12,10 @@ import pytest_asyncio
 from sklearn.linear_model import LinearRegression
 
 from activities.azure.compute import AzureComputeProvider
+from activities.azure.credentials import GivenTokenCredential
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
 from config.settings import Settings
-from tests.fakes.arm.client import FakeArmProcess, StaticTokenCredential
+from tests.fakes.arm.client import FakeArmProcess
 from tests.host.helpers import SCORE_PY
 from tests.support.ports import free_port
 
@@ -77,7 +78,7 @@ async def provider(
     fake_arm: FakeArmProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AzureComputeProvider]:
     settings = azure_settings(fake_arm, tmp_path_factory.mktemp("azure-home"))
-    provider = AzureComputeProvider(settings, credential=StaticTokenCredential(fake_arm.token))
+    provider = AzureComputeProvider(settings, credential=GivenTokenCredential(fake_arm.token))
     try:
         yield provider
     finally:

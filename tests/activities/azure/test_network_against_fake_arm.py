@@ -25,6 +25,7 @@ from temporalio.testing import ActivityEnvironment
 from yarl import URL
 
 from activities.azure.arm import ResumeToken
+from activities.azure.credentials import GivenTokenCredential
 from activities.azure.load_balancer import GATEWAY_PROBE
 from activities.azure.network import AzureNetworkProvider
 from activities.network import NetworkActivities
@@ -33,7 +34,7 @@ from config.contract.activities import ApplyRouteInput, RemoveRouteInput
 from config.routes import EndpointRoute
 from config.settings import Settings
 from tests.activities.azure.conftest import RESOURCE_GROUP, azure_settings
-from tests.fakes.arm.client import FakeArmProcess, StaticTokenCredential
+from tests.fakes.arm.client import FakeArmProcess
 from tests.gateway.conftest import CONTROL_TOKEN, KEY, Backend, GatewayProcess, route_body
 from tests.support.ports import free_port
 
@@ -98,7 +99,7 @@ def settings(
 
 
 def new_provider(settings: Settings, fake: FakeArmProcess) -> AzureNetworkProvider:
-    return AzureNetworkProvider(settings, credential=StaticTokenCredential(fake.token))
+    return AzureNetworkProvider(settings, credential=GivenTokenCredential(fake.token))
 
 
 @pytest_asyncio.fixture(scope="module")

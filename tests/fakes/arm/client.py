@@ -15,33 +15,10 @@ from typing import Any
 
 import aiohttp
 import trustme
-from azure.core.credentials import AccessToken, AccessTokenInfo
 
 from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-class StaticTokenCredential:
-    """An azure-core async credential that always hands out the one token the fake accepts."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken(self._token, 2**31 - 1)
-
-    async def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
-        return AccessTokenInfo(self._token, 2**31 - 1)
-
-    async def close(self) -> None:
-        return None
-
-    async def __aenter__(self) -> StaticTokenCredential:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 @dataclass
