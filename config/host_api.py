@@ -43,6 +43,9 @@ class DeploymentRuntime(BaseModel):
     readiness_probe: ProbeSpec = Field(default_factory=ProbeSpec)
     liveness_probe: ProbeSpec = Field(default_factory=ProbeSpec)
     spec_hash: str = Field(description="content hash of code, model, environment and settings")
+    app_insights_enabled: bool = Field(
+        default=False, description="azmlinfsrv exports to Application Insights (the host's key)"
+    )
 
 
 class EnsureInstancesRequest(BaseModel):

@@ -199,6 +199,9 @@ class Settings(BaseSettings):
     # The payload codec's key (urlsafe base64 of 32 bytes); unset, it is read from (or made in)
     # $TIDEGATE_HOME/codec.key. Every client and worker of a namespace needs the same one.
     codec_key: SecretStr | None = None
+    # The Application Insights instrumentation key (a GUID) that instances of deployments with
+    # `app_insights_enabled: true` send their telemetry with (azmlinfsrv's own export).
+    app_insights_key: SecretStr | None = None
     # Endpoint tokens (auth_mode: aml_token) from get-credentials live this long (Azure: 24 h);
     # clients are told to refresh after half.
     token_lifetime_seconds: int = Field(default=24 * 3600, ge=60)

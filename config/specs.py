@@ -304,6 +304,8 @@ def strip_tidegate_variables(variables: Mapping[str, str]) -> dict[str, str]:
 # the gateway's key, so a deployment may not set these (refused by the spec, dropped by the host).
 SERVER_VARIABLES = frozenset(
     {
+        "AML_APP_INSIGHTS_ENABLED",
+        "AML_APP_INSIGHTS_KEY",
         "AML_APP_ROOT",
         "AZUREML_CONFIG_FILE",
         "AZUREML_ENTRY_SCRIPT",

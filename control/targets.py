@@ -62,6 +62,8 @@ def build_target(spec: DeploymentSpec, settings: Settings, artifacts: ArtifactSt
             "scoring_script": scoring_script,
             "environment_variables": env_vars,
             "probes": [readiness.model_dump(), liveness.model_dump()],
+            # Only when on: the hashes of deployments without it stay what they were.
+            **({"app_insights": True} if spec.app_insights_enabled else {}),
         },
         sort_keys=True,
     )
@@ -76,6 +78,7 @@ def build_target(spec: DeploymentSpec, settings: Settings, artifacts: ArtifactSt
         readiness_probe=readiness,
         liveness_probe=liveness,
         spec_hash=hashlib.sha256(fingerprint.encode()).hexdigest()[:16],
+        app_insights_enabled=spec.app_insights_enabled,
     )
     request = spec.request_settings
     scale = spec.scale_settings

@@ -32,6 +32,7 @@ MAX_WAIT_SECONDS = 60.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 SNAPSHOT_ROOTS: web.AppKey[tuple[Path, ...]] = web.AppKey("snapshot_roots", tuple)
+APP_INSIGHTS: web.AppKey[bool] = web.AppKey("app_insights", bool)  # the host has a key to give
 HEALTH_PATH = "/healthz"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,6 +45,7 @@ def create_app(supervisor: Supervisor, *, settings: Settings, token: str) -> web
     app = web.Application(middlewares=[_errors, _require_credential(token), _wait_until_loaded])
     app[SUPERVISOR] = supervisor
     app[SNAPSHOT_ROOTS] = (settings.artifacts_dir, settings.registry_dir)
+    app[APP_INSIGHTS] = settings.app_insights_key is not None
     app.router.add_get(HEALTH_PATH, _healthz)
     app.router.add_get("/deployments", _list)
     app.router.add_get("/changes", _changes)
@@ -195,6 +197,12 @@ async def _put(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise bad_request(_validation_message(exc), code="InvalidBody") from exc
     _check_runtime(body, endpoint, deployment, request.app[SNAPSHOT_ROOTS])
+    if body.runtime.app_insights_enabled and not request.app[APP_INSIGHTS]:
+        raise bad_request(
+            "runtime.app_insights_enabled: this host has no Application Insights key "
+            "(TIDEGATE_APP_INSIGHTS_KEY); set it where the host runs, or remove app_insights_enabled",
+            code="InvalidBody",
+        )
     status = request.app[SUPERVISOR].ensure(body)
     return _model(status, status=202)
 

@@ -103,7 +103,11 @@ class Instance:
 
 
 def instance_environment(
-    runtime: DeploymentRuntime, env: EnvironmentStatus, base: Mapping[str, str]
+    runtime: DeploymentRuntime,
+    env: EnvironmentStatus,
+    base: Mapping[str, str],
+    *,
+    app_insights_key: str | None = None,
 ) -> dict[str, str]:
     """Process environment: the host's minus its own settings, plus the deployment's.
 
@@ -121,6 +125,10 @@ def instance_environment(
     out["AML_APP_ROOT"] = runtime.code_dir
     if runtime.model_dir:
         out["AZUREML_MODEL_DIR"] = runtime.model_dir
+    if runtime.app_insights_enabled and app_insights_key:
+        # azmlinfsrv's own export (as on Azure): its traces and the request/response logs.
+        out["AML_APP_INSIGHTS_ENABLED"] = "true"
+        out["AML_APP_INSIGHTS_KEY"] = app_insights_key
     if env.gunicorn_has_control_socket:
         # Otherwise every instance's gunicorn fights over one ~/.gunicorn/gunicorn.ctl.
         out["GUNICORN_CMD_ARGS"] = "--no-control-socket"
@@ -134,7 +142,13 @@ def instance_environment(
     return out
 
 
-def spawn(instance: Instance, runtime: DeploymentRuntime, env: EnvironmentStatus) -> ProcessHandle:
+def spawn(
+    instance: Instance,
+    runtime: DeploymentRuntime,
+    env: EnvironmentStatus,
+    *,
+    app_insights_key: str | None = None,
+) -> ProcessHandle:
     """Start azmlinfsrv in its own session, so it outlives a crash of the host."""
     instance.log_path.parent.mkdir(parents=True, exist_ok=True)
     args = [
@@ -155,7 +169,7 @@ def spawn(instance: Instance, runtime: DeploymentRuntime, env: EnvironmentStatus
         popen = subprocess.Popen(
             args,
             cwd=runtime.code_dir,
-            env=instance_environment(runtime, env, os.environ),
+            env=instance_environment(runtime, env, os.environ, app_insights_key=app_insights_key),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -576,7 +576,10 @@ class Supervisor:
                 new_port=instance.port,
             )
         try:
-            instance.process = spawn(instance, dep.runtime, env)
+            key = self._settings.app_insights_key
+            instance.process = spawn(
+                instance, dep.runtime, env, app_insights_key=key.get_secret_value() if key else None
+            )
             instance.started_at = time.monotonic()
         except OSError as exc:
             instance.state, instance.error = "failed", f"cannot start azmlinfsrv: {exc}"

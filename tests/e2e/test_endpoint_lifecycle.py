@@ -17,7 +17,7 @@ from control.stack import alive
 from tests.e2e.project import CONDA, REQUEST
 from tests.support.load import SteadyLoad
 from tests.support.polling import until
-from tests.support.stack import LocalStack
+from tests.support.stack import TEST_APP_INSIGHTS_KEY, LocalStack
 
 EP = "e2e-ep"
 BODY = json.dumps({"data": REQUEST}).encode()
@@ -244,6 +244,31 @@ def test_clients_on_the_secondary_key_see_no_401_while_the_primary_is_regenerate
     assert load.failures_from("blue") == 0 and load.seen[("-", 401)] == 0, load.seen
     assert asyncio.run(post(stack, old_primary))[0] == 401
     assert asyncio.run(post(stack, stack.key(EP)))[0] == 200
+
+
+def test_app_insights_enabled_turns_on_the_inference_servers_export_with_the_hosts_key(
+    stack: LocalStack, served: dict, project: tuple[Path, dict[str, list[float]]]
+) -> None:
+    root, _ = project
+    stack.ok(
+        "online-deployment",
+        "create",
+        "-n",
+        "insights",
+        "-e",
+        EP,
+        "-f",
+        "green.yml",
+        "--set",
+        "app_insights_enabled=true",
+        cwd=root,
+    )
+    logs = stack.ok("online-deployment", "get-logs", "-n", "insights", "-e", EP, "--lines", "400")
+    assert "Application Insights Enabled: true" in logs and "AppInsights key provided" in logs, logs
+    assert TEST_APP_INSIGHTS_KEY not in logs
+    blue_logs = stack.ok("online-deployment", "get-logs", "-n", "blue", "-e", EP, "--lines", "400")
+    assert "Application Insights Enabled: false" in blue_logs
+    stack.ok("online-deployment", "delete", "-n", "insights", "-e", EP, "--yes")
 
 
 def test_scaling_blue_to_two_instances_serves_from_both(stack: LocalStack, served: dict) -> None:

@@ -253,3 +253,22 @@ def test_an_unpatched_environment_installs_as_listed_without_upgrading() -> None
     plan = plan_environment(RuntimeEnvironment(pip_requirements=["joblib"]))
     assert not plan.upgrade
     assert plan.requirements == ["joblib"]
+
+
+def test_app_insights_reaches_an_instance_only_when_its_deployment_asks_and_the_host_has_a_key() -> None:
+    env = EnvironmentStatus(key="k", path=Path("/envs/k"), state="ready")
+    on = DeploymentRuntime(
+        endpoint="ep",
+        deployment="blue",
+        code_dir="/code",
+        spec_hash="s",
+        app_insights_enabled=True,
+        environment_variables={"AML_APP_INSIGHTS_KEY": "the user's own"},
+    )
+    off = on.model_copy(update={"app_insights_enabled": False})
+    key = "00000000-1111-2222-3333-444444444444"
+
+    enabled = instance_environment(on, env, {}, app_insights_key=key)
+    assert (enabled["AML_APP_INSIGHTS_ENABLED"], enabled["AML_APP_INSIGHTS_KEY"]) == ("true", key)
+    assert "AML_APP_INSIGHTS_KEY" not in instance_environment(off, env, {}, app_insights_key=key)
+    assert "AML_APP_INSIGHTS_KEY" not in instance_environment(on, env, {}, app_insights_key=None)

@@ -121,6 +121,17 @@ async def test_a_deployment_cannot_set_variables_that_put_its_server_on_the_netw
     await host.delete("ep-bind", "blue")
 
 
+async def test_app_insights_on_a_host_without_a_key_is_refused_naming_the_field_and_setting(
+    host: HostProcess, user_files: UserFiles
+) -> None:
+    rt = runtime("ep-insights", "blue", user_files.code_dir, model_dir=user_files.model_dir)
+    code, body = await host.put({**rt, "app_insights_enabled": True}, 1)
+    assert code == 400, body
+    assert body["error"]["message"].startswith("runtime.app_insights_enabled: this host has no")
+    assert "TIDEGATE_APP_INSIGHTS_KEY" in body["error"]["message"]
+    assert (await host.get("ep-insights", "blue"))[0] == 404  # nothing started
+
+
 async def test_run_error_is_a_500_the_instance_stays_ready_and_logs_the_traceback(
     host: HostProcess, serving: dict[str, Any]
 ) -> None:

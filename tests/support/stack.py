@@ -15,6 +15,8 @@ from typing import Any
 from config.settings import Settings
 from tests.support.ports import free_ports, instance_port_start
 
+TEST_APP_INSIGHTS_KEY = "00000000-1111-2222-3333-444444444444"
+
 
 @dataclass
 class LocalStack:
@@ -35,6 +37,8 @@ class LocalStack:
             TIDEGATE_HOST_PORT=str(ports[5]),
             TIDEGATE_INSTANCE_PORT_START=str(instance_port_start()),
             TIDEGATE_API_PORT=str(ports[6]),
+            # Only deployments with app_insights_enabled get it (an export that cannot reach Azure).
+            TIDEGATE_APP_INSIGHTS_KEY=TEST_APP_INSIGHTS_KEY,
         )
         return cls(home=home, env=env)
 
