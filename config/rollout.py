@@ -45,6 +45,7 @@ Metric = Literal[
     "latency_p99",
     "request_count",
     "mirror_match_rate",
+    "burn_rate",
 ]
 Op = Literal["<", "<=", ">", ">="]
 Strategy = Literal["canary", "linear", "blue_green"]
@@ -93,6 +94,13 @@ class Gate(_Strict):
         default=None, description="error rates only: canary worse than baseline with confidence"
     )
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    slo: float | None = Field(
+        default=None,
+        gt=0,
+        lt=100,
+        description="burn_rate only: the availability objective in percent, e.g. 99.9 (a burn rate "
+        "of 1 spends the error budget exactly as fast as the objective allows)",
+    )
 
     @model_validator(mode="after")
     def _one_form(self) -> Gate:
@@ -121,6 +129,12 @@ class Gate(_Strict):
                 self.baseline_factor = 1.0
         if self.metric is None:
             raise ValueError("metric: required (or give `when`)")
+        if (self.metric == "burn_rate") != (self.slo is not None):
+            raise ValueError(
+                "slo: required with burn_rate (the availability objective, e.g. 99.9)"
+                if self.metric == "burn_rate"
+                else "slo: only with the burn_rate metric"
+            )
         if self.test is not None:
             if self.metric not in ("error_rate", "5xx_rate", "424_rate", "408_rate", "429_rate"):
                 raise ValueError("test: two_proportion applies to rate metrics only")
@@ -157,7 +171,8 @@ class Gate(_Strict):
 
     @property
     def label(self) -> str:
-        return self.name or self.when or f"{self.metric_name} {self.op} {self.bound_text}"
+        text = self.name or self.when or f"{self.metric_name} {self.op} {self.bound_text}"
+        return f"{text} (SLO {self.slo:g}%)" if self.slo is not None and not self.name else text
 
     @property
     def relative(self) -> bool:

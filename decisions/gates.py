@@ -7,14 +7,20 @@ from config.contract.activities import ReadAzureMetricResult
 from config.contract.rollout import GateOutcome, Verdict
 from config.rollout import Gate
 from config.stats import WindowStats
+from decisions.availability import failures_in
 from decisions.statistics import two_proportion_z_test
 
 _RATE_KEYS = {"5xx_rate": "5xx", "408_rate": "408", "424_rate": "424", "429_rate": "429"}
 
 
-def metric_value(metric: str, stats: WindowStats) -> float | None:
+def metric_value(metric: str, stats: WindowStats, slo: float | None = None) -> float | None:
     if metric == "error_rate":
         return stats.error_rate
+    if metric == "burn_rate":  # the failure share over the share the objective allows
+        assert slo is not None
+        if not stats.requests:
+            return None
+        return failures_in(stats.status) / stats.requests / (1.0 - slo / 100.0)
     if metric in _RATE_KEYS:
         return stats.rate_of(_RATE_KEYS[metric])
     if metric == "request_count":
@@ -50,7 +56,7 @@ def judge_gate(gate: Gate, canary: WindowStats, baseline: WindowStats | None) ->
     assert gate.metric is not None
     metric, label = gate.metric, gate.label
     seen = _sample_size(metric, canary)
-    if seen < gate.min_requests or (value := metric_value(metric, canary)) is None:
+    if seen < gate.min_requests or (value := metric_value(metric, canary, gate.slo)) is None:
         return Verdict(
             gate=label,
             outcome="no_data",
@@ -59,7 +65,7 @@ def judge_gate(gate: Gate, canary: WindowStats, baseline: WindowStats | None) ->
         )
     if gate.relative:
         base_seen = _sample_size(metric, baseline) if baseline is not None else 0
-        base_value = metric_value(metric, baseline) if baseline is not None else None
+        base_value = metric_value(metric, baseline, gate.slo) if baseline is not None else None
         if baseline is None or base_seen < gate.min_requests or base_value is None:
             return Verdict(
                 gate=label,

@@ -85,9 +85,38 @@ def test_the_statistical_gate_fails_only_with_confidence(
         ({"when": "happiness >= 0.9"}, "unknown metric 'happiness'"),
         ({"metric": "error_rate"}, "exactly one of threshold"),
         ({"metric": "latency_p99", "test": "two_proportion"}, "rate metrics only"),
+        ({"when": "burn_rate <= 2"}, "slo: required with burn_rate"),
+        ({"when": "error_rate <= 0.05", "slo": 99.9}, "slo: only with the burn_rate metric"),
+        ({"when": "burn_rate <= 2", "slo": 100}, "less than 100"),
     ],
-    ids=["bad-expression", "unknown-metric", "no-bound", "test-on-latency"],
+    ids=[
+        "bad-expression",
+        "unknown-metric",
+        "no-bound",
+        "test-on-latency",
+        "burn-rate-without-slo",
+        "slo-on-another-metric",
+        "slo-of-100-has-no-budget",
+    ],
 )
 def test_a_bad_gate_is_refused_naming_the_problem(spec: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Gate(**spec)
+
+
+@pytest.mark.parametrize(
+    ("errors", "slo", "burn", "outcome"),
+    [(1, 99.0, 1.0, "pass"), (3, 99.0, 3.0, "fail"), (0, 99.9, 0.0, "pass"), (1, 99.9, 10.0, "fail")],
+    ids=["at-the-budget", "three-times-the-budget", "no-failure", "tight-slo"],
+)
+def test_a_burn_rate_gate_compares_the_failure_share_with_what_the_slo_allows(
+    errors: int, slo: float, burn: float, outcome: str
+) -> None:
+    verdict = judge_gate(Gate(when="burn_rate <= 2", slo=slo, min_requests=20), window(100, errors), None)
+    assert verdict.value == pytest.approx(burn) and verdict.outcome == outcome
+
+
+def test_a_burn_rate_counts_timeouts_but_not_what_the_client_caused() -> None:
+    stats = window(100).model_copy(update={"status": {"2xx": 90, "408": 2, "429": 5, "424": 3}})
+    verdict = judge_gate(Gate(when="burn_rate <= 10", slo=99.0), stats, None)
+    assert verdict.value == pytest.approx(2.0)  # the 408s only: 2 % over the 1 % allowed
