@@ -83,14 +83,60 @@ def emit(data: Any, output: str, query: str | None) -> None:
     click.echo(render(data, output=output, query=query))
 
 
+API_OPTION = "--api"
+
+
+def _api_url() -> str | None:
+    """`--api URL`, else the TIDEGATE_API_URL setting; None: straight to Temporal."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.find_root().params.get("api") if ctx is not None else None
+    return given or load_settings().api_url
+
+
 async def facade():
+    """The client façade: over the REST API with `--api`, else over Temporal. Both answer the
+    same calls, so a command reads the same either way."""
+    settings = load_settings()
+    url = _api_url()
+    if url:
+        from control.arm.client import RestTidegate
+
+        return await RestTidegate.connect(settings, url)
     from control.facade import Tidegate
 
-    return await Tidegate.connect(load_settings())
+    return await Tidegate.connect(settings)
+
+
+def direct_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A command the REST API cannot serve: with `--api` (or TIDEGATE_API_URL) it says so
+    (exit code 2) instead of reaching past the API to Temporal or the local state dir."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        url = _api_url()
+        if url:
+            ctx = click.get_current_context()
+            command = " ".join(ctx.command_path.split()[1:])
+            raise click.UsageError(
+                f"`tidegate {command}` is not served by the REST API; run it without "
+                f"{API_OPTION} (and TIDEGATE_API_URL) on the machine that runs Tidegate (the API is {url})",
+                ctx=ctx,
+            )
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option(
+    API_OPTION,
+    "api",
+    metavar="URL",
+    default=None,
+    help="Go through Tidegate's REST API at URL instead of straight to Temporal "
+    "(default: TIDEGATE_API_URL). Code and model paths are read on the API's machine.",
+)
+def main(api: str | None) -> None:
     """Tidegate: managed online endpoints for ML models, self-hosted, on Temporal."""
     from config.logging import configure_logging
 
@@ -100,6 +146,7 @@ def main() -> None:
 # ---- the local system --------------------------------------------------------------------
 @main.command()
 @click.option("--detach", is_flag=True, help="Start in the background and return when ready.")
+@direct_only
 def up(detach: bool) -> None:
     """Start Temporal (dev server), the host, the gateway, the API and the worker; wait until ready."""
     from control import stack
@@ -149,6 +196,7 @@ def _print_addresses(settings: Settings, *, already_running: bool) -> None:
 
 
 @main.command()
+@direct_only
 def down() -> None:
     """Stop the local system started by `tidegate up --detach`."""
     from control import stack
@@ -164,6 +212,7 @@ def endpoint_name(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 @main.command()
 @click.option("-o", "--output", type=click.Choice(["json", "yaml"]), default="json")
+@direct_only
 def status(output: str) -> None:
     """Say which local processes run, and their addresses."""
     from control import stack
@@ -172,6 +221,7 @@ def status(output: str) -> None:
 
 
 @main.command()
+@direct_only
 def worker() -> None:
     """Run the Temporal worker alone (workflows and activities)."""
     from config.logging import configure_logging
@@ -182,6 +232,7 @@ def worker() -> None:
 
 
 @main.command()
+@direct_only
 def gateway() -> None:
     """Run the gateway alone (data plane)."""
     from gateway.__main__ import main as gateway_main
@@ -190,6 +241,7 @@ def gateway() -> None:
 
 
 @main.command()
+@direct_only
 def api() -> None:
     """Run the control API alone: the REST API, the dashboard and the payload codec endpoint."""
     from config.logging import configure_logging
@@ -201,6 +253,7 @@ def api() -> None:
 
 @main.group(invoke_without_command=True)
 @click.pass_context
+@direct_only
 def host(ctx: click.Context) -> None:
     """Run the local compute host alone (instances as azmlinfsrv processes); `host patch`."""
     if ctx.invoked_subcommand is not None:
@@ -225,6 +278,7 @@ def host(ctx: click.Context) -> None:
 @click.option("-d", "--deployment", default=None, help="Default: every deployment.")
 @click.option("--no-wait", is_flag=True)
 @azure_options
+@direct_only
 @run_async
 async def host_patch(endpoint, deployment, no_wait, resource_group, workspace_name, output, query):
     """Replace every instance with one on a refreshed environment, rolling, as a workflow."""
@@ -599,10 +653,10 @@ async def rollout_plan(
     resource_group,
 ):
     """Dry run: print every step, gate and timeout; start nothing."""
-    from control.rollouts import Rollouts, describe_plan
+    from control.rollouts import describe_plan
 
     spec = _rollout_spec(file, strategy, steps, hold, gates, check_interval)
-    plan = await Rollouts(await facade()).plan(endpoint, to, spec, baseline)
+    plan = await (await facade()).rollouts().plan(endpoint, to, spec, baseline)
     if output == "text":
         click.echo("\n".join(describe_plan(plan)))
     else:
@@ -631,9 +685,9 @@ async def rollout_start(
     query,
 ):
     """Start a RolloutWorkflow; by default wait, and exit 1 if it rolls back."""
-    from control.rollouts import Rollouts, describe_plan
+    from control.rollouts import describe_plan
 
-    rollouts = Rollouts(await facade())
+    rollouts = (await facade()).rollouts()
     spec = _rollout_spec(file, strategy, steps, hold, gates, check_interval)
     plan = await rollouts.plan(endpoint, to, spec, baseline)
     rid = await rollouts.start(plan, spec)
@@ -684,9 +738,7 @@ def _rollout_progress() -> Callable[[dict[str, Any]], None]:
 @run_async
 async def rollout_status(endpoint, watch, resource_group, workspace_name, output, query):
     """Phase, step, weights, each gate's last value against its bound, and history."""
-    from control.rollouts import Rollouts
-
-    rollouts = Rollouts(await facade())
+    rollouts = (await facade()).rollouts()
     if watch:
         rid = await rollouts.current_id(endpoint)
         view = await rollouts.wait(endpoint, rid, _rollout_progress())
@@ -701,9 +753,7 @@ def _steer(name: str, doc: str, with_reason: bool) -> None:
     @azure_options
     @run_async
     async def command(endpoint, resource_group, workspace_name, output, query, reason=None):
-        from control.rollouts import Rollouts
-
-        rid = await Rollouts(await facade()).signal(endpoint, name, reason)
+        rid = await (await facade()).rollouts().signal(endpoint, name, reason)
         err_console.print(f"{name} sent to {rid}")
 
     command.__doc__ = doc
@@ -724,12 +774,11 @@ _steer(
 @rollout.command("retry")
 @click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
 @azure_options
+@direct_only
 @run_async
 async def rollout_retry(endpoint, resource_group, workspace_name, output, query):
     """After a rollback: the same plan again (returns once started)."""
-    from control.rollouts import Rollouts
-
-    rid, _ = await Rollouts(await facade()).retry(endpoint)
+    rid, _ = await (await facade()).rollouts().retry(endpoint)
     emit({"id": rid}, output, query)
 
 
@@ -740,9 +789,7 @@ async def rollout_retry(endpoint, resource_group, workspace_name, output, query)
 @run_async
 async def rollout_list(endpoint, state, resource_group, workspace_name, output, query):
     """Rollouts, newest first, from Temporal's visibility (search attributes)."""
-    from control.rollouts import Rollouts
-
-    emit(await Rollouts(await facade()).list(endpoint, state), output, query)
+    emit(await (await facade()).rollouts().list(endpoint, state), output, query)
 
 
 # ---- model ---------------------------------------------------------------------------------
@@ -774,6 +821,7 @@ def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-p", "--path", type=click.Path(path_type=Path), required=True)
 @click.option("--description", default=None)
 @azure_options
+@direct_only
 @_sync
 def model_create(name, version, path, description, resource_group, workspace_name, output, query):
     """Copy a model file or folder into the registry, content-hashed."""
@@ -783,6 +831,7 @@ def model_create(name, version, path, description, resource_group, workspace_nam
 @model.command("list")
 @click.option("-n", "--name", default=None)
 @azure_options
+@direct_only
 @_sync
 def model_list(name, resource_group, workspace_name, output, query):
     """List registered models."""
@@ -793,6 +842,7 @@ def model_list(name, resource_group, workspace_name, output, query):
 @click.option("-n", "--name", required=True)
 @click.option("-v", "--version", required=True)
 @azure_options
+@direct_only
 @_sync
 def model_show(name, version, resource_group, workspace_name, output, query):
     """Show a registered model."""
