@@ -116,7 +116,11 @@ def direct_only(fn: Callable[..., Any]) -> Callable[..., Any]:
         url = _api_url()
         if url:
             ctx = click.get_current_context()
-            command = " ".join(ctx.command_path.split()[1:])
+            names, at = [], ctx
+            while at.parent is not None:  # the root's name is however the CLI was started
+                names.append(at.info_name or "")
+                at = at.parent
+            command = " ".join(reversed(names))
             raise click.UsageError(
                 f"`tidegate {command}` is not served by the REST API; run it without "
                 f"{API_OPTION} (and TIDEGATE_API_URL) on the machine that runs Tidegate (the API is {url})",
