@@ -136,7 +136,6 @@ class RestTidegate:
     def __init__(self, settings: Settings, base_url: str) -> None:
         self.settings = settings
         self.base_url = base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
         self._operations: dict[tuple[str, str], str] = {}  # (endpoint, deployment) -> status URL
 
     @classmethod
@@ -150,18 +149,13 @@ class RestTidegate:
 
     # ---- transport -----------------------------------------------------------------------
     def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            ssl = control_client_ssl(self.settings) if self.base_url.startswith("https:") else None
-            self._session = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {read_control_token(self.settings)}"},
-                connector=aiohttp.TCPConnector(ssl=ssl if ssl is not None else True),
-            )
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """A session per request: nothing to close when a command ends (the CLI leaves with
+        os._exit), and a loopback connection costs little next to the call itself."""
+        ssl = control_client_ssl(self.settings) if self.base_url.startswith("https:") else None
+        return aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {read_control_token(self.settings)}"},
+            connector=aiohttp.TCPConnector(ssl=ssl if ssl is not None else True),
+        )
 
     async def call(
         self,
@@ -195,11 +189,12 @@ class RestTidegate:
         url = path if path.startswith("http") else f"{self.base_url}{path}"
         params = None if "api-version=" in url else {"api-version": API_VERSION, **(query or {})}
         try:
-            async with self._open().request(
-                method, url, json=body, headers=headers, params=params
-            ) as response:
-                raw = await response.read()
-                status, got = response.status, dict(response.headers)
+            async with self._open() as session:
+                async with session.request(
+                    method, url, json=body, headers=headers, params=params
+                ) as response:
+                    raw = await response.read()
+                    status, got = response.status, dict(response.headers)
         except aiohttp.ClientError as err:
             raise TidegateError(
                 f"cannot reach the API at {self.base_url}: is `tidegate up` running there? ({err})"
@@ -424,7 +419,6 @@ class RestTidegate:
             "openapi_uri": props.get("swaggerUri"),
             "public_network_access": str(props.get("publicNetworkAccess", "Enabled")).lower(),
             "properties": {**record.properties, "deployments": deployments},
-            "arm_id": resource.get("id"),
         }
 
     def deployment_view(self, endpoint: str, resource: dict[str, Any]) -> dict[str, Any]:
@@ -440,7 +434,6 @@ class RestTidegate:
                 "type": "managed",
                 "provisioning_state": resource["properties"].get("provisioningState"),
                 "instance_count": (resource.get("sku") or {}).get("capacity"),
-                "arm_id": resource.get("id"),
             }
         )
         return view
