@@ -88,7 +88,8 @@ def _error(answer: Answer) -> TidegateError:
     except ValidationError:
         error = None
     message = error.message if error is not None and error.message else f"HTTP {answer.status}"
-    if error is not None and error.target and error.target not in message:
+    # A field problem names its ARM path; other refusals carry the façade's own message as is.
+    if error is not None and error.code == "ValidationError" and error.target and error.target not in message:
         message = f"{error.target}: {message}"
     kind = _ERRORS.get(answer.status, TidegateError)
     return kind(message)

@@ -114,6 +114,18 @@ def test_an_endpoint_spec_sent_as_arm_reads_back_as_the_same_spec(data: dict[str
             None,
         ),
         (409, {"error": {"code": "Conflict", "message": "blue is Updating"}}, Conflict, None),
+        (
+            400,
+            {
+                "error": {
+                    "code": "BadRequest",
+                    "message": "authMode cannot change",
+                    "target": "properties.authMode",
+                }
+            },
+            BadRequest,
+            "authMode cannot change",
+        ),
         (412, {"error": {"code": "PreconditionFailed", "message": "has changed"}}, PreconditionFailed, None),
         (
             400,
@@ -141,7 +153,7 @@ def test_an_endpoint_spec_sent_as_arm_reads_back_as_the_same_spec(data: dict[str
         ),
         (502, "Bad Gateway", TidegateError, "HTTP 502"),
     ],
-    ids=["404", "409", "412", "400-target-added", "400-target-in-message", "503", "not-arm"],
+    ids=["404", "409", "400-as-is", "412", "400-target-added", "400-target-in-message", "503", "not-arm"],
 )
 def test_an_arm_error_comes_back_as_the_facades_exception(
     status: int, body: Any, kind: type[TidegateError], message: str | None
