@@ -107,25 +107,30 @@ async def facade():
     return await Tidegate.connect(settings)
 
 
+def refuse_over_api() -> None:
+    """With `--api` (or TIDEGATE_API_URL), a command the REST API cannot serve says so (exit
+    code 2) instead of reaching past the API to Temporal or the local state dir."""
+    url = _api_url()
+    if not url:
+        return
+    ctx = click.get_current_context()
+    names, at = [], ctx
+    while at.parent is not None:  # the root's name is however the CLI was started
+        names.append(at.info_name or "")
+        at = at.parent
+    raise click.UsageError(
+        f"`tidegate {' '.join(reversed(names))}` is not served by the REST API; run it without "
+        f"{API_OPTION} (and TIDEGATE_API_URL) on the machine that runs Tidegate (the API is {url})",
+        ctx=ctx,
+    )
+
+
 def direct_only(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A command the REST API cannot serve: with `--api` (or TIDEGATE_API_URL) it says so
-    (exit code 2) instead of reaching past the API to Temporal or the local state dir."""
+    """A command only the direct path serves (see `refuse_over_api`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        url = _api_url()
-        if url:
-            ctx = click.get_current_context()
-            names, at = [], ctx
-            while at.parent is not None:  # the root's name is however the CLI was started
-                names.append(at.info_name or "")
-                at = at.parent
-            command = " ".join(reversed(names))
-            raise click.UsageError(
-                f"`tidegate {command}` is not served by the REST API; run it without "
-                f"{API_OPTION} (and TIDEGATE_API_URL) on the machine that runs Tidegate (the API is {url})",
-                ctx=ctx,
-            )
+        refuse_over_api()
         return fn(*args, **kwargs)
 
     return wrapper
@@ -257,11 +262,11 @@ def api() -> None:
 
 @main.group(invoke_without_command=True)
 @click.pass_context
-@direct_only
 def host(ctx: click.Context) -> None:
     """Run the local compute host alone (instances as azmlinfsrv processes); `host patch`."""
     if ctx.invoked_subcommand is not None:
-        return
+        return  # `host patch` refuses --api itself, naming itself
+    refuse_over_api()
     from config.logging import configure_logging
     from host.server import run
 
