@@ -17,10 +17,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from config.contract.errors import (
     BadRequest,
@@ -76,7 +77,7 @@ class ArmErrorBody(BaseModel):
 
 class Answer(BaseModel):
     status: int
-    headers: dict[str, str]
+    headers: dict[str, str] = Field(description="names lower-cased")
     body: Any = None
 
 
@@ -187,7 +188,7 @@ class RestTidegate:
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
     ) -> Answer:
-        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        url = self._url(path)
         params = None if "api-version=" in url else {"api-version": API_VERSION, **(query or {})}
         try:
             async with self._open() as session:
@@ -195,7 +196,8 @@ class RestTidegate:
                     method, url, json=body, headers=headers, params=params
                 ) as response:
                     raw = await response.read()
-                    status, got = response.status, dict(response.headers)
+                    status = response.status
+                    got = {name.lower(): value for name, value in response.headers.items()}
         except aiohttp.ClientError as err:
             raise TidegateError(
                 f"cannot reach the API at {self.base_url}: is `tidegate up` running there? ({err})"
@@ -207,10 +209,18 @@ class RestTidegate:
         log.debug("rest.call", method=method, path=url.removeprefix(self.base_url), status=status)
         return Answer(status=status, headers=got, body=parsed)
 
+    def _url(self, path: str) -> str:
+        """A path on the API, or a URL the API gave (an operation, a nextLink) taken onto the
+        API's own origin: the credential goes nowhere else, whatever a link names."""
+        if not path.startswith(("http://", "https://")):
+            return f"{self.base_url}{path}"
+        given = urlsplit(path)
+        return f"{self.base_url}{given.path}" + (f"?{given.query}" if given.query else "")
+
     async def wait_operation(self, answer: Answer) -> None:
         """Poll the operation an answer names (Azure-AsyncOperation) until it ends; a failed
         or overtaken one raises OperationFailed with its message."""
-        url = answer.headers.get("Azure-AsyncOperation")
+        url = answer.headers.get("azure-asyncoperation")
         if url is None:
             return
         await self._poll(url)
@@ -294,7 +304,7 @@ class RestTidegate:
                     **({"mirrorTraffic": change.mirror_traffic} if change.mirror_traffic is not None else {}),
                 },
             }
-            etag = current.headers.get("ETag")
+            etag = current.headers.get("etag")
             replaced = await self.call(
                 "PUT", self._endpoint(name), body, headers={"If-Match": etag} if etag else None
             )
@@ -345,7 +355,7 @@ class RestTidegate:
     async def update_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
         current = await self.call("GET", self._deployment(spec.endpoint_name, spec.name))
         body = deployment_request(_with_absolute_paths(spec))
-        etag = current.headers.get("ETag")
+        etag = current.headers.get("etag")
         updated = await self.call(
             "PUT",
             self._deployment(spec.endpoint_name, spec.name),
@@ -356,7 +366,7 @@ class RestTidegate:
         return self.deployment_view(spec.endpoint_name, updated.body)
 
     def _remember(self, spec: DeploymentSpec, answer: Answer) -> None:
-        url = answer.headers.get("Azure-AsyncOperation")
+        url = answer.headers.get("azure-asyncoperation")
         if url is not None:
             self._operations[(spec.endpoint_name, spec.name)] = url
 

@@ -18,6 +18,7 @@ from config.contract.errors import (
     TidegateError,
 )
 from config.security import ControlAccessError
+from config.settings import Settings
 from config.specs import DeploymentSpec, EndpointSpec
 from control.arm.client import Answer, RestTidegate, _error, _with_absolute_paths
 from control.arm.resources import (
@@ -202,3 +203,24 @@ async def test_over_https_the_client_trusts_the_control_ca_and_sends_the_credent
         assert "not-it" not in str(refused.value)
     finally:
         stop_api(api)
+
+
+@pytest.mark.parametrize(
+    ("given", "sent"),
+    [
+        ("/subscriptions/s/x?api-version=1", "https://api.example:8083/subscriptions/s/x?api-version=1"),
+        (
+            "https://api.example:8083/subscriptions/s/op?api-version=1",
+            "https://api.example:8083/subscriptions/s/op?api-version=1",
+        ),
+        (
+            "https://elsewhere.example/subscriptions/s/op?api-version=1",
+            "https://api.example:8083/subscriptions/s/op?api-version=1",
+        ),
+        ("http://127.0.0.1:9/subscriptions/s/list", "https://api.example:8083/subscriptions/s/list"),
+    ],
+    ids=["path", "same-origin-link", "other-origin-link", "other-scheme-link"],
+)
+def test_links_the_api_gives_are_followed_on_its_own_origin_only(given: str, sent: str) -> None:
+    client = RestTidegate(Settings(home=Path("/nonexistent")), "https://api.example:8083/")
+    assert client._url(given) == sent
