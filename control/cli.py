@@ -86,11 +86,11 @@ def emit(data: Any, output: str, query: str | None) -> None:
 API_OPTION = "--api"
 
 
-def _api_url() -> str | None:
+def _api_url(*, flag_only: bool = False) -> str | None:
     """`--api URL`, else the TIDEGATE_API_URL setting; None: straight to Temporal."""
     ctx = click.get_current_context(silent=True)
     given = ctx.find_root().params.get("api") if ctx is not None else None
-    return given or load_settings().api_url
+    return given if flag_only else given or load_settings().api_url
 
 
 async def facade():
@@ -107,10 +107,12 @@ async def facade():
     return await Tidegate.connect(settings)
 
 
-def refuse_over_api() -> None:
+def refuse_over_api(*, flag_only: bool = False) -> None:
     """With `--api` (or TIDEGATE_API_URL), a command the REST API cannot serve says so (exit
-    code 2) instead of reaching past the API to Temporal or the local state dir."""
-    url = _api_url()
+    code 2) instead of reaching past the API to Temporal or the local state dir. `flag_only`:
+    the local system's own commands (`up`, `worker`...) heed only the flag, so a setting meant
+    for the CLI, inherited by the processes `up` starts, does not stop them."""
+    url = _api_url(flag_only=flag_only)
     if not url:
         return
     ctx = click.get_current_context()
@@ -136,6 +138,17 @@ def direct_only(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def local_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One of the local system's commands: refused with the `--api` flag only."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        refuse_over_api(flag_only=True)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     API_OPTION,
@@ -155,7 +168,7 @@ def main(api: str | None) -> None:
 # ---- the local system --------------------------------------------------------------------
 @main.command()
 @click.option("--detach", is_flag=True, help="Start in the background and return when ready.")
-@direct_only
+@local_only
 def up(detach: bool) -> None:
     """Start Temporal (dev server), the host, the gateway, the API and the worker; wait until ready."""
     from control import stack
@@ -205,7 +218,7 @@ def _print_addresses(settings: Settings, *, already_running: bool) -> None:
 
 
 @main.command()
-@direct_only
+@local_only
 def down() -> None:
     """Stop the local system started by `tidegate up --detach`."""
     from control import stack
@@ -221,7 +234,7 @@ def endpoint_name(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 @main.command()
 @click.option("-o", "--output", type=click.Choice(["json", "yaml"]), default="json")
-@direct_only
+@local_only
 def status(output: str) -> None:
     """Say which local processes run, and their addresses."""
     from control import stack
@@ -230,7 +243,7 @@ def status(output: str) -> None:
 
 
 @main.command()
-@direct_only
+@local_only
 def worker() -> None:
     """Run the Temporal worker alone (workflows and activities)."""
     from config.logging import configure_logging
@@ -241,7 +254,7 @@ def worker() -> None:
 
 
 @main.command()
-@direct_only
+@local_only
 def gateway() -> None:
     """Run the gateway alone (data plane)."""
     from gateway.__main__ import main as gateway_main
@@ -250,7 +263,7 @@ def gateway() -> None:
 
 
 @main.command()
-@direct_only
+@local_only
 def api() -> None:
     """Run the control API alone: the REST API, the dashboard and the payload codec endpoint."""
     from config.logging import configure_logging
@@ -266,7 +279,7 @@ def host(ctx: click.Context) -> None:
     """Run the local compute host alone (instances as azmlinfsrv processes); `host patch`."""
     if ctx.invoked_subcommand is not None:
         return  # `host patch` refuses --api itself, naming itself
-    refuse_over_api()
+    refuse_over_api(flag_only=True)
     from config.logging import configure_logging
     from host.server import run
 

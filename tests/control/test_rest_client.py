@@ -4,6 +4,9 @@ https API with the control CA and the credential."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +227,24 @@ async def test_over_https_the_client_trusts_the_control_ca_and_sends_the_credent
 def test_links_the_api_gives_are_followed_on_its_own_origin_only(given: str, sent: str) -> None:
     client = RestTidegate(Settings(home=Path("/nonexistent")), "https://api.example:8083/")
     assert client._url(given) == sent
+
+
+def _cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "control.cli", *args],
+        env={**environment, "TIDEGATE_HOME": str(home), **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_the_local_systems_commands_refuse_the_flag_but_not_the_setting(tmp_path: Path) -> None:
+    """`up` passes its environment to the processes it starts: a TIDEGATE_API_URL meant for
+    the CLI must not stop them; `--api` given to them is a mistake, said as one."""
+    flagged = _cli(tmp_path, "--api", "http://127.0.0.1:9", "status")
+    assert flagged.returncode == 2
+    assert "`tidegate status` is not served by the REST API; run it without --api" in flagged.stderr
+    assert _cli(tmp_path, "status", TIDEGATE_API_URL="http://127.0.0.1:9").returncode == 0
+    registry = _cli(tmp_path, "model", "list", TIDEGATE_API_URL="http://127.0.0.1:9")
+    assert registry.returncode == 2 and "`tidegate model list`" in registry.stderr
