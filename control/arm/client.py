@@ -246,9 +246,12 @@ class RestTidegate:
         return _record((await self._resource(name)).body)
 
     async def create_endpoint(self, spec: EndpointSpec, *, wait: bool = True) -> dict[str, Any]:
-        created = await self.call(
-            "PUT", self._endpoint(spec.name), endpoint_request(spec), headers={"If-None-Match": "*"}
-        )
+        try:  # If-None-Match: create only, never replace one that exists
+            created = await self.call(
+                "PUT", self._endpoint(spec.name), endpoint_request(spec), headers={"If-None-Match": "*"}
+            )
+        except PreconditionFailed:
+            raise Conflict(f"endpoint {spec.name} already exists") from None
         if wait:
             await self.wait_operation(created)
         return await self.show_endpoint(spec.name)
@@ -346,9 +349,15 @@ class RestTidegate:
     async def create_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
         await self._resource(spec.endpoint_name)
         body = deployment_request(_with_absolute_paths(spec))
-        created = await self.call(
-            "PUT", self._deployment(spec.endpoint_name, spec.name), body, headers={"If-None-Match": "*"}
-        )
+        try:  # If-None-Match: create only, never replace one that exists
+            created = await self.call(
+                "PUT", self._deployment(spec.endpoint_name, spec.name), body, headers={"If-None-Match": "*"}
+            )
+        except PreconditionFailed:
+            raise Conflict(
+                f"deployment {spec.name} already exists in endpoint {spec.endpoint_name}; "
+                "use `online-deployment update`"
+            ) from None
         self._remember(spec, created)
         return self.deployment_view(spec.endpoint_name, created.body)
 

@@ -176,13 +176,18 @@ def test_get_credentials_then_invoke_answers(
     assert json.loads(out) == pytest.approx(answers["model-2"])
 
 
-def test_a_bad_field_exits_1_naming_it_and_changes_nothing(cli: Cli, created: dict[str, Any]) -> None:
+def test_a_bad_field_or_a_clash_exits_1_saying_what_and_changes_nothing(
+    cli: Cli, created: dict[str, Any], project: tuple[Path, dict]
+) -> None:
     ep = cli.endpoint
     done = cli.run("online-endpoint", "update", "-n", ep, "--traffic", "blue=90 ghost=10")
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("ERROR: ") and "traffic" in done.stderr and "'ghost'" in done.stderr
     done = cli.run("online-deployment", "update", "-n", "blue", "-e", ep, "--set", "instance_count=0")
     assert done.returncode == 1 and "instance_count" in done.stderr, done.stderr
+    again = cli.run("online-deployment", "create", "-n", "blue", "-e", ep, "-f", "blue.yml", cwd=project[0])
+    assert again.returncode == 1
+    assert f"deployment blue already exists in endpoint {ep}; use `online-deployment update`" in again.stderr
     missing = cli.run("online-endpoint", "show", "-n", "no-such-ep")
     assert missing.returncode == 1 and "endpoint no-such-ep does not exist" in missing.stderr
     assert cli.json("online-endpoint", "show", "-n", ep, "--query", "traffic") == {"blue": 100, "green": 0}
