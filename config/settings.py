@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     # The control API (`tidegate api`; for now the payload codec endpoint): a control listener.
     api_bind: str = "127.0.0.1"
     api_port: int = 8083
+    # The CLI's way in: unset, straight to Temporal; set (or `tidegate --api URL`), through the
+    # REST API at this URL (the control credential as bearer, the control CA for https).
+    api_url: str | None = Field(default=None, description="the REST API the CLI goes through")
 
     @cached_property
     def temporal_target(self) -> str:

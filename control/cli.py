@@ -86,14 +86,82 @@ def emit(data: Any, output: str, query: str | None) -> None:
     click.echo(render(data, output=output, query=query))
 
 
+API_OPTION = "--api"
+
+
+def _api_url(*, flag_only: bool = False) -> str | None:
+    """`--api URL`, else the TIDEGATE_API_URL setting; None: straight to Temporal."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.find_root().params.get("api") if ctx is not None else None
+    return given if flag_only else given or load_settings().api_url
+
+
 async def facade():
+    """The client façade: over the REST API with `--api`, else over Temporal. Both answer the
+    same calls, so a command reads the same either way."""
+    settings = load_settings()
+    url = _api_url()
+    if url:
+        from control.arm.client import RestTidegate
+
+        return await RestTidegate.connect(settings, url)
     from control.facade import Tidegate
 
-    return await Tidegate.connect(load_settings())
+    return await Tidegate.connect(settings)
+
+
+def refuse_over_api(*, flag_only: bool = False) -> None:
+    """With `--api` (or TIDEGATE_API_URL), a command the REST API cannot serve says so (exit
+    code 2) instead of reaching past the API to Temporal or the local state dir. `flag_only`:
+    the local system's own commands (`up`, `worker`...) heed only the flag, so a setting meant
+    for the CLI, inherited by the processes `up` starts, does not stop them."""
+    url = _api_url(flag_only=flag_only)
+    if not url:
+        return
+    ctx = click.get_current_context()
+    names, at = [], ctx
+    while at.parent is not None:  # the root's name is however the CLI was started
+        names.append(at.info_name or "")
+        at = at.parent
+    raise click.UsageError(
+        f"`tidegate {' '.join(reversed(names))}` is not served by the REST API; run it without "
+        f"{API_OPTION} (and TIDEGATE_API_URL) on the machine that runs Tidegate (the API is {url})",
+        ctx=ctx,
+    )
+
+
+def direct_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A command only the direct path serves (see `refuse_over_api`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        refuse_over_api()
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def local_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One of the local system's commands: refused with the `--api` flag only."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        refuse_over_api(flag_only=True)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option(
+    API_OPTION,
+    "api",
+    metavar="URL",
+    default=None,
+    help="Go through Tidegate's REST API at URL instead of straight to Temporal "
+    "(default: TIDEGATE_API_URL). Code and model paths are read on the API's machine.",
+)
+def main(api: str | None) -> None:
     """Tidegate: managed online endpoints for ML models, self-hosted, on Temporal."""
     from config.logging import configure_logging
 
@@ -103,6 +171,7 @@ def main() -> None:
 # ---- the local system --------------------------------------------------------------------
 @main.command()
 @click.option("--detach", is_flag=True, help="Start in the background and return when ready.")
+@local_only
 def up(detach: bool) -> None:
     """Start Temporal (dev server), the host, the gateway, the API and the worker; wait until ready."""
     from control import stack
@@ -152,6 +221,7 @@ def _print_addresses(settings: Settings, *, already_running: bool) -> None:
 
 
 @main.command()
+@local_only
 def down() -> None:
     """Stop the local system started by `tidegate up --detach`."""
     from control import stack
@@ -167,6 +237,7 @@ def endpoint_name(_ctx: click.Context, _param: click.Parameter, value: str | Non
 
 @main.command()
 @click.option("-o", "--output", type=click.Choice(["json", "yaml"]), default="json")
+@local_only
 def status(output: str) -> None:
     """Say which local processes run, and their addresses."""
     from control import stack
@@ -175,6 +246,7 @@ def status(output: str) -> None:
 
 
 @main.command()
+@local_only
 def worker() -> None:
     """Run the Temporal worker alone (workflows and activities)."""
     from config.logging import configure_logging
@@ -185,6 +257,7 @@ def worker() -> None:
 
 
 @main.command()
+@local_only
 def gateway() -> None:
     """Run the gateway alone (data plane)."""
     from gateway.__main__ import main as gateway_main
@@ -193,6 +266,7 @@ def gateway() -> None:
 
 
 @main.command()
+@local_only
 def api() -> None:
     """Run the control API alone: the REST API, the dashboard and the payload codec endpoint."""
     from config.logging import configure_logging
@@ -207,7 +281,8 @@ def api() -> None:
 def host(ctx: click.Context) -> None:
     """Run the local compute host alone (instances as azmlinfsrv processes); `host patch`."""
     if ctx.invoked_subcommand is not None:
-        return
+        return  # `host patch` refuses --api itself, naming itself
+    refuse_over_api(flag_only=True)
     from config.logging import configure_logging
     from host.server import run
 
@@ -228,6 +303,7 @@ def host(ctx: click.Context) -> None:
 @click.option("-d", "--deployment", default=None, help="Default: every deployment.")
 @click.option("--no-wait", is_flag=True)
 @azure_options
+@direct_only
 @run_async
 async def host_patch(endpoint, deployment, no_wait, resource_group, workspace_name, output, query):
     """Replace every instance with one on a refreshed environment, rolling, as a workflow."""
@@ -607,10 +683,10 @@ async def rollout_plan(
     resource_group,
 ):
     """Dry run: print every step, gate and timeout; start nothing."""
-    from control.rollouts import Rollouts, describe_plan
+    from control.rollouts import describe_plan
 
     spec = _rollout_spec(file, strategy, steps, hold, gates, check_interval)
-    plan = await Rollouts(await facade()).plan(endpoint, to, spec, baseline)
+    plan = await (await facade()).rollouts().plan(endpoint, to, spec, baseline)
     if output == "text":
         click.echo("\n".join(describe_plan(plan)))
     else:
@@ -639,9 +715,9 @@ async def rollout_start(
     query,
 ):
     """Start a RolloutWorkflow; by default wait, and exit 1 if it rolls back."""
-    from control.rollouts import Rollouts, describe_plan
+    from control.rollouts import describe_plan
 
-    rollouts = Rollouts(await facade())
+    rollouts = (await facade()).rollouts()
     spec = _rollout_spec(file, strategy, steps, hold, gates, check_interval)
     plan = await rollouts.plan(endpoint, to, spec, baseline)
     rid = await rollouts.start(plan, spec)
@@ -692,9 +768,7 @@ def _rollout_progress() -> Callable[[dict[str, Any]], None]:
 @run_async
 async def rollout_status(endpoint, watch, resource_group, workspace_name, output, query):
     """Phase, step, weights, each gate's last value against its bound, and history."""
-    from control.rollouts import Rollouts
-
-    rollouts = Rollouts(await facade())
+    rollouts = (await facade()).rollouts()
     if watch:
         rid = await rollouts.current_id(endpoint)
         view = await rollouts.wait(endpoint, rid, _rollout_progress())
@@ -709,9 +783,7 @@ def _steer(name: str, doc: str, with_reason: bool) -> None:
     @azure_options
     @run_async
     async def command(endpoint, resource_group, workspace_name, output, query, reason=None):
-        from control.rollouts import Rollouts
-
-        rid = await Rollouts(await facade()).signal(endpoint, name, reason)
+        rid = await (await facade()).rollouts().signal(endpoint, name, reason)
         err_console.print(f"{name} sent to {rid}")
 
     command.__doc__ = doc
@@ -732,12 +804,11 @@ _steer(
 @rollout.command("retry")
 @click.option("-e", "--endpoint-name", "--endpoint", "endpoint", callback=endpoint_name, required=True)
 @azure_options
+@direct_only
 @run_async
 async def rollout_retry(endpoint, resource_group, workspace_name, output, query):
     """After a rollback: the same plan again (returns once started)."""
-    from control.rollouts import Rollouts
-
-    rid, _ = await Rollouts(await facade()).retry(endpoint)
+    rid, _ = await (await facade()).rollouts().retry(endpoint)
     emit({"id": rid}, output, query)
 
 
@@ -748,9 +819,7 @@ async def rollout_retry(endpoint, resource_group, workspace_name, output, query)
 @run_async
 async def rollout_list(endpoint, state, resource_group, workspace_name, output, query):
     """Rollouts, newest first, from Temporal's visibility (search attributes)."""
-    from control.rollouts import Rollouts
-
-    emit(await Rollouts(await facade()).list(endpoint, state), output, query)
+    emit(await (await facade()).rollouts().list(endpoint, state), output, query)
 
 
 # ---- model ---------------------------------------------------------------------------------
@@ -782,6 +851,7 @@ def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-p", "--path", type=click.Path(path_type=Path), required=True)
 @click.option("--description", default=None)
 @azure_options
+@direct_only
 @_sync
 def model_create(name, version, path, description, resource_group, workspace_name, output, query):
     """Copy a model file or folder into the registry, content-hashed."""
@@ -791,6 +861,7 @@ def model_create(name, version, path, description, resource_group, workspace_nam
 @model.command("list")
 @click.option("-n", "--name", default=None)
 @azure_options
+@direct_only
 @_sync
 def model_list(name, resource_group, workspace_name, output, query):
     """List registered models."""
@@ -801,6 +872,7 @@ def model_list(name, resource_group, workspace_name, output, query):
 @click.option("-n", "--name", required=True)
 @click.option("-v", "--version", required=True)
 @azure_options
+@direct_only
 @_sync
 def model_show(name, version, resource_group, workspace_name, output, query):
     """Show a registered model."""

@@ -8,7 +8,7 @@ import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from temporalio.client import (
@@ -51,6 +51,9 @@ from control.targets import build_target
 from workflows.endpoint import EndpointWorkflow
 from workflows.patch import HostPatchWorkflow
 
+if TYPE_CHECKING:
+    from control.rollouts import Rollouts
+
 POLL_SECONDS = 0.25
 _DONE = ("Succeeded", "Failed")
 # An update's refusal (its ApplicationError type) as the error the caller sees; others: BadRequest.
@@ -58,6 +61,20 @@ _UPDATE_ERRORS: dict[str, type[TidegateError]] = {
     "Conflict": Conflict,
     "PreconditionFailed": PreconditionFailed,
 }
+
+
+async def post_score(
+    settings: Settings, url: str, body: bytes, secret: str, *, deployment: str | None = None
+) -> tuple[int, bytes, str | None]:
+    """POST to a scoring URI as a client would (the local CA trusted); status, body, and the
+    deployment that answered."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
+    if deployment:
+        headers["azureml-model-deployment"] = deployment
+    context = ssl.create_default_context(cafile=str(settings.tls_dir / "ca.pem"))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=body, headers=headers, ssl=context) as response:
+            return response.status, await response.read(), response.headers.get("azureml-model-deployment")
 
 
 class Tidegate:
@@ -193,21 +210,11 @@ class Tidegate:
     ) -> tuple[int, bytes, str | None]:
         """POST to the scoring URI with the primary key, as a client would."""
         state = await self.describe(name)
-        headers = {"Content-Type": "application/json"}
         credentials = await self.get_credentials(name)
         secret = credentials["primaryKey"] if state.auth_mode == "key" else credentials["accessToken"]
-        headers["Authorization"] = f"Bearer {secret}"
-        if deployment:
-            headers["azureml-model-deployment"] = deployment
-        context = ssl.create_default_context(cafile=str(self.settings.tls_dir / "ca.pem"))
-        url = self.settings.scoring_uri(name)
-        async with aiohttp.ClientSession() as session:
-            async with session.post(url, data=body, headers=headers, ssl=context) as response:
-                return (
-                    response.status,
-                    await response.read(),
-                    response.headers.get("azureml-model-deployment"),
-                )
+        return await post_score(
+            self.settings, self.settings.scoring_uri(name), body, secret, deployment=deployment
+        )
 
     # ---- deployments ---------------------------------------------------------------------
     async def create_deployment(self, spec: DeploymentSpec) -> dict[str, Any]:
@@ -329,6 +336,12 @@ class Tidegate:
             return {"id": handle.id, "deployments": [f"{e}/{d}" for e, d in pairs]}
         result = await handle.result()
         return {"id": handle.id, "results": [r.model_dump() for r in result.results]}
+
+    def rollouts(self) -> Rollouts:
+        """The rollout half of the façade (plan, start, steer, list)."""
+        from control.rollouts import Rollouts
+
+        return Rollouts(self)
 
     # ---- views: what `show` prints, in Azure's shape -------------------------------------
     def endpoint_view(self, state: EndpointRecord) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from config.contract.state import DeploymentEntry, EndpointRecord
+from config.contract.state import DeploymentEntry, EndpointRecord, RequestLimits
 from config.specs import UNION_TAGS, DeploymentSpec, EndpointSpec
 
 M = TypeVar("M", bound=BaseModel)
@@ -551,10 +551,9 @@ def _arm_probe(probe: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def deployment_resource(endpoint: str, entry: DeploymentEntry, ws: Workspace) -> dict[str, Any]:
-    """GET's answer: ARM's ManagedOnlineDeployment, from the spec the endpoint recorded."""
-    spec = entry.target.spec
-    limits = entry.target.request_settings
+def deployment_properties(spec: dict[str, Any], limits: RequestLimits, instance_type: str) -> dict[str, Any]:
+    """A deployment spec (as dumped by alias) as ARM's ``properties``, without provisioningState:
+    what GET answers and what a client PUTs."""
     scale = spec.get("scale_settings", {"type": "default"})
     code = spec.get("code_configuration")
     properties: dict[str, Any] = {
@@ -568,7 +567,7 @@ def deployment_resource(endpoint: str, entry: DeploymentEntry, ws: Workspace) ->
         ),
         "environmentId": _arm_environment(spec.get("environment")),
         "environmentVariables": spec.get("environment_variables", {}),
-        "instanceType": entry.target.instance_type,
+        "instanceType": instance_type,
         "appInsightsEnabled": spec.get("app_insights_enabled", False),
         "egressPublicNetworkAccess": "Enabled",
         "requestSettings": {
@@ -589,8 +588,15 @@ def deployment_resource(endpoint: str, entry: DeploymentEntry, ws: Workspace) ->
             if scale.get("type") == "target_utilization"
             else {"scaleType": "Default"}
         ),
-        "provisioningState": _STATES.get(entry.provisioning_state, entry.provisioning_state),
     }
+    return properties
+
+
+def deployment_resource(endpoint: str, entry: DeploymentEntry, ws: Workspace) -> dict[str, Any]:
+    """GET's answer: ARM's ManagedOnlineDeployment, from the spec the endpoint recorded."""
+    spec = entry.target.spec
+    properties = deployment_properties(spec, entry.target.request_settings, entry.target.instance_type)
+    properties["provisioningState"] = _STATES.get(entry.provisioning_state, entry.provisioning_state)
     return {
         "id": ws.deployment_id(endpoint, entry.name),
         "name": entry.name,
@@ -604,4 +610,46 @@ def deployment_resource(endpoint: str, entry: DeploymentEntry, ws: Workspace) ->
             "capacity": entry.instance_count or entry.target.instance_count,
         },
         "properties": properties,
+    }
+
+
+# ---- what a client sends: a spec as a request body (the mappers above, run from a spec) -------
+def endpoint_request(spec: EndpointSpec) -> dict[str, Any]:
+    """An endpoint spec as the body of a PUT: `endpoint_resource`'s writable fields."""
+    record = EndpointRecord(
+        name=spec.name,
+        description=spec.description,
+        tags=dict(spec.tags or {}),
+        properties=dict(spec.properties),
+        auth_mode=spec.auth_mode,
+        traffic=dict(spec.traffic or {}),
+        mirror_traffic=dict(spec.mirror_traffic or {}),
+    )
+    resource = endpoint_resource(record, Workspace("-", "-", "-"), scoring_uri="", swagger_uri="")
+    properties = {k: resource["properties"][k] for k in _ENDPOINT_WRITABLE if k in resource["properties"]}
+    if "traffic" not in spec.model_fields_set:
+        properties.pop("traffic", None)  # a PUT without traffic keeps the split
+    if "mirror_traffic" not in spec.model_fields_set:
+        properties.pop("mirrorTraffic", None)
+    return {"location": LOCATION, "tags": resource["tags"], "properties": properties}
+
+
+_ENDPOINT_WRITABLE = ("authMode", "description", "properties", "traffic", "mirrorTraffic")
+
+
+def deployment_request(spec: DeploymentSpec) -> dict[str, Any]:
+    """A deployment spec as the body of a PUT (paths must already be absolute):
+    `deployment_resource`'s fields; `deployment_spec` reads it back to the same spec."""
+    dumped = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    request = spec.request_settings
+    limits = RequestLimits(
+        request_timeout_ms=request.request_timeout_ms,
+        max_concurrent_requests_per_instance=request.max_concurrent_requests_per_instance,
+        max_queue_wait_ms=request.max_queue_wait_ms,
+    )
+    return {
+        "location": LOCATION,
+        "tags": dict(spec.tags or {}),
+        "sku": {"name": "Default", "capacity": spec.instance_count},
+        "properties": deployment_properties(dumped, limits, spec.instance_type),
     }
