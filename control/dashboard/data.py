@@ -41,6 +41,7 @@ from decisions.availability import (
     parse_slo,
     slo_report,
 )
+from gateway.routing import MAX_REQUEST_ID_CHARS  # the gateway's bound on x-request-id
 
 log = structlog.get_logger("control.dashboard")
 
@@ -54,7 +55,6 @@ _HEADING = re.compile(r"^=== (.+) ===$")
 _INSTANCE_HEADING = "instance "
 LOG_LINES = 200
 MAX_LOG_LINES = 5000
-MAX_REQUEST_ID_CHARS = 200
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
@@ -326,6 +326,9 @@ class Source:
             text = await tidegate.get_logs(
                 endpoint, deployment, lines, request_id=request_id, instance=instance
             )
+        except aiohttp.ClientResponseError as exc:  # a filter the host refused
+            log.info("dashboard.logs_refused", endpoint=endpoint, deployment=deployment, status=exc.status)
+            return page.model_copy(update={"problem": f"the host refused: {exc.status} {exc.message}"})
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning(
                 "dashboard.logs_unavailable", endpoint=endpoint, deployment=deployment, error=repr(exc)
