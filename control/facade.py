@@ -281,12 +281,23 @@ class Tidegate:
         if wait:
             await self.wait_deployment_gone(endpoint, name)
 
-    async def get_logs(self, endpoint: str, name: str, lines: int, *, request_id: str | None = None) -> str:
-        """The last ``lines`` of each instance's log; with ``request_id``, that request's
-        access-log line from every gateway and what each instance logged while serving it."""
+    async def get_logs(
+        self,
+        endpoint: str,
+        name: str,
+        lines: int,
+        *,
+        request_id: str | None = None,
+        instance: str | None = None,
+    ) -> str:
+        """The last ``lines`` of each instance's log (of ``instance`` only, when given); with
+        ``request_id``, that request's access-log line from every gateway and what each
+        instance logged while serving it."""
         await self.show_deployment(endpoint, name)
         url = f"{self.settings.host_target}/deployments/{endpoint}/{name}/logs"
         params = {"request_id": request_id} if request_id is not None else {"lines": str(lines)}
+        if request_id is None and instance is not None:
+            params["instance"] = instance
         async with control_session(self.settings) as session:
             async with session.get(url, params=params) as response:
                 if response.status == 404:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -29,6 +30,7 @@ from pydantic import ValidationError
 
 from config.routes import ApplyRouteResult, EndpointRoute
 from config.security import bearer_matches
+from decisions.availability import DEFAULT_FAILURE_KEYS
 from gateway.accesslog import find_request
 from gateway.metrics import StatsSource, render
 from gateway.routing import MAX_REQUEST_ID_CHARS
@@ -103,11 +105,13 @@ def create_app(
     control_token: str,
     stats: StatsSource | None = None,
     access_log: tuple[Path, int] | None = None,
+    failure_keys: Sequence[str] = DEFAULT_FAILURE_KEYS,
 ) -> web.Application:
     """The admin application; ``persist`` is awaited after every applied change. Every
     request but the health check must carry ``control_token`` (the control credential).
     ``access_log``: the access log's path and how many rotated files it keeps, for
-    ``GET /access-log?request_id=``."""
+    ``GET /access-log?request_id=``. ``failure_keys``: the statuses ``/metrics``'s availability
+    counts as failures."""
     if not control_token:
         raise ValueError("the admin API needs a control credential")
 
@@ -231,7 +235,7 @@ def create_app(
     async def get_metrics(_: web.Request) -> web.Response:
         if stats is None:
             raise AdminError(404, "NotFound", "this gateway keeps no windows")
-        text = render(await stats.snapshot())
+        text = render(await stats.snapshot(), now=time.time(), failure_keys=failure_keys)
         return web.Response(
             text=text, content_type="text/plain", charset="utf-8", headers={"X-Prometheus-Format": "0.0.4"}
         )

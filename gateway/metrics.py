@@ -9,11 +9,14 @@ gauges for limits, instances and mirroring. ``deployment=""`` is the endpoint as
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from decisions.availability import DAY_S, DEFAULT_FAILURE_KEYS, HOUR_S, CountBucket, availability
 from gateway.windows import (
     LATENCY_SUM,
+    MINUTES_KEPT,
     MIRROR_COMPARED,
     MIRROR_DROPPED,
     MIRROR_MATCHES,
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
     from gateway.gateway import Gateway
 
 MINUTE_S = 60.0
+_AVAILABILITY_WINDOWS = (("1h", HOUR_S), ("1d", DAY_S))
 _CLASSES = ("2xx", "4xx", "5xx")
 _CODES = ("408", "424", "429", "503")
 _QUANTILES = (("0.5", 0.5), ("0.9", 0.9), ("0.95", 0.95), ("0.99", 0.99))
@@ -141,7 +145,8 @@ def take_snapshot(gw: Gateway) -> Snapshot:
     for key, window in list(gw.windows.windows.items()):
         endpoint, deployment = key
         snap.cumulative[key] = window.cumulative()
-        snap.minute[key] = gw.window_data(endpoint, deployment, MINUTE_S)
+        # The last minute's window, carrying the day of per-minute counts availability reads.
+        snap.minute[key] = gw.window_data(endpoint, deployment, MINUTE_S, MINUTES_KEPT)
     for name, endpoint in gw.live.items():
         for dep_name, deployment in endpoint.deployments.items():
             snap.queued[(name, dep_name)] = deployment.queued
@@ -167,8 +172,9 @@ def _num(value: float | None) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
-def render(snap: Snapshot) -> str:
-    """The Prometheus text exposition (version 0.0.4)."""
+def render(snap: Snapshot, *, now: float, failure_keys: Sequence[str] = DEFAULT_FAILURE_KEYS) -> str:
+    """The Prometheus text exposition (version 0.0.4); availability over the hour and the day
+    before ``now`` counts ``failure_keys`` (TIDEGATE_AVAILABILITY_FAILURE_STATUSES) as failures."""
     out: list[str] = []
 
     def family(name: str, kind: str, help_text: str) -> None:
@@ -255,6 +261,28 @@ def render(snap: Snapshot) -> str:
         for instance_id, load in sorted(snap.minute[(e, d)].instances.items()):
             labels = _labels(endpoint=e, deployment=d, instance=instance_id)
             out.append(f"tidegate_instance_utilisation{labels} {_num(round(load.utilisation, 6))}")
+
+    family(
+        "tidegate_availability_ratio",
+        "gauge",
+        "Share of requests answered without a failure (" + ", ".join(failure_keys) + ") over the last "
+        "hour or day (window); no series without requests.",
+    )
+    for e, d in keys:
+        buckets = [
+            CountBucket(
+                start=minute * 60,
+                seconds=60,
+                requests=int(counts[REQUESTS]),
+                status={status: int(counts[slot]) for status, slot in STATUS_SLOTS.items()},
+            )
+            for minute, counts in sorted(snap.minute[(e, d)].minutes.items())
+        ]
+        for label, seconds in _AVAILABILITY_WINDOWS:
+            ratio = availability(buckets, now=now, window_seconds=seconds, failure_keys=failure_keys).ratio
+            if ratio is not None:
+                labels = _labels(endpoint=e, deployment=d, window=label)
+                out.append(f"tidegate_availability_ratio{labels} {_num(round(ratio, 9))}")
 
     for name, slot, help_text in (
         ("tidegate_mirror_requests_total", MIRROR_REQUESTS, "Copies sent to the shadow deployment."),

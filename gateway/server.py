@@ -256,6 +256,7 @@ async def _serve_admin(running: RunningGateway, workers: int, admin_ssl: ssl.SSL
         control_token=running.control_token,
         stats=stats,
         access_log=(settings.gateway_dir / ACCESS_LOG_FILE, settings.gateway_access_log_backups),
+        failure_keys=tuple(settings.availability_failure_statuses),
     )
     runner = web.AppRunner(app)
     await runner.setup()

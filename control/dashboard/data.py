@@ -41,6 +41,7 @@ from decisions.availability import (
     parse_slo,
     slo_report,
 )
+from gateway.routing import MAX_REQUEST_ID_CHARS  # the gateway's bound on x-request-id
 
 log = structlog.get_logger("control.dashboard")
 
@@ -50,6 +51,11 @@ SERIES_KEEP_S = 15 * 60.0
 MINUTES = 1440
 ERROR_CLASSES = ("4xx", "5xx", "408", "424", "429", "503")
 _CANARY_WEIGHT = re.compile(r"canary (\d+)%")
+_HEADING = re.compile(r"^=== (.+) ===$")
+_INSTANCE_HEADING = "instance "
+LOG_LINES = 200
+MAX_LOG_LINES = 5000
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
 class Sample(BaseModel):
@@ -115,6 +121,26 @@ class RolloutPage(BaseModel):
         default_factory=dict, description="each gate's value at each look this process took"
     )
     gate_bounds: dict[str, float | None] = Field(default_factory=dict)
+
+
+class LogSection(BaseModel):
+    """One heading of the host's (or the gateways') answer and the lines under it."""
+
+    title: str
+    instance: str | None = Field(default=None, description="None: the gateways' access log")
+    lines: list[str] = Field(default_factory=list)
+
+
+class LogsPage(BaseModel):
+    endpoint: str
+    deployment: str
+    instances: list[str] = Field(description="the deployment's instances now, for the filter")
+    instance: str | None
+    request_id: str | None
+    lines: int
+    follow: bool
+    sections: list[LogSection]
+    problem: str | None = None
 
 
 @dataclass
@@ -269,11 +295,88 @@ class Source:
             gate_bounds={g["gate"]: g["bound"] for g in view["gates"]},
         )
 
+    async def logs_page(
+        self,
+        endpoint: str,
+        deployment: str,
+        *,
+        instance: str | None,
+        request_id: str | None,
+        lines: int,
+        follow: bool,
+    ) -> LogsPage:
+        """The tail of each instance's log (or of ``instance``'s), or what was logged for
+        ``request_id``, through the façade's get-logs (the host and the gateways)."""
+        tidegate = await self.tidegate()
+        shown = await tidegate.show_deployment(endpoint, deployment)
+        page = LogsPage(
+            endpoint=endpoint,
+            deployment=deployment,
+            instances=sorted(i["id"] for i in shown["instances"]),
+            instance=instance,
+            request_id=request_id,
+            lines=lines,
+            follow=follow,
+            sections=[],
+        )
+        problem = logs_query_problem(instance=instance, request_id=request_id, lines=lines)
+        if problem is not None:
+            return page.model_copy(update={"problem": problem})
+        try:
+            text = await tidegate.get_logs(
+                endpoint, deployment, lines, request_id=request_id, instance=instance
+            )
+        except aiohttp.ClientResponseError as exc:  # a filter the host refused
+            log.info("dashboard.logs_refused", endpoint=endpoint, deployment=deployment, status=exc.status)
+            return page.model_copy(update={"problem": f"the host refused: {exc.status} {exc.message}"})
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "dashboard.logs_unavailable", endpoint=endpoint, deployment=deployment, error=repr(exc)
+            )
+            return page.model_copy(
+                update={"problem": "the host did not answer with the logs; is it running?"}
+            )
+        sections = parse_logs(text)
+        if instance is not None:  # the host's request-id search covers every instance
+            sections = [s for s in sections if s.instance is None or s.instance == instance]
+        return page.model_copy(update={"sections": sections})
+
     async def signal(self, endpoint: str, action: str, reason: str | None) -> str:
         return await Rollouts(await self.tidegate()).signal(endpoint, action, reason)
 
 
 # ---- pure helpers ------------------------------------------------------------------------
+def parse_logs(text: str) -> list[LogSection]:
+    """get-logs' text (``=== instance <id> ===`` headings, and ``=== gateway access log ===``
+    with a request id) as sections; blank lines between sections dropped."""
+    sections: list[LogSection] = []
+    for line in text.splitlines():
+        heading = _HEADING.match(line)
+        if heading is not None:
+            title = heading[1]
+            instance = title.removeprefix(_INSTANCE_HEADING) if title.startswith(_INSTANCE_HEADING) else None
+            sections.append(LogSection(title=title, instance=instance))
+        elif sections:
+            sections[-1].lines.append(line)
+        elif line:
+            sections.append(LogSection(title="log", lines=[line]))
+    for section in sections:
+        while section.lines and not section.lines[-1]:
+            section.lines.pop()
+    return sections
+
+
+def logs_query_problem(*, instance: str | None, request_id: str | None, lines: int) -> str | None:
+    """What is wrong with a logs page's filter, said to the person who typed it."""
+    if instance is not None and not _INSTANCE_ID.match(instance):
+        return "instance must be an instance id such as blue-1a2b3c"
+    if request_id is not None and (len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable()):
+        return f"request id must be 1 to {MAX_REQUEST_ID_CHARS} printable characters"
+    if not 1 <= lines <= MAX_LOG_LINES:
+        return f"lines must be from 1 to {MAX_LOG_LINES}"
+    return None
+
+
 def to_sample(stats: WindowStats, at: float) -> Sample:
     seconds = stats.window_seconds or 1.0
     return Sample(

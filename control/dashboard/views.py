@@ -22,7 +22,7 @@ from config.contract.names import RolloutSignal
 from config.security import bearer_matches
 from config.settings import Settings
 from control.dashboard.charts import WIDTH, Chart, line_chart
-from control.dashboard.data import RolloutPage, Source
+from control.dashboard.data import LOG_LINES, RolloutPage, Source
 from control.dashboard.security import (
     API_PREFIX,
     CSRF_FIELD,
@@ -59,6 +59,7 @@ def add_routes(app: web.Application, settings: Settings, *, credential: str, ses
     app.router.add_get(f"{API_PREFIX}endpoints", _endpoints_json)
     app.router.add_get(f"{PREFIX}/endpoints/{{name}}", _endpoint)
     app.router.add_get(f"{PREFIX}/endpoints/{{name}}/rollout", _rollout)
+    app.router.add_get(f"{PREFIX}/endpoints/{{name}}/deployments/{{deployment}}/logs", _logs)
     app.router.add_post(
         f"{PREFIX}/endpoints/{{name}}/rollout/{{action:{'|'.join(ACTIONS)}}}",
         _steer,
@@ -178,6 +179,34 @@ async def _rollout(request: web.Request) -> web.StreamResponse:
 
 
 @_pages
+async def _logs(request: web.Request) -> web.StreamResponse:
+    """A deployment's logs: each instance's tail, or one instance's, or what one request
+    left; with ``follow``, the live part (the filter kept) is polled like every page's."""
+    name = request.match_info["name"]
+    deployment = request.match_info["deployment"]
+    instance = request.query.get("instance", "").strip() or None
+    request_id = request.query.get("request_id", "").strip() or None
+    raw_lines = request.query.get("lines", "").strip()
+    lines = int(raw_lines) if raw_lines.isdigit() and len(raw_lines) < 7 else LOG_LINES
+    follow = request.query.get("follow") == "1"
+    page = await _call(
+        request,
+        request.app[SOURCE].logs_page(
+            name, deployment, instance=instance, request_id=request_id, lines=lines, follow=follow
+        ),
+    )
+    kept = {"instance": instance, "request_id": request_id, "lines": str(lines), "follow": "1"}
+    return _render(
+        request,
+        "logs.html",
+        "logs_live.html",
+        live_query={k: v for k, v in kept.items() if v is not None},
+        title=f"Logs of {name}/{deployment}",
+        page=page,
+    )
+
+
+@_pages
 async def _steer(request: web.Request) -> web.StreamResponse:
     """Pause, resume, promote or roll back the endpoint's rollout: a form post with the CSRF
     token (a session-cookie request without it is 403; a bearer caller sends no cookie)."""
@@ -270,17 +299,19 @@ def _render(
     *,
     status: int = 200,
     live_path: str | None = None,
+    live_query: dict[str, str] | None = None,
     **context: Any,
 ) -> web.StreamResponse:
     """The whole page, or (``?part=live``) the live part the page's script swaps in (polled
-    from ``live_path``, by default the page's own path)."""
+    from ``live_path``, by default the page's own path, with ``live_query`` kept)."""
     env = request.app[TEMPLATES]
     session = request.cookies.get(request.app[COOKIE])
+    live = urllib.parse.urlencode({**(live_query or {}), "part": "live"})
     context.update(
         prefix=PREFIX,
         csrf=request.app[CSRF].token(session) if session else "",
         sent=request.query.get("sent") if request.query.get("sent") in ACTIONS else None,
-        refresh=f"{live_path or request.path}?part=live",
+        refresh=f"{live_path or request.path}?{live}",
         refresh_ms=REFRESH_MS,
         rendered_at=time.time(),
     )

@@ -15,6 +15,7 @@ from control.dashboard.security import Csrf
 from tests.control.conftest import ApiProcess
 
 PAUSE = "/ui/endpoints/some-ep/rollout/pause"
+LOGS = "/ui/endpoints/some-ep/deployments/blue/logs"
 
 
 async def sign_in(api: ApiProcess, next_path: str | None = None) -> tuple[str, str]:
@@ -52,6 +53,13 @@ async def test_a_signed_out_page_goes_to_the_login_form_and_the_json_answers_401
     assert status == 401 and "control credential" in body
     status, _, _ = await request(api, "POST", PAUSE, data={"csrf_token": "x"})
     assert status == 401
+
+
+async def test_a_signed_out_logs_page_goes_to_the_login_form_and_shows_no_line(api: ApiProcess) -> None:
+    path = f"{LOGS}?instance=blue-1&follow=1&part=live"
+    status, body, headers = await request(api, "GET", path)
+    assert status == 303 and "instance" not in body
+    assert headers["Location"] == "/login?" + urllib.parse.urlencode({"next": path})
 
 
 async def test_the_login_form_carries_next_and_signing_in_goes_there(api: ApiProcess) -> None:
@@ -128,7 +136,7 @@ async def test_with_the_token_the_post_reaches_the_rollout_and_says_what_failed(
 
 async def test_pages_and_their_files_carry_a_strict_policy(api: ApiProcess) -> None:
     cookie, _ = await sign_in(api)
-    for path in ("/ui/endpoints/some-ep", "/ui/static/dashboard.js", "/ui/static/dashboard.css"):
+    for path in ("/ui/endpoints/some-ep", LOGS, "/ui/static/dashboard.js", "/ui/static/dashboard.css"):
         status, body, headers = await request(api, "GET", path, cookie=cookie)
         assert status in (200, 503), (path, status, body[:200])
         policy = headers["Content-Security-Policy"]

@@ -1,5 +1,6 @@
 """The dashboard's figures from known inputs: availability and SLO from the gateways' minutes,
-weights over time from a rollout's history, chart geometry, health and the Temporal UI link."""
+weights over time from a rollout's history, chart geometry, health, the Temporal UI link, and
+a deployment's logs read into sections."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import pytest
 from config.settings import Settings
 from config.stats import MinuteCounts, WindowStats
 from control.dashboard.charts import HEIGHT, PAD, WIDTH, line_chart
-from control.dashboard.data import availability_view, endpoint_health, weights_over_time, workflow_url
+from control.dashboard.data import (
+    availability_view,
+    endpoint_health,
+    logs_query_problem,
+    parse_logs,
+    weights_over_time,
+    workflow_url,
+)
 
 NOW = 1_800_000_000.0
 
@@ -100,3 +108,50 @@ def test_several_gateways_minutes_add_up_minute_by_minute() -> None:
     summed = sum_windows([one, two])
     assert [(m.requests, m.status["5xx"]) for m in summed.minutes] == [(5, 0), (30, 3)]
     assert summed.minutes[0].start < summed.minutes[1].start
+
+
+def test_get_logs_text_reads_into_one_section_per_heading() -> None:
+    text = (
+        "=== gateway access log ===\n"
+        '{"request_id": "r1", "status": 200}\n'
+        "\n"
+        "=== instance blue-1 ===\n"
+        "request_id=r1 scoring tag <script>\n"
+        "=== not a heading\n"
+        "\n"
+        "=== instance blue-2 ===\n"
+    )
+    assert [(s.title, s.instance, s.lines) for s in parse_logs(text)] == [
+        ("gateway access log", None, ['{"request_id": "r1", "status": 200}']),
+        ("instance blue-1", "blue-1", ["request_id=r1 scoring tag <script>", "=== not a heading"]),
+        ("instance blue-2", "blue-2", []),
+    ]
+    assert parse_logs("") == []
+
+
+@pytest.mark.parametrize(
+    ("instance", "request_id", "lines", "problem"),
+    [
+        (None, None, 200, None),
+        ("blue-1a2b", "rid-1", 1, None),
+        ("../blue", None, 200, "instance"),
+        (None, "a\nb", 200, "request id"),
+        (None, "x" * 101, 200, "request id"),
+        (None, None, 0, "lines"),
+        (None, None, 5001, "lines"),
+    ],
+    ids=[
+        "none",
+        "fine",
+        "path_as_instance",
+        "newline_in_request_id",
+        "long_request_id",
+        "no_lines",
+        "too_many",
+    ],
+)
+def test_a_logs_filter_is_refused_with_what_is_wrong(
+    instance: str | None, request_id: str | None, lines: int, problem: str | None
+) -> None:
+    said = logs_query_problem(instance=instance, request_id=request_id, lines=lines)
+    assert (said is None) if problem is None else (said is not None and said.startswith(problem))

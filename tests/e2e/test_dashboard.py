@@ -1,8 +1,9 @@
 """The dashboard in a real browser (Debian's Chromium driven by Selenium through Debian's
 chromedriver) against a real stack: a person signs in, sees an endpoint and its traffic, watches
 a rollout the CLI started move its weights and gate values, pauses it from the page (and
-`tidegate rollout status` says Paused), rolls it back from the page and sees the event. Signed
-out, a page sends the login form and the API answers 401; a tag holding ``<script>`` shows as
+`tidegate rollout status` says Paused), rolls it back from the page and sees the event; reads a
+deployment's logs, filtered by instance and by request id, and follows them. Signed out, a page
+sends the login form and the API answers 401; a tag or a log line holding ``<script>`` shows as
 text; a POST without the CSRF token is refused.
 
 Screenshots land in the test's tmp dir; with ``TIDEGATE_UPDATE_SCREENSHOTS=1`` a passing run
@@ -13,16 +14,21 @@ Skipped only where Chromium or chromedriver is missing (``apt-get install chromi
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from tests.e2e.project import deployment_yaml
 from tests.e2e.test_rollout import BODY
 from tests.support.load import SteadyLoad
 from tests.support.polling import until
@@ -33,6 +39,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[dev]')")
 
 from selenium.common.exceptions import WebDriverException  # noqa: E402 - after the importorskip
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
@@ -50,6 +57,21 @@ description: 'Scores loans; <b>not bold</b> here'
 tags:
   owner: '{HOSTILE}'
   tidegate/slo_availability: '99.9'
+"""
+
+LOGS_EP = "dash-logs"
+HOSTILE_LOG = "<script>window.__pwnedLog = 1</script>"
+# A model that prints what it was asked: print() in run() reaches the instance's log.
+SCORE_PRINTS = """
+import json
+
+def init():
+    pass
+
+def run(raw_data):
+    tag = json.loads(raw_data)["tag"]
+    print(f"scoring tag {tag}")
+    return {"tag": tag}
 """
 
 # Two short steps, then one held past the test: only the page's buttons end it.
@@ -168,6 +190,47 @@ def endpoint(stack: LocalStack, project: tuple[Path, dict]) -> str:
     )
     stack.ok("online-deployment", "create", "-n", "green", "-e", EP, "-f", "green.yml", cwd=root)
     return stack.key(EP)
+
+
+@pytest.fixture(scope="module")
+def printing(stack: LocalStack, project: tuple[Path, dict]) -> str:
+    """dash-logs: deployment blue, two instances of a model that prints each request's tag,
+    one request at a time each; its primary key."""
+    root, _ = project
+    (root / "code-prints").mkdir(exist_ok=True)
+    (root / "code-prints" / "score.py").write_text(SCORE_PRINTS)
+    (root / "prints.yml").write_text(deployment_yaml("blue", "model-1", "code-prints", endpoint=LOGS_EP))
+    return stack.serve(LOGS_EP, root, "prints.yml", "instance_count=2")
+
+
+def score_tags(stack: LocalStack, key: str, tags: list[str], request_id: str | None = None) -> None:
+    """Every tag at once: with one slot per instance, both instances serve some."""
+
+    async def one(session: aiohttp.ClientSession, tag: str) -> None:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        if request_id is not None:
+            headers["x-request-id"] = request_id
+        async with session.post(
+            f"{stack.http_base}/endpoints/{LOGS_EP}/score", data=json.dumps({"tag": tag}), headers=headers
+        ) as response:
+            assert response.status == 200, await response.text()
+
+    async def every() -> None:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(one(session, tag) for tag in tags))
+
+    asyncio.run(every())
+
+
+def sign_in(browser: Browser, stack: LocalStack, path: str) -> None:
+    """Open ``path``, through the login form when the browser has no session yet."""
+    browser.open(path)
+    browser.until(lambda: browser.js("return document.readyState") == "complete", "the page loaded")
+    if "/login" in browser.driver.current_url:
+        token = stack.control_headers()["Authorization"].removeprefix("Bearer ")
+        browser.driver.find_element("id", "credential").send_keys(token)
+        browser.driver.find_element("css selector", "button[type=submit]").click()
+        browser.until(lambda: "/login" not in browser.driver.current_url, "signed in")
 
 
 def fetch(
@@ -379,3 +442,79 @@ def test_a_person_watches_a_rollout_pauses_it_and_rolls_it_back(
         DOCS.mkdir(exist_ok=True)
         shutil.copyfile(endpoint_shot, DOCS / "dashboard-endpoint.png")
         shutil.copyfile(rolled_back_shot, DOCS / "dashboard-rollout.png")
+
+
+def test_a_person_reads_a_deployments_logs_filters_them_and_follows_them(
+    stack: LocalStack, printing: str, browser: Browser
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    tags = [f"early-{run}-{n}" for n in range(8)]
+    score_tags(stack, printing, [*tags, HOSTILE_LOG])
+    marked = f"rid-{run}"
+    score_tags(stack, printing, [f"marked-{run}"], request_id=marked)
+    logs = f"/ui/endpoints/{LOGS_EP}/deployments/blue/logs"
+
+    # From the endpoint page, each deployment links to its logs.
+    sign_in(browser, stack, f"/ui/endpoints/{LOGS_EP}")
+    browser.until(lambda: browser.text("section[data-deployment='blue'] a.logs") == "logs", "the logs link")
+    browser.driver.find_element("css selector", "section[data-deployment='blue'] a.logs").click()
+    browser.until(lambda: browser.driver.current_url.endswith(logs), "on the logs page")
+
+    # Every instance's tail, the model's print()s in it; the hostile line is text and never ran.
+    sections = (
+        "return Array.from(document.querySelectorAll('section.log'),"
+        " e => [e.dataset.instance, e.textContent])"
+    )
+    by_instance: dict[str, str] = {}
+
+    def both_printed() -> bool:
+        browser.open(logs)
+        by_instance.clear()
+        by_instance.update({str(i): str(t) for i, t in browser.js(sections)})
+        return len(by_instance) == 2 and all("scoring tag early-" in t for t in by_instance.values())
+
+    browser.until(both_printed, "both instances' print() lines", polls=100)
+    body = browser.body()
+    assert all(f"scoring tag {tag}" in body for tag in tags)
+    assert f"scoring tag {HOSTILE_LOG}" in body
+    assert browser.js("return window.__pwnedLog === undefined") is True
+    assert browser.js("return document.querySelectorAll('main script').length") == 0
+    assert printing not in browser.driver.page_source
+    options = browser.js("return Array.from(document.querySelectorAll('#instance option'), o => o.value)")
+    assert options == ["", *sorted(by_instance)]
+
+    # Filter by instance: that instance's lines only.
+    first, second = sorted(by_instance)
+    theirs = [tag for tag in tags if tag in by_instance[second] and tag not in by_instance[first]]
+    assert theirs, by_instance
+    Select(browser.driver.find_element("id", "instance")).select_by_value(first)
+    browser.driver.find_element("id", "show").click()
+    browser.until(lambda: f"instance={first}" in browser.driver.current_url, "the instance filter applied")
+    assert [str(i) for i, _ in browser.js(sections)] == [first]
+    text = browser.text("section.log")
+    assert "scoring tag early-" in text and not any(tag in text for tag in theirs)
+    assert browser.js("return document.getElementById('live').dataset.refresh") is None  # not following
+
+    # By request id: the gateway's access-log line and the one print() of that request.
+    browser.driver.find_element("id", "request_id").send_keys(marked)
+    Select(browser.driver.find_element("id", "instance")).select_by_value("")
+    browser.driver.find_element("id", "show").click()
+    browser.until(lambda: browser.text("section.log.access"), "the request's access-log line")
+    assert marked in browser.text("section.log.access")
+    body = browser.body()
+    assert f"scoring tag marked-{run}" in body and "early-" not in body
+
+    # Follow one instance: new lines appear without a reload, still that instance's only.
+    browser.open(f"{logs}?instance={first}")
+    browser.driver.find_element("id", "follow").click()
+    browser.driver.find_element("id", "show").click()
+    browser.until(lambda: browser.js("return document.getElementById('live').dataset.refresh"), "following")
+    refresh = str(browser.js("return document.getElementById('live').dataset.refresh"))
+    assert f"instance={first}" in refresh and "follow=1" in refresh and refresh.endswith("part=live")
+    browser.js("window.__samePage = true")
+    late = [f"late-{run}-{n}" for n in range(4)]  # four at once on two one-slot instances
+    score_tags(stack, printing, late)
+    browser.until(lambda: "scoring tag late-" in browser.text("section.log"), "a new line followed")
+    assert browser.js("return window.__samePage === true") is True
+    assert [str(i) for i, _ in browser.js(sections)] == [first]
+    browser.shot("deployment-logs")

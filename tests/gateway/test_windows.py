@@ -259,8 +259,37 @@ def sample(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **
 
 
 def test_an_empty_snapshot_renders() -> None:
-    assert "ConnectionsActive 0" in render(Snapshot())
-    parse_prometheus(render(Snapshot()))
+    assert "ConnectionsActive 0" in render(Snapshot(), now=0.0)
+    parse_prometheus(render(Snapshot(), now=0.0))
+
+
+def test_availability_reads_the_hour_and_the_day_and_skips_windows_without_requests() -> None:
+    now = 1_800_000_000.0
+    minute = int(now) // 60
+
+    def window(minutes: dict[int, list[int]]) -> WindowData:
+        data = WindowData.empty()
+        data.minutes = minutes
+        return data
+
+    def counts(requests: int, **status: int) -> list[int]:
+        row = [requests] + [0] * len(STATUS_KEYS)
+        for key, value in status.items():
+            row[1 + STATUS_KEYS.index(key.removeprefix("s"))] = value
+        return row
+
+    snap = Snapshot(
+        minute={
+            # This minute: 10 requests, one 503; three hours ago: 10 more, all 500s.
+            ("ep", "blue"): window({minute: counts(10, s5xx=1, s503=1), minute - 180: counts(10, s5xx=10)}),
+            ("ep", "idle"): window({}),  # a window, but no request in the last day
+            ("ep", "old"): window({minute - 1500: counts(4, s5xx=4)}),  # older than a day
+        }
+    )
+    samples = parse_prometheus(render(snap, now=now))
+    assert sample(samples, "tidegate_availability_ratio", deployment="blue", window="1h") == 0.9
+    assert sample(samples, "tidegate_availability_ratio", deployment="blue", window="1d") == 0.45
+    assert {found["deployment"] for found, _ in samples["tidegate_availability_ratio"]} == {"blue"}
 
 
 # --- the real gateway ---
@@ -425,3 +454,93 @@ async def test_metrics_parse_and_count_what_was_sent(
     )
     assert sample(samples, "ConnectionsActive") >= 1
     assert KEY not in await metrics(client, gateway)
+
+
+# A known mix on one deployment (blue: 200s, 424s from the model's 500s, 408s past the
+# request timeout) and 503s on a deployment with no instance.
+AVAILABILITY_MIX = {200: 12, 424: 3, 408: 2}
+NO_INSTANCE_503 = 2
+
+
+async def send_availability_mix(client: aiohttp.ClientSession, gw: GatewayProcess, endpoint: str) -> None:
+    echo = Backend("echo", "echo")
+    await echo.start()
+    try:
+        await push_route(
+            client,
+            gw,
+            endpoint,
+            {"blue": [echo.url], "empty": []},
+            {"blue": 100, "empty": 0},
+            timeout_ms=400,
+        )
+        bodies = [b'{"status": 200}'] * AVAILABILITY_MIX[200] + [b'{"status": 500}'] * AVAILABILITY_MIX[424]
+        bodies += [b'{"sleep_ms": 1500}'] * AVAILABILITY_MIX[408]
+        replies = await asyncio.gather(*(score(client, gw, endpoint, data=body) for body in bodies))
+        replies += await asyncio.gather(
+            *(
+                score(client, gw, endpoint, headers={"azureml-model-deployment": "empty"})
+                for _ in range(NO_INSTANCE_503)
+            )
+        )
+        seen: dict[int, int] = {}
+        for reply in replies:
+            seen[reply.status] = seen.get(reply.status, 0) + 1
+        assert seen == {**AVAILABILITY_MIX, 503: NO_INSTANCE_503}
+    finally:
+        await echo.stop()
+
+
+def availability_of(
+    samples: dict[str, list[tuple[dict[str, str], float]]], endpoint: str
+) -> dict[str, float]:
+    found = {}
+    for labels, value in samples.get("tidegate_availability_ratio", []):
+        if labels["endpoint"] == endpoint:
+            found[f"{labels['deployment'] or '-'} {labels['window']}"] = value
+    return found
+
+
+async def test_metrics_availability_counts_5xx_and_408_as_failures_by_default(
+    gateway: GatewayProcess, client: aiohttp.ClientSession
+) -> None:
+    await send_availability_mix(client, gateway, "w-avail")
+    shown = availability_of(parse_prometheus(await metrics(client, gateway)), "w-avail")
+    blue, endpoint = 15 / 17, 15 / 19  # 424 is the model's failure, not the endpoint's
+    assert shown == pytest.approx(
+        {
+            "blue 1h": blue,
+            "blue 1d": blue,
+            "empty 1h": 0.0,
+            "empty 1d": 0.0,
+            "- 1h": endpoint,
+            "- 1d": endpoint,
+        }
+    )
+
+
+async def test_metrics_availability_follows_the_failure_statuses_setting(
+    client: aiohttp.ClientSession, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    gw = GatewayProcess.create(
+        tmp_path_factory.mktemp("gateway-424"),
+        TIDEGATE_AVAILABILITY_FAILURE_STATUSES='["5xx", "408", "424"]',
+    )
+    await gw.start()
+    try:
+        await send_availability_mix(client, gw, "w-avail-424")
+        text = await metrics(client, gw)
+    finally:
+        await gw.stop()
+    shown = availability_of(parse_prometheus(text), "w-avail-424")
+    assert shown == pytest.approx(
+        {
+            "blue 1h": 12 / 17,
+            "blue 1d": 12 / 17,
+            "empty 1h": 0.0,
+            "empty 1d": 0.0,
+            "- 1h": 12 / 19,
+            "- 1d": 12 / 19,
+        }
+    )
+    assert "(5xx, 408, 424)" in text
