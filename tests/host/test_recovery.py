@@ -157,6 +157,8 @@ async def test_an_instance_whose_port_is_taken_before_its_server_binds_it_starts
     started = await host.wait_for("rec-port", "blue", lambda s: bool(s["instances"][0]["pid"]))
     (instance,) = started["instances"]
     with socket.socket() as squatter:
+        # As gunicorn does: the port may hold TIME_WAIT connections of an earlier instance.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", instance["port"]))
         squatter.listen()
         done = await host.follow("rec-port", "blue", all_ready(1), after=started["version"])
