@@ -18,12 +18,13 @@ demo: $(STAMP)
 demo-azure: $(STAMP)
 	$(PY) -m tests.fakes.arm.demo
 
+# Two processes, each test file whole in one of them (each runs its own stacks on its own ports).
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 # The quick loop: lint, then the unit and workflow layers (no gateway, host or end-to-end).
 test-fast: lint
-	$(VENV)/bin/pytest -q tests/config tests/decisions tests/workflows tests/control tests/worker tests/activities
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile tests/config tests/decisions tests/workflows tests/control tests/worker tests/activities
 
 bench: $(STAMP)
 	$(PY) bench/gateway.py
