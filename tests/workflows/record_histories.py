@@ -33,6 +33,11 @@ HISTORIES = Path(__file__).resolve().parent / "histories"
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def recorded() -> list[Path]:
+    """Every recorded history, oldest recording first (one folder per recording date)."""
+    return sorted(HISTORIES.glob("*/*.json"))
+
+
 def file_name(workflow_id: str, run_id: str) -> str:
     return f"{workflow_id.replace('/', '__')}__{run_id[-12:]}.json"
 

@@ -19,10 +19,10 @@ from temporalio.workflow import NondeterminismError
 from config.contract.codec import data_converter
 from config.contract.names import ENDPOINT_WORKFLOW
 from config.settings import Settings
-from tests.workflows.record_histories import HISTORIES, HISTORY_CODEC_KEY, workflow_id_of
+from tests.workflows.record_histories import HISTORY_CODEC_KEY, recorded, workflow_id_of
 from worker.main import WORKFLOWS
 
-RECORDED = sorted(HISTORIES.glob("*/*.json"))  # one folder per recording, oldest kept
+RECORDED = recorded()
 
 
 def load(path: Path) -> WorkflowHistory:
