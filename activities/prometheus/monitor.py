@@ -13,6 +13,22 @@ from config.contract.activities import QueryWindowInput
 from config.stats import LatencySummary, MirrorSummary, WindowStats
 
 
+def consistent_status(classes: dict[str, float], codes: dict[str, float]) -> dict[str, int]:
+    """Status counts that add up: each class's count ("4xx") rounded, and its codes ("424",
+    "429") never more than it. The two come from different counters, whose `increase()`s
+    Prometheus extrapolates apart (a series born mid-window more), so 23 424s could otherwise
+    stand beside 22 requests, and an error rate above 1."""
+    status = {key: round(value) for key, value in classes.items()}
+    for key, value in sorted(codes.items()):
+        room = status.get(f"{key[:1]}xx", 0) - sum(
+            status.get(other, 0)
+            for other in codes
+            if other != key and other[:1] == key[:1] and other in status
+        )
+        status[key] = max(0, min(round(value), room))
+    return status
+
+
 class PrometheusMonitorProvider:
     def __init__(self, url: str) -> None:
         self._url = url.rstrip("/")
@@ -55,7 +71,7 @@ class PrometheusMonitorProvider:
                 name: await scalar(f"sum(increase(tidegate_mirror_{name}_total{{{sel}}}[{window}]))")
                 for name in ("requests", "compared", "matches", "dropped")
             }
-        status = {key: round(value) for key, value in {**classes, **codes}.items()}
+        status = consistent_status(classes, codes)
         return WindowStats(
             endpoint=request.endpoint,
             deployment=request.deployment,
