@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
@@ -79,12 +79,7 @@ class Rollouts:
     async def wait(
         self, endpoint: str, rid: str, on_progress: Callable[[dict[str, Any]], None]
     ) -> dict[str, Any]:
-        while True:
-            view = await self.status(endpoint, rid)
-            on_progress(view)
-            if view["phase"] in TERMINAL:
-                return view
-            await asyncio.sleep(POLL_SECONDS)
+        return await follow_until_ended(lambda: self.status(endpoint, rid), on_progress, POLL_SECONDS)
 
     async def signal(self, endpoint: str, name: str, reason: str | None = None) -> str:
         rid = await self.current_id(endpoint)
@@ -135,6 +130,20 @@ class Rollouts:
                 }
             )
         return rows
+
+
+async def follow_until_ended(
+    status: Callable[[], Awaitable[dict[str, Any]]],
+    on_progress: Callable[[dict[str, Any]], None],
+    poll_seconds: float,
+) -> dict[str, Any]:
+    """Each status (shown to `on_progress`) until the rollout's phase is terminal; that one."""
+    while True:
+        view = await status()
+        on_progress(view)
+        if view["phase"] in TERMINAL:
+            return view
+        await asyncio.sleep(poll_seconds)
 
 
 def signal_refusal(rid: str, signal: str, phase: str) -> str | None:

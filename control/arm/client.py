@@ -32,7 +32,7 @@ from config.contract.errors import (
     TidegateError,
 )
 from config.contract.names import RolloutSignal
-from config.contract.rollout import TERMINAL, Plan
+from config.contract.rollout import Plan
 from config.contract.state import EndpointRecord, KeyType
 from config.contract.workflows import UpdateEndpointInput
 from config.rollout import RolloutSpec
@@ -47,6 +47,7 @@ from control.arm.resources import (
     endpoint_request,
     read_model,
 )
+from control.rollouts import follow_until_ended
 
 log = structlog.get_logger("control.arm.client")
 
@@ -504,12 +505,7 @@ class RestRollouts:
     async def wait(
         self, endpoint: str, rid: str, on_progress: Callable[[dict[str, Any]], None]
     ) -> dict[str, Any]:
-        while True:
-            view = await self.status(endpoint, rid)
-            on_progress(view)
-            if view["phase"] in TERMINAL:
-                return view
-            await asyncio.sleep(ROLLOUT_POLL_SECONDS)
+        return await follow_until_ended(lambda: self.status(endpoint, rid), on_progress, ROLLOUT_POLL_SECONDS)
 
     async def signal(self, endpoint: str, name: str, reason: str | None = None) -> str:
         rid = await self.current_id(endpoint)
