@@ -91,19 +91,13 @@ def select_buckets(
     missing = expected - counted
     numbers = f"{counted} of {expected} settled minutes"
     ignored = f", {len(fresh_minutes)} newer ignored" if fresh_minutes else ""
+    value: float | None = None
     if counted == 0 or counted < min_coverage * expected:
-        return BucketSelection(
-            window_start=start,
-            window_end=end,
-            expected=expected,
-            counted=counted,
-            missing=missing,
-            fresh=len(fresh_minutes),
-            value=None,
-            reason=f"no data: {numbers} have a value (need {min_coverage:.0%}){ignored}",
-        )
-    per_minute = [_combine(aggregation, values) for _, values in sorted(by_minute.items())]
-    value = _combine(aggregation, per_minute)
+        reason = f"no data: {numbers} have a value (need {min_coverage:.0%}){ignored}"
+    else:
+        per_minute = [_combine(aggregation, values) for _, values in sorted(by_minute.items())]
+        value = _combine(aggregation, per_minute)
+        reason = f"{aggregation} {value:.4g} over {numbers}{ignored}"
     return BucketSelection(
         window_start=start,
         window_end=end,
@@ -112,5 +106,5 @@ def select_buckets(
         missing=missing,
         fresh=len(fresh_minutes),
         value=value,
-        reason=f"{aggregation} {value:.4g} over {numbers}{ignored}",
+        reason=reason,
     )

@@ -566,15 +566,7 @@ class Supervisor:
 
     def _launch(self, dep: Deployment, instance: Instance, env: EnvironmentStatus) -> None:
         if not self._port_usable(instance.port):
-            old_port, instance.port = instance.port, self._allocate_port()
-            log.warning(
-                "instance.port_taken",
-                endpoint=dep.endpoint,
-                deployment=dep.name,
-                instance=instance.id,
-                port=old_port,
-                new_port=instance.port,
-            )
+            self._move_to_new_port(dep, instance, "instance.port_taken")
         try:
             key = self._settings.app_insights_key
             instance.process = spawn(
@@ -846,18 +838,21 @@ class Supervisor:
             return False
         if instance.probe is not None:
             instance.probe.cancel()
-        old_port, instance.process = instance.port, None
-        instance.port, instance.port_races = self._allocate_port(), instance.port_races + 1
+        instance.process, instance.port_races = None, instance.port_races + 1
+        self._move_to_new_port(dep, instance, "instance.port_lost")
+        self._dirty = True
+        return True  # launched again by this tick's step
+
+    def _move_to_new_port(self, dep: Deployment, instance: Instance, event: str) -> None:
+        old_port, instance.port = instance.port, self._allocate_port()
         log.warning(
-            "instance.port_lost",
+            event,
             endpoint=dep.endpoint,
             deployment=dep.name,
             instance=instance.id,
             port=old_port,
             new_port=instance.port,
         )
-        self._dirty = True
-        return True  # launched again by this tick's step
 
     def wake(self) -> None:
         self._wake.set()
