@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     host_port: int = 8082
     host_url: str | None = None
     instance_port_start: int = 31000
+    # Keep each instance's own code (score.py runs as this OS user) out of the state dir and
+    # the user's home: "auto" with Landlock where the kernel has it, "landlock" or refuse to
+    # start, "off" (host/confinement.py).
+    instance_confinement: Literal["auto", "landlock", "off"] = "auto"
 
     # How often an endpoint re-pushes its route table so a gateway that lost state heals.
     route_repush_seconds: float = 30.0

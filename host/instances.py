@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +26,9 @@ import aiohttp
 import structlog
 
 from config.host_api import DeploymentRuntime, InstancePhase, InstanceStatus, ProbeSpec
+from config.settings import Settings
 from config.specs import SERVER_VARIABLES, is_server_variable, is_tidegate_variable
+from host.confinement import ConfinementUnavailable, landlock_abi, wrapper_command
 from host.environments import EnvironmentStatus
 from host.processes import ProcessHandle, create_time, failure_excerpt, tail_lines
 from host.state import InstanceRecord
@@ -108,8 +111,10 @@ def instance_environment(
     base: Mapping[str, str],
     *,
     app_insights_key: str | None = None,
+    home: Path | None = None,
 ) -> dict[str, str]:
-    """Process environment: the host's minus its own settings, plus the deployment's.
+    """Process environment: the host's minus its own settings, plus the deployment's; with
+    `home`, HOME and TMPDIR point into it (a confined instance may write nowhere else there).
 
     No TIDEGATE_ variable reaches an instance, whoever sets it: the host's would hand it the
     control credential, a deployment's would steer the launcher (TIDEGATE_INSTANCE_BIND=0.0.0.0
@@ -122,6 +127,8 @@ def instance_environment(
     out["VIRTUAL_ENV"] = str(env.path)
     out["PYTHONUNBUFFERED"] = "1"  # print() in score.py reaches the log at once
     out.update({k: v for k, v in user.items() if k not in refused})
+    if home is not None:
+        out["HOME"], out["TMPDIR"] = str(home), str(home / "tmp")
     out["AML_APP_ROOT"] = runtime.code_dir
     if runtime.model_dir:
         out["AZUREML_MODEL_DIR"] = runtime.model_dir
@@ -142,15 +149,68 @@ def instance_environment(
     return out
 
 
+@dataclass(frozen=True)
+class Sandbox:
+    """What a confined instance never sees (the state dir, the user's home) and what it may
+    read in there besides its own environment, code and model: the host's interpreter and
+    libraries, which its environment uses."""
+
+    hidden: tuple[Path, ...]
+    readable: tuple[Path, ...]
+
+    def wrap(
+        self, command: list[str], runtime: DeploymentRuntime, env: EnvironmentStatus, home: Path
+    ) -> list[str]:
+        own = [env.path, Path(runtime.code_dir), LAUNCHER]
+        if runtime.model_dir:
+            own.append(Path(runtime.model_dir))
+        return wrapper_command(
+            python=sys.executable,
+            hidden=self.hidden,
+            readable=[*self.readable, *(p.resolve() for p in own)],
+            writable=[home.resolve()],
+            command=command,
+        )
+
+
+def host_sandbox(settings: Settings) -> Sandbox | None:
+    """How this host confines instances (TIDEGATE_INSTANCE_CONFINEMENT), decided once at
+    start; None runs them unconfined. Raises ConfinementUnavailable for "landlock" on a kernel
+    without it."""
+    mode = settings.instance_confinement
+    if mode == "off":
+        log.warning("host.instances_unconfined", reason="TIDEGATE_INSTANCE_CONFINEMENT=off")
+        return None
+    abi = landlock_abi()
+    if abi < 1:
+        if mode == "landlock":
+            raise ConfinementUnavailable(
+                "TIDEGATE_INSTANCE_CONFINEMENT=landlock, but this kernel has no Landlock (Linux 5.13+)"
+            )
+        log.warning("host.instances_unconfined", reason="this kernel has no Landlock (Linux 5.13+)")
+        return None
+    hidden = {settings.home.resolve(), Path.home().resolve()} - {Path("/")}
+    interpreter = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path}
+    state = settings.home.resolve()
+    readable = {Path(p).resolve() for p in interpreter if p and Path(p).exists()}
+    readable = {p for p in readable if state not in (p, *p.parents)}
+    log.info("host.instances_confined", landlock_abi=abi, hidden=sorted(str(p) for p in hidden))
+    return Sandbox(hidden=tuple(sorted(hidden)), readable=tuple(sorted(readable)))
+
+
 def spawn(
     instance: Instance,
     runtime: DeploymentRuntime,
     env: EnvironmentStatus,
     *,
+    home: Path,
+    sandbox: Sandbox | None = None,
     app_insights_key: str | None = None,
 ) -> ProcessHandle:
-    """Start azmlinfsrv in its own session, so it outlives a crash of the host."""
+    """Start azmlinfsrv in its own session, so it outlives a crash of the host; confined by
+    `sandbox`, with `home` (the deployment's own folder) as its HOME."""
     instance.log_path.parent.mkdir(parents=True, exist_ok=True)
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
     args = [
         str(env.python),
         str(LAUNCHER),
@@ -159,6 +219,8 @@ def spawn(
         "--port",
         str(instance.port),
     ]
+    if sandbox is not None:
+        args = sandbox.wrap(args, runtime, env, home)
     with open(instance.log_path, "ab") as log_file:
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         log_file.write(
@@ -169,7 +231,7 @@ def spawn(
         popen = subprocess.Popen(
             args,
             cwd=runtime.code_dir,
-            env=instance_environment(runtime, env, os.environ, app_insights_key=app_insights_key),
+            env=instance_environment(runtime, env, os.environ, app_insights_key=app_insights_key, home=home),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -17,6 +17,7 @@ from config.lifecycle import run_until_signalled
 from config.security import ControlAccessError, control_server_ssl, ensure_control_token
 from config.settings import Settings
 from host.api import create_app
+from host.confinement import ConfinementUnavailable
 from host.errors import HostError
 from host.supervisor import Supervisor
 
@@ -84,6 +85,9 @@ def run(settings: Settings) -> None:
         raise SystemExit(1) from None
     except ControlAccessError as exc:  # e.g. bound beyond loopback without a certificate
         log.error("host.failed", code="ControlAccess", error=str(exc))
+        raise SystemExit(1) from None
+    except ConfinementUnavailable as exc:  # TIDEGATE_INSTANCE_CONFINEMENT=landlock, no Landlock
+        log.error("host.failed", code="ConfinementUnavailable", error=str(exc))
         raise SystemExit(1) from None
     except OSError as exc:  # typically the API port is taken
         log.error("host.failed", error=str(exc), port=settings.host_port)

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -67,7 +68,7 @@ from decisions.probes import ProbeCount, count_probe, next_probe_at, startup_bud
 from decisions.rolling_update import DOWN, RUNNING, OldInstance, instances_to_start, old_instances_to_retire
 from host.environments import Environments, EnvironmentStatus, environment_key
 from host.errors import HostError, not_found
-from host.instances import REQUEST_ID_TAG, Instance, probe_once, spawn
+from host.instances import REQUEST_ID_TAG, Instance, host_sandbox, probe_once, spawn
 from host.processes import (
     ProcessHandle,
     is_alive,
@@ -144,6 +145,7 @@ class Supervisor:
         self._state_path = settings.host_dir / "state.json"
         self._logs_root = settings.host_dir / "logs"
         self._envs = Environments(settings.host_dir / "envs", allow_pip_options=settings.allow_pip_options)
+        self._sandbox = host_sandbox(settings)
         self._deployments: dict[tuple[str, str], Deployment] = {}
         self._stopping: dict[int, _Stopping] = {}
         self._wake = asyncio.Event()
@@ -395,6 +397,7 @@ class Supervisor:
         # Includes instances replaced or scaled away earlier and still shutting down.
         await asyncio.gather(*dep.stopping, return_exceptions=True)
         self._save_if_dirty()
+        shutil.rmtree(self._home(dep), ignore_errors=True)
         log.info("deployment.deleted", endpoint=endpoint, deployment=deployment)
         return True
 
@@ -570,7 +573,12 @@ class Supervisor:
         try:
             key = self._settings.app_insights_key
             instance.process = spawn(
-                instance, dep.runtime, env, app_insights_key=key.get_secret_value() if key else None
+                instance,
+                dep.runtime,
+                env,
+                home=self._home(dep),
+                sandbox=self._sandbox,
+                app_insights_key=key.get_secret_value() if key else None,
             )
             instance.started_at = time.monotonic()
         except OSError as exc:
@@ -897,6 +905,10 @@ class Supervisor:
             instances=[i.status() for i in dep.instances],
             version=dep.version,
         )
+
+    def _home(self, dep: Deployment) -> Path:
+        """The deployment's HOME and TMPDIR: the one place its instances may write in the state dir."""
+        return self._settings.host_dir / "homes" / dep.endpoint / dep.name
 
     def _log_path(self, dep: Deployment, instance_id: str) -> Path:
         return self._logs_root / dep.endpoint / dep.name / f"{instance_id}.log"
