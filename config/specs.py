@@ -549,6 +549,11 @@ class TargetUtilizationScaleSettings(_Spec):
     max_instances: int = Field(default=1, ge=1)
     polling_interval: int = Field(default=1, ge=1, description="seconds")
     target_utilization_percentage: int = Field(default=70, ge=1, le=100)
+    metric: Literal["busy", "cpu"] = Field(
+        default="busy",
+        description="busy: the share of each instance's request slots in use (the gateways' 1 s "
+        "windows); cpu: the scale set's Percentage CPU from Azure Monitor (azure compute only)",
+    )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> TargetUtilizationScaleSettings:

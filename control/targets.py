@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 from activities.artifacts import ArtifactStore
+from activities.azure.scale_sets import scale_set_name
+from config.azure_metrics import SCALE_SET_NAMESPACE, AzureMonitorSource
 from config.contract.errors import BadRequest
 from config.contract.state import AutoscaleSettings, DeploymentTarget, RequestLimits
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
@@ -90,6 +92,7 @@ def build_target(spec: DeploymentSpec, settings: Settings, artifacts: ArtifactSt
             target_utilization_percentage=scale.target_utilization_percentage,
             polling_interval=scale.polling_interval,
             scale_in_cooldown=settings.scale_in_cooldown_seconds,
+            cpu_source=cpu_source(spec, settings) if scale.metric == "cpu" else None,
         )
     return DeploymentTarget(
         name=spec.name,
@@ -105,3 +108,28 @@ def build_target(spec: DeploymentSpec, settings: Settings, artifacts: ArtifactSt
         ),
         spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
     )
+
+
+def cpu_source(spec: DeploymentSpec, settings: Settings) -> AzureMonitorSource:
+    """`scale_settings.metric: cpu`: the deployment's scale set's Percentage CPU in Azure Monitor,
+    which only the azure compute provider has."""
+    if settings.provider_name("compute") != "azure":
+        raise BadRequest(
+            "scale_settings.metric: cpu is the scale set's Percentage CPU from Azure Monitor and needs "
+            "TIDEGATE_COMPUTE_PROVIDER=azure; on this compute provider use metric: busy"
+        )
+    missing = [
+        name
+        for name, value in (
+            ("TIDEGATE_AZURE_SUBSCRIPTION_ID", settings.azure_subscription_id),
+            ("TIDEGATE_AZURE_RESOURCE_GROUP", settings.azure_resource_group),
+        )
+        if not value
+    ]
+    if missing:
+        raise BadRequest(f"scale_settings.metric: cpu needs {' and '.join(missing)}")
+    resource_id = (
+        f"/subscriptions/{settings.azure_subscription_id}/resourceGroups/{settings.azure_resource_group}"
+        f"/providers/{SCALE_SET_NAMESPACE}/{scale_set_name(spec.endpoint_name, spec.name)}"
+    )
+    return AzureMonitorSource(resource_id=resource_id, metric="Percentage CPU", aggregation="Average")

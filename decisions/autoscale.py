@@ -32,6 +32,7 @@ def desired_instances(
     in_rollout: bool = False,
     waiting: float = 0.0,
     slots_per_instance: int = 1,
+    measure: str = "utilisation",
 ) -> ScaleDecision:
     """How many instances now. `utilisation` is the mean busy share (0..1) of the instances
     over the last window; None means no measurement (nothing changes). `waiting` is the mean
@@ -50,7 +51,7 @@ def desired_instances(
         return ScaleDecision(instances=current, reason="no measurement", memory=memory)
     target = settings.target_utilization_percentage / 100
     queued = max(waiting, 0.0) / max(slots_per_instance, 1)
-    shown = f"utilisation {utilisation:.0%} vs target {target:.0%}"
+    shown = f"{measure} {utilisation:.0%} vs target {target:.0%}"
     if queued >= 0.01:
         shown += f", {waiting:.1f} requests waiting"
     needed = min(max(math.ceil((current * utilisation + queued) / target - 1e-9), floor), ceiling)
@@ -77,6 +78,24 @@ def desired_instances(
             memory=AutoscaleMemory(low_since=low_since),
         )
     return ScaleDecision(instances=current, reason=f"{shown}: steady", memory=AutoscaleMemory())
+
+
+# Azure Monitor keeps one value a minute and settles it minutes later: asking it more often
+# learns nothing, so a CPU rule looks once a minute at the last five (as Azure's own autoscale).
+CPU_CHECK_SECONDS = 60.0
+CPU_WINDOW_SECONDS = 300.0
+
+
+def check_interval_seconds(settings: AutoscaleSettings) -> float:
+    """Seconds between two autoscale checks."""
+    if settings.cpu_source is not None:
+        return max(settings.polling_interval, CPU_CHECK_SECONDS)
+    return max(settings.polling_interval, 1.0)
+
+
+def cpu_utilisation(percent: float | None) -> float | None:
+    """A Percentage CPU reading as the utilisation `desired_instances` takes (None: no data)."""
+    return None if percent is None else max(percent, 0.0) / 100.0
 
 
 def mean_waiting(stats: WindowStats) -> float:

@@ -24,10 +24,13 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from config.azure_metrics import AzureMonitorSource, MetricQuery
     from config.contract.activities import (
         DeleteInstancesInput,
         GetInstancesInput,
         QueryWindowInput,
+        ReadAzureMetricInput,
+        ReadAzureMetricResult,
         RequestInstancesInput,
         WatchInstancesInput,
     )
@@ -38,7 +41,14 @@ with workflow.unsafe.imports_passed_through():
     from config.host_api import DeploymentInstances
     from config.routes import InstanceRoute
     from config.stats import WindowStats
-    from decisions.autoscale import desired_instances, mean_waiting, replacement_delay
+    from decisions.autoscale import (
+        CPU_WINDOW_SECONDS,
+        check_interval_seconds,
+        cpu_utilisation,
+        desired_instances,
+        mean_waiting,
+        replacement_delay,
+    )
     from decisions.instances import Assessment, assess, failure_text, needs_repair, plan_recovery
     from workflows import options
 
@@ -378,23 +388,27 @@ class DeploymentWorkflow:
         settings = self._target.autoscale
         if settings is None or workflow.now() < self._next_scale_check:
             return
-        self._next_scale_check = workflow.now() + timedelta(seconds=max(settings.polling_interval, 1.0))
+        self._next_scale_check = workflow.now() + timedelta(seconds=check_interval_seconds(settings))
         try:
-            stats = await workflow.execute_activity(
-                Activity.QUERY_WINDOW,
-                QueryWindowInput(
-                    endpoint=self._target.endpoint,
-                    deployment=self._target.name,
-                    window_seconds=max(10.0, settings.polling_interval),
-                ),
-                result_type=WindowStats,
-                **options.MONITOR,
-            )
+            if settings.cpu_source is not None:
+                utilisation, waiting, measure = await self._cpu(settings.cpu_source), 0.0, "cpu"
+            else:
+                stats = await workflow.execute_activity(
+                    Activity.QUERY_WINDOW,
+                    QueryWindowInput(
+                        endpoint=self._target.endpoint,
+                        deployment=self._target.name,
+                        window_seconds=max(10.0, settings.polling_interval),
+                    ),
+                    result_type=WindowStats,
+                    **options.MONITOR,
+                )
+                values = list(stats.utilisation.values())
+                utilisation = sum(values) / len(values) if values else None
+                waiting, measure = mean_waiting(stats), "utilisation"
         except ActivityError as err:
             workflow.logger.warning("autoscale: no metrics: %s", failure_reason(err))
             return
-        values = list(stats.utilisation.values())
-        utilisation = sum(values) / len(values) if values else None
         decision = desired_instances(
             settings,
             current=self._target.instance_count,
@@ -402,8 +416,9 @@ class DeploymentWorkflow:
             memory=self._memory,
             now=workflow.now(),
             in_rollout=self._in_rollout,
-            waiting=mean_waiting(stats),
+            waiting=waiting,
             slots_per_instance=self._target.request_settings.max_concurrent_requests_per_instance,
+            measure=measure,
         )
         self._memory = decision.memory
         if decision.instances != self._target.instance_count:
@@ -427,6 +442,18 @@ class DeploymentWorkflow:
                 )
                 return
             self._scale_failures = 0
+
+    async def _cpu(self, source: AzureMonitorSource) -> float | None:
+        """The scale set's settled Percentage CPU over the last minutes, as a utilisation."""
+        reading = await workflow.execute_activity(
+            Activity.READ_AZURE_METRIC,
+            ReadAzureMetricInput(query=MetricQuery(**source.model_dump(), window_seconds=CPU_WINDOW_SECONDS)),
+            result_type=ReadAzureMetricResult,
+            **options.MONITOR,
+        )
+        if reading.value is None:
+            workflow.logger.info("autoscale: no CPU reading yet: %s", reading.reason)
+        return cpu_utilisation(reading.value)
 
     # ---- reporting to the endpoint ----------------------------------------------------------
     async def _report(

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from config.azure_metrics import AzureMonitorSource
 from config.contract.defaults import (
     DEFAULT_MAX_CONCURRENT_REQUESTS_PER_INSTANCE,
     DEFAULT_MAX_QUEUE_WAIT_MS,
@@ -39,6 +40,10 @@ class AutoscaleSettings(BaseModel):
     target_utilization_percentage: int = Field(default=70, ge=1, le=100)
     polling_interval: float = 1.0
     scale_in_cooldown: float = Field(default=300.0, description="seconds of low load before one goes")
+    cpu_source: AzureMonitorSource | None = Field(
+        default=None,
+        description="`metric: cpu`: the scale set's Percentage CPU; None: the gateways' busy share",
+    )
 
 
 class AutoscaleMemory(BaseModel):

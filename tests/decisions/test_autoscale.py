@@ -6,9 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from config.azure_metrics import AzureMonitorSource
 from config.contract.state import AutoscaleMemory, AutoscaleSettings
 from config.stats import LatencySummary, WindowStats
-from decisions.autoscale import desired_instances, mean_waiting, replacement_delay
+from decisions.autoscale import (
+    check_interval_seconds,
+    cpu_utilisation,
+    desired_instances,
+    mean_waiting,
+    replacement_delay,
+)
 
 T0 = datetime(2026, 11, 25, tzinfo=UTC)
 SETTINGS = AutoscaleSettings(
@@ -111,3 +118,43 @@ def test_mean_waiting_is_little_s_law_over_the_window() -> None:
     )
     assert mean_waiting(stats) == pytest.approx(20 * 0.05)
     assert mean_waiting(stats.model_copy(update={"queue_wait_ms": LatencySummary()})) == 0.0
+
+
+CPU_SOURCE = AzureMonitorSource(
+    resource_id="/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/tg-ep-blue",
+    metric="Percentage CPU",
+)
+
+
+@pytest.mark.parametrize(
+    ("settings", "seconds"),
+    [
+        (SETTINGS, 1.0),
+        (SETTINGS.model_copy(update={"polling_interval": 5}), 5.0),
+        (SETTINGS.model_copy(update={"cpu_source": CPU_SOURCE}), 60.0),
+        (SETTINGS.model_copy(update={"cpu_source": CPU_SOURCE, "polling_interval": 120}), 120.0),
+    ],
+    ids=["busy_every_second", "busy_at_its_interval", "cpu_once_a_minute", "cpu_no_more_often_than_asked"],
+)
+def test_a_cpu_rule_checks_no_more_often_than_azure_monitor_has_a_new_value(
+    settings: AutoscaleSettings, seconds: float
+) -> None:
+    assert check_interval_seconds(settings) == seconds
+
+
+@pytest.mark.parametrize(
+    ("percent", "utilisation"), [(None, None), (85.0, 0.85), (0.0, 0.0), (-1.0, 0.0)], ids=str
+)
+def test_a_cpu_percentage_reads_as_a_utilisation_and_no_data_as_none(
+    percent: float | None, utilisation: float | None
+) -> None:
+    assert cpu_utilisation(percent) == utilisation
+
+
+def test_a_cpu_decision_says_it_was_the_cpu() -> None:
+    decision = desired_instances(
+        SETTINGS, current=1, utilisation=0.9, memory=AutoscaleMemory(), now=T0, measure="cpu"
+    )
+
+    assert decision.instances == 2
+    assert decision.reason == "cpu 90% vs target 50%: out to 2"

@@ -75,15 +75,16 @@ class FakeMonitor:
 
 
 @contextmanager
-def run_fake_monitor(folder: Path) -> Iterator[FakeMonitor]:
-    """The fake on a port the kernel picks, serving a certificate of a fresh trustme CA."""
+def run_fake_monitor(folder: Path, *, token: str = TOKEN) -> Iterator[FakeMonitor]:
+    """The fake on a port the kernel picks, serving a certificate of a fresh trustme CA; it
+    takes `token` as the bearer (a stack's one Azure token, when it shares the fake ARM's)."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(folder / "server.pem")
     ca.cert_pem.write_to_path(folder / "ca.pem")
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.monitor", "--cert", str(folder / "server.pem")]
-        + ["--key", str(folder / "server.pem"), "--token", TOKEN],
+        + ["--key", str(folder / "server.pem"), "--token", token],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

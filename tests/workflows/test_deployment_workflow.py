@@ -12,7 +12,8 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from config.contract.activities import QueryWindowInput
+from config.azure_metrics import AzureMonitorSource, MetricQuery
+from config.contract.activities import QueryWindowInput, ReadAzureMetricInput, ReadAzureMetricResult
 from config.contract.ids import endpoint_id
 from config.contract.names import Activity
 from config.contract.state import AutoscaleSettings, EndpointRecord
@@ -27,8 +28,10 @@ from workflows.endpoint import EndpointWorkflow
 class Scripted:
     def __init__(self) -> None:
         self.utilisation = 0.9
+        self.cpu_percent: float | None = 90.0
+        self.cpu_queries: list[MetricQuery] = []
 
-    def activity(self):  # noqa: ANN201
+    def activities(self):  # noqa: ANN201
         @activity.defn(name=Activity.QUERY_WINDOW)
         async def query_window(request: QueryWindowInput) -> WindowStats:
             return WindowStats(
@@ -39,7 +42,12 @@ class Scripted:
                 utilisation={"i-0": self.utilisation},
             )
 
-        return query_window
+        @activity.defn(name=Activity.READ_AZURE_METRIC)
+        async def read_azure_metric(request: ReadAzureMetricInput) -> ReadAzureMetricResult:
+            self.cpu_queries.append(request.query)
+            return ReadAzureMetricResult(value=self.cpu_percent, counted=5, expected=5, reason="scripted")
+
+        return [query_window, read_azure_metric]
 
 
 @pytest_asyncio.fixture
@@ -51,7 +59,7 @@ async def rig(
         temporal_dev.client,
         task_queue=queue,
         workflows=[EndpointWorkflow, DeploymentWorkflow],
-        activities=[*recorder.activities(), scripted.activity()],
+        activities=[*recorder.activities(), *scripted.activities()],
     ):
         yield temporal_dev, recorder, scripted, queue
 
@@ -110,6 +118,27 @@ async def test_a_scale_out_whose_new_instance_fails_keeps_serving_and_tries_agai
     state = await wait_for(handle, lambda s: len(s.deployments["blue"].instances) == 2)
     assert state.deployments["blue"].instance_count == 2
     assert state.deployments["blue"].provisioning_state == "Succeeded"
+
+
+SCALE_SET = (
+    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/tg-ep-blue"
+)
+
+
+async def test_a_cpu_rule_scales_out_on_the_scale_sets_percentage_cpu_not_the_gateways_load(rig) -> None:  # noqa: ANN001
+    env, recorder, scripted, queue = rig
+    scripted.utilisation, scripted.cpu_percent = 0.05, 90.0  # idle slots, busy CPUs
+    cpu = AzureMonitorSource(resource_id=SCALE_SET, metric="Percentage CPU")
+    handle = await endpoint_with_autoscaled_blue(
+        env, queue, AutoscaleSettings(max_instances=3, target_utilization_percentage=50, cpu_source=cpu)
+    )
+
+    state = await wait_for(handle, lambda s: len(s.deployments["blue"].instances) == 2)
+
+    assert state.deployments["blue"].instance_count == 2
+    assert scripted.cpu_queries[0] == MetricQuery(
+        resource_id=SCALE_SET, metric="Percentage CPU", window_seconds=300
+    )
 
 
 async def _until(predicate: Callable[[], bool]) -> None:

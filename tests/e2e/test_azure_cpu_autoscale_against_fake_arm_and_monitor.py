@@ -1,0 +1,114 @@
+"""A CPU autoscale rule on the `azure` provider, end to end against the fake ARM and the fake
+Azure Monitor: a whole local stack whose worker runs the deployment as a VM scale set (real
+azure-mgmt-compute over TLS) and reads the scale set's `Percentage CPU` through the real
+azure-monitor-querymetrics client. The CPU figures are set on the fake monitor by the test;
+the scale-out is the workflow's, through the SDK, onto a new real VM process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.project import deployment_yaml
+from tests.fakes.arm.client import FakeArmProcess
+from tests.support.fake_monitor import FakeMonitor, run_fake_monitor
+from tests.support.polling import until
+from tests.support.ports import free_port
+from tests.support.stack import LocalStack
+
+EP = "cpu-ep"
+SCALE_SET = "tg-cpu-ep-blue"
+RESOURCE_GROUP = "tidegate-cpu"
+CPU_RULE = """\
+scale_settings:
+  type: target_utilization
+  metric: cpu
+  min_instances: 1
+  max_instances: 2
+  target_utilization_percentage: 50
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArmProcess]:
+    fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm"), free_port())
+    fake.start()
+    try:
+        asyncio.run(fake.wait_up())
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture(scope="module")
+def monitor(fake_arm: FakeArmProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeMonitor]:
+    with run_fake_monitor(tmp_path_factory.mktemp("fake-monitor"), token=fake_arm.token) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def azure_stack(
+    fake_arm: FakeArmProcess, monitor: FakeMonitor, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
+    home = tmp_path_factory.mktemp("azure-cpu-home")
+    # One CA file for the worker's Azure clients: the fake ARM's and the fake monitor's.
+    bundle = home.parent / "azure-cas.pem"
+    bundle.write_text(Path(fake_arm.ca_file).read_text() + monitor.ca_file.read_text())
+    stack = LocalStack.create(home)
+    stack.env.update(fake_arm.environment(RESOURCE_GROUP, watch_interval=1))
+    stack.env.update({"TIDEGATE_AZURE_METRICS_ENDPOINT": monitor.url, "TIDEGATE_AZURE_CA_FILE": str(bundle)})
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+def scale_set_id(fake_arm: FakeArmProcess) -> str:
+    subscription = fake_arm.azure_settings(RESOURCE_GROUP, 1)["azure_subscription_id"]
+    return (
+        f"/subscriptions/{subscription}/resourceGroups/{RESOURCE_GROUP}"
+        f"/providers/Microsoft.Compute/virtualMachineScaleSets/{SCALE_SET}"
+    )
+
+
+def busy_cpu_minutes(percent: float) -> dict[str, dict[str, float]]:
+    """The last ten minutes at `percent` average CPU, as Azure Monitor lists settled minutes."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    return {
+        (now - timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%SZ"): {"average": percent}
+        for m in range(1, 11)
+    }
+
+
+def vms(fake_arm: FakeArmProcess) -> list[dict[str, Any]]:
+    found = [s for s in asyncio.run(fake_arm.state())["scale_sets"] if s["name"] == SCALE_SET]
+    return list(found[0]["vms"]) if found else []
+
+
+def test_a_cpu_rule_adds_a_vm_when_the_scale_sets_cpu_is_over_target_on_the_fake_arm(
+    azure_stack: LocalStack, fake_arm: FakeArmProcess, monitor: FakeMonitor, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    asyncio.run(
+        monitor.put_series(scale_set_id(fake_arm), "Percentage CPU", busy_cpu_minutes(90.0), unit="Percent")
+    )
+    (root / "cpu-endpoint.yml").write_text(f"name: {EP}\nauth_mode: key\n")
+    (root / "cpu-blue.yml").write_text(deployment_yaml("blue", "model-1", "code") + CPU_RULE)
+    azure_stack.ok("online-endpoint", "create", "-f", "cpu-endpoint.yml", cwd=root)
+
+    azure_stack.ok("online-deployment", "create", "-n", "blue", "-e", EP, "-f", "cpu-blue.yml", cwd=root)
+
+    def shown_count() -> object:
+        shown = azure_stack.json("online-deployment", "show", "-n", "blue", "-e", EP)
+        return shown.get("instance_count") if isinstance(shown, dict) else None
+
+    until(lambda: shown_count() == 2, what="show saying 2 instances")
+    assert len(vms(fake_arm)) == 2
+    asked = [r for r in asyncio.run(monitor.received()) if "Percentage CPU" in r["query"]["metricnames"]]
+    assert asked and scale_set_id(fake_arm).lower() in str(asked[0]["body"]).lower()
