@@ -255,7 +255,16 @@ class BlobArtifactStore:
 
 
 class SnapshotFetchError(RuntimeError):
-    """A snapshot could not be fetched; the message names the blob, never the signature."""
+    """A snapshot could not be fetched; the message names the blob, never the signature.
+    `status`: the HTTP status the storage service answered with, if it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SnapshotHashMismatch(SnapshotFetchError):
+    """The unpacked snapshot does not hash to what it was named for."""
 
 
 def _without_query(url: str) -> str:
@@ -278,7 +287,9 @@ def fetch_snapshot(url: str, dest: Path, *, expected_hash: str | None = None, ti
             with urllib.request.urlopen(url, timeout=timeout) as response, archive.open("wb") as out:
                 shutil.copyfileobj(response, out)
         except urllib.error.HTTPError as error:
-            raise SnapshotFetchError(f"{shown}: HTTP {error.code} {error.reason}") from None
+            raise SnapshotFetchError(
+                f"{shown}: HTTP {error.code} {error.reason}", status=error.code
+            ) from None
         except urllib.error.URLError as error:
             raise SnapshotFetchError(f"{shown}: {error.reason}") from None
         unpacked = staging / "content"
@@ -288,7 +299,7 @@ def fetch_snapshot(url: str, dest: Path, *, expected_hash: str | None = None, ti
         if len(items) != 1:
             raise SnapshotFetchError(f"{shown}: expected one item in the snapshot, found {len(items)}")
         if expected_hash is not None and (found := content_hash(items[0])) != expected_hash:
-            raise SnapshotFetchError(f"{shown}: content hashes to {found}, expected {expected_hash}")
+            raise SnapshotHashMismatch(f"{shown}: content hashes to {found}, expected {expected_hash}")
         try:
             os.rename(unpacked, dest)
         except OSError:  # another fetch of the same snapshot finished first: same content
