@@ -21,9 +21,9 @@ from urllib.parse import parse_qs, unquote, urlparse, urlsplit, urlunsplit
 
 import structlog
 
-from activities.azure.artifacts import SnapshotFetchError, SnapshotHashMismatch, fetch_snapshot
 from config.azure_vm import VmBoot
 from config.host_api import DeploymentRuntime
+from config.snapshots import SnapshotFetchError, SnapshotHashMismatch, fetch_snapshot
 from host.environments import Environments, EnvironmentStatus
 from host.instances import LAUNCHER, instance_environment
 

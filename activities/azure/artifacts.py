@@ -13,16 +13,11 @@ An instance (a VM) gets a short-lived read-only SAS URL for each snapshot it nee
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from azure.core.credentials import AzureNamedKeyCredential, TokenCredential
@@ -44,6 +39,8 @@ from activities.local.artifacts import (
 )
 from config.contract.errors import BadRequest, Conflict, NotFound, OperationFailed
 from config.settings import Settings
+from config.snapshots import SnapshotFetchError as SnapshotFetchError  # re-exported
+from config.snapshots import fetch_snapshot as fetch_snapshot  # re-exported: what a VM calls
 
 log = structlog.get_logger("activities.azure.artifacts")
 
@@ -252,58 +249,3 @@ class BlobArtifactStore:
 
     def _delegation_key(self, start: datetime, expiry: datetime) -> UserDelegationKey:
         return self._service.get_user_delegation_key(key_start_time=start, key_expiry_time=expiry)
-
-
-class SnapshotFetchError(RuntimeError):
-    """A snapshot could not be fetched; the message names the blob, never the signature.
-    `status`: the HTTP status the storage service answered with, if it answered."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class SnapshotHashMismatch(SnapshotFetchError):
-    """The unpacked snapshot does not hash to what it was named for."""
-
-
-def _without_query(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def fetch_snapshot(url: str, dest: Path, *, expected_hash: str | None = None, timeout: float = 60.0) -> Path:
-    """Download a snapshot (a SAS URL) and unpack it into `dest`, once: a VM's bootstrap calls this
-    for each artifact, and a second call finds it there. Returns the unpacked item's path. With
-    `expected_hash`, the unpacked content must hash to it (the local store's hash)."""
-    shown = _without_query(url)
-    if dest.is_dir() and (items := [p for p in dest.iterdir() if not p.name.startswith(".")]):
-        return items[0]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".fetch-"))
-    try:
-        archive = staging / "snapshot.tar.gz"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, archive.open("wb") as out:
-                shutil.copyfileobj(response, out)
-        except urllib.error.HTTPError as error:
-            raise SnapshotFetchError(
-                f"{shown}: HTTP {error.code} {error.reason}", status=error.code
-            ) from None
-        except urllib.error.URLError as error:
-            raise SnapshotFetchError(f"{shown}: {error.reason}") from None
-        unpacked = staging / "content"
-        with tarfile.open(archive, mode="r:gz") as tar:
-            tar.extractall(unpacked, filter="data")  # refuses absolute paths and links outside
-        items = list(unpacked.iterdir())
-        if len(items) != 1:
-            raise SnapshotFetchError(f"{shown}: expected one item in the snapshot, found {len(items)}")
-        if expected_hash is not None and (found := content_hash(items[0])) != expected_hash:
-            raise SnapshotHashMismatch(f"{shown}: content hashes to {found}, expected {expected_hash}")
-        try:
-            os.rename(unpacked, dest)
-        except OSError:  # another fetch of the same snapshot finished first: same content
-            pass
-        return dest / items[0].name
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
