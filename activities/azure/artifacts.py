@@ -6,8 +6,9 @@ Layout of the container:
 - `registry/<name>/<version>/model.json`: a registered model, written once the same way, so of
   two registrations of one version exactly one wins.
 
-An instance (a VM) gets a short-lived read-only SAS URL for each snapshot it needs and calls
-`fetch_snapshot` from its bootstrap; it holds no storage credential of its own.
+An instance (a VM) gets a read-only SAS URL for each snapshot it needs in its custom data
+(activities/azure/snapshot_sas.py signs them) and calls `fetch_snapshot` from its bootstrap; it
+holds no storage credential of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import tarfile
 import tempfile
-from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -23,11 +23,8 @@ import structlog
 from azure.core.credentials import AzureNamedKeyCredential, TokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
-    BlobSasPermissions,
     BlobServiceClient,
     ContainerClient,
-    UserDelegationKey,
-    generate_blob_sas,
 )
 
 from activities.artifacts import ArtifactKind, RegisteredModel, Snapshot
@@ -82,14 +79,10 @@ class BlobArtifactStore:
         container: str,
         *,
         instance_root: str = "/var/lib/tidegate/artifacts",
-        account_key: str | None = None,
-        url_ttl: timedelta = timedelta(minutes=15),
     ) -> None:
         self._service = service
         self._container: ContainerClient = service.get_container_client(container)
         self._instance_root = PurePosixPath(instance_root)
-        self._account_key = account_key  # never logged; signs SAS URLs when set
-        self._url_ttl = url_ttl
         self._container_ready = False
 
     @classmethod
@@ -124,8 +117,6 @@ class BlobArtifactStore:
             service,
             settings.azure_storage_container,
             instance_root=settings.azure_instance_artifacts_dir,
-            account_key=key,
-            url_ttl=timedelta(seconds=settings.azure_snapshot_url_ttl_seconds),
         )
 
     def _ensure_container(self) -> None:
@@ -222,30 +213,3 @@ class BlobArtifactStore:
     def resolve_model(self, reference: str) -> Path:
         """`azureml:name:version` or `azureml:name@latest` → where an instance sees the model."""
         return Path(resolve_reference(self, reference).path)
-
-    def snapshot_url(self, kind: ArtifactKind, digest: str, *, now: datetime | None = None) -> str:
-        """A read-only URL for one snapshot, valid for the configured time: signed with the account
-        key when one is set, else with a user delegation key of the identity (no key on the VM)."""
-        blob = self._container.get_blob_client(snapshot_blob_name(kind, digest))
-        start = (now or datetime.now(UTC)) - timedelta(minutes=5)  # the storage clock may lag ours
-        expiry = start + timedelta(minutes=5) + self._url_ttl
-        sas_args: dict[str, Any] = {}
-        if self._account_key is not None:
-            sas_args["account_key"] = self._account_key
-        else:
-            sas_args["user_delegation_key"] = self._delegation_key(start, expiry)
-        sas = generate_blob_sas(
-            account_name=blob.account_name or "",
-            container_name=blob.container_name,
-            blob_name=blob.blob_name,
-            permission=BlobSasPermissions(read=True),
-            start=start,
-            expiry=expiry,
-            protocol=None if blob.url.startswith("http://") else "https",
-            **sas_args,
-        )
-        log.info("artifacts.snapshot_url", kind=kind, content_hash=digest, expires=expiry.isoformat())
-        return f"{blob.url}?{sas}"
-
-    def _delegation_key(self, start: datetime, expiry: datetime) -> UserDelegationKey:
-        return self._service.get_user_delegation_key(key_start_time=start, key_expiry_time=expiry)

@@ -101,7 +101,7 @@ def container() -> str:
 
 def store(azurite: Azurite, container: str) -> BlobArtifactStore:
     service = BlobServiceClient(azurite.account_url, credential=AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY))
-    return BlobArtifactStore(service, container, account_key=DEV_KEY, instance_root="/srv/artifacts")
+    return BlobArtifactStore(service, container, instance_root="/srv/artifacts")
 
 
 def signer(azurite: Azurite, container: str) -> SnapshotSigner:

@@ -81,7 +81,7 @@ def snapshots(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> Dep
     (root / "model" / "model").mkdir(parents=True)
     (root / "model" / "model" / "weights.txt").write_text("2.5")
     service = BlobServiceClient(azurite.account_url, credential=AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY))
-    store = BlobArtifactStore(service, CONTAINER, account_key=DEV_KEY, instance_root=INSTANCE_ROOT)
+    store = BlobArtifactStore(service, CONTAINER, instance_root=INSTANCE_ROOT)
     code = store.snapshot(root / "code", "code")
     model = store.snapshot(root / "model" / "model", "models")
     return DeploymentRuntime(

@@ -95,7 +95,7 @@ def upload(azurite: Azurite, container: str, tmp_path: Path, ca: Path | None = N
     source = tmp_path / "src"
     source.mkdir()
     (source / "score.py").write_text("def run(raw):\n    return 1\n")
-    snap = BlobArtifactStore(service, container, account_key=DEV_KEY).snapshot(source, "code")
+    snap = BlobArtifactStore(service, container).snapshot(source, "code")
     return SnapshotRef("code", snap.content_hash)
 
 
