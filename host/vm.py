@@ -68,10 +68,11 @@ def named_snapshot(url: str) -> NamedSnapshot:
     return NamedSnapshot(shown=shown, kind=match["kind"], content_hash=match["hash"], expires=expires)
 
 
-def refusal_reason(snapshot: NamedSnapshot, status: int | None, now: datetime) -> str:
-    """Why the storage service refused a snapshot URL, in words an operator can act on."""
+def refusal_reason(snapshot: NamedSnapshot, status: int | None, now: datetime, detail: str = "") -> str:
+    """Why a snapshot URL was not served, in words an operator can act on; `detail` is the
+    fetch's own message (no query in it), for anything but a refusal."""
     if status not in (401, 403):
-        return f"HTTP {status}" if status else "no answer"
+        return detail or (f"HTTP {status}" if status else "no answer")
     if snapshot.expires is not None and snapshot.expires <= now:
         return (
             f"HTTP {status}: its SAS expired at {snapshot.expires.isoformat()} (now "
@@ -91,7 +92,8 @@ def fetch_blob_snapshot(url: str, root: Path, *, now: datetime | None = None) ->
     except SnapshotHashMismatch as error:
         raise BootFailed(f"{snapshot.kind} snapshot refused, not used: {error}") from None
     except SnapshotFetchError as error:
-        reason = refusal_reason(snapshot, error.status, now or datetime.now(UTC))
+        detail = str(error).removeprefix(f"{snapshot.shown}: ")
+        reason = refusal_reason(snapshot, error.status, now or datetime.now(UTC), detail)
         raise BootFailed(f"cannot fetch {snapshot.kind} snapshot {snapshot.shown}: {reason}") from None
 
 

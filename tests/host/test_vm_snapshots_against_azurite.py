@@ -25,6 +25,7 @@ from config.azure_vm import VmBoot
 from config.host_api import DeploymentRuntime
 from host.vm import BootFailed, fetch_blob_snapshot, local_runtime, named_snapshot, refusal_reason
 from tests.support.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, node, run_azurite
+from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TTL = timedelta(days=1)
@@ -80,6 +81,20 @@ def test_a_url_that_names_no_snapshot_fails_the_boot_without_its_query(url: str)
 )
 def test_a_refusal_says_whether_the_sas_expired(status: int, now: datetime, says: str) -> None:
     assert says in refusal_reason(named_snapshot(URL), status, now)
+
+
+def test_a_storage_account_that_does_not_answer_fails_the_boot_with_the_reason(tmp_path: Path) -> None:
+    closed = (
+        f"http://127.0.0.1:{free_port()}/devstoreaccount1/c/snapshots/models/{H}.tar.gz?se=x&sig=c2VjcmV0"
+    )
+    with pytest.raises(BootFailed) as failed:
+        fetch_blob_snapshot(closed, tmp_path)
+    message = str(failed.value)
+    assert (
+        message.startswith("cannot fetch models snapshot http://127.0.0.1:")
+        and "Connection refused" in message
+    )
+    assert "sig=" not in message
 
 
 # ---- against Azurite ----------------------------------------------------------------------
