@@ -153,15 +153,20 @@ class AzureComputeProvider:
             await self._credential.close()
             self._credential = None
 
+    async def _with_snapshot_urls(self, request: RequestInstancesInput) -> RequestInstancesInput:
+        """The request with its snapshots named by read-only SAS URLs (no storage account: as it
+        is). Every PUT carries URLs with over half their life left, so a VM it makes, now or as
+        a replacement later, never boots with an expired one; within a half-life, the same."""
+        if self._signer is None:
+            return request
+        signed = await self._signer.signed_runtime(request.runtime, self._clock())
+        return request.model_copy(update={"runtime": signed})
+
     # ---- the protocol --------------------------------------------------------------------
     async def request_instances(self, request: RequestInstancesInput) -> DeploymentInstances:
         runtime = request.runtime
+        request = await self._with_snapshot_urls(request)
         name = scale_set_name(runtime.endpoint, runtime.deployment)
-        if self._signer is not None:
-            # Every PUT carries URLs with over half their life left: a VM it makes (now, or a
-            # replacement later) never boots with an expired one. The same within a half-life.
-            signed = await self._signer.signed_runtime(runtime, self._clock())
-            request = request.model_copy(update={"runtime": signed})
         body = scale_set_body(request, self._settings)
         log.info(
             "azure.scale_set.put",

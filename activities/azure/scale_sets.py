@@ -75,11 +75,6 @@ def image_reference(image: str) -> dict[str, str]:
     return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
 
 
-def _fetchable(source: str) -> str:
-    """A snapshot URL (signed by the provider) as it is; a local path as a file URL (the fake's)."""
-    return source if source.startswith(("https://", "http://")) else Path(source).as_uri()
-
-
 def vm_boot(request: RequestInstancesInput, settings: Settings) -> VmBoot:
     """What each VM is told: the runtime with its artifacts as URLs the VM can fetch."""
     runtime = request.runtime
@@ -169,3 +164,8 @@ def instance_phase(power: str | None, health: str | None) -> InstancePhase:
             return "unready"
         case _:
             return "starting"
+
+
+def _fetchable(source: str) -> str:
+    """A snapshot URL (signed by the provider) as it is; a local path as a file URL (the fake's)."""
+    return source if source.startswith(("https://", "http://")) else Path(source).as_uri()
