@@ -183,8 +183,8 @@ class SnapshotSigner:
             # Azure's message names the account and the reason, never a key.
             raise ApplicationError(
                 f"cannot sign snapshot URLs: the storage account refused a user delegation key "
-                f"({error.status_code} {error.reason}); the worker's identity needs the "
-                "'Storage Blob Delegator' and 'Storage Blob Data Reader' roles on the account",
+                f"({error.status_code} {error.reason}); the worker's identity needs 'Storage Blob Data "
+                "Reader' (or Contributor) on the account, which includes asking for one",
                 type="SnapshotSigningFailed",
                 non_retryable=error.status_code in (401, 403),
             ) from None

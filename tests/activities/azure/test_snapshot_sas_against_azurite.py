@@ -217,4 +217,4 @@ async def test_a_refused_user_delegation_key_is_a_non_retryable_error_naming_the
     finally:
         await signer.close()
     assert refused.value.non_retryable and refused.value.type == "SnapshotSigningFailed"
-    assert "Storage Blob Delegator" in str(refused.value)
+    assert "Storage Blob Data Reader" in str(refused.value)
