@@ -135,9 +135,10 @@ def test_fake_arm_vms_fetched_code_and_model_from_azurite_by_sas_and_checked_the
         assert DEV_KEY not in custom_data
     # The worker's and the CLI's logs carry no key and no signature.
     signature = runtime["code_dir"].split("sig=")[1].split("&")[0]
-    for log in (azure_stack.home / "logs").glob("*.log"):
-        text = log.read_text()
-        assert DEV_KEY not in text and signature not in text, log
+    logs = {log.name: log.read_text() for log in azure_stack.settings().log_dir.glob("*.log")}
+    assert "azure.snapshot_url.signed" in logs["worker.log"]  # the worker that signed logged it
+    for name, text in logs.items():
+        assert DEV_KEY not in text and signature not in text, name
 
 
 def test_a_killed_vm_is_replaced_by_a_new_one_and_clients_see_no_error(
