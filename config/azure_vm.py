@@ -11,9 +11,10 @@ from config.host_api import DeploymentRuntime
 class VmBoot(BaseModel):
     """One deployment's instance, as a VM builds and serves it.
 
-    `runtime.code_dir` and `runtime.model_dir` name where the artifacts come from (a local
-    path or a file URL for now; Blob storage later): the VM fetches them into its own disk
-    before it builds the environment."""
+    `runtime.code_dir` and `runtime.model_dir` name where the artifacts come from: a read-only
+    SAS URL of a snapshot blob (`.../snapshots/<kind>/<content hash>.tar.gz`, whose content the VM
+    checks against that hash) when a storage account is configured, else a file URL (local demos
+    on the fake). The VM fetches them onto its own disk before it builds the environment."""
 
     runtime: DeploymentRuntime
     port: int = Field(ge=1, le=65535, description="the fixed instance port, on the VM's private address")

@@ -154,7 +154,11 @@ class Settings(BaseSettings):
         default=None, description="shared key; unset, the identity's user delegation key signs SAS URLs"
     )
     azure_snapshot_url_ttl_seconds: float = Field(
-        default=900.0, gt=0, le=7 * 24 * 3600, description="how long an instance's snapshot URL is valid"
+        default=24 * 3600.0,
+        ge=3600,
+        le=7 * 24 * 3600,
+        description="how long a snapshot URL in a scale set's custom data is valid; a PUT signs a new "
+        "one once half of this has passed (README: Running on Azure (compute), artifacts)",
     )
     azure_instance_artifacts_dir: str = Field(
         default="/var/lib/tidegate/artifacts", description="where a VM's bootstrap unpacks snapshots"
@@ -243,6 +247,10 @@ class Settings(BaseSettings):
     def provider_name(self, kind: ProviderKind) -> str:
         """The provider of `kind`: its own setting, else `provider`."""
         chosen: str | None = getattr(self, f"{kind}_provider")
+        if chosen is None and kind == "artifacts" and self.azure_storage_account_url:
+            # VMs fetch snapshots from Blob storage: the façade must put them there.
+            if self.provider_name("compute") == "azure":
+                return "azure"
         return chosen or self.provider
 
     @property

@@ -6,33 +6,25 @@ Layout of the container:
 - `registry/<name>/<version>/model.json`: a registered model, written once the same way, so of
   two registrations of one version exactly one wins.
 
-An instance (a VM) gets a short-lived read-only SAS URL for each snapshot it needs and calls
-`fetch_snapshot` from its bootstrap; it holds no storage credential of its own.
+An instance (a VM) gets a read-only SAS URL for each snapshot it needs in its custom data
+(activities/azure/snapshot_sas.py signs them) and calls `fetch_snapshot` from its bootstrap; it
+holds no storage credential of its own.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
-from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from azure.core.credentials import AzureNamedKeyCredential, TokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
-    BlobSasPermissions,
     BlobServiceClient,
     ContainerClient,
-    UserDelegationKey,
-    generate_blob_sas,
 )
 
 from activities.artifacts import ArtifactKind, RegisteredModel, Snapshot
@@ -44,6 +36,8 @@ from activities.local.artifacts import (
 )
 from config.contract.errors import BadRequest, Conflict, NotFound, OperationFailed
 from config.settings import Settings
+from config.snapshots import SnapshotFetchError as SnapshotFetchError  # re-exported
+from config.snapshots import fetch_snapshot as fetch_snapshot  # re-exported: what a VM calls
 
 log = structlog.get_logger("activities.azure.artifacts")
 
@@ -85,14 +79,10 @@ class BlobArtifactStore:
         container: str,
         *,
         instance_root: str = "/var/lib/tidegate/artifacts",
-        account_key: str | None = None,
-        url_ttl: timedelta = timedelta(minutes=15),
     ) -> None:
         self._service = service
         self._container: ContainerClient = service.get_container_client(container)
         self._instance_root = PurePosixPath(instance_root)
-        self._account_key = account_key  # never logged; signs SAS URLs when set
-        self._url_ttl = url_ttl
         self._container_ready = False
 
     @classmethod
@@ -127,8 +117,6 @@ class BlobArtifactStore:
             service,
             settings.azure_storage_container,
             instance_root=settings.azure_instance_artifacts_dir,
-            account_key=key,
-            url_ttl=timedelta(seconds=settings.azure_snapshot_url_ttl_seconds),
         )
 
     def _ensure_container(self) -> None:
@@ -225,74 +213,3 @@ class BlobArtifactStore:
     def resolve_model(self, reference: str) -> Path:
         """`azureml:name:version` or `azureml:name@latest` → where an instance sees the model."""
         return Path(resolve_reference(self, reference).path)
-
-    def snapshot_url(self, kind: ArtifactKind, digest: str, *, now: datetime | None = None) -> str:
-        """A read-only URL for one snapshot, valid for the configured time: signed with the account
-        key when one is set, else with a user delegation key of the identity (no key on the VM)."""
-        blob = self._container.get_blob_client(snapshot_blob_name(kind, digest))
-        start = (now or datetime.now(UTC)) - timedelta(minutes=5)  # the storage clock may lag ours
-        expiry = start + timedelta(minutes=5) + self._url_ttl
-        sas_args: dict[str, Any] = {}
-        if self._account_key is not None:
-            sas_args["account_key"] = self._account_key
-        else:
-            sas_args["user_delegation_key"] = self._delegation_key(start, expiry)
-        sas = generate_blob_sas(
-            account_name=blob.account_name or "",
-            container_name=blob.container_name,
-            blob_name=blob.blob_name,
-            permission=BlobSasPermissions(read=True),
-            start=start,
-            expiry=expiry,
-            protocol=None if blob.url.startswith("http://") else "https",
-            **sas_args,
-        )
-        log.info("artifacts.snapshot_url", kind=kind, content_hash=digest, expires=expiry.isoformat())
-        return f"{blob.url}?{sas}"
-
-    def _delegation_key(self, start: datetime, expiry: datetime) -> UserDelegationKey:
-        return self._service.get_user_delegation_key(key_start_time=start, key_expiry_time=expiry)
-
-
-class SnapshotFetchError(RuntimeError):
-    """A snapshot could not be fetched; the message names the blob, never the signature."""
-
-
-def _without_query(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def fetch_snapshot(url: str, dest: Path, *, expected_hash: str | None = None, timeout: float = 60.0) -> Path:
-    """Download a snapshot (a SAS URL) and unpack it into `dest`, once: a VM's bootstrap calls this
-    for each artifact, and a second call finds it there. Returns the unpacked item's path. With
-    `expected_hash`, the unpacked content must hash to it (the local store's hash)."""
-    shown = _without_query(url)
-    if dest.is_dir() and (items := [p for p in dest.iterdir() if not p.name.startswith(".")]):
-        return items[0]
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".fetch-"))
-    try:
-        archive = staging / "snapshot.tar.gz"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, archive.open("wb") as out:
-                shutil.copyfileobj(response, out)
-        except urllib.error.HTTPError as error:
-            raise SnapshotFetchError(f"{shown}: HTTP {error.code} {error.reason}") from None
-        except urllib.error.URLError as error:
-            raise SnapshotFetchError(f"{shown}: {error.reason}") from None
-        unpacked = staging / "content"
-        with tarfile.open(archive, mode="r:gz") as tar:
-            tar.extractall(unpacked, filter="data")  # refuses absolute paths and links outside
-        items = list(unpacked.iterdir())
-        if len(items) != 1:
-            raise SnapshotFetchError(f"{shown}: expected one item in the snapshot, found {len(items)}")
-        if expected_hash is not None and (found := content_hash(items[0])) != expected_hash:
-            raise SnapshotFetchError(f"{shown}: content hashes to {found}, expected {expected_hash}")
-        try:
-            os.rename(unpacked, dest)
-        except OSError:  # another fetch of the same snapshot finished first: same content
-            pass
-        return dest / items[0].name
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -41,6 +41,7 @@ from activities.azure.scale_sets import (
     scale_set_body,
     scale_set_name,
 )
+from activities.azure.snapshot_sas import Clock, SnapshotSigner, utc_now
 from config.contract.activities import (
     DeleteInstancesInput,
     GetInstancesInput,
@@ -82,7 +83,16 @@ class _Watch:
 
 
 class AzureComputeProvider:
-    def __init__(self, settings: Settings, *, credential: AsyncTokenCredential | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        credential: AsyncTokenCredential | None = None,
+        signer: SnapshotSigner | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        """`signer`: signs the snapshot URLs VMs boot with (default: from the storage settings;
+        none without a storage account). `clock`: what `now` is when it signs."""
         require_settings(
             settings,
             "compute",
@@ -104,6 +114,8 @@ class AzureComputeProvider:
         self._compute: ComputeManagementClient | None = None
         self._network: NetworkManagementClient | None = None
         self._watch = _Watch()
+        self._signer = signer if signer is not None else SnapshotSigner.from_settings(settings)
+        self._clock = clock
 
     # ---- clients -------------------------------------------------------------------------
     def _client_options(self) -> dict[str, Any]:
@@ -135,13 +147,25 @@ class AzureComputeProvider:
             if client is not None:
                 await client.close()
         self._compute = self._network = None
+        if self._signer is not None:
+            await self._signer.close()
         if self._owns_credential and self._credential is not None:
             await self._credential.close()
             self._credential = None
 
+    async def _with_snapshot_urls(self, request: RequestInstancesInput) -> RequestInstancesInput:
+        """The request with its snapshots named by read-only SAS URLs (no storage account: as it
+        is). Every PUT carries URLs with over half their life left, so a VM it makes, now or as
+        a replacement later, never boots with an expired one; within a half-life, the same."""
+        if self._signer is None:
+            return request
+        signed = await self._signer.signed_runtime(request.runtime, self._clock())
+        return request.model_copy(update={"runtime": signed})
+
     # ---- the protocol --------------------------------------------------------------------
     async def request_instances(self, request: RequestInstancesInput) -> DeploymentInstances:
         runtime = request.runtime
+        request = await self._with_snapshot_urls(request)
         name = scale_set_name(runtime.endpoint, runtime.deployment)
         body = scale_set_body(request, self._settings)
         log.info(

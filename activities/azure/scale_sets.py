@@ -78,8 +78,8 @@ def image_reference(image: str) -> dict[str, str]:
 def vm_boot(request: RequestInstancesInput, settings: Settings) -> VmBoot:
     """What each VM is told: the runtime with its artifacts as URLs the VM can fetch."""
     runtime = request.runtime
-    model_dir = Path(runtime.model_dir).as_uri() if runtime.model_dir else None
-    fetched = runtime.model_copy(update={"code_dir": Path(runtime.code_dir).as_uri(), "model_dir": model_dir})
+    model_dir = _fetchable(runtime.model_dir) if runtime.model_dir else None
+    fetched = runtime.model_copy(update={"code_dir": _fetchable(runtime.code_dir), "model_dir": model_dir})
     return VmBoot(
         runtime=fetched, port=settings.azure_instance_port, allow_pip_options=settings.allow_pip_options
     )
@@ -164,3 +164,8 @@ def instance_phase(power: str | None, health: str | None) -> InstancePhase:
             return "unready"
         case _:
             return "starting"
+
+
+def _fetchable(source: str) -> str:
+    """A snapshot URL (signed by the provider) as it is; a local path as a file URL (the fake's)."""
+    return source if source.startswith(("https://", "http://")) else Path(source).as_uri()

@@ -3,7 +3,6 @@ reads them), and the model registry in `$TIDEGATE_HOME/models`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -14,6 +13,7 @@ from pathlib import Path
 from activities.artifacts import ArtifactKind, ArtifactStore, RegisteredModel, Snapshot
 from config.contract.errors import BadRequest, Conflict, NotFound
 from config.settings import Settings
+from config.snapshots import content_hash as content_hash  # re-exported: the stores' hash
 
 # A name or version never starts with '.', so neither can be '..' and leave the registry.
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
@@ -38,19 +38,6 @@ def links_stay_inside(source: Path) -> None:
     for item in source.rglob("*"):
         if item.is_symlink() and not item.resolve().is_relative_to(root):
             raise BadRequest(f"{item}: a symbolic link to {item.resolve()}, outside {source}")
-
-
-def content_hash(path: Path) -> str:
-    """sha256 over relative names and bytes, so the same content gives the same hash anywhere."""
-    digest = hashlib.sha256()
-    if path.is_file():
-        digest.update(b"F" + path.name.encode() + b"\0")
-        digest.update(path.read_bytes())
-        return digest.hexdigest()[:16]
-    for item in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(str(item.relative_to(path)).encode() + b"\0")
-        digest.update(item.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def snapshot(source: Path, root: Path) -> tuple[str, Path]:

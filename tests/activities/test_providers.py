@@ -117,3 +117,35 @@ def test_the_azure_network_provider_names_the_settings_it_lacks(tmp_path: Path) 
     chosen = settings(tmp_path, network_provider="azure", azure_gateway_subnet_prefix=None)
     with pytest.raises(AzureSettingsMissing, match="TIDEGATE_AZURE_GATEWAY_SUBNET_PREFIX"):
         provider("network", chosen)
+
+
+@pytest.mark.parametrize(
+    ("values", "artifacts"),
+    [
+        pytest.param({}, "local", id="local_by_default"),
+        pytest.param({"compute_provider": "azure"}, "local", id="azure_compute_without_storage_keeps_local"),
+        pytest.param(
+            {"compute_provider": "azure", "azure_storage_account_url": "https://a.blob.core.windows.net"},
+            "azure",
+            id="azure_compute_with_a_storage_account_keeps_snapshots_in_blob",
+        ),
+        pytest.param(
+            {
+                "compute_provider": "azure",
+                "artifacts_provider": "local",
+                "azure_storage_account_url": "https://a.blob.core.windows.net",
+            },
+            "local",
+            id="an_explicit_artifacts_provider_wins",
+        ),
+        pytest.param(
+            {"azure_storage_account_url": "https://a.blob.core.windows.net"},
+            "local",
+            id="storage_alone_changes_nothing",
+        ),
+    ],
+)
+def test_azure_compute_with_a_storage_account_picks_blob_artifacts(
+    tmp_path: Path, values: dict[str, Any], artifacts: str
+) -> None:
+    assert Settings(home=tmp_path, **values).provider_name("artifacts") == artifacts

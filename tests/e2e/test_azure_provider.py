@@ -1,8 +1,10 @@
 """The same workflows on the `azure` compute provider, end to end against the fake ARM: a whole
 local stack (Temporal, worker, gateway, api) whose worker runs deployments as VM scale sets
 through the real azure-mgmt-compute SDK over TLS, the fake's VMs real processes serving the
-model with azmlinfsrv. Create, invoke through the endpoint's URI, a killed VM replaced, delete
-leaving no scale set behind."""
+model with azmlinfsrv. The snapshots live in Azurite (Microsoft's storage emulator, a real
+process): the CLI uploads code and model there, the worker signs read-only SAS URLs into the
+custom data, and each VM fetches and checks them. Create, invoke through the endpoint's URI, a
+killed VM replaced, delete leaving no scale set behind."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from typing import Any
 
 import pytest
 
+from activities.local.artifacts import content_hash
 from tests.e2e.project import REQUEST
 from tests.fakes.arm.client import FakeArmProcess
+from tests.support.azurite import DEV_KEY, Azurite, node, run_azurite
 from tests.support.load import SteadyLoad
 from tests.support.polling import until
 from tests.support.ports import free_port
@@ -39,9 +43,28 @@ def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArmProces
 
 
 @pytest.fixture(scope="module")
-def azure_stack(fake_arm: FakeArmProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite | None]:
+    """None on a machine without node: the VMs then read the snapshots by file URL."""
+    if node() is None:
+        yield None
+        return
+    with run_azurite(tmp_path_factory.mktemp("azurite")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def azure_stack(
+    fake_arm: FakeArmProcess, azurite: Azurite | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalStack]:
     stack = LocalStack.create(tmp_path_factory.mktemp("azure-home"))
     stack.env.update(fake_arm.environment("tidegate-e2e", watch_interval=1))
+    if azurite is not None:
+        # A storage account: the artifacts provider becomes azure, compute signs SAS URLs.
+        stack.env.update(
+            TIDEGATE_AZURE_STORAGE_ACCOUNT_URL=azurite.account_url,
+            TIDEGATE_AZURE_STORAGE_ACCOUNT_KEY=DEV_KEY,
+            TIDEGATE_AZURE_STORAGE_CONTAINER="e2e-snapshots",
+        )
     stack.up()
     try:
         yield stack
@@ -91,6 +114,31 @@ def test_a_deployment_is_a_scale_set_whose_vms_serve_through_the_endpoint(
     shown = azure_stack.json("online-deployment", "show", "-n", "blue", "-e", EP)
     assert {i["id"] for i in shown["instances"]} == {f"{SCALE_SET}_0", f"{SCALE_SET}_1"}
     assert all(i["state"] == "ready" for i in shown["instances"]), shown["instances"]
+
+
+def test_fake_arm_vms_fetched_code_and_model_from_azurite_by_sas_and_checked_them(
+    azure_stack: LocalStack, fake_arm: FakeArmProcess, azurite: Azurite | None, served: str
+) -> None:
+    if azurite is None:
+        pytest.skip("node is not installed, so Azurite cannot run")
+    for vm in blue_vms(fake_arm):
+        disk = fake_arm.state_dir / SCALE_SET / vm["instance_id"] / "disk"
+        runtime = json.loads((disk / "boot.json").read_text())["runtime"]
+        for field, kind in (("code_dir", "code"), ("model_dir", "models")):
+            url = runtime[field]
+            assert url.startswith(f"{azurite.account_url}/e2e-snapshots/snapshots/{kind}/"), url
+            assert "sp=r" in url and "sig=" in url
+            digest = url.split("?")[0].rsplit("/", 1)[1].removesuffix(".tar.gz")
+            [item] = (disk / "artifacts" / kind / digest).iterdir()
+            assert content_hash(item) == digest
+        custom_data = (disk.parent / "custom-data").read_text()
+        assert DEV_KEY not in custom_data
+    # The worker's and the CLI's logs carry no key and no signature.
+    signature = runtime["code_dir"].split("sig=")[1].split("&")[0]
+    logs = {log.name: log.read_text() for log in azure_stack.settings().log_dir.glob("*.log")}
+    assert "azure.snapshot_url.signed" in logs["worker.log"]  # the worker that signed logged it
+    for name, text in logs.items():
+        assert DEV_KEY not in text and signature not in text, name
 
 
 def test_a_killed_vm_is_replaced_by_a_new_one_and_clients_see_no_error(

@@ -20,7 +20,7 @@ from pathlib import Path
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
-_LISTENING = re.compile(r"Blob service successfully listens on (?P<url>http://\S+)")
+_LISTENING = re.compile(r"Blob service successfully listens on (?P<url>https?://\S+)")
 
 
 def azurite_dir() -> Path:
@@ -49,8 +49,10 @@ class Azurite:
 
 
 @contextmanager
-def run_azurite(workdir: Path) -> Iterator[Azurite]:
-    """Azurite's blob service on a port the kernel picks (read from its first lines), in memory."""
+def run_azurite(workdir: Path, *, tls: tuple[Path, Path] | None = None) -> Iterator[Azurite]:
+    """Azurite's blob service on a port the kernel picks (read from its first lines), in memory.
+    `tls`: a certificate and key (PEM) to serve HTTPS with, and OAuth bearer tokens accepted
+    (`--oauth basic`: issuer, audience and lifetime checked, the signature not)."""
     script = azurite_blob_script()
     if not script.exists():
         raise RuntimeError(f"Azurite is not installed at {script} (.ci/run installs it with npm)")
@@ -71,6 +73,7 @@ def run_azurite(workdir: Path) -> Iterator[Azurite]:
             # The pinned azure-storage-blob sends a newer x-ms-version than Azurite knows; the
             # operations used here are the same in both.
             "--skipApiVersionCheck",
+            *(["--cert", str(tls[0]), "--key", str(tls[1]), "--oauth", "basic"] if tls else []),
         ],
         cwd=workdir,
         stdout=subprocess.PIPE,

@@ -3,6 +3,7 @@ started for this module on a port of its own, its well-known development account
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import urllib.error
 import urllib.request
@@ -18,9 +19,11 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import BlobServiceClient
 
 from activities.azure.artifacts import BlobArtifactStore, SnapshotFetchError, fetch_snapshot
+from activities.azure.snapshot_sas import SnapshotRef, SnapshotSigner
 from activities.local.artifacts import LocalArtifactStore, content_hash
 from activities.providers import provider
 from config.contract.errors import Conflict, NotFound
+from config.host_api import DeploymentRuntime
 from config.settings import Settings
 from tests.support.azurite import DEV_ACCOUNT, DEV_KEY, Azurite, node, run_azurite
 
@@ -52,7 +55,19 @@ def make_store(azurite: Azurite, container: str, requests: Requests | None = Non
     service = BlobServiceClient(
         azurite.account_url, credential=AzureNamedKeyCredential(DEV_ACCOUNT, DEV_KEY), **hook
     )
-    return BlobArtifactStore(service, container, account_key=DEV_KEY, instance_root="/srv/artifacts")
+    return BlobArtifactStore(service, container, instance_root="/srv/artifacts")
+
+
+def sign(azurite: Azurite, container: str, digest: str, now: datetime | None = None) -> str:
+    """The URL the compute provider would put in a VM's custom data for this code snapshot."""
+    signer = SnapshotSigner(
+        azurite.account_url,
+        container,
+        ttl=timedelta(days=1),
+        instance_root="/srv/artifacts",
+        account_key=DEV_KEY,
+    )
+    return asyncio.run(signer.url(SnapshotRef("code", digest), now or datetime.now(UTC)))
 
 
 @pytest.fixture
@@ -153,7 +168,7 @@ def test_a_snapshot_url_downloads_the_snapshot_and_fetch_unpacks_it(
     store = make_store(azurite, container)
     source = model_folder(tmp_path / "src")
     snap = store.snapshot(source, "code")
-    url = store.snapshot_url("code", snap.content_hash)
+    url = sign(azurite, container, snap.content_hash)
 
     with urllib.request.urlopen(url) as response:  # plain HTTP, no SDK, no key
         assert response.status == 200
@@ -175,7 +190,7 @@ def test_a_snapshot_url_downloads_the_snapshot_and_fetch_unpacks_it(
 def test_the_snapshot_url_is_read_only(azurite: Azurite, container: str, tmp_path: Path) -> None:
     store = make_store(azurite, container)
     snap = store.snapshot(model_folder(tmp_path), "code")
-    url = store.snapshot_url("code", snap.content_hash)
+    url = sign(azurite, container, snap.content_hash)
     put = urllib.request.Request(url, data=b"evil", method="PUT", headers={"x-ms-blob-type": "BlockBlob"})
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(put)
@@ -185,9 +200,9 @@ def test_the_snapshot_url_is_read_only(azurite: Azurite, container: str, tmp_pat
 @pytest.mark.parametrize(
     "spoil",
     [
-        pytest.param(lambda url, store, h: store.snapshot_url("code", h, now=past()), id="expired"),
-        pytest.param(lambda url, store, h: url.replace("sig=", "sig=AAAA"), id="garbled_signature"),
-        pytest.param(lambda url, store, h: url.replace("/code/", "/models/"), id="another_blob"),
+        pytest.param(lambda url, sign, h: sign(h, past()), id="expired"),
+        pytest.param(lambda url, sign, h: url.replace("sig=", "sig=AAAA"), id="garbled_signature"),
+        pytest.param(lambda url, sign, h: url.replace("/code/", "/models/"), id="another_blob"),
     ],
 )
 def test_a_spoiled_snapshot_url_is_refused_without_echoing_its_signature(
@@ -196,7 +211,8 @@ def test_a_spoiled_snapshot_url_is_refused_without_echoing_its_signature(
     store = make_store(azurite, container)
     snap = store.snapshot(model_folder(tmp_path), "code")
     store.snapshot(model_folder(tmp_path / "m"), "models")
-    bad = spoil(store.snapshot_url("code", snap.content_hash), store, snap.content_hash)
+    signer = lambda digest, now=None: sign(azurite, container, digest, now)  # noqa: E731
+    bad = spoil(signer(snap.content_hash), signer, snap.content_hash)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(bad)
     assert refused.value.code == 403
@@ -208,7 +224,7 @@ def test_a_spoiled_snapshot_url_is_refused_without_echoing_its_signature(
 
 
 def past() -> datetime:
-    return datetime.now(UTC) - timedelta(hours=2)
+    return datetime.now(UTC) - timedelta(days=3)
 
 
 def test_the_provider_registry_builds_it_from_settings_and_logs_no_key(
@@ -222,15 +238,18 @@ def test_the_provider_registry_builds_it_from_settings_and_logs_no_key(
         azure_storage_account_key=DEV_KEY,
     )
     store = provider("artifacts", settings)
+    signer = SnapshotSigner.from_settings(settings)
+    assert signer is not None
     with structlog.testing.capture_logs() as logs:
         snap = store.snapshot(model_folder(tmp_path), "code")
         assert isinstance(store, BlobArtifactStore)
-        url = store.snapshot_url("code", snap.content_hash)
+        runtime = DeploymentRuntime(endpoint="ep", deployment="d", code_dir=str(snap.path), spec_hash="s")
+        url = asyncio.run(signer.signed_runtime(runtime, datetime.now(UTC))).code_dir
     assert fetch_snapshot(url, tmp_path / "vm").name == "model"
     assert [entry["event"] for entry in logs] == [
         "artifacts.container_created",
         "artifacts.snapshot_uploaded",
-        "artifacts.snapshot_url",
+        "azure.snapshot_url.signed",
     ]
     signature = url.split("sig=")[1]
     assert DEV_KEY not in repr(logs) and signature not in repr(logs)
