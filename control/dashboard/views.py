@@ -23,7 +23,7 @@ from config.security import bearer_matches
 from config.settings import Settings
 from config.stats import LIMIT_REASONS
 from control.dashboard.charts import WIDTH, Chart, line_chart
-from control.dashboard.data import LOG_LINES, RolloutPage, Sample, Source
+from control.dashboard.data import LOG_LINES, EndpointPage, RolloutPage, Sample, Source
 from control.dashboard.security import (
     API_PREFIX,
     CSRF_FIELD,
@@ -126,7 +126,21 @@ async def _endpoints_json(request: web.Request) -> web.StreamResponse:
 async def _endpoint(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     page = await _call(request, request.app[SOURCE].endpoint_page(name))
-    now = time.time()
+    charts, endpoint_charts = endpoint_page_charts(page, time.time())
+    return _render(
+        request,
+        "endpoint.html",
+        "endpoint_live.html",
+        title=f"Endpoint {name}",
+        page=page,
+        charts=charts,
+        endpoint_charts=endpoint_charts,
+    )
+
+
+def endpoint_page_charts(page: EndpointPage, now: float) -> tuple[dict[str, list[Chart]], list[Chart]]:
+    """Each deployment's charts (by name), and the endpoint's own (as clients saw it), over
+    the samples kept up to ``now`` (at least the last minute)."""
     charts: dict[str, list[Chart]] = {}
     for panel in page.deployments:
         series = panel.series
@@ -163,15 +177,7 @@ async def _endpoint(request: web.Request) -> web.StreamResponse:
         ),
         _limited_chart(series, list(LIMIT_REASONS), start, now),
     ]
-    return _render(
-        request,
-        "endpoint.html",
-        "endpoint_live.html",
-        title=f"Endpoint {name}",
-        page=page,
-        charts=charts,
-        endpoint_charts=endpoint_charts,
-    )
+    return charts, endpoint_charts
 
 
 def _limited_chart(series: list[Sample], reasons: list[str], start: float, end: float) -> Chart:

@@ -210,3 +210,73 @@ def test_show_gives_each_deployment_its_own_figures_and_keeps_the_endpoints() ->
     assert green_hour["burn_rate"] == pytest.approx(40.0)  # 40 % failing, 1 % allowed
     assert "error" in block["deployments"]["gone"]
     assert "deployments" not in availability_block(endpoint)  # the endpoint's fields as before
+
+
+def test_the_endpoint_page_draws_429s_by_reason_for_the_endpoint_and_each_deployment() -> None:
+    from control.dashboard.data import AvailabilityView, DeploymentPanel, EndpointPage, EndpointRow, Sample
+    from control.dashboard.views import endpoint_page_charts, environment
+
+    hostile = "<script>window.__pwned = 1</script>"
+
+    def samples(limited: dict[str, float]) -> list[Sample]:
+        return [
+            Sample(at=NOW - 10 + t, rps=5.0, p50=1.0, p99=2.0, limited={k: v * t for k, v in limited.items()})
+            for t in range(5)
+        ]
+
+    blue = availability_view(minutes((0, 100, 0)), {}, now=NOW)
+    green = availability_view(minutes((0, 10, 4)), {}, now=NOW)
+    row = EndpointRow(
+        name="ep",
+        scoring_uri="http://ep.localhost/score",
+        auth_mode="key",
+        provisioning_state="Succeeded",
+        traffic={"blue": 100, "green": 0},
+        mirror_traffic={},
+        health="Healthy",
+        rps=5.0,
+        availability=availability_view(minutes((0, 110, 4)), {}, now=NOW),
+    )
+
+    def panel(name: str, availability: AvailabilityView, limited: dict[str, float]) -> DeploymentPanel:
+        return DeploymentPanel(
+            name=name,
+            weight=100,
+            mirror=0,
+            provisioning_state="Succeeded",
+            health="Healthy",
+            health_reason=hostile,
+            instances=[],
+            now=None,
+            series=samples(limited),
+            availability=availability,
+        )
+
+    page = EndpointPage(
+        row=row,
+        description=None,
+        tags={},
+        deployments=[panel("blue", blue, {"queue_wait": 1.0}), panel("green", green, {})],
+        rollout_id=None,
+        rollout_phase=None,
+        series=samples({"endpoint_rate": 2.0}),
+    )
+    charts, endpoint_charts = endpoint_page_charts(page, NOW)
+    assert [line.name for line in endpoint_charts[1].lines] == [
+        "endpoint_rate",
+        "instance_concurrency",
+        "queue_wait",
+        "model",
+    ]
+    assert endpoint_charts[1].lines[0].last == 8.0
+    assert [line.name for line in charts["blue"][3].lines] == ["instance_concurrency", "queue_wait", "model"]
+    assert charts["blue"][3].lines[1].last == 4.0
+    html = (
+        environment()
+        .get_template("endpoint_live.html")
+        .render(page=page, charts=charts, endpoint_charts=endpoint_charts, prefix="/ui", rendered_at=NOW)
+    )
+    assert html.count('aria-label="429s/s by reason"') == 3  # the endpoint's and each deployment's
+    assert "endpoint_rate: 8.00" in html and "queue_wait: 4.00" in html
+    assert hostile not in html and "&lt;script&gt;" in html
+    assert 'data-hour-requests="10" data-hour-failures="4"' in html  # green's own availability
