@@ -67,6 +67,7 @@ name: {MIX_EP}
 auth_mode: key
 tags:
   tidegate/slo_availability: '99'
+properties:
   tidegate/max_requests_per_second: '{MIX_RATE}'
 """
 # green's model: raises for some input (the client sees 424), and for other input takes longer
