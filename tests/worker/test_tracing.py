@@ -132,6 +132,6 @@ async def test_the_serving_worker_traces_tidegates_own_workflows_and_activities(
     assert run_workflow.attributes["temporalWorkflowID"] == run_activity.attributes["temporalWorkflowID"]
     assert run_workflow.attributes["temporalWorkflowID"] == workflow_id
     # No starter's context to join: the workflow's span starts a trace of its own. (temporalio
-    # gives the activities it schedules no parent then either: they are found by the workflow
-    # id they carry, not by the trace.)
+    # puts its activities' spans in other traces then: they are found by the workflow id they
+    # carry, not by the trace.)
     assert not run_workflow.span.parent_span_id
