@@ -7,6 +7,9 @@ from pydantic import BaseModel, Field
 # Status buckets every window counts. "errors" for gates are the deployment's own failures.
 STATUS_KEYS = ("2xx", "4xx", "5xx", "408", "424", "429", "503")
 ERROR_KEYS = ("5xx", "408", "424", "429")
+# Why a 429 was answered: the `limit` its body names (gateway.table), and "model" for a 429
+# the instance answered itself (its own body, no `limit`). Windows count each in this order.
+LIMIT_REASONS = ("endpoint_rate", "instance_concurrency", "queue_wait", "model")
 
 
 class LatencySummary(BaseModel):
@@ -56,6 +59,10 @@ class WindowStats(BaseModel):
     mirror: MirrorSummary = Field(default_factory=MirrorSummary)
     minutes: list[MinuteCounts] = Field(
         default_factory=list, description="per-minute counts, when asked for (`/stats?minutes=N`)"
+    )
+    limited: dict[str, int] = Field(
+        default_factory=dict,
+        description="429s by reason (config.stats.LIMIT_REASONS); they add up to status['429']",
     )
 
     @property

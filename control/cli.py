@@ -364,7 +364,12 @@ async def endpoint_show(name, resource_group, workspace_name, output, query):
     if SLO_TAG in tags:
         from control.dashboard.data import Source, availability_block
 
-        view["availability"] = availability_block(await Source(tg.settings).availability(name, "", tags))
+        source = Source(tg.settings)
+        names = [d["name"] for d in await tg.list_deployments(name)]
+        view["availability"] = availability_block(
+            await source.availability(name, "", tags),
+            await source.availability_by_deployment(name, names, tags),
+        )
     emit(view, output, query)
 
 

@@ -141,3 +141,54 @@ def slo_report(measured: Availability, target_percent: float) -> SloReport:
         budget_remaining=1.0 - measured.failures / allowed,
         burn_rate=failure_share / allowed_share,
     )
+
+
+class WindowedAvailability(BaseModel):
+    """One scope's (an endpoint's or a deployment's) last hour and day, and each against the
+    objective when there is one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    hour: Availability
+    day: Availability
+    slo_hour: SloReport | None = None
+    slo_day: SloReport | None = None
+
+
+def hour_and_day(
+    buckets: Iterable[CountBucket],
+    *,
+    now: float,
+    failure_keys: Sequence[str] = DEFAULT_FAILURE_KEYS,
+    target_percent: float | None = None,
+) -> WindowedAvailability:
+    """Availability over the last hour and the last day before ``now``, from one scope's
+    buckets; against ``target_percent`` when given."""
+    kept = list(buckets)
+    hour = availability(kept, now=now, window_seconds=HOUR_S, failure_keys=failure_keys)
+    day = availability(kept, now=now, window_seconds=DAY_S, failure_keys=failure_keys)
+    if target_percent is None:
+        return WindowedAvailability(hour=hour, day=day)
+    return WindowedAvailability(
+        hour=hour,
+        day=day,
+        slo_hour=slo_report(hour, target_percent),
+        slo_day=slo_report(day, target_percent),
+    )
+
+
+def by_deployment(
+    buckets: Mapping[str, Iterable[CountBucket]],
+    *,
+    now: float,
+    failure_keys: Sequence[str] = DEFAULT_FAILURE_KEYS,
+    target_percent: float | None = None,
+) -> dict[str, WindowedAvailability]:
+    """``hour_and_day`` for each deployment's own buckets (name -> buckets), in name order.
+    Each deployment is judged on what it served: a request refused before a deployment was
+    chosen (401, 404, the endpoint's rate) is the endpoint's alone, so the deployments'
+    requests add up to at most the endpoint's."""
+    return {
+        name: hour_and_day(buckets[name], now=now, failure_keys=failure_keys, target_percent=target_percent)
+        for name in sorted(buckets)
+    }

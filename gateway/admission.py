@@ -43,6 +43,7 @@ from gateway.responses import JSON_CONTENT_TYPE
 from gateway.routing import FULL, pick_instance
 from gateway.table import DeploymentState, EndpointState
 from gateway.upstream import Attempt, InstanceState, Sender, upstream_request
+from gateway.windows import LIMITED_INSTANCE_CONCURRENCY, LIMITED_QUEUE_WAIT
 
 _perf = time.perf_counter
 
@@ -288,7 +289,7 @@ class Admission:
         deployment = req.deployment
         assert deployment is not None
         if deployment.queued >= deployment.queue_limit:
-            _too_many(req, deployment.busy_body)
+            _too_many(req, deployment.busy_body, LIMITED_INSTANCE_CONCURRENCY)
             return
         self._enqueue(req, now)
 
@@ -322,7 +323,7 @@ class Admission:
         if held:
             _no_instance(req, expired=True)
         else:
-            _too_many(req, deployment.wait_body)
+            _too_many(req, deployment.wait_body, LIMITED_QUEUE_WAIT)
 
 
 def _unhold(deployment: DeploymentState, now: float) -> None:
@@ -344,7 +345,8 @@ def _hold_all(deployment: DeploymentState) -> None:
     deployment.held = deployment.queued
 
 
-def _too_many(req: Request, body: bytes) -> None:
+def _too_many(req: Request, body: bytes, limited: int) -> None:
+    req.limited = limited  # the windows count the 429 under this reason
     req.proto.finish(req, 429, TOO_MANY_HEADERS, body, "TooManyRequests")
 
 

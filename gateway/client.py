@@ -56,7 +56,7 @@ from gateway.routing import (
 )
 from gateway.table import EndpointState, rate_limited, token_expiry
 from gateway.upstream import InstanceState, UpstreamConnection
-from gateway.windows import bucket_of
+from gateway.windows import LIMITED_ENDPOINT_RATE, LIMITED_MODEL, bucket_of
 
 _perf = time.perf_counter
 
@@ -309,6 +309,7 @@ class ClientProtocol(asyncio.Protocol):
             wait = limiter.take(_perf())
             if wait:
                 req.error = rate_limited(endpoint.name, endpoint.route.max_requests_per_second, wait)
+                req.limited = LIMITED_ENDPOINT_RATE
                 return
         target_header = headers.get(b"azureml-model-deployment")
         req.targeted = target_header is not None
@@ -531,6 +532,11 @@ class ClientProtocol(asyncio.Protocol):
         if gw.windows_on and endpoint is not None:
             bucket = bucket_of(latency_ms)
             endpoint.window.record_at(status, latency_ms, bucket)
+            if status == 429:  # by reason: the limit the gateway named, else the instance's own
+                limited = req.limited or LIMITED_MODEL
+                endpoint.window.record_limited(limited)
+                if deployment is not None:
+                    deployment.window.record_limited(limited)
             if deployment is not None:
                 window = deployment.window
                 window.record_at(status, latency_ms, bucket)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from decisions.availability import DAY_S, DEFAULT_FAILURE_KEYS, HOUR_S, CountBucket, availability
 from gateway.windows import (
     LATENCY_SUM,
+    LIMIT_SLOTS,
     MINUTES_KEPT,
     MIRROR_COMPARED,
     MIRROR_DROPPED,
@@ -234,6 +235,18 @@ def render(snap: Snapshot, *, now: float, failure_keys: Sequence[str] = DEFAULT_
         for code in _CODES:
             labels = _labels(endpoint=e, deployment=d, code=code)
             out.append(f"tidegate_responses_total{labels} {_num(cumulative[STATUS_SLOTS[code]])}")
+
+    family(
+        "tidegate_throttled_requests_total",
+        "counter",
+        "429 answers since start, by the limit that refused them (reason: the body's limit, or "
+        "model for the instance's own).",
+    )
+    for e, d in keys:
+        cumulative = snap.cumulative.get((e, d), [0] * SLOTS)
+        for reason, slot in LIMIT_SLOTS.items():
+            labels = _labels(endpoint=e, deployment=d, reason=reason)
+            out.append(f"tidegate_throttled_requests_total{labels} {_num(cumulative[slot])}")
 
     family("tidegate_in_flight", "gauge", "Requests in flight or waiting for a slot.")
     for e, d in keys:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from gateway.routing import pick_instance
 from gateway.upstream import Attempt, Forwarded, InstanceState, Sender, UpstreamConnection, upstream_request
-from gateway.windows import MIRROR_DROPPED, MIRROR_REQUESTS
+from gateway.windows import LIMITED_MODEL, MIRROR_DROPPED, MIRROR_REQUESTS
 
 if TYPE_CHECKING:
     from gateway.table import DeploymentState, EndpointState
@@ -213,6 +213,8 @@ class MirrorCopy:
         window.in_flight -= 1
         elapsed_ms = (now - self.sent_at) * 1000.0
         window.record(status, elapsed_ms)
+        if status == 429:  # a shadow copy is shed, never refused: a 429 is the instance's own
+            window.record_limited(LIMITED_MODEL)
         self.request = b""
         if upstream_status:
             self.status = upstream_status

@@ -82,6 +82,7 @@ class Request:
         "upstream_body",
         "upstream_ms",
         "mirrors",
+        "limited",
     )
 
     def __init__(self, proto: Connection, started: float) -> None:
@@ -126,6 +127,7 @@ class Request:
         self.upstream_body = b""
         self.upstream_ms: float | None = None
         self.mirrors: list[MirrorCopy] | None = None
+        self.limited = 0  # a 429's reason: its windows' slot (gateway.windows.LIMIT_SLOTS); 0 none
 
     def expire(self) -> None:
         self.deadline = 0.0

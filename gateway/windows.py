@@ -1,8 +1,9 @@
 """Sliding windows of 1-second buckets: what the monitor activity and Prometheus read.
 
-Per endpoint and per deployment a ``Window`` counts requests by status class and code, sums
-latency and queue wait and keeps their log-bucket histograms, plus the mirror comparisons
-when the deployment is a shadow. The proxy records into the current second with list
+Per endpoint and per deployment a ``Window`` counts requests by status class and code, 429s
+by the limit that refused them (``config.stats.LIMIT_REASONS``), sums latency and queue wait
+and keeps their log-bucket histograms, plus the mirror comparisons when the deployment is a
+shadow. The proxy records into the current second with list
 arithmetic only (no object made per request); once a second the gateway's tick closes the
 second, compacting its histograms to the buckets that were hit, into a ring that holds
 ``HORIZON_S`` seconds (more than ten minutes). Each closed second's request and status counts
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from config.stats import STATUS_KEYS, LatencySummary, MinuteCounts, MirrorSummary, WindowStats
+from config.stats import LIMIT_REASONS, STATUS_KEYS, LatencySummary, MinuteCounts, MirrorSummary, WindowStats
 
 HORIZON_S: Final = 660  # seconds kept: ten minutes plus a margin for the longest window asked
 MAX_WINDOW_S: Final = 600.0
@@ -54,7 +55,15 @@ MIRROR_REQUESTS: Final = QUEUE_SUM + 1
 MIRROR_COMPARED: Final = MIRROR_REQUESTS + 1
 MIRROR_MATCHES: Final = MIRROR_COMPARED + 1
 MIRROR_DROPPED: Final = MIRROR_MATCHES + 1
-_IGNORED: Final = MIRROR_DROPPED + 1  # where statuses outside every key are counted, never read
+# 429s by reason, in config.stats.LIMIT_REASONS order: a request's ``limited`` names its slot.
+_LIMITED_FIRST: Final = MIRROR_DROPPED + 1
+LIMIT_SLOTS: Final = {reason: _LIMITED_FIRST + i for i, reason in enumerate(LIMIT_REASONS)}
+LIMITED_ENDPOINT_RATE: Final = LIMIT_SLOTS["endpoint_rate"]
+LIMITED_INSTANCE_CONCURRENCY: Final = LIMIT_SLOTS["instance_concurrency"]
+LIMITED_QUEUE_WAIT: Final = LIMIT_SLOTS["queue_wait"]
+LIMITED_MODEL: Final = LIMIT_SLOTS["model"]  # the instance's own 429
+# Where statuses outside every key are counted, never read.
+_IGNORED: Final = _LIMITED_FIRST + len(LIMIT_REASONS)
 SLOTS: Final = _IGNORED + 1
 MINUTE_SLOTS: Final = LATENCY_SUM  # what a minute keeps: requests and the status slots
 
@@ -180,6 +189,10 @@ class Window:
         cur[_BY_CODE[status]] += 1
         cur[LATENCY_SUM] += latency_ms
         self.latency[bucket] += 1
+
+    def record_limited(self, slot: int) -> None:
+        """A 429 (already counted by ``record``) under its reason's slot (``LIMIT_SLOTS``)."""
+        self.cur[slot] += 1
 
     def record_no_wait(self) -> None:
         self.cur[QUEUED] += 1
@@ -401,6 +414,7 @@ class WindowData:
                 )
                 for minute, counts in sorted(self.minutes.items())
             ],
+            limited={reason: int(counts[slot]) for reason, slot in LIMIT_SLOTS.items()},
         )
 
 

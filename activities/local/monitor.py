@@ -40,9 +40,12 @@ def sum_windows(windows: list[WindowStats]) -> WindowStats:
     first = windows[0]
     total = sum(w.requests for w in windows)
     status: dict[str, int] = {}
+    limited: dict[str, int] = {}
     for w in windows:
         for key, count in w.status.items():
             status[key] = status.get(key, 0) + count
+        for reason, count in w.limited.items():
+            limited[reason] = limited.get(reason, 0) + count
 
     def weighted(pick: str, source: str) -> float | None:
         pairs = [(getattr(getattr(w, source), pick), w.requests) for w in windows]
@@ -71,6 +74,7 @@ def sum_windows(windows: list[WindowStats]) -> WindowStats:
             latency_diff_ms_p50=weighted("latency_diff_ms_p50", "mirror"),
         ),
         minutes=sum_minutes(windows),
+        limited=limited,
     )
 
 

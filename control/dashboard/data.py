@@ -26,20 +26,17 @@ from activities.local.monitor import sum_windows
 from config.contract.errors import NotFound
 from config.security import control_client_ssl, control_session
 from config.settings import Settings
-from config.stats import WindowStats
+from config.stats import LIMIT_REASONS, WindowStats
 from control.facade import Tidegate
 from control.rollouts import Rollouts
 from decisions.availability import (
-    DAY_S,
     DEFAULT_FAILURE_KEYS,
-    HOUR_S,
     SLO_TAG,
     Availability,
     CountBucket,
     SloReport,
-    availability,
+    hour_and_day,
     parse_slo,
-    slo_report,
 )
 from gateway.routing import MAX_REQUEST_ID_CHARS  # the gateway's bound on x-request-id
 
@@ -66,6 +63,9 @@ class Sample(BaseModel):
     p50: float | None
     p99: float | None
     errors: dict[str, float] = Field(default_factory=dict, description="per second, by class")
+    limited: dict[str, float] = Field(
+        default_factory=dict, description="429s per second, by reason (config.stats.LIMIT_REASONS)"
+    )
 
 
 class AvailabilityView(BaseModel):
@@ -104,6 +104,9 @@ class EndpointRow(BaseModel):
 
 class EndpointPage(BaseModel):
     row: EndpointRow
+    series: list[Sample] = Field(
+        default_factory=list, description="the endpoint as clients saw it, refusals before routing included"
+    )
     description: str | None
     tags: dict[str, str]
     deployments: list[DeploymentPanel]
@@ -207,6 +210,12 @@ class Source:
         failing = tuple(self.settings.availability_failure_statuses)
         return availability_view(stats, tags, now=time.time(), failure_keys=failing)
 
+    async def availability_by_deployment(
+        self, endpoint: str, deployments: list[str], tags: dict[str, str]
+    ) -> dict[str, AvailabilityView | None]:
+        """Each deployment's availability, from its own window (what it served)."""
+        return {name: await self.availability(endpoint, name, tags) for name in deployments}
+
     # ---- pages -------------------------------------------------------------------------
     async def endpoint_rows(self) -> list[EndpointRow]:
         tidegate = await self.tidegate()
@@ -258,6 +267,8 @@ class Source:
                     availability=await self.availability(name, dep["name"], tags),
                 )
             )
+        row = await self._row(view, deployments)
+        _, endpoint_series = await self.sample(name, "")  # the row's sample, not a new one
         rollout_id = record.rollout_id or record.last_rollout_id
         phase = None
         if rollout_id is not None:
@@ -266,7 +277,8 @@ class Source:
             except NotFound:
                 rollout_id = None
         return EndpointPage(
-            row=await self._row(view, deployments),
+            row=row,
+            series=endpoint_series,
             description=view.get("description"),
             tags=tags,
             deployments=panels,
@@ -385,6 +397,7 @@ def to_sample(stats: WindowStats, at: float) -> Sample:
         p50=stats.latency_ms.p50,
         p99=stats.latency_ms.p99,
         errors={key: stats.status.get(key, 0) / seconds for key in ERROR_CLASSES},
+        limited={reason: stats.limited.get(reason, 0) / seconds for reason in LIMIT_REASONS},
     )
 
 
@@ -400,20 +413,23 @@ def availability_view(
     buckets = [
         CountBucket(start=m.start, seconds=60, requests=m.requests, status=m.status) for m in stats.minutes
     ]
-    # A minute counts when it starts inside the window: the current one started < 60 s ago.
-    hour = availability(buckets, now=now, window_seconds=HOUR_S, failure_keys=failure_keys)
-    day = availability(buckets, now=now, window_seconds=DAY_S, failure_keys=failure_keys)
-    result = AvailabilityView(hour=hour, day=day, failure_keys=list(failure_keys))
+    problem = target = None
     raw = tags.get(SLO_TAG)
     if raw is not None:
         try:
             target = parse_slo(raw)
         except ValueError as exc:
-            return result.model_copy(update={"slo_problem": str(exc)})
-        result = result.model_copy(
-            update={"slo": slo_report(hour, target), "slo_day": slo_report(day, target)}
-        )
-    return result
+            problem = str(exc)
+    # A minute counts when it starts inside the window: the current one started < 60 s ago.
+    measured = hour_and_day(buckets, now=now, failure_keys=failure_keys, target_percent=target)
+    return AvailabilityView(
+        failure_keys=list(failure_keys),
+        hour=measured.hour,
+        day=measured.day,
+        slo=measured.slo_hour,
+        slo_day=measured.slo_day,
+        slo_problem=problem,
+    )
 
 
 def endpoint_health(deployments: list[dict[str, Any]]) -> str:
@@ -450,9 +466,12 @@ def workflow_url(settings: Settings, workflow_id: str) -> str:
     return f"{settings.temporal_ui_url}/namespaces/{namespace}/workflows/{workflow}"
 
 
-def availability_block(view: AvailabilityView | None) -> dict[str, Any]:
+def availability_block(
+    view: AvailabilityView | None, deployments: dict[str, AvailabilityView | None] | None = None
+) -> dict[str, Any]:
     """`online-endpoint show`'s ``availability``: the last hour and day, and against the SLO
-    tag, the error budget left and its burn rate."""
+    tag, the error budget left and its burn rate; with ``deployments``, the same figures for
+    each deployment under ``deployments`` (each on what it served)."""
     if view is None:
         return {"error": "no gateway answered /stats; availability unknown"}
 
@@ -474,4 +493,13 @@ def availability_block(view: AvailabilityView | None) -> dict[str, Any]:
         block["slo_error"] = view.slo_problem
     block["last_hour"] = window(view.hour, view.slo)
     block["last_day"] = window(view.day, view.slo_day)
+    if deployments is not None:
+        block["deployments"] = {
+            name: (
+                {"last_hour": window(shown.hour, shown.slo), "last_day": window(shown.day, shown.slo_day)}
+                if shown is not None
+                else {"error": "no gateway answered /stats; availability unknown"}
+            )
+            for name, shown in sorted(deployments.items())
+        }
     return block

@@ -21,8 +21,9 @@ from config.contract.errors import BadRequest, NotFound, TidegateError
 from config.contract.names import RolloutSignal
 from config.security import bearer_matches
 from config.settings import Settings
+from config.stats import LIMIT_REASONS
 from control.dashboard.charts import WIDTH, Chart, line_chart
-from control.dashboard.data import LOG_LINES, RolloutPage, Source
+from control.dashboard.data import LOG_LINES, EndpointPage, RolloutPage, Sample, Source
 from control.dashboard.security import (
     API_PREFIX,
     CSRF_FIELD,
@@ -125,7 +126,21 @@ async def _endpoints_json(request: web.Request) -> web.StreamResponse:
 async def _endpoint(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     page = await _call(request, request.app[SOURCE].endpoint_page(name))
-    now = time.time()
+    charts, endpoint_charts = endpoint_page_charts(page, time.time())
+    return _render(
+        request,
+        "endpoint.html",
+        "endpoint_live.html",
+        title=f"Endpoint {name}",
+        page=page,
+        charts=charts,
+        endpoint_charts=endpoint_charts,
+    )
+
+
+def endpoint_page_charts(page: EndpointPage, now: float) -> tuple[dict[str, list[Chart]], list[Chart]]:
+    """Each deployment's charts (by name), and the endpoint's own (as clients saw it), over
+    the samples kept up to ``now`` (at least the last minute)."""
     charts: dict[str, list[Chart]] = {}
     for panel in page.deployments:
         series = panel.series
@@ -151,14 +166,28 @@ async def _endpoint(request: web.Request) -> web.StreamResponse:
                 start=start,
                 end=now,
             ),
+            # A deployment is never refused for the endpoint's rate (that is before routing).
+            _limited_chart(series, [r for r in LIMIT_REASONS if r != "endpoint_rate"], start, now),
         ]
-    return _render(
-        request,
-        "endpoint.html",
-        "endpoint_live.html",
-        title=f"Endpoint {name}",
-        page=page,
-        charts=charts,
+    series = page.series
+    start = now - max(60.0, now - series[0].at) if series else now - 60
+    endpoint_charts = [
+        line_chart(
+            "requests/s", "req/s", {"requests/s": [(s.at, s.rps) for s in series]}, start=start, end=now
+        ),
+        _limited_chart(series, list(LIMIT_REASONS), start, now),
+    ]
+    return charts, endpoint_charts
+
+
+def _limited_chart(series: list[Sample], reasons: list[str], start: float, end: float) -> Chart:
+    """429s per second, a line per reason (the ``limit`` a 429's body names)."""
+    return line_chart(
+        "429s/s by reason",
+        "429/s",
+        {reason: [(s.at, s.limited.get(reason, 0.0)) for s in series] for reason in reasons},
+        start=start,
+        end=end,
     )
 
 

@@ -10,10 +10,12 @@ from config.settings import Settings
 from config.stats import MinuteCounts, WindowStats
 from control.dashboard.charts import HEIGHT, PAD, WIDTH, line_chart
 from control.dashboard.data import (
+    availability_block,
     availability_view,
     endpoint_health,
     logs_query_problem,
     parse_logs,
+    to_sample,
     weights_over_time,
     workflow_url,
 )
@@ -155,3 +157,126 @@ def test_a_logs_filter_is_refused_with_what_is_wrong(
 ) -> None:
     said = logs_query_problem(instance=instance, request_id=request_id, lines=lines)
     assert (said is None) if problem is None else (said is not None and said.startswith(problem))
+
+
+def test_several_gateways_429s_by_reason_add_up() -> None:
+    from activities.local.monitor import sum_windows
+
+    one = WindowStats(
+        endpoint="ep", deployment="", window_seconds=5, limited={"endpoint_rate": 3, "model": 1}
+    )
+    two = WindowStats(endpoint="ep", deployment="", window_seconds=5, limited={"endpoint_rate": 4})
+    assert sum_windows([one, two]).limited == {"endpoint_rate": 7, "model": 1}
+
+
+def test_a_sample_has_429s_per_second_by_every_reason() -> None:
+    stats = WindowStats(
+        endpoint="ep",
+        deployment="",
+        window_seconds=5,
+        requests=50,
+        status={"2xx": 40, "4xx": 10, "429": 10},
+        limited={"endpoint_rate": 8, "queue_wait": 2},
+    )
+    sample = to_sample(stats, NOW)
+    assert sample.limited == {
+        "endpoint_rate": 1.6,
+        "instance_concurrency": 0.0,
+        "queue_wait": 0.4,
+        "model": 0.0,
+    }
+    assert sample.errors["429"] == sum(sample.limited.values())
+
+
+def test_show_gives_each_deployment_its_own_figures_and_keeps_the_endpoints() -> None:
+    tags = {"tidegate/slo_availability": "99"}
+    endpoint = availability_view(minutes((0, 110, 4)), tags, now=NOW)
+    blue = availability_view(minutes((0, 100, 0)), tags, now=NOW)
+    green = availability_view(minutes((0, 10, 4)), tags, now=NOW)
+    block = availability_block(endpoint, {"green": green, "blue": blue, "gone": None})
+    assert block["slo_percent"] == 99.0 and block["failure_statuses"] == ["5xx", "408"]
+    assert block["last_hour"]["requests"] == 110 and block["last_hour"]["failures"] == 4
+    assert list(block["deployments"]) == ["blue", "gone", "green"]
+    assert block["deployments"]["blue"]["last_hour"] == {
+        "availability_percent": 100.0,
+        "requests": 100,
+        "failures": 0,
+        "error_budget_remaining": 1.0,
+        "burn_rate": 0.0,
+    }
+    green_hour = block["deployments"]["green"]["last_hour"]
+    assert (green_hour["requests"], green_hour["failures"]) == (10, 4)
+    assert green_hour["availability_percent"] == pytest.approx(60.0)
+    assert green_hour["burn_rate"] == pytest.approx(40.0)  # 40 % failing, 1 % allowed
+    assert "error" in block["deployments"]["gone"]
+    assert "deployments" not in availability_block(endpoint)  # the endpoint's fields as before
+
+
+def test_the_endpoint_page_draws_429s_by_reason_for_the_endpoint_and_each_deployment() -> None:
+    from control.dashboard.data import AvailabilityView, DeploymentPanel, EndpointPage, EndpointRow, Sample
+    from control.dashboard.views import endpoint_page_charts, environment
+
+    hostile = "<script>window.__pwned = 1</script>"
+
+    def samples(limited: dict[str, float]) -> list[Sample]:
+        return [
+            Sample(at=NOW - 10 + t, rps=5.0, p50=1.0, p99=2.0, limited={k: v * t for k, v in limited.items()})
+            for t in range(5)
+        ]
+
+    blue = availability_view(minutes((0, 100, 0)), {}, now=NOW)
+    green = availability_view(minutes((0, 10, 4)), {}, now=NOW)
+    row = EndpointRow(
+        name="ep",
+        scoring_uri="http://ep.localhost/score",
+        auth_mode="key",
+        provisioning_state="Succeeded",
+        traffic={"blue": 100, "green": 0},
+        mirror_traffic={},
+        health="Healthy",
+        rps=5.0,
+        availability=availability_view(minutes((0, 110, 4)), {}, now=NOW),
+    )
+
+    def panel(name: str, availability: AvailabilityView, limited: dict[str, float]) -> DeploymentPanel:
+        return DeploymentPanel(
+            name=name,
+            weight=100,
+            mirror=0,
+            provisioning_state="Succeeded",
+            health="Healthy",
+            health_reason=hostile,
+            instances=[],
+            now=None,
+            series=samples(limited),
+            availability=availability,
+        )
+
+    page = EndpointPage(
+        row=row,
+        description=None,
+        tags={},
+        deployments=[panel("blue", blue, {"queue_wait": 1.0}), panel("green", green, {})],
+        rollout_id=None,
+        rollout_phase=None,
+        series=samples({"endpoint_rate": 2.0}),
+    )
+    charts, endpoint_charts = endpoint_page_charts(page, NOW)
+    assert [line.name for line in endpoint_charts[1].lines] == [
+        "endpoint_rate",
+        "instance_concurrency",
+        "queue_wait",
+        "model",
+    ]
+    assert endpoint_charts[1].lines[0].last == 8.0
+    assert [line.name for line in charts["blue"][3].lines] == ["instance_concurrency", "queue_wait", "model"]
+    assert charts["blue"][3].lines[1].last == 4.0
+    html = (
+        environment()
+        .get_template("endpoint_live.html")
+        .render(page=page, charts=charts, endpoint_charts=endpoint_charts, prefix="/ui", rendered_at=NOW)
+    )
+    assert html.count('aria-label="429s/s by reason"') == 3  # the endpoint's and each deployment's
+    assert "endpoint_rate: 8.00" in html and "queue_wait: 4.00" in html
+    assert hostile not in html and "&lt;script&gt;" in html
+    assert 'data-hour-requests="10" data-hour-failures="4"' in html  # green's own availability

@@ -10,7 +10,9 @@ from decisions.availability import (
     Availability,
     CountBucket,
     availability,
+    by_deployment,
     failures_in,
+    hour_and_day,
     parse_slo,
     slo_report,
 )
@@ -141,3 +143,53 @@ def test_an_slo_tag_parses(text: str, value: float) -> None:
 def test_a_bad_slo_tag_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="SLO"):
         parse_slo(text)
+
+
+def test_hour_and_day_without_an_objective_report_no_budget() -> None:
+    both = hour_and_day([minute(1, 10, **{"2xx": 9, "5xx": 1}), minute(120, 10, **{"408": 10})], now=NOW)
+    assert (both.hour.requests, both.hour.failures, both.hour.ratio) == (10, 1, 0.9)
+    assert (both.day.requests, both.day.failures, both.day.ratio) == (20, 11, 0.45)
+    assert both.slo_hour is None and both.slo_day is None
+
+
+def test_hour_and_day_against_an_objective_spend_the_budget_of_each_window() -> None:
+    both = hour_and_day(
+        [minute(1, 1000, **{"2xx": 999, "5xx": 1}), minute(120, 1000, **{"5xx": 3})],
+        now=NOW,
+        target_percent=99.9,
+    )
+    assert both.slo_hour is not None and both.slo_day is not None
+    assert both.slo_hour.budget_remaining == pytest.approx(0.0)  # 1 failure of 1 allowed
+    assert both.slo_hour.burn_rate == pytest.approx(1.0)
+    assert both.slo_day.failures == 4 and both.slo_day.allowed_failures == pytest.approx(2.0)
+    assert both.slo_day.budget_remaining == pytest.approx(-1.0)  # twice the budget spent
+    assert both.slo_day.burn_rate == pytest.approx(2.0)
+
+
+def test_each_deployment_is_judged_on_what_it_served() -> None:
+    """blue served 90 good; green 10, 4 of them 5xx and 2 timed out (408), 4 the model's 424."""
+    per = by_deployment(
+        {
+            "green": [minute(2, 10, **{"2xx": 0, "4xx": 6, "5xx": 4, "408": 2, "424": 4})],
+            "blue": [minute(2, 90, **{"2xx": 90})],
+        },
+        now=NOW,
+        target_percent=99.0,
+    )
+    assert list(per) == ["blue", "green"]
+    assert (per["blue"].hour.requests, per["blue"].hour.failures, per["blue"].hour.ratio) == (90, 0, 1.0)
+    assert (per["green"].hour.requests, per["green"].hour.failures, per["green"].hour.ratio) == (10, 6, 0.4)
+    green_slo = per["green"].slo_hour
+    assert green_slo is not None and green_slo.burn_rate == pytest.approx(60.0)  # 60 % failing, 1 % allowed
+    # The endpoint's own figure from the same answers (plus 5 refused before a deployment was
+    # chosen, 4xx) lies between its deployments'.
+    endpoint = hour_and_day([minute(2, 105, **{"2xx": 90, "4xx": 11, "5xx": 4, "408": 2})], now=NOW)
+    assert endpoint.hour.failures == sum(d.hour.failures for d in per.values())
+    assert per["green"].hour.ratio < (endpoint.hour.ratio or 0) < per["blue"].hour.ratio  # type: ignore[operator]
+
+
+def test_a_deployment_with_no_requests_has_no_figure_not_100_percent() -> None:
+    per = by_deployment({"idle": [], "blue": [minute(1, 5, **{"2xx": 5})]}, now=NOW, target_percent=99.9)
+    assert per["idle"].hour.ratio is None and per["idle"].slo_hour is not None
+    assert per["idle"].slo_hour.budget_remaining is None and per["idle"].slo_hour.burn_rate is None
+    assert per["blue"].hour.ratio == 1.0

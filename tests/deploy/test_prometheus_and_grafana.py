@@ -189,6 +189,15 @@ async def test_every_dashboard_query_and_rule_returns_series_from_a_real_prometh
             availability = await query(client, url, queries[0][1])
             errors = await query(client, url, "endpoint_deployment:tidegate_errors:ratio_rate5m")
             throttled = await query(client, url, "endpoint:tidegate_throttled_endpoint_rate:rate5m")
+            titles = dict(queries)
+            by_reason = await query(
+                client, url, "endpoint_deployment_reason:tidegate_throttled_requests:rate5m"
+            )
+            per_deployment = await query(
+                client, url, titles["Availability per deployment, last hour (the worst gateway's own count)"]
+            )
+            reason_panel = [expr for title, expr in queries if title == "429s/s by reason"]
+            panel_by_reason = [await query(client, url, expr) for expr in reason_panel]
     finally:
         prometheus.terminate()
         prometheus.wait()
@@ -213,6 +222,36 @@ async def test_every_dashboard_query_and_rule_returns_series_from_a_real_prometh
     rates = {row["metric"]["endpoint"]: float(row["value"][1]) for row in throttled}
     assert rates["obs-limited"] > 0.0
     assert rates["obs-ep"] == 0.0
+    # 429s by reason: the endpoint's rate on obs-limited's own row, nothing on its deployment's.
+    reasons = {
+        (row["metric"]["endpoint"], row["metric"].get("deployment", ""), row["metric"]["reason"]): float(
+            row["value"][1]
+        )
+        for row in by_reason
+    }
+    assert reasons[("obs-limited", "", "endpoint_rate")] > 0.0
+    assert reasons[("obs-limited", "blue", "endpoint_rate")] == 0.0
+    assert {reason for (_, _, reason) in reasons} == {
+        "endpoint_rate",
+        "instance_concurrency",
+        "queue_wait",
+        "model",
+    }
+    endpoint_rate, deployments = panel_by_reason
+    assert {row["metric"]["reason"] for row in endpoint_rate} == {"endpoint_rate"}
+    assert "obs-limited" in {row["metric"]["endpoint"] for row in endpoint_rate}
+    assert {row["metric"]["deployment"] for row in deployments} >= {"blue", "fail", "gone"}
+    assert "endpoint_rate" not in {row["metric"]["reason"] for row in deployments}
+    # Each deployment on what it served: the 503s are gone's; fail's 424s are not failures.
+    availability_by_deployment = {
+        (row["metric"]["endpoint"], row["metric"]["deployment"]): float(row["value"][1])
+        for row in per_deployment
+    }
+    assert availability_by_deployment[("obs-down", "gone")] == 0.0
+    assert availability_by_deployment[("obs-ep", "blue")] == 1.0
+    assert availability_by_deployment[("obs-ep", "fail")] == 1.0
+    assert availability_by_deployment[("obs-limited", "blue")] == 1.0
+    assert "" not in {deployment for _, deployment in availability_by_deployment}
 
 
 async def _label_values(session: aiohttp.ClientSession, url: str, label: str, metric: str) -> list[str]:

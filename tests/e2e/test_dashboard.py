@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -57,6 +58,36 @@ description: 'Scores loans; <b>not bold</b> here'
 tags:
   owner: '{HOSTILE}'
   tidegate/slo_availability: '99.9'
+"""
+
+MIX_EP = "dash-mix"
+MIX_RATE = 10
+MIX_ENDPOINT = f"""\
+name: {MIX_EP}
+auth_mode: key
+tags:
+  tidegate/slo_availability: '99'
+properties:
+  tidegate/max_requests_per_second: '{MIX_RATE}'
+"""
+# green's model: raises for some input (the client sees 424), and for other input takes longer
+# than green's request_timeout_ms (the gateway answers 408: a failure by default).
+SCORE_MIXED = """
+import json, time
+
+def init():
+    pass
+
+def run(raw_data):
+    asked = json.loads(raw_data)
+    if asked.get("fail"):
+        raise ValueError("asked to fail")
+    time.sleep(asked.get("sleep_s", 0))
+    return {"ok": True}
+"""
+GREEN_TIMEOUT = """\
+request_settings:
+  request_timeout_ms: 1000
 """
 
 LOGS_EP = "dash-logs"
@@ -201,6 +232,54 @@ def printing(stack: LocalStack, project: tuple[Path, dict]) -> str:
     (root / "code-prints" / "score.py").write_text(SCORE_PRINTS)
     (root / "prints.yml").write_text(deployment_yaml("blue", "model-1", "code-prints", endpoint=LOGS_EP))
     return stack.serve(LOGS_EP, root, "prints.yml", "instance_count=2")
+
+
+@pytest.fixture(scope="module")
+def mixed(stack: LocalStack, project: tuple[Path, dict]) -> str:
+    """dash-mix: blue (the project's model) takes all traffic; green serves SCORE_MIXED with a
+    1 s request timeout; the endpoint allows MIX_RATE requests/s. Its primary key."""
+    root, _ = project
+    (root / "mix-endpoint.yml").write_text(MIX_ENDPOINT)
+    (root / "code-mixed").mkdir(exist_ok=True)
+    (root / "code-mixed" / "score.py").write_text(SCORE_MIXED)
+    (root / "mix-green.yml").write_text(
+        GREEN_TIMEOUT + deployment_yaml("green", "model-1", "code-mixed", endpoint=MIX_EP)
+    )
+    stack.ok("online-endpoint", "create", "--name", MIX_EP, "-f", "mix-endpoint.yml", cwd=root)
+    stack.ok(
+        "online-deployment", "create", "-n", "blue", "-e", MIX_EP, "-f", "blue.yml", "--all-traffic", cwd=root
+    )
+    stack.ok("online-deployment", "create", "-n", "green", "-e", MIX_EP, "-f", "mix-green.yml", cwd=root)
+    return stack.key(MIX_EP)
+
+
+def send(
+    stack: LocalStack, key: str, bodies: list[bytes], *, deployment: str | None = None, at_once: bool = False
+) -> list[tuple[int, str | None]]:
+    """Each body to MIX_EP, all at once, or one after another at under MIX_RATE a second (so
+    the endpoint's rate refuses none of them): (status, the 429's limit)."""
+
+    async def one(session: aiohttp.ClientSession, body: bytes) -> tuple[int, str | None]:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        if deployment is not None:
+            headers["azureml-model-deployment"] = deployment
+        async with session.post(
+            f"{stack.http_base}/endpoints/{MIX_EP}/score", data=body, headers=headers
+        ) as r:
+            answer = await r.read()
+            return r.status, json.loads(answer)["error"].get("limit") if r.status == 429 else None
+
+    async def every() -> list[tuple[int, str | None]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            if at_once:
+                return list(await asyncio.gather(*(one(session, body) for body in bodies)))
+            answers = []
+            for body in bodies:
+                answers.append(await one(session, body))
+                await asyncio.sleep(2 / MIX_RATE)
+            return answers
+
+    return asyncio.run(every())
 
 
 def score_tags(stack: LocalStack, key: str, tags: list[str], request_id: str | None = None) -> None:
@@ -518,3 +597,92 @@ def test_a_person_reads_a_deployments_logs_filters_them_and_follows_them(
     assert browser.js("return window.__samePage === true") is True
     assert [str(i) for i, _ in browser.js(sections)] == [first]
     browser.shot("deployment-logs")
+
+
+def test_429s_by_reason_and_each_deployments_availability_match_the_gateways_counts(
+    stack: LocalStack, mixed: str, browser: Browser
+) -> None:
+    """A known mix: good answers from blue; on green, the model raising (424) and timing out
+    (408, a failure); then the endpoint driven over its max_requests_per_second while the page
+    is open. The page, `online-endpoint show` and the gateway's windows say the same."""
+    good, raising, slow = 8, 3, 2
+    answers = send(stack, mixed, [BODY] * good)
+    answers += send(
+        stack, mixed, [b'{"fail": true}'] * raising + [b'{"sleep_s": 2}'] * slow, deployment="green"
+    )
+    assert [status for status, _ in answers] == [200] * good + [424] * raising + [408] * slow
+
+    sign_in(browser, stack, f"/ui/endpoints/{MIX_EP}")
+    rate_chart = "section[data-scope='endpoint'] figure.chart:nth-of-type(2)"
+    browser.until(lambda: "429s/s by reason" in browser.text(f"{rate_chart} figcaption"), "the 429 chart")
+    assert browser.text(f"{rate_chart} figcaption .key-0").startswith("endpoint_rate: ")
+    # Over the rate while the page watches: three bursts of three seconds' worth, a second apart.
+    burst: list[tuple[int, str | None]] = []
+    for _ in range(3):
+        burst += send(stack, mixed, [BODY] * (3 * MIX_RATE), at_once=True)
+        time.sleep(1)
+    limited = [limit for status, limit in burst if status == 429]
+    assert "endpoint_rate" in limited and {status for status, _ in burst} <= {200, 429}
+    browser.until(
+        lambda: float(browser.text(f"{rate_chart} figcaption .key-0").removeprefix("endpoint_rate: ")) > 0,
+        "429s for the endpoint's rate drawn",
+    )
+    points = f"return document.querySelector({rate_chart + ' polyline'!r}).getAttribute('points')"
+    drawn = [float(xy.split(",")[1]) for xy in str(browser.js(points)).split()]
+    assert min(drawn) < max(drawn), drawn  # a line that rose above zero, not a flat one
+    browser.shot("endpoint-429-by-reason")
+
+    # The gateway's own counts: each 429 under the reason its body named, each deployment with
+    # what it served.
+    admin = f"http://127.0.0.1:{stack.port('gateway_admin')}"
+
+    def window(deployment: str) -> dict[str, Any]:
+        return dict(stack.control_json(f"{admin}/stats?endpoint={MIX_EP}&deployment={deployment}&minutes=60"))
+
+    everything = answers + burst
+    whole, blue, green = window(""), window("blue"), window("green")
+    assert whole["limited"]["endpoint_rate"] == limited.count("endpoint_rate")
+    assert blue["limited"]["endpoint_rate"] == green["limited"]["endpoint_rate"] == 0
+    assert blue["limited"]["queue_wait"] + blue["limited"]["instance_concurrency"] == len(
+        limited
+    ) - limited.count("endpoint_rate")
+    served_by_blue = good + sum(1 for status, limit in burst if status == 200 or limit != "endpoint_rate")
+    assert sum(m["requests"] for m in blue["minutes"]) == served_by_blue
+    assert sum(m["requests"] for m in green["minutes"]) == raising + slow
+    assert sum(m["requests"] for m in whole["minutes"]) == len(everything)
+
+    # `online-endpoint show`: the endpoint's figures as before, and each deployment's own.
+    shown = stack.json("online-endpoint", "show", "-n", MIX_EP, "--query", "availability")
+    assert isinstance(shown, dict), shown
+    assert shown["slo_percent"] == 99.0
+    assert (shown["last_hour"]["requests"], shown["last_hour"]["failures"]) == (len(everything), slow)
+    by_deployment = shown["deployments"]
+    assert by_deployment["blue"]["last_hour"] == {
+        "availability_percent": 100.0,
+        "requests": served_by_blue,
+        "failures": 0,
+        "error_budget_remaining": 1.0,
+        "burn_rate": 0.0,
+    }
+    green_hour = by_deployment["green"]["last_hour"]
+    assert (green_hour["requests"], green_hour["failures"]) == (raising + slow, slow)
+    assert green_hour["availability_percent"] == pytest.approx(100.0 * raising / (raising + slow))
+    assert green_hour["burn_rate"] == pytest.approx((slow / (raising + slow)) / 0.01)
+    assert green_hour["error_budget_remaining"] == pytest.approx(1 - slow / (0.01 * (raising + slow)))
+    # With the model's 424s counted as failures too (the setting), green failed every request.
+    strict = stack.with_settings(availability_failure_statuses='["5xx","408","424"]')
+    shown = strict.json("online-endpoint", "show", "-n", MIX_EP, "--query", "availability")
+    assert isinstance(shown, dict), shown
+    assert shown["deployments"]["green"]["last_hour"]["failures"] == raising + slow
+
+    # The page: each deployment's availability on what it served.
+    for name, requests, failures in (("blue", served_by_blue, 0), ("green", raising + slow, slow)):
+        avail = f"section[data-deployment='{name}'] .avail"
+        browser.until(
+            lambda avail=avail, requests=requests: (
+                browser.js(f"return document.querySelector({avail!r}).dataset.hourRequests") == str(requests)
+            ),
+            f"{name}'s {requests} requests on the page",
+        )
+        assert browser.js(f"return document.querySelector({avail!r}).dataset.hourFailures") == str(failures)
+    browser.shot("endpoint-availability-by-deployment")

@@ -13,11 +13,17 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from config.stats import LIMIT_REASONS
 from tests.gateway.conftest import Backend, GatewayProcess, route_body
 from tests.gateway.helpers import Reply, delete, eventually, metrics, push, push_route, score, stats, until
 from tests.support.ports import free_port
 
 QUEUE_PER_SLOT = 64  # gateway.table.QUEUE_PER_SLOT: the queue's memory bound per slot
+
+
+def limited(**counts: int) -> dict[str, int]:
+    """A window's 429s by reason: every reason, zero unless given."""
+    return {reason: counts.get(reason, 0) for reason in LIMIT_REASONS}
 
 
 @pytest_asyncio.fixture
@@ -76,6 +82,8 @@ async def test_beyond_the_concurrency_limit_requests_queue_then_429_when_the_que
     window = await stats(wide_client, gateway, "l-queue", "blue")
     assert window["requests"] == 2 + QUEUE_PER_SLOT
     assert window["status"]["429"] == 1 and window["status"]["2xx"] == 1 + QUEUE_PER_SLOT
+    assert window["limited"] == limited(instance_concurrency=1)
+    assert (await stats(wide_client, gateway, "l-queue"))["limited"] == limited(instance_concurrency=1)
     assert window["in_flight"] == 0
     assert window["queue_wait_ms"]["p99"] > 0
 
@@ -109,8 +117,17 @@ async def test_over_the_endpoint_rate_requests_are_429_endpoint_rate_with_retry_
     # The endpoint counts the refusals; the deployment never saw them (its gates stay fair).
     endpoint_window = await stats(wide_client, gateway, "l-rate")
     assert endpoint_window["status"]["429"] == len(refused)
+    assert endpoint_window["limited"] == limited(endpoint_rate=len(refused))
     deployment_window = await stats(wide_client, gateway, "l-rate", "blue")
     assert (deployment_window["requests"], deployment_window["status"]["429"]) == (len(served), 0)
+    assert deployment_window["limited"] == limited()
+    text = await metrics(wide_client, gateway)
+    assert (
+        f'tidegate_throttled_requests_total{{endpoint="l-rate",deployment="",reason="endpoint_rate"}} '
+        f"{len(refused)}\n"
+    ) in text
+    blue = 'tidegate_throttled_requests_total{endpoint="l-rate",deployment="blue",reason="endpoint_rate"}'
+    assert f"{blue} 0\n" in text
     await asyncio.sleep(int(refused[0].headers["Retry-After"]))  # as the client is told
     assert (await score(wide_client, gateway, "l-rate")).status == 200
 
@@ -165,6 +182,7 @@ async def test_a_queued_request_is_429_queue_wait_after_max_queue_wait_ms(
     assert (await first).status == 200
     window = await stats(wide_client, gateway, "l-wait", "blue")
     assert window["status"]["429"] == 1
+    assert window["limited"] == limited(queue_wait=1)
     assert window["queue_wait_ms"]["p99"] >= 200 * 0.99  # it waited the whole max_queue_wait_ms
 
 
@@ -224,6 +242,20 @@ async def test_timeout_is_408_and_frees_the_instance_slot(
     assert (await score(client, gateway, "l-408")).status == 408
     window = await stats(client, gateway, "l-408", "blue")
     assert (window["status"]["408"], window["status"]["429"], window["in_flight"]) == (3, 1, 0)
+    assert window["limited"] == limited(instance_concurrency=1)
+
+
+async def test_a_429_the_instance_answered_itself_counts_as_the_models(
+    gateway: GatewayProcess, fresh: list[Backend], client: aiohttp.ClientSession
+) -> None:
+    echo = await start(fresh, "echo", "echo")
+    await push_route(client, gateway, "l-own-429", {"blue": [echo.url]}, {"blue": 100})
+    own = await score(client, gateway, "l-own-429", data=b'{"status": 429}')
+    assert own.status == 429
+    assert (await score(client, gateway, "l-own-429")).status == 200
+    window = await stats(client, gateway, "l-own-429", "blue")
+    assert (window["status"]["429"], window["limited"]) == (1, limited(model=1))
+    assert (await stats(client, gateway, "l-own-429"))["limited"] == limited(model=1)
 
 
 async def test_stopping_an_instance_mid_load_costs_no_client_errors(

@@ -116,6 +116,31 @@ async def test_a_30_percent_mirror_copies_about_30_percent_and_compares_each_ans
     assert (await stats(client, gateway, "m-share"))["requests"] == 600  # clients sent 600
 
 
+async def test_a_shadows_own_429s_count_as_the_models_under_its_name(
+    gateway: GatewayProcess, echoes: tuple[Backend, Backend], client: aiohttp.ClientSession
+) -> None:
+    live, shadow = echoes
+    await push_route(
+        client,
+        gateway,
+        "m-429",
+        {"blue": [live.url], "green": [shadow.url]},
+        {"blue": 100},
+        mirror={"green": 100},
+    )
+    replies = [await score(client, gateway, "m-429", data=b'{"status": 429}') for _ in range(5)]
+    assert [r.status for r in replies] == [429] * 5  # the live model's own answer, passed on
+
+    async def compared() -> bool:
+        return bool((await stats(client, gateway, "m-429", "green"))["mirror"]["compared"] == 5)
+
+    await until(compared)
+    green = await stats(client, gateway, "m-429", "green")
+    assert (green["status"]["429"], green["limited"]["model"], sum(green["limited"].values())) == (5, 5, 5)
+    blue = await stats(client, gateway, "m-429", "blue")
+    assert (blue["limited"]["model"], sum(blue["limited"].values())) == (5, 5)
+
+
 async def test_answers_that_differ_are_compared_but_do_not_match(
     gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:

@@ -13,11 +13,12 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from config.stats import STATUS_KEYS, WindowStats
+from config.stats import LIMIT_REASONS, STATUS_KEYS, WindowStats
 from gateway.metrics import Snapshot, render
 from gateway.windows import (
     ALPHA,
     HORIZON_S,
+    LIMIT_SLOTS,
     MINUTES_KEPT,
     MIRROR_DROPPED,
     InstanceLoad,
@@ -92,6 +93,36 @@ def test_status_counts_by_class_and_code() -> None:
     }
     assert set(stats.status) == set(STATUS_KEYS)
     assert stats.errors == 3 + 1 + 1 + 1  # 5xx + 408 + 424 + 429, as the gates count them
+
+
+def test_429s_by_reason_add_up_to_the_429s_and_survive_the_ring_merge_and_the_wire() -> None:
+    window = Window("ep", "blue")
+    for reason, times in (("endpoint_rate", 3), ("queue_wait", 2), ("model", 1)):
+        for _ in range(times):
+            window.record(429, 1.0)
+            window.record_limited(LIMIT_SLOTS[reason])
+    window.close(100)
+    window.record(429, 1.0)
+    window.record_limited(LIMIT_SLOTS["instance_concurrency"])
+    data = window.data(60, 101)
+    other = WindowData.from_json(data.to_json())  # another gateway process, the same counts
+    data.merge(other)
+    stats = data.to_stats("ep", "blue", 60)
+    assert stats.limited == {"endpoint_rate": 6, "instance_concurrency": 2, "queue_wait": 4, "model": 2}
+    assert sum(stats.limited.values()) == stats.status["429"] == 14
+    assert list(stats.limited) == list(LIMIT_REASONS)
+    assert window.cumulative()[LIMIT_SLOTS["endpoint_rate"]] == 3
+
+
+def test_429s_by_reason_render_as_a_labelled_counter() -> None:
+    window = Window("ep", "")
+    window.record(429, 1.0)
+    window.record_limited(LIMIT_SLOTS["endpoint_rate"])
+    snap = Snapshot(cumulative={("ep", ""): window.cumulative()}, minute={("ep", ""): window.data(60, 0)})
+    samples = parse_prometheus(render(snap, now=0.0))
+    for reason in LIMIT_REASONS:
+        expected = 1.0 if reason == "endpoint_rate" else 0.0
+        assert sample(samples, "tidegate_throttled_requests_total", deployment="", reason=reason) == expected
 
 
 def test_seconds_roll_into_the_ring_and_out_of_the_window() -> None:
