@@ -186,7 +186,7 @@ class LocalArtifactStore:
             else f"*/*/{RECORD_FILES[kind]}"
         )
         found = [RegisteredAsset.model_validate(json.loads(p.read_text())) for p in root.glob(pattern)]
-        return sorted(found, key=lambda a: (a.name, _version_key(a.version), a.version))
+        return sorted(found, key=lambda a: (a.name, version_key(a.version), a.version))
 
     def delete_asset(self, kind: AssetKind, name: str, version: str) -> bool:
         record = self._record(kind, name, version)
@@ -221,9 +221,9 @@ def resolve_reference(store: ArtifactStore, reference: str, kind: AssetKind = "m
         versions = store.list_assets(kind, name)
         if not versions:
             raise NotFound(f"{SINGULAR[kind]} {name} is not registered{_HINTS[kind]}")
-        return max(versions, key=lambda m: _version_key(m.version))
+        return max(versions, key=lambda m: version_key(m.version))
     return store.show_asset(kind, name, version)
 
 
-def _version_key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else 0 for p in version.split("."))
