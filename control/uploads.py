@@ -124,8 +124,8 @@ def _unpack_zip(archive: Path, into: Path, budget: _Budget) -> None:
             for info in opened.infolist():
                 budget.entry(info.filename)
                 path = _member_path(info.filename)
-                mode = info.external_attr >> 16
-                if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                file_type = stat.S_IFMT(info.external_attr >> 16)  # 0: permissions only
+                if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
                     raise UploadRefused(
                         f"archive member {info.filename!r}: links and special files are not taken"
                     )
