@@ -108,7 +108,13 @@ def version_resource(kind: AssetKind, asset: RegisteredAsset, ws: Workspace) -> 
         "provisioningState": "Succeeded",
     }
     if kind == "models":
-        properties |= {"modelUri": asset.uri or _copy_uri(asset), "modelType": "custom_model"}
+        properties |= {
+            "modelUri": asset.uri or _copy_uri(asset),
+            "modelType": "custom_model",
+            "flavors": {},
+            "jobName": None,
+            "stage": None,
+        }
     elif kind == "codes":
         properties["codeUri"] = asset.uri or _copy_uri(asset)
     else:

@@ -45,7 +45,7 @@ def upload(api: Api, data: bytes, content_type: str = "application/gzip") -> Ans
     headers = {**api.auth, "Content-Type": content_type}
     request = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60, context=api.context) as response:
             return Answer(response.status, dict(response.headers), json.load(response))
     except urllib.error.HTTPError as err:
         return Answer(err.code, dict(err.headers), json.loads(err.read()))
