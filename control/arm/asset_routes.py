@@ -139,7 +139,7 @@ def _check_conda(asset: RegisteredAsset) -> None:
         return
     try:
         parsed = yaml.safe_load(asset.conda_file)
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, RecursionError) as err:  # RecursionError: nesting deeper than the stack
         raise ArmValidationError([FieldProblem("properties.condaFile", f"not YAML: {err}")]) from None
     if not isinstance(parsed, dict):
         raise ArmValidationError(

@@ -341,3 +341,15 @@ def test_a_deleted_version_is_gone_and_its_deployment_keeps_serving(
         api.call("GET", f"{ENDPOINT}/deployments/blue").body["properties"]["provisioningState"] == "Succeeded"
     )
     assert api.wait(api.call("DELETE", ENDPOINT))["status"] == "Succeeded"
+
+
+def test_openapi_describes_the_asset_routes_and_the_upload(api: Api) -> None:
+    with urllib.request.urlopen(f"{api.base}/openapi.json", timeout=10) as response:
+        paths = json.load(response)["paths"]
+    version = f"{WS}/{{kind}}/{{name}}/versions/{{version}}".replace("sub-1", "{subscription}")
+    version = version.replace("rg-1", "{resource_group}").replace("ws-1", "{workspace}")
+    assert {"get", "put", "delete"} <= set(paths[version])
+    kind = next(p for p in paths[version]["put"]["parameters"] if p["name"] == "kind")
+    assert kind["schema"]["enum"] == ["models", "codes", "environments"]
+    uploads = version.split("/{kind}")[0] + "/uploads"
+    assert "application/zip" in paths[uploads]["post"]["requestBody"]["content"]
