@@ -344,10 +344,17 @@ _STATES = {"Deleted": "Deleting"}
 
 
 def endpoint_resource(
-    record: EndpointRecord, ws: Workspace, *, scoring_uri: str, swagger_uri: str
+    record: EndpointRecord,
+    ws: Workspace,
+    *,
+    scoring_uri: str,
+    swagger_uri: str,
+    scoring_uri_http: str | None = None,
 ) -> dict[str, Any]:
-    """GET's answer: ARM's OnlineEndpoint. Keys are never in it (listKeys gives them)."""
-    return {
+    """GET's answer: ARM's OnlineEndpoint. Keys are never in it (listKeys gives them).
+    ``properties.tidegate`` (read-only, ignored in a PUT) carries what Tidegate's `show` prints
+    and ARM has no field for, so the CLI prints the same through the API as straight to Temporal."""
+    resource: dict[str, Any] = {
         "id": ws.endpoint_id(record.name),
         "name": record.name,
         "type": ENDPOINT_TYPE,
@@ -365,8 +372,16 @@ def endpoint_resource(
             "mirrorTraffic": dict(record.mirror_traffic),
             "publicNetworkAccess": "Enabled",
             "provisioningState": _STATES.get(record.provisioning_state, record.provisioning_state),
+            "tidegate": {
+                "scoringUriHttp": scoring_uri_http,
+                "routeGeneration": record.generation,
+                "laggingGateways": dict(record.lagging_gateways),
+            },
         },
     }
+    if record.created_at:
+        resource["systemData"] = {"createdAt": record.created_at}
+    return resource
 
 
 # ---- deployment --------------------------------------------------------------------------------
@@ -625,6 +640,22 @@ def deployment_properties(spec: dict[str, Any], limits: RequestLimits, instance_
     return properties
 
 
+def deployment_status(entry: DeploymentEntry) -> dict[str, Any]:
+    """What `show` prints of a deployment beyond its spec (health, instances, error, warnings);
+    in ARM's resource as the read-only ``properties.tidegate``."""
+    instances = [i.model_dump(mode="json") for i in entry.details] or [
+        {"id": i.id, "state": "ready", "restarts": 0, "url": i.url} for i in entry.instances
+    ]
+    status: dict[str, Any] = {"health": entry.health, "instances": instances}
+    if entry.health_reason:
+        status["health_reason"] = entry.health_reason
+    if entry.error:
+        status["error"] = entry.error
+    if entry.warnings:
+        status["warnings"] = list(entry.warnings)
+    return status
+
+
 def deployment_resource(endpoint: str, entry: DeploymentEntry, ws: Workspace) -> dict[str, Any]:
     """GET's answer: ARM's ManagedOnlineDeployment, from the spec the endpoint recorded."""
     spec = entry.target.spec
@@ -635,6 +666,7 @@ def deployment_resource(endpoint: str, entry: DeploymentEntry, ws: Workspace) ->
     if properties["codeConfiguration"] is not None:
         code_id = properties["codeConfiguration"]["codeId"]
         properties["codeConfiguration"]["codeId"] = _answered_id(code_id, "codes", ws)
+    properties["tidegate"] = deployment_status(entry)
     return {
         "id": ws.deployment_id(endpoint, entry.name),
         "name": entry.name,

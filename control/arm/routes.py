@@ -332,6 +332,7 @@ def _endpoint_view(request: web.Request, record: EndpointRecord) -> dict[str, An
         _workspace(request),
         scoring_uri=settings.scoring_uri(record.name),
         swagger_uri=settings.openapi_uri(record.name),
+        scoring_uri_http=settings.scoring_uri_http(record.name),
     )
 
 
