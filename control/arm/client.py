@@ -443,7 +443,7 @@ class RestTidegate:
             "lagging_gateways": dict(own.get("laggingGateways") or {}),
             "properties": {
                 **record.properties,
-                "created_at": (resource.get("systemData") or {}).get("createdAt"),
+                "created_at": own.get("createdAt"),
                 "route_generation": own.get("routeGeneration"),
                 "deployments": deployments,
             },

@@ -376,11 +376,11 @@ def endpoint_resource(
                 "scoringUriHttp": scoring_uri_http,
                 "routeGeneration": record.generation,
                 "laggingGateways": dict(record.lagging_gateways),
+                # Not systemData: azure-ai-ml reads its lastModifiedAt too, which is not recorded.
+                "createdAt": record.created_at,
             },
         },
     }
-    if record.created_at:
-        resource["systemData"] = {"createdAt": record.created_at}
     return resource
 
 
