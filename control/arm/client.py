@@ -38,7 +38,7 @@ from config.contract.workflows import UpdateEndpointInput
 from config.rollout import RolloutSpec
 from config.security import ControlAccessError, control_client_ssl, read_control_token
 from config.settings import Settings
-from config.specs import DeploymentSpec, EndpointSpec
+from config.specs import DeploymentSpec, EndpointSpec, is_asset_ref
 from control.arm.resources import (
     PROVIDER,
     ArmDeployment,
@@ -104,7 +104,7 @@ def _absolute(path: str | None) -> str | None:
 def _with_absolute_paths(spec: DeploymentSpec) -> DeploymentSpec:
     """The API reads paths on its own machine: never send one relative to this directory."""
     update: dict[str, Any] = {}
-    if spec.code_configuration is not None:
+    if spec.code_configuration is not None and not is_asset_ref(spec.code_configuration.code):
         code = spec.code_configuration
         update["code_configuration"] = code.model_copy(update={"code": _absolute(code.code)})
     if spec.model is not None and not isinstance(spec.model, str) and spec.model.path is not None:

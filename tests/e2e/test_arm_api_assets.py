@@ -279,27 +279,26 @@ def test_a_deployment_naming_registered_assets_by_arm_id_serves(
         assert json.load(response) == pytest.approx(registered["answers"]["model-1"])
 
 
+@pytest.mark.parametrize("way", ["direct", "rest"])
 def test_the_cli_deploys_the_same_assets_as_azureml_name_version(
-    api: Api, stack: LocalStack, registered: dict[str, Any], tmp_path: Path
+    api: Api, stack: LocalStack, registered: dict[str, Any], tmp_path: Path, way: str
 ) -> None:
-    (tmp_path / "green.yml").write_text(
-        f"name: green\nendpoint_name: {EP}\nmodel: azureml:assets-cli-model:3\n"
+    """YAML naming the assets as `azureml:name:version`, straight to Temporal and through --api."""
+    name = {"direct": "green", "rest": "red"}[way]
+    (tmp_path / "deployment.yml").write_text(
+        f"name: {name}\nendpoint_name: {EP}\nmodel: azureml:assets-cli-model:3\n"
         "code_configuration:\n  code: azureml:assets-code:1\n  scoring_script: score.py\n"
         "environment: azureml:assets-env:1\ninstance_type: Standard_DS3_v2\ninstance_count: 1\n"
         "readiness_probe:\n  initial_delay: 1\n  period: 1\n"
     )
-    stack.ok("online-deployment", "create", "-f", "green.yml", cwd=tmp_path)
-    shown = api.call("GET", f"{ENDPOINT}/deployments/green").body["properties"]
+    through = ("--api", api.base) if way == "rest" else ()
+    stack.ok(*through, "online-deployment", "create", "-f", "deployment.yml", cwd=tmp_path)
+    shown = api.call("GET", f"{ENDPOINT}/deployments/{name}").body["properties"]
     assert shown["codeConfiguration"]["codeId"] == f"{WS}/codes/assets-code/versions/1"
+    assert shown["environmentId"] == f"{WS}/environments/assets-env/versions/1"
+    request = str(registered["root"] / "request.json")
     answer = stack.ok(
-        "online-endpoint",
-        "invoke",
-        "-n",
-        EP,
-        "--deployment-name",
-        "green",
-        "-r",
-        str(registered["root"] / "request.json"),
+        *through, "online-endpoint", "invoke", "-n", EP, "--deployment-name", name, "-r", request
     )
     assert json.loads(answer) == pytest.approx(registered["answers"]["model-2"])
 
