@@ -120,9 +120,10 @@ def _source(request: web.Request, kind: AssetKind, uri: str) -> Path:
             raise ArmValidationError([FieldProblem(err.target, str(err))]) from None
     if uri.startswith("file:") or uri.startswith("/"):
         path = Path(unquote(urlparse(uri).path) if uri.startswith("file:") else uri)
-        if path.is_absolute() and path.exists():
-            return path
-        raise ArmValidationError([FieldProblem(target, f"{uri!r}: nothing there on the API's machine")])
+        if not (path.is_absolute() and path.exists()):
+            raise ArmValidationError([FieldProblem(target, f"{uri!r}: nothing there on the API's machine")])
+        _outside_the_state_dir(request, path, target)
+        return path
     raise ArmValidationError(
         [
             FieldProblem(
@@ -132,6 +133,22 @@ def _source(request: web.Request, kind: AssetKind, uri: str) -> Path:
             )
         ]
     )
+
+
+def _outside_the_state_dir(request: web.Request, path: Path, target: str) -> None:
+    """Tidegate's own files (keys, the control credential, TLS material) never become an asset
+    that a deployment would copy to its instances; its registry and snapshots may."""
+    settings = request.app[STATE].settings
+    resolved, home = path.resolve(), settings.home.resolve()
+    allowed = (settings.registry_dir, settings.artifacts_dir, settings.uploads_dir)
+    if resolved.is_relative_to(home) and not any(resolved.is_relative_to(a.resolve()) for a in allowed):
+        raise ArmValidationError(
+            [
+                FieldProblem(
+                    target, "a path in Tidegate's state dir (only its registry and uploads may be named)"
+                )
+            ]
+        )
 
 
 def _check_conda(asset: RegisteredAsset) -> None:

@@ -212,16 +212,40 @@ def test_an_environment_carries_its_conda_file_inline(api: Api, registered: dict
             "properties.modelUri",
         ),
         ("models/..bad/versions/1", {"properties": {"modelUri": "file:///tmp"}}, "name"),
+        ("models/m/versions/1", {"properties": {"modelUri": "file://{home}/secrets"}}, "properties.modelUri"),
+        (
+            "codes/c/versions/1",
+            {"properties": {"codeUri": "{home}/tls/../control.token"}},
+            "properties.codeUri",
+        ),
     ],
-    ids=["no_uri", "unknown_upload", "https_not_fetched", "missing_path", "bad_name"],
+    ids=["no_uri", "unknown_upload", "https_not_fetched", "missing_path", "bad_name", "secrets", "token"],
 )
 def test_a_version_naming_nothing_registrable_is_a_400_at_its_field(
-    api: Api, path: str, body: dict[str, Any], target: str
+    api: Api, stack: LocalStack, path: str, body: dict[str, Any], target: str
 ) -> None:
+    body = json.loads(json.dumps(body).replace("{home}", str(stack.home)))
     answer = api.call("PUT", f"{WS}/{path}", body)
     assert answer.status == 400, answer.body
     assert answer.body["error"]["target"] == target
     assert api.call("GET", f"{WS}/{path}").status in (400, 404)
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "uri"),
+    [
+        ("models/m/versions/1", "modelUri", "file://{home}/tls"),
+        ("codes/c/versions/1", "codeUri", "{home}/models/../control.token"),
+    ],
+    ids=["tls_material", "the_control_credential"],
+)
+def test_tidegates_own_files_are_never_an_asset(
+    api: Api, stack: LocalStack, path: str, field: str, uri: str
+) -> None:
+    answer = api.call("PUT", f"{WS}/{path}", {"properties": {field: uri.format(home=stack.home)}})
+    assert answer.status == 400, answer.body
+    assert answer.body["error"]["target"] == f"properties.{field}"
+    assert "state dir" in answer.body["error"]["message"]
 
 
 def test_the_cli_registry_and_the_api_are_one(
