@@ -51,7 +51,7 @@ def _part(request: web.Request, key: str) -> str:
         raise ArmError(400, "ValidationError", str(err), key) from None
 
 
-async def _store(request: web.Request) -> ArtifactStore:
+def _store(request: web.Request) -> ArtifactStore:
     return request.app[STATE].artifacts()
 
 
@@ -65,7 +65,7 @@ async def _versions(store: ArtifactStore, kind: AssetKind, name: str | None) -> 
 async def list_containers(request: web.Request) -> web.Response:
     kind, ws = _kind(request), _workspace(request)
     by_name: dict[str, list[RegisteredAsset]] = {}
-    for asset in await _versions(await _store(request), kind, None):
+    for asset in await _versions(_store(request), kind, None):
         by_name.setdefault(asset.name, []).append(asset)
     views = [container_resource(kind, name, versions, ws) for name, versions in sorted(by_name.items())]
     return _json(_page(request, views))
@@ -74,7 +74,7 @@ async def list_containers(request: web.Request) -> web.Response:
 @arm
 async def get_container(request: web.Request) -> web.Response:
     kind, name = _kind(request), _part(request, "name")
-    versions = await _versions(await _store(request), kind, name)
+    versions = await _versions(_store(request), kind, name)
     if not versions:
         raise NotFound(f"{kind} {name} has no versions")
     return _json(container_resource(kind, name, versions, _workspace(request)))
@@ -84,7 +84,7 @@ async def get_container(request: web.Request) -> web.Response:
 async def delete_container(request: web.Request) -> web.Response:
     """Every version of a name (ARM's container DELETE); deployments keep their own copies."""
     kind, name = _kind(request), _part(request, "name")
-    store = await _store(request)
+    store = _store(request)
     versions = await _versions(store, kind, name)
     for asset in versions:
         await asyncio.to_thread(store.delete_asset, kind, name, asset.version)
@@ -97,7 +97,7 @@ async def delete_container(request: web.Request) -> web.Response:
 async def list_versions(request: web.Request) -> web.Response:
     kind, name = _kind(request), _part(request, "name")
     ws = _workspace(request)
-    versions = await _versions(await _store(request), kind, name)
+    versions = await _versions(_store(request), kind, name)
     newest_first = list(reversed(versions))  # as Azure lists them
     return _json(_page(request, [version_resource(kind, v, ws) for v in newest_first]))
 
@@ -105,7 +105,7 @@ async def list_versions(request: web.Request) -> web.Response:
 @arm
 async def get_version(request: web.Request) -> web.Response:
     kind, name, version = _kind(request), _part(request, "name"), _part(request, "version")
-    store = await _store(request)
+    store = _store(request)
     asset = await asyncio.to_thread(store.show_asset, kind, name, version)
     return _json(version_resource(kind, asset, _workspace(request)))
 
@@ -170,7 +170,7 @@ async def put_version(request: web.Request) -> web.Response:
     requested = requested_asset(kind, name, version, read_model(ArmAssetVersion, await _body(request)))
     _check_conda(requested)
     source = _source(request, kind, requested.uri) if requested.uri is not None else None
-    store = await _store(request)
+    store = _store(request)
     ws = _workspace(request)
     try:
         asset = await asyncio.to_thread(
@@ -196,7 +196,7 @@ async def put_version(request: web.Request) -> web.Response:
 @arm
 async def delete_version(request: web.Request) -> web.Response:
     kind, name, version = _kind(request), _part(request, "name"), _part(request, "version")
-    store = await _store(request)
+    store = _store(request)
     deleted = await asyncio.to_thread(store.delete_asset, kind, name, version)
     log.info("arm.asset_deleted", kind=kind, name=name, version=version, existed=deleted)
     return web.Response(status=200 if deleted else 204)
