@@ -376,12 +376,22 @@ def endpoint_resource(
                 "scoringUriHttp": scoring_uri_http,
                 "routeGeneration": record.generation,
                 "laggingGateways": dict(record.lagging_gateways),
-                # Not systemData: azure-ai-ml reads its lastModifiedAt too, which is not recorded.
+                # Not systemData: azure-ai-ml copies an endpoint's systemData into its
+                # properties.properties, which a read-modify-PUT would then send back as the user's.
                 "createdAt": record.created_at,
             },
         },
     }
     return resource
+
+
+def _system_data(created_at: str | None, modified_at: str | None) -> dict[str, Any]:
+    """ARM's systemData for a deployment when both times are known (deployments made before they
+    were kept have none; azure-ai-ml reads both when systemData is there). Who made a change is
+    not recorded."""
+    if not created_at or not modified_at:
+        return {}
+    return {"systemData": {"createdAt": created_at, "lastModifiedAt": modified_at}}
 
 
 # ---- deployment --------------------------------------------------------------------------------
@@ -667,7 +677,7 @@ def deployment_resource(endpoint: str, entry: DeploymentEntry, ws: Workspace) ->
         code_id = properties["codeConfiguration"]["codeId"]
         properties["codeConfiguration"]["codeId"] = _answered_id(code_id, "codes", ws)
     properties["tidegate"] = deployment_status(entry)
-    return {
+    return _system_data(entry.created_at, entry.modified_at) | {
         "id": ws.deployment_id(endpoint, entry.name),
         "name": entry.name,
         "type": DEPLOYMENT_TYPE,

@@ -354,3 +354,28 @@ def test_an_asset_id_of_another_kind_is_refused_at_its_field(field: str, given: 
     with pytest.raises(ArmValidationError) as caught:
         deployment_spec("my-ep", "blue", read_model(ArmDeployment, _with(field, given)))
     assert caught.value.problems[0].target == field
+
+
+def test_a_deployment_reports_when_it_was_created_and_last_changed() -> None:
+    spec = deployment_spec("my-ep", "blue", read_model(ArmDeployment, DEPLOYMENT))
+    target = DeploymentTarget(
+        name="blue",
+        endpoint="my-ep",
+        runtime=DeploymentRuntime(endpoint="my-ep", deployment="blue", code_dir="/snap", spec_hash="h"),
+        instance_count=1,
+        spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    )
+    entry = DeploymentEntry(
+        name="blue",
+        provisioning_state="Succeeded",
+        target=target,
+        created_at="2026-11-29T10:00:00+00:00",
+        modified_at="2026-11-29T11:00:00+00:00",
+    )
+    view = deployment_resource("my-ep", entry, WS)
+    assert view["systemData"] == {
+        "createdAt": "2026-11-29T10:00:00+00:00",
+        "lastModifiedAt": "2026-11-29T11:00:00+00:00",
+    }
+    older = entry.model_copy(update={"created_at": None, "modified_at": None})  # recorded before
+    assert "systemData" not in deployment_resource("my-ep", older, WS)

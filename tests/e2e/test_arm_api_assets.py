@@ -289,8 +289,15 @@ def test_a_deployment_naming_registered_assets_by_arm_id_serves(
     blue = api.call("PUT", f"{ENDPOINT}/deployments/blue", deployment(*ids))
     assert blue.status == 201, blue.body
     assert api.wait(blue)["status"] == "Succeeded"
-    shown = api.call("GET", f"{ENDPOINT}/deployments/blue").body["properties"]
+    resource = api.call("GET", f"{ENDPOINT}/deployments/blue").body
+    shown = resource["properties"]
     assert (shown["model"], shown["codeConfiguration"]["codeId"], shown["environmentId"]) == ids
+    created = resource["systemData"]["createdAt"]
+    assert resource["systemData"]["lastModifiedAt"] == created
+    scaled = api.call("PATCH", f"{ENDPOINT}/deployments/blue", {"sku": {"capacity": 1}, "tags": {"t": "1"}})
+    assert api.wait(scaled)["status"] == "Succeeded"
+    after = api.call("GET", f"{ENDPOINT}/deployments/blue").body["systemData"]
+    assert after["createdAt"] == created and after["lastModifiedAt"] > created
     assert api.call("PATCH", ENDPOINT, {"properties": {"traffic": {"blue": 100}}}).status == 200
     key = api.call("POST", f"{ENDPOINT}/listKeys").body["primaryKey"]
     scoring = api.call("GET", ENDPOINT).body["properties"]["scoringUri"]
