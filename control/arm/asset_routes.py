@@ -22,6 +22,7 @@ from aiohttp import web
 from activities.artifacts import ArtifactStore, AssetKind, RegisteredAsset
 from activities.local.artifacts import check_asset_part, content_hash, version_key
 from config.contract.errors import BadRequest, Conflict, NotFound
+from config.requirements import conda_pip_problems
 from control.arm.assets import (
     API_PRINCIPAL,
     URI_FIELDS,
@@ -151,7 +152,9 @@ def _outside_the_state_dir(request: web.Request, path: Path, target: str) -> Non
         )
 
 
-def _check_conda(asset: RegisteredAsset) -> None:
+def _check_conda(asset: RegisteredAsset, *, allow_pip_options: bool) -> None:
+    """A conda file is YAML and installs from the package index only (as a deployment's own
+    conda file must be), so a version that could never serve is refused when it is registered."""
     if asset.conda_file is None:
         return
     try:
@@ -162,13 +165,16 @@ def _check_conda(asset: RegisteredAsset) -> None:
         raise ArmValidationError(
             [FieldProblem("properties.condaFile", "must be a YAML mapping (a conda file)")]
         )
+    problems = [] if allow_pip_options else conda_pip_problems(asset.conda_file, source="condaFile")
+    if problems:
+        raise ArmValidationError([FieldProblem("properties.condaFile", "; ".join(problems))])
 
 
 @arm
 async def put_version(request: web.Request) -> web.Response:
     kind, name, version = _kind(request), _part(request, "name"), _part(request, "version")
     requested = requested_asset(kind, name, version, read_model(ArmAssetVersion, await _body(request)))
-    _check_conda(requested)
+    _check_conda(requested, allow_pip_options=request.app[STATE].settings.allow_pip_options)
     source = _source(request, kind, requested.uri) if requested.uri is not None else None
     store = _store(request)
     ws = _workspace(request)

@@ -190,6 +190,13 @@ def test_an_environment_carries_its_conda_file_inline(api: Api, registered: dict
     assert empty.status == 400 and empty.body["error"]["target"] == "properties.condaFile"
     not_yaml = api.call("PUT", f"{WS}/environments/assets-env/versions/2", version_body(condaFile="- a\n- b"))
     assert not_yaml.status == 400 and "YAML mapping" in not_yaml.body["error"]["message"]
+    elsewhere = registered["conda"].replace(
+        "- joblib", "- --index-url https://example.com/simple\n      - joblib"
+    )
+    refused = api.call("PUT", f"{WS}/environments/assets-env/versions/2", version_body(condaFile=elsewhere))
+    assert refused.status == 400 and refused.body["error"]["target"] == "properties.condaFile"
+    assert "--index-url" in refused.body["error"]["message"]
+    assert api.call("GET", f"{WS}/environments/assets-env/versions/2").status == 404
 
 
 @pytest.mark.parametrize(
