@@ -1,4 +1,5 @@
-"""Artifacts: content-addressed copies of a deployment's code and model, and the model registry.
+"""Artifacts: content-addressed copies of a deployment's code and model, and the asset registry
+(models, code and environments by name and version).
 
 The façade snapshots before it asks for a deployment (the spec hash is made of the snapshots'
 hashes), so this provider is called from control/, not from a workflow: there is no activity.
@@ -8,12 +9,14 @@ hashes), so this provider is called from control/, not from a workflow: there is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 ArtifactKind = Literal["code", "models"]
+AssetKind = Literal["models", "codes", "environments"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,25 @@ class RegisteredModel(BaseModel):
     path: str
     content_hash: str
     description: str | None = None
+
+
+class RegisteredAsset(BaseModel):
+    """One registered version of a model, a code folder or an environment; never changed once
+    written (a new version is a new record). Models are the same records `tidegate model create`
+    writes, so an `azureml:name:version` means one thing from the CLI and from the REST API."""
+
+    name: str
+    version: str
+    path: str | None = Field(default=None, description="the registered copy (models and code)")
+    content_hash: str | None = None
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    properties: dict[str, str] = Field(default_factory=dict)
+    uri: str | None = Field(default=None, description="what the registration named: modelUri / codeUri")
+    image: str | None = Field(default=None, description="environments: the base image")
+    conda_file: str | None = Field(default=None, description="environments: the conda YAML, as text")
+    created_at: datetime | None = None
+    created_by: str | None = None
 
 
 class ArtifactStore(Protocol):
@@ -45,4 +67,17 @@ class ArtifactStore(Protocol):
 
     def resolve_model(self, reference: str) -> Path:
         """`azureml:name:version` or `azureml:name@latest` → the registered copy."""
+        ...
+
+    def register_asset(self, kind: AssetKind, asset: RegisteredAsset, source: Path | None) -> RegisteredAsset:
+        """Write a new version, copying `source` (models, code) into the registry first; Conflict
+        when the version exists (of two concurrent writers exactly one wins)."""
+        ...
+
+    def show_asset(self, kind: AssetKind, name: str, version: str) -> RegisteredAsset: ...
+
+    def list_assets(self, kind: AssetKind, name: str | None = None) -> list[RegisteredAsset]: ...
+
+    def delete_asset(self, kind: AssetKind, name: str, version: str) -> bool:
+        """Forget a version (copies stay: deployments made from it keep their snapshots)."""
         ...

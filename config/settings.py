@@ -220,6 +220,9 @@ class Settings(BaseSettings):
     # The CLI's way in: unset, straight to Temporal; set (or `tidegate --api URL`), through the
     # REST API at this URL (the control credential as bearer, the control CA for https).
     api_url: str | None = Field(default=None, description="the REST API the CLI goes through")
+    # An archive uploaded to the REST API (POST .../workspaces/<ws>/uploads): its bytes, and what
+    # it unpacks to, at most this many bytes each.
+    api_upload_max_bytes: int = Field(default=1024**3, ge=1)
 
     @cached_property
     def temporal_target(self) -> str:
@@ -281,6 +284,10 @@ class Settings(BaseSettings):
     @property
     def registry_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"
 
     @property
     def run_dir(self) -> Path:

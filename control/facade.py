@@ -47,6 +47,7 @@ from config.security import control_session
 from config.settings import Settings
 from config.specs import DeploymentSpec, EndpointSpec, endpoint_limits
 from config.tokens import issue_token
+from control.arm.resources import deployment_status
 from control.targets import build_target
 from workflows.endpoint import EndpointWorkflow
 from workflows.patch import HostPatchWorkflow
@@ -390,17 +391,9 @@ class Tidegate:
                 "type": "managed",
                 "provisioning_state": record.provisioning_state,
                 "instance_count": record.instance_count or record.target.instance_count,
-                "health": record.health,
-                "instances": [i.model_dump() for i in record.details]
-                or [{"id": i.id, "state": "ready", "restarts": 0, "url": i.url} for i in record.instances],
+                **deployment_status(record),  # the REST API's resource carries the same
             }
         )
-        if record.health_reason:
-            view["health_reason"] = record.health_reason
-        if record.error:
-            view["error"] = record.error
-        if record.warnings:
-            view["warnings"] = record.warnings
         return view
 
     # ---- plumbing ------------------------------------------------------------------------

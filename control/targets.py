@@ -10,20 +10,24 @@ import yaml
 
 from activities.artifacts import ArtifactStore
 from activities.azure.scale_sets import scale_set_name
+from activities.local.artifacts import resolve_reference
 from config.azure_metrics import SCALE_SET_NAMESPACE, AzureMonitorSource
 from config.contract.errors import BadRequest
 from config.contract.state import AutoscaleSettings, DeploymentTarget, RequestLimits
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
 from config.requirements import conda_pip_problems
 from config.settings import Settings
-from config.specs import DeploymentSpec, TargetUtilizationScaleSettings
+from config.specs import DeploymentSpec, TargetUtilizationScaleSettings, is_asset_ref
 
 
 def build_target(spec: DeploymentSpec, settings: Settings, artifacts: ArtifactStore) -> DeploymentTarget:
     """Snapshot code and model into the artifact store and hash everything an instance depends on."""
     if spec.code_configuration is None:
         raise BadRequest("code_configuration: required (Tidegate runs a scoring script)")
-    code = artifacts.snapshot(Path(spec.code_configuration.code), "code")
+    code_source = spec.code_configuration.code
+    if is_asset_ref(code_source):
+        code_source = str(resolve_reference(artifacts, code_source, "codes").path)
+    code = artifacts.snapshot(Path(code_source), "code")
 
     model_dir: str | None = None
     model_hash = ""
@@ -38,15 +42,15 @@ def build_target(spec: DeploymentSpec, settings: Settings, artifacts: ArtifactSt
         model_hash, model_dir = model.content_hash, str(model.path.parent)
 
     environment = RuntimeEnvironment()
+    text: str | None = None
     if isinstance(spec.environment, str):
-        raise BadRequest(
-            f"environment: '{spec.environment}': registered environments are not supported yet; "
-            "give an inline environment with conda_file"
-        )
-    if spec.environment is not None and spec.environment.conda_file is not None:
+        registered = resolve_reference(artifacts, spec.environment, "environments")
+        text, source = registered.conda_file, f"{spec.environment} condaFile"
+    elif spec.environment is not None and spec.environment.conda_file is not None:
         conda = spec.environment.conda_file
         text = yaml.safe_dump(conda) if isinstance(conda, dict) else Path(conda).read_text()
         source = "environment.conda_file" if isinstance(conda, dict) else Path(conda).name
+    if text is not None:
         problems = [] if settings.allow_pip_options else conda_pip_problems(text, source=source)
         if problems:
             raise BadRequest("; ".join(problems))

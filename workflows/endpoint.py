@@ -172,7 +172,10 @@ class EndpointWorkflow:
     @workflow.update(name=EndpointUpdate.CREATE_DEPLOYMENT)
     def create_deployment(self, request: CreateDeploymentInput) -> DeploymentEntry:
         target = request.target
-        record = DeploymentEntry(name=target.name, provisioning_state="Creating", target=target)
+        now = workflow.now().isoformat()
+        record = DeploymentEntry(
+            name=target.name, provisioning_state="Creating", target=target, created_at=now, modified_at=now
+        )
         self._state.deployments[target.name] = record
         self._to_start.append(target)
         return record
@@ -196,6 +199,7 @@ class EndpointWorkflow:
         record = self._state.deployments[request.target.name]
         record.target = request.target
         record.provisioning_state = "Updating"
+        record.modified_at = workflow.now().isoformat()
         self._to_update.append(request.target)
         return record
 

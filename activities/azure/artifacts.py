@@ -27,12 +27,16 @@ from azure.storage.blob import (
     ContainerClient,
 )
 
-from activities.artifacts import ArtifactKind, RegisteredModel, Snapshot
+from activities.artifacts import ArtifactKind, AssetKind, RegisteredAsset, RegisteredModel, Snapshot
 from activities.local.artifacts import (
+    KIND_ROOTS,
+    RECORD_FILES,
+    SINGULAR,
     check_asset_part,
     content_hash,
     links_stay_inside,
     resolve_reference,
+    stamped,
 )
 from config.contract.errors import BadRequest, Conflict, NotFound, OperationFailed
 from config.settings import Settings
@@ -49,8 +53,13 @@ def snapshot_blob_name(kind: ArtifactKind, digest: str) -> str:
     return f"{_SNAPSHOTS}/{kind}/{digest}.tar.gz"
 
 
-def _record_blob_name(name: str, version: str) -> str:
-    return f"{_REGISTRY}/{check_asset_part('name', name)}/{check_asset_part('version', version)}/model.json"
+def _kind_prefix(kind: AssetKind) -> str:
+    return f"{_REGISTRY}/{KIND_ROOTS[kind]}/" if KIND_ROOTS[kind] else f"{_REGISTRY}/"
+
+
+def _record_blob_name(name: str, version: str, kind: AssetKind = "models") -> str:
+    name, version = check_asset_part("name", name), check_asset_part("version", version)
+    return f"{_kind_prefix(kind)}{name}/{version}/{RECORD_FILES[kind]}"
 
 
 def _pack(source: Path, out: IO[bytes]) -> None:
@@ -169,47 +178,74 @@ class BlobArtifactStore:
     def create_model(
         self, name: str, version: str, source: Path, description: str | None = None
     ) -> RegisteredModel:
-        record = self._container.get_blob_client(_record_blob_name(name, version))
-        self._ensure_container()
-        if record.exists():
-            raise Conflict(f"model {name}:{version} already exists; give a new --version")
-        copy = self.snapshot(source.resolve(), "models")
-        model = RegisteredModel(
-            name=name,
-            version=version,
-            path=str(copy.path),
-            content_hash=copy.content_hash,
-            description=description,
-        )
-        try:
-            # The conditional write is the real check: the `exists` above only saves an upload.
-            record.upload_blob(model.model_dump_json(indent=2).encode(), overwrite=False)
-        except ResourceExistsError:
-            raise Conflict(f"model {name}:{version} already exists; give a new --version") from None
-        log.info("artifacts.model_registered", name=name, version=version, content_hash=copy.content_hash)
-        return model
+        asset = RegisteredAsset(name=name, version=version, description=description)
+        registered = self.register_asset("models", asset, source)
+        return RegisteredModel.model_validate(registered.model_dump())
 
     def list_models(self, name: str | None = None) -> list[RegisteredModel]:
-        prefix = f"{_REGISTRY}/{check_asset_part('name', name)}/" if name else f"{_REGISTRY}/"
+        return [RegisteredModel.model_validate(a.model_dump()) for a in self.list_assets("models", name)]
+
+    def show_model(self, name: str, version: str) -> RegisteredModel:
+        return RegisteredModel.model_validate(self.show_asset("models", name, version).model_dump())
+
+    def register_asset(self, kind: AssetKind, asset: RegisteredAsset, source: Path | None) -> RegisteredAsset:
+        record = self._container.get_blob_client(_record_blob_name(asset.name, asset.version, kind))
+        self._ensure_container()
+        exists = Conflict(
+            f"{SINGULAR[kind]} {asset.name}:{asset.version} already exists; give a new --version"
+        )
+        if record.exists():
+            raise exists
+        asset = stamped(asset)
+        if source is not None:
+            copy = self.snapshot(source.resolve(), "code" if kind == "codes" else "models")
+            asset = asset.model_copy(update={"path": str(copy.path), "content_hash": copy.content_hash})
+        try:
+            # The conditional write is the real check: the `exists` above only saves an upload.
+            body = asset.model_dump_json(indent=2, exclude_none=True).encode()
+            record.upload_blob(body, overwrite=False)
+        except ResourceExistsError:
+            raise exists from None
+        log.info(
+            "artifacts.asset_registered",
+            kind=kind,
+            name=asset.name,
+            version=asset.version,
+            content_hash=asset.content_hash,
+        )
+        return asset
+
+    def list_assets(self, kind: AssetKind, name: str | None = None) -> list[RegisteredAsset]:
+        prefix = _kind_prefix(kind) + (f"{check_asset_part('name', name)}/" if name else "")
         found = []
         try:
             names = sorted(b.name for b in self._container.list_blobs(name_starts_with=prefix))
         except ResourceNotFoundError:  # no container yet: nothing registered
             return []
+        depth = prefix.count("/") + (1 if name else 2)  # <name>/<version>/<record>
         for blob_name in names:
-            if blob_name.endswith("/model.json"):
+            if blob_name.endswith("/" + RECORD_FILES[kind]) and blob_name.count("/") == depth:
                 data = self._container.get_blob_client(blob_name).download_blob().readall()
-                found.append(RegisteredModel.model_validate(json.loads(data)))
+                found.append(RegisteredAsset.model_validate(json.loads(data)))
         return found
 
-    def show_model(self, name: str, version: str) -> RegisteredModel:
-        record = self._container.get_blob_client(_record_blob_name(name, version))
+    def show_asset(self, kind: AssetKind, name: str, version: str) -> RegisteredAsset:
+        record = self._container.get_blob_client(_record_blob_name(name, version, kind))
         try:
             data = record.download_blob().readall()
         except ResourceNotFoundError:
-            raise NotFound(f"model {name}:{version} is not registered (see `tidegate model list`)") from None
-        return RegisteredModel.model_validate(json.loads(data))
+            hint = " (see `tidegate model list`)" if kind == "models" else ""
+            raise NotFound(f"{SINGULAR[kind]} {name}:{version} is not registered{hint}") from None
+        return RegisteredAsset.model_validate(json.loads(data))
+
+    def delete_asset(self, kind: AssetKind, name: str, version: str) -> bool:
+        record = self._container.get_blob_client(_record_blob_name(name, version, kind))
+        try:
+            record.delete_blob()
+        except ResourceNotFoundError:
+            return False
+        return True
 
     def resolve_model(self, reference: str) -> Path:
         """`azureml:name:version` or `azureml:name@latest` → where an instance sees the model."""
-        return Path(resolve_reference(self, reference).path)
+        return Path(str(resolve_reference(self, reference).path))

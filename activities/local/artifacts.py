@@ -3,14 +3,23 @@ reads them), and the model registry in `$TIDEGATE_HOME/models`."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
 import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
-from activities.artifacts import ArtifactKind, ArtifactStore, RegisteredModel, Snapshot
+from activities.artifacts import (
+    ArtifactKind,
+    ArtifactStore,
+    AssetKind,
+    RegisteredAsset,
+    RegisteredModel,
+    Snapshot,
+)
 from config.contract.errors import BadRequest, Conflict, NotFound
 from config.settings import Settings
 from config.snapshots import content_hash as content_hash  # re-exported: the stores' hash
@@ -19,6 +28,37 @@ from config.snapshots import content_hash as content_hash  # re-exported: the st
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
 _REGISTERED = re.compile(rf"^azureml:(?P<name>{_PART})(?::(?P<version>{_PART})|@latest)$")
 _ASSET_PART = re.compile(_PART)
+# One record file per version; code and environments under folders no asset name can have.
+RECORD_FILES: dict[AssetKind, str] = {
+    "models": "model.json",
+    "codes": "code.json",
+    "environments": "environment.json",
+}
+KIND_ROOTS: dict[AssetKind, str] = {"models": "", "codes": ".codes", "environments": ".environments"}
+SINGULAR: dict[AssetKind, str] = {"models": "model", "codes": "code", "environments": "environment"}
+_HINTS: dict[AssetKind, str] = {
+    "models": " (see `tidegate model list`)",
+    "codes": " (GET .../codes/<name>/versions)",
+    "environments": " (GET .../environments/<name>/versions)",
+}
+
+
+def who_registers() -> str:
+    """The OS user who runs the registering process (systemData.createdBy for the CLI)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"uid {os.getuid()}"
+
+
+def stamped(asset: RegisteredAsset) -> RegisteredAsset:
+    """The record with its creation time and creator filled in where the caller left them out."""
+    return asset.model_copy(
+        update={
+            "created_at": asset.created_at or datetime.now(UTC),
+            "created_by": asset.created_by or who_registers(),
+        }
+    )
 
 
 def check_asset_part(field: str, value: str) -> str:
@@ -85,59 +125,92 @@ class LocalArtifactStore:
     def create_model(
         self, name: str, version: str, source: Path, description: str | None = None
     ) -> RegisteredModel:
-        meta = self._meta(name, version)
-        if meta.exists():
-            raise Conflict(f"model {name}:{version} already exists; give a new --version")
-        digest, copy = snapshot(source.resolve(), self._root / ".blobs")
-        model = RegisteredModel(
-            name=name, version=version, path=str(copy), content_hash=digest, description=description
-        )
-        meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(model.model_dump_json(indent=2))
-        return model
+        asset = RegisteredAsset(name=name, version=version, description=description)
+        registered = self.register_asset("models", asset, source)
+        return RegisteredModel.model_validate(registered.model_dump())
 
     def list_models(self, name: str | None = None) -> list[RegisteredModel]:
-        found = []
-        for meta in sorted(self._root.glob("*/*/model.json")):
-            model = RegisteredModel.model_validate(json.loads(meta.read_text()))
-            if name is None or model.name == name:
-                found.append(model)
-        return found
-
-    def _meta(self, name: str, version: str) -> Path:
-        folder = self._root / check_asset_part("name", name) / check_asset_part("version", version)
-        return folder / "model.json"
+        return [RegisteredModel.model_validate(a.model_dump()) for a in self.list_assets("models", name)]
 
     def show_model(self, name: str, version: str) -> RegisteredModel:
-        meta = self._meta(name, version)
-        if not meta.exists():
-            raise NotFound(f"model {name}:{version} is not registered (see `tidegate model list`)")
-        return RegisteredModel.model_validate(json.loads(meta.read_text()))
+        return RegisteredModel.model_validate(self.show_asset("models", name, version).model_dump())
+
+    def _record(self, kind: AssetKind, name: str, version: str) -> Path:
+        folder = self._root / KIND_ROOTS[kind] / check_asset_part("name", name)
+        return folder / check_asset_part("version", version) / RECORD_FILES[kind]
+
+    def register_asset(self, kind: AssetKind, asset: RegisteredAsset, source: Path | None) -> RegisteredAsset:
+        record = self._record(kind, asset.name, asset.version)
+        if record.exists():  # saves a copy; the exclusive link below is the real check
+            raise _exists(kind, asset)
+        asset = stamped(asset)
+        if source is not None:
+            digest, copy = snapshot(source.resolve(), self._root / ".blobs")
+            asset = asset.model_copy(update={"path": str(copy), "content_hash": digest})
+        record.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=record.parent, prefix=".staging-")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(asset.model_dump_json(indent=2, exclude_none=True))
+            os.link(staging, record)  # fails if the version exists: of two writers, one wins
+        except FileExistsError:
+            raise _exists(kind, asset) from None
+        finally:
+            os.unlink(staging)
+        return asset
+
+    def show_asset(self, kind: AssetKind, name: str, version: str) -> RegisteredAsset:
+        record = self._record(kind, name, version)
+        if not record.exists():
+            raise NotFound(f"{SINGULAR[kind]} {name}:{version} is not registered{_HINTS[kind]}")
+        return RegisteredAsset.model_validate(json.loads(record.read_text()))
+
+    def list_assets(self, kind: AssetKind, name: str | None = None) -> list[RegisteredAsset]:
+        root = self._root / KIND_ROOTS[kind]
+        pattern = (
+            f"{check_asset_part('name', name)}/*/{RECORD_FILES[kind]}"
+            if name
+            else f"*/*/{RECORD_FILES[kind]}"
+        )
+        found = [RegisteredAsset.model_validate(json.loads(p.read_text())) for p in root.glob(pattern)]
+        return sorted(found, key=lambda a: (a.name, version_key(a.version), a.version))
+
+    def delete_asset(self, kind: AssetKind, name: str, version: str) -> bool:
+        record = self._record(kind, name, version)
+        try:
+            record.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def resolve_model(self, reference: str) -> Path:
         """`azureml:name:version` or `azureml:name@latest` → the registered copy."""
-        return Path(resolve_reference(self, reference).path)
+        return Path(str(resolve_reference(self, reference).path))
 
 
-def parse_model_reference(reference: str) -> tuple[str, str | None]:
+def _exists(kind: AssetKind, asset: RegisteredAsset) -> Conflict:
+    return Conflict(f"{SINGULAR[kind]} {asset.name}:{asset.version} already exists; give a new --version")
+
+
+def parse_model_reference(reference: str, kind: AssetKind = "models") -> tuple[str, str | None]:
     """`azureml:name:version` → (name, version); `azureml:name@latest` → (name, None)."""
     match = _REGISTERED.match(reference)
     if match is None:
-        raise BadRequest(f"model: '{reference}' is neither a path nor azureml:<name>:<version>")
+        raise BadRequest(f"{SINGULAR[kind]}: '{reference}' is neither a path nor azureml:<name>:<version>")
     return match["name"], match["version"]
 
 
-def resolve_reference(store: ArtifactStore, reference: str) -> RegisteredModel:
-    """The registered model a reference names, `@latest` being the highest version; the same
+def resolve_reference(store: ArtifactStore, reference: str, kind: AssetKind = "models") -> RegisteredAsset:
+    """The registered version a reference names, `@latest` being the highest version; the same
     rule for every provider's registry."""
-    name, version = parse_model_reference(reference)
+    name, version = parse_model_reference(reference, kind)
     if version is None:
-        versions = store.list_models(name)
+        versions = store.list_assets(kind, name)
         if not versions:
-            raise NotFound(f"model {name} is not registered (see `tidegate model list`)")
-        return max(versions, key=lambda m: _version_key(m.version))
-    return store.show_model(name, version)
+            raise NotFound(f"{SINGULAR[kind]} {name} is not registered{_HINTS[kind]}")
+        return max(versions, key=lambda m: version_key(m.version))
+    return store.show_asset(kind, name, version)
 
 
-def _version_key(version: str) -> tuple:
+def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else 0 for p in version.split("."))

@@ -93,6 +93,8 @@ class DeploymentEntry(BaseModel):
     instance_count: int | None = Field(
         default=None, description="the count in force now (autoscale moves it); None: the target's"
     )
+    created_at: str | None = None
+    modified_at: str | None = Field(default=None, description="the last create or update of its spec")
 
 
 class EndpointRecord(BaseModel):

@@ -38,7 +38,7 @@ from config.contract.workflows import UpdateEndpointInput
 from config.rollout import RolloutSpec
 from config.security import ControlAccessError, control_client_ssl, read_control_token
 from config.settings import Settings
-from config.specs import DeploymentSpec, EndpointSpec
+from config.specs import DeploymentSpec, EndpointSpec, is_asset_ref
 from control.arm.resources import (
     PROVIDER,
     ArmDeployment,
@@ -104,7 +104,7 @@ def _absolute(path: str | None) -> str | None:
 def _with_absolute_paths(spec: DeploymentSpec) -> DeploymentSpec:
     """The API reads paths on its own machine: never send one relative to this directory."""
     update: dict[str, Any] = {}
-    if spec.code_configuration is not None:
+    if spec.code_configuration is not None and not is_asset_ref(spec.code_configuration.code):
         code = spec.code_configuration
         update["code_configuration"] = code.model_copy(update={"code": _absolute(code.code)})
     if spec.model is not None and not isinstance(spec.model, str) and spec.model.path is not None:
@@ -422,10 +422,10 @@ class RestTidegate:
 
     # ---- views: the same shape `Tidegate` prints ----------------------------------------
     def endpoint_view(self, resource: dict[str, Any], deployments: list[str]) -> dict[str, Any]:
-        """`show`'s fields from ARM's resource. What ARM does not carry (the HTTP scoring URI,
-        route generation, lagging gateways) is left out rather than guessed."""
+        """`show`'s fields from ARM's resource, Tidegate's own from ``properties.tidegate``."""
         record = _record(resource)
         props = resource["properties"]
+        own = props.get("tidegate") or {}
         return {
             "name": record.name,
             "id": f"/tidegate/onlineEndpoints/{record.name}",
@@ -437,14 +437,21 @@ class RestTidegate:
             "mirror_traffic": record.mirror_traffic,
             "provisioning_state": record.provisioning_state,
             "scoring_uri": props.get("scoringUri"),
+            "scoring_uri_http": own.get("scoringUriHttp"),
             "openapi_uri": props.get("swaggerUri"),
             "public_network_access": str(props.get("publicNetworkAccess", "Enabled")).lower(),
-            "properties": {**record.properties, "deployments": deployments},
+            "lagging_gateways": dict(own.get("laggingGateways") or {}),
+            "properties": {
+                **record.properties,
+                "created_at": own.get("createdAt"),
+                "route_generation": own.get("routeGeneration"),
+                "deployments": deployments,
+            },
         }
 
     def deployment_view(self, endpoint: str, resource: dict[str, Any]) -> dict[str, Any]:
         """The deployment's spec as the YAML gives it (read back through the ARM mapper), with
-        its state; per-instance health is not in ARM's resource."""
+        its state and, from ``properties.tidegate``, its health and instances."""
         spec = deployment_spec(endpoint, resource["name"], read_model(ArmDeployment, resource))
         view = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         view.pop("$schema", None)
@@ -455,6 +462,7 @@ class RestTidegate:
                 "type": "managed",
                 "provisioning_state": resource["properties"].get("provisioningState"),
                 "instance_count": (resource.get("sku") or {}).get("capacity"),
+                **(resource["properties"].get("tidegate") or {}),
             }
         )
         return view

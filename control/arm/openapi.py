@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from control.arm import routes as r
+from control.arm.assets import ASSET_KINDS, ArmAssetVersion
 from control.arm.resources import ArmDeployment, ArmDeploymentPatch, ArmEndpoint, ArmEndpointPatch
 
 OPENAPI_PATH = "/openapi.json"
@@ -25,7 +26,12 @@ _REQUEST_MODELS: list[type[BaseModel]] = [
     r.GetLogsBody,
     r.StartRolloutBody,
     r.SteerBody,
+    ArmAssetVersion,
 ]
+# The asset routes' `{kind:models|codes|environments}` as OpenAPI writes a path parameter.
+_KIND = "{kind:models|codes|environments}"
+_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
+_UPLOAD_TYPES = ("application/gzip", "application/x-tar", "application/zip", "application/octet-stream")
 
 # (method, path, summary, request model, success statuses)
 _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, tuple[int, ...]]] = [
@@ -54,6 +60,20 @@ _OPERATIONS: list[tuple[str, str, str, type[BaseModel] | None, tuple[int, ...]]]
         r.SteerBody,
         (200,),
     ),
+    ("get", r.ASSETS, "List model, code or environment names (value, nextLink)", None, (200,)),
+    ("get", r.ASSET, "A name: its latestVersion and nextVersion", None, (200,)),
+    ("delete", r.ASSET, "Delete every version of a name", None, (200, 204)),
+    ("get", r.ASSET_VERSIONS, "List a name's versions, newest first (value, nextLink)", None, (200,)),
+    ("get", r.ASSET_VERSION, "Get a version", None, (200,)),
+    (
+        "put",
+        r.ASSET_VERSION,
+        "Register a version (immutable: the same body again is 200, another 409)",
+        ArmAssetVersion,
+        (200, 201),
+    ),
+    ("delete", r.ASSET_VERSION, "Delete a version (deployments keep their copies)", None, (200, 204)),
+    ("post", r.UPLOADS, "Upload a tar, tar.gz or zip archive: its uri for modelUri / codeUri", None, (201,)),
     ("get", r.OPERATION_STATUS, "A long-running operation's status", None, (200,)),
     ("get", r.OPERATION_RESULT, "202 while in progress, then the status", None, (200, 202)),
 ]
@@ -77,12 +97,18 @@ _ERROR = {
 
 
 def _path_parameters(path: str) -> list[dict[str, Any]]:
-    names = [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+    names = [
+        part[1:-1].split(":")[0] for part in path.split("/") if part.startswith("{") and part.endswith("}")
+    ]
     parameters = []
     for name in names:
         schema: dict[str, Any] = {"type": "string"}
         if name == "action":
             schema["enum"] = list(r.STEERING)
+        elif name == "kind":
+            schema["enum"] = list(ASSET_KINDS)
+        elif name in ("name", "version"):
+            schema |= {"pattern": _NAME_PATTERN, "maxLength": 255}
         parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
     return parameters
 
@@ -112,7 +138,8 @@ def openapi_document() -> dict[str, Any]:
     schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
     schemas["ErrorResponse"] = _ERROR
     paths: dict[str, dict[str, Any]] = {}
-    for method, path, summary, model, statuses in _OPERATIONS:
+    for method, route, summary, model, statuses in _OPERATIONS:
+        path = route.replace(_KIND, "{kind}")
         operation: dict[str, Any] = {
             "summary": summary,
             "operationId": f"{method}_{path.rsplit('/', 1)[-1].strip('{}')}_{len(paths)}",
@@ -135,6 +162,12 @@ def openapi_document() -> dict[str, Any]:
                     "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
                 },
             }
+        if route == r.UPLOADS:
+            binary = {"schema": {"type": "string", "format": "binary", "maxLength": 4096}}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {content_type: binary for content_type in _UPLOAD_TYPES},
+            }
         paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.0.3",
@@ -142,7 +175,8 @@ def openapi_document() -> dict[str, Any]:
             "title": "Tidegate control API",
             "version": r.API_VERSIONS[0],
             "description": "Azure Resource Manager's shape for Microsoft.MachineLearningServices online "
-            "endpoints and deployments, plus Tidegate's rollouts. Bearer: the control credential.",
+            "endpoints and deployments and versioned models, code and environments, plus Tidegate's "
+            "rollouts and archive uploads. Bearer: the control credential.",
         },
         "components": {
             "schemas": schemas,
@@ -161,7 +195,8 @@ async def _docs(request: web.Request) -> web.Response:
     rows = "".join(
         f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
         f"<td>{html.escape(summary)}</td></tr>"
-        for method, path, summary, _, _ in _OPERATIONS
+        for method, route, summary, _, _ in _OPERATIONS
+        for path in [route.replace(_KIND, "{kind}")]
     )
     versions = ", ".join(r.API_VERSIONS)
     page = (

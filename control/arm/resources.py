@@ -8,10 +8,11 @@ below (so a type error names the ARM field), then into Tidegate's own spec (so A
 checked once, in config/specs.py); an error from the spec is reported at the ARM path it came
 from (``properties.traffic.blue``).
 
-Where ARM references an asset Tidegate cannot resolve yet (a code asset, a registered environment),
-an absolute path on the API's machine (``file:///...`` or ``/...``) stands in for it: a folder of
-scoring code for ``codeConfiguration.codeId``, a conda YAML for ``environmentId``, a model folder
-for ``model`` (registered models are ``azureml:name:version`` or their ARM id).
+A deployment references registered assets by ARM id (``.../workspaces/ws/models/m/versions/1``,
+``.../codes/...``, ``.../environments/...``) or as ``azureml:name:version``; GET answers with the
+ARM id. An absolute path on the API's machine (``file:///...`` or ``/...``) may stand in for an
+asset: a folder of scoring code for ``codeConfiguration.codeId``, a conda YAML for
+``environmentId``, a model folder for ``model``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.alias_generators import to_camel
 
 from config.contract.state import DeploymentEntry, EndpointRecord, RequestLimits
-from config.specs import UNION_TAGS, DeploymentSpec, EndpointSpec
+from config.specs import UNION_TAGS, DeploymentSpec, EndpointSpec, is_asset_ref
 
 M = TypeVar("M", bound=BaseModel)
 PROVIDER = "Microsoft.MachineLearningServices"
@@ -343,10 +344,17 @@ _STATES = {"Deleted": "Deleting"}
 
 
 def endpoint_resource(
-    record: EndpointRecord, ws: Workspace, *, scoring_uri: str, swagger_uri: str
+    record: EndpointRecord,
+    ws: Workspace,
+    *,
+    scoring_uri: str,
+    swagger_uri: str,
+    scoring_uri_http: str | None = None,
 ) -> dict[str, Any]:
-    """GET's answer: ARM's OnlineEndpoint. Keys are never in it (listKeys gives them)."""
-    return {
+    """GET's answer: ARM's OnlineEndpoint. Keys are never in it (listKeys gives them).
+    ``properties.tidegate`` (read-only, ignored in a PUT) carries what Tidegate's `show` prints
+    and ARM has no field for, so the CLI prints the same through the API as straight to Temporal."""
+    resource: dict[str, Any] = {
         "id": ws.endpoint_id(record.name),
         "name": record.name,
         "type": ENDPOINT_TYPE,
@@ -364,8 +372,26 @@ def endpoint_resource(
             "mirrorTraffic": dict(record.mirror_traffic),
             "publicNetworkAccess": "Enabled",
             "provisioningState": _STATES.get(record.provisioning_state, record.provisioning_state),
+            "tidegate": {
+                "scoringUriHttp": scoring_uri_http,
+                "routeGeneration": record.generation,
+                "laggingGateways": dict(record.lagging_gateways),
+                # Not systemData: azure-ai-ml copies an endpoint's systemData into its
+                # properties.properties, which a read-modify-PUT would then send back as the user's.
+                "createdAt": record.created_at,
+            },
         },
     }
+    return resource
+
+
+def _system_data(created_at: str | None, modified_at: str | None) -> dict[str, Any]:
+    """ARM's systemData for a deployment when both times are known (deployments made before they
+    were kept have none; azure-ai-ml reads both when systemData is there). Who made a change is
+    not recorded."""
+    if not created_at or not modified_at:
+        return {}
+    return {"systemData": {"createdAt": created_at, "lastModifiedAt": modified_at}}
 
 
 # ---- deployment --------------------------------------------------------------------------------
@@ -377,12 +403,33 @@ _DEPLOYMENT_TARGETS = {
     "environment": "properties.environmentId",
     "code_configuration": "properties.codeConfiguration",
 }
-_ARM_MODEL_ID = re.compile(
+_ASSET_ID = re.compile(
     r"^(?:azureml:)?/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
     + re.escape(PROVIDER)
-    + r"/workspaces/[^/]+/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$",
+    + r"/workspaces/[^/]+/(?P<kind>models|codes|environments)/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$",
     re.IGNORECASE,
 )
+_SHORT_REFERENCE = re.compile(r"azureml:(?P<name>[^/:@]+):(?P<version>[^/:@]+)")
+
+
+def asset_reference(value: str, kind: str) -> str | None:
+    """An ARM id of a `kind` version (`/subscriptions/.../codes/c/versions/1`, with or without
+    `azureml:`) as `azureml:c:1`; None when `value` is not such an id."""
+    match = _ASSET_ID.match(value)
+    if match is None or match["kind"].lower() != kind:
+        return None
+    return f"azureml:{match['name']}:{match['version']}"
+
+
+def asset_id(ws: Workspace, kind: str, name: str, version: str | None = None) -> str:
+    base = f"{ws.id}/{kind}/{name}"
+    return f"{base}/versions/{version}" if version is not None else base
+
+
+def _answered_id(value: Any, kind: str, ws: Workspace) -> Any:
+    """`azureml:name:version` as the ARM id Azure answers with; anything else as it is."""
+    match = _SHORT_REFERENCE.fullmatch(value) if isinstance(value, str) else None
+    return asset_id(ws, kind, match["name"], match["version"]) if match else value
 
 
 def _local_path(value: str, target: str) -> str:
@@ -395,19 +442,36 @@ def _local_path(value: str, target: str) -> str:
     return path
 
 
-def _model(value: str) -> str | dict[str, Any]:
-    match = _ARM_MODEL_ID.match(value)
-    if match:
-        return f"azureml:{match['name']}:{match['version']}"
-    if value.startswith("azureml:"):
+def _registered(value: str, kind: str, target: str) -> str | None:
+    """A registered asset's reference (`azureml:name:version`) from its ARM id or short form."""
+    reference = asset_reference(value, kind)
+    if reference is not None:
+        return reference
+    if value.startswith("azureml:") or value.startswith("/subscriptions/"):
+        if not is_asset_ref(value) or value.startswith("azureml:/"):
+            raise ArmValidationError(
+                [FieldProblem(target, f"{value!r}: not the id of a {kind} version in a workspace")]
+            )
         return value
-    return {"path": _local_path(value, "properties.model")}
+    return None
+
+
+def _model(value: str) -> str | dict[str, Any]:
+    return _registered(value, "models", "properties.model") or {
+        "path": _local_path(value, "properties.model")
+    }
 
 
 def _environment(value: str) -> str | dict[str, Any]:
-    if value.startswith("azureml:") or value.startswith("/subscriptions/"):
-        return value  # a registered environment: the façade says what is supported
-    return {"image": DEFAULT_IMAGE, "conda_file": _local_path(value, "properties.environmentId")}
+    return _registered(value, "environments", "properties.environmentId") or {
+        "image": DEFAULT_IMAGE,
+        "conda_file": _local_path(value, "properties.environmentId"),
+    }
+
+
+def _code(value: str) -> str:
+    target = "properties.codeConfiguration.codeId"
+    return _registered(value, "codes", target) or _local_path(value, target)
 
 
 def _probe(probe: ArmProbe | None) -> dict[str, Any] | None:
@@ -449,18 +513,8 @@ def deployment_spec(endpoint: str, name: str, resource: ArmDeployment) -> Deploy
         code = props.code_configuration
         if code.code_id is None:
             raise ArmValidationError([FieldProblem("properties.codeConfiguration.codeId", "required")])
-        if code.code_id.startswith("azureml:") or code.code_id.startswith("/subscriptions/"):
-            raise ArmValidationError(
-                [
-                    FieldProblem(
-                        "properties.codeConfiguration.codeId",
-                        "code assets are not served yet; give the code folder's absolute path "
-                        "on the API's machine (file:///...)",
-                    )
-                ]
-            )
         data["code_configuration"] = {
-            "code": _local_path(code.code_id, "properties.codeConfiguration.codeId"),
+            "code": _code(code.code_id),
             "scoring_script": code.scoring_script,
         }
     if props.environment_id is not None:
@@ -533,6 +587,10 @@ def _arm_model(model: Any) -> str | None:
     return None
 
 
+def _arm_code(code: str) -> str:
+    return code if code.startswith("azureml:") else _file_uri(code)
+
+
 def _arm_environment(environment: Any) -> str | None:
     if isinstance(environment, str):
         return environment
@@ -563,7 +621,7 @@ def deployment_properties(spec: dict[str, Any], limits: RequestLimits, instance_
         "model": _arm_model(spec.get("model")),
         "modelMountPath": spec.get("model_mount_path"),
         "codeConfiguration": (
-            {"codeId": _file_uri(code["code"]), "scoringScript": code["scoring_script"]} if code else None
+            {"codeId": _arm_code(code["code"]), "scoringScript": code["scoring_script"]} if code else None
         ),
         "environmentId": _arm_environment(spec.get("environment")),
         "environmentVariables": spec.get("environment_variables", {}),
@@ -592,12 +650,34 @@ def deployment_properties(spec: dict[str, Any], limits: RequestLimits, instance_
     return properties
 
 
+def deployment_status(entry: DeploymentEntry) -> dict[str, Any]:
+    """What `show` prints of a deployment beyond its spec (health, instances, error, warnings);
+    in ARM's resource as the read-only ``properties.tidegate``."""
+    instances = [i.model_dump(mode="json") for i in entry.details] or [
+        {"id": i.id, "state": "ready", "restarts": 0, "url": i.url} for i in entry.instances
+    ]
+    status: dict[str, Any] = {"health": entry.health, "instances": instances}
+    if entry.health_reason:
+        status["health_reason"] = entry.health_reason
+    if entry.error:
+        status["error"] = entry.error
+    if entry.warnings:
+        status["warnings"] = list(entry.warnings)
+    return status
+
+
 def deployment_resource(endpoint: str, entry: DeploymentEntry, ws: Workspace) -> dict[str, Any]:
     """GET's answer: ARM's ManagedOnlineDeployment, from the spec the endpoint recorded."""
     spec = entry.target.spec
     properties = deployment_properties(spec, entry.target.request_settings, entry.target.instance_type)
     properties["provisioningState"] = _STATES.get(entry.provisioning_state, entry.provisioning_state)
-    return {
+    properties["model"] = _answered_id(properties["model"], "models", ws)
+    properties["environmentId"] = _answered_id(properties["environmentId"], "environments", ws)
+    if properties["codeConfiguration"] is not None:
+        code_id = properties["codeConfiguration"]["codeId"]
+        properties["codeConfiguration"]["codeId"] = _answered_id(code_id, "codes", ws)
+    properties["tidegate"] = deployment_status(entry)
+    return _system_data(entry.created_at, entry.modified_at) | {
         "id": ws.deployment_id(endpoint, entry.name),
         "name": entry.name,
         "type": DEPLOYMENT_TYPE,

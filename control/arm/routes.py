@@ -20,6 +20,8 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from activities.artifacts import ArtifactStore, AssetKind
+from activities.local.artifacts import resolve_reference
 from config.contract.errors import BadRequest, Conflict, NotFound, PreconditionFailed, TidegateError
 from config.contract.etags import deployment_etag, endpoint_etag
 from config.contract.ids import rollout_id
@@ -69,9 +71,12 @@ API_VERSIONS = (
     "2024-04-01",
     "2024-10-01",
     "2024-10-01-preview",
-    # What azure-ai-ml 1.35 pins: online endpoints, online deployments (same shapes for these routes).
+    # What azure-ai-ml 1.35 pins: online endpoints, online deployments (same shapes for these routes);
+    # code versions (2023-04-01), environment versions (2023-04-01-preview), models (2023-08-01-preview).
     "2022-02-01-preview",
+    "2023-04-01",
     "2023-04-01-preview",
+    "2023-08-01-preview",
 )
 WORKSPACE = (
     "/subscriptions/{subscription}/resourceGroups/{resource_group}"
@@ -83,6 +88,11 @@ DEPLOYMENTS = f"{ENDPOINT}/deployments"
 DEPLOYMENT = f"{DEPLOYMENTS}/{{deployment}}"
 ROLLOUTS = f"{ENDPOINT}/rollouts"
 ROLLOUT = f"{ROLLOUTS}/{{rollout}}"
+ASSETS = f"{WORKSPACE}/{{kind:models|codes|environments}}"
+ASSET = f"{ASSETS}/{{name}}"
+ASSET_VERSIONS = f"{ASSET}/versions"
+ASSET_VERSION = f"{ASSET_VERSIONS}/{{version}}"
+UPLOADS = f"{WORKSPACE}/uploads"
 OPERATIONS = f"/subscriptions/{{subscription}}/providers/{PROVIDER}/locations/{{location}}"
 OPERATION_STATUS = f"{OPERATIONS}/mfeOperationsStatus/{{operation}}"
 OPERATION_RESULT = f"{OPERATIONS}/mfeOperationResults/{{operation}}"
@@ -104,7 +114,16 @@ class _ApiState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._tidegate: Tidegate | None = None
+        self._artifacts: ArtifactStore | None = None
         self._lock = asyncio.Lock()
+
+    def artifacts(self) -> ArtifactStore:
+        """The asset registry the CLI's `model create` writes (the artifacts provider's)."""
+        if self._artifacts is None:
+            from activities.providers import provider
+
+            self._artifacts = provider("artifacts", self.settings)
+        return self._artifacts
 
     async def tidegate(self) -> Tidegate:
         async with self._lock:
@@ -313,6 +332,7 @@ def _endpoint_view(request: web.Request, record: EndpointRecord) -> dict[str, An
         _workspace(request),
         scoring_uri=settings.scoring_uri(record.name),
         swagger_uri=settings.openapi_uri(record.name),
+        scoring_uri_http=settings.scoring_uri_http(record.name),
     )
 
 
@@ -453,7 +473,7 @@ async def regenerate_keys(request: web.Request) -> web.Response:
 def _check_local_paths(spec: DeploymentSpec) -> None:
     """Paths on this machine a deployment names must exist (else a 400, not a failed copy)."""
     checks: list[tuple[str, str | None, str]] = []
-    if spec.code_configuration is not None:
+    if spec.code_configuration is not None and not spec.code_configuration.code.startswith("azureml:"):
         code = spec.code_configuration.code
         checks.append(("properties.codeConfiguration.codeId", code, "folder"))
         script = Path(code) / spec.code_configuration.scoring_script
@@ -471,6 +491,41 @@ def _check_local_paths(spec: DeploymentSpec) -> None:
         ok = found.is_dir() if kind == "folder" else found.is_file() if kind == "file" else found.exists()
         if not ok:
             problems.append(FieldProblem(target, f"no {kind} at {path} on the API's machine"))
+    if problems:
+        raise ArmValidationError(problems)
+
+
+def _registered_references(spec: DeploymentSpec) -> list[tuple[str, AssetKind, str]]:
+    """(ARM field, kind, `azureml:` reference) for each registered asset a deployment names."""
+    found: list[tuple[str, AssetKind, str]] = []
+    if isinstance(spec.model, str):
+        found.append(("properties.model", "models", spec.model))
+    if spec.code_configuration is not None and spec.code_configuration.code.startswith("azureml:"):
+        found.append(("properties.codeConfiguration.codeId", "codes", spec.code_configuration.code))
+    if isinstance(spec.environment, str):
+        found.append(("properties.environmentId", "environments", spec.environment))
+    return found
+
+
+async def _check_registered(request: web.Request, spec: DeploymentSpec) -> None:
+    """Every asset a deployment names must be registered (else a 400 at its field, nothing stored)."""
+    store = request.app[STATE].artifacts()
+    problems = []
+    for target, kind, reference in _registered_references(spec):
+        try:
+            asset = await asyncio.to_thread(resolve_reference, store, reference, kind)
+        except (NotFound, BadRequest) as err:
+            problems.append(FieldProblem(target, str(err)))
+            continue
+        if kind == "codes" and spec.code_configuration is not None and asset.path is not None:
+            copy = Path(asset.path)  # on this machine for the local store (a VM's path on Azure)
+            script = spec.code_configuration.scoring_script
+            if copy.is_dir() and not (copy / script).is_file():
+                problems.append(
+                    FieldProblem(
+                        "properties.codeConfiguration.scoringScript", f"{reference} holds no {script}"
+                    )
+                )
     if problems:
         raise ArmValidationError(problems)
 
@@ -509,6 +564,7 @@ async def put_deployment(request: web.Request) -> web.Response:
     endpoint, name = _endpoint_name(request), _deployment_name(request)
     spec = deployment_spec(endpoint, name, read_model(ArmDeployment, await _body(request)))
     _check_local_paths(spec)
+    await _check_registered(request, spec)
     conditions = Preconditions.of(request)
     tg = await request.app[STATE].tidegate()
     record = await tg.describe(endpoint)
@@ -722,6 +778,7 @@ async def steer_rollout(request: web.Request) -> web.Response:
 # ---- wiring ------------------------------------------------------------------------------------
 def add_arm_routes(app: web.Application, settings: Settings) -> None:
     """Mount the ARM API, /openapi.json and /docs on the API's application."""
+    from control.arm import asset_routes
     from control.arm.openapi import add_docs_routes
 
     app[STATE] = _ApiState(settings)
@@ -745,6 +802,14 @@ def add_arm_routes(app: web.Application, settings: Settings) -> None:
     router.add_post(ROLLOUTS, start_rollout)
     router.add_get(ROLLOUT, get_rollout)
     router.add_post(f"{ROLLOUT}/{{action:{'|'.join(STEERING)}}}", steer_rollout)
+    router.add_get(ASSETS, asset_routes.list_containers)
+    router.add_get(ASSET, asset_routes.get_container)
+    router.add_delete(ASSET, asset_routes.delete_container)
+    router.add_get(ASSET_VERSIONS, asset_routes.list_versions)
+    router.add_get(ASSET_VERSION, asset_routes.get_version)
+    router.add_put(ASSET_VERSION, asset_routes.put_version)
+    router.add_delete(ASSET_VERSION, asset_routes.delete_version)
+    router.add_post(UPLOADS, asset_routes.upload)
     router.add_get(OPERATION_STATUS, get_operation_status)
     router.add_get(OPERATION_RESULT, get_operation_result)
     add_docs_routes(app)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from activities.local.artifacts import LocalArtifactStore
+from activities.artifacts import RegisteredAsset
+from activities.local.artifacts import LocalArtifactStore, resolve_reference
 from config.contract.errors import BadRequest, Conflict, NotFound
 from config.settings import Settings
 
@@ -63,3 +65,46 @@ def test_a_version_is_registered_once(tmp_path: Path) -> None:
     store.create_model("m", "1", folder(tmp_path / "m", "one"))
     with pytest.raises(Conflict):
         store.create_model("m", "1", tmp_path / "m")
+
+
+def test_code_and_environment_versions_live_beside_models_without_mixing(tmp_path: Path) -> None:
+    store = LocalArtifactStore(Settings(home=tmp_path / "home"))
+    store.create_model("score", "1", folder(tmp_path / "m" / "model", "weights"))
+    code = store.register_asset(
+        "codes", RegisteredAsset(name="score", version="1"), folder(tmp_path / "c" / "code", "def run(): ...")
+    )
+    environment = store.register_asset(
+        "environments", RegisteredAsset(name="score", version="2", conda_file="name: e\n"), None
+    )
+    assert code.path is not None and (Path(code.path) / "score.py").read_text() == "def run(): ..."
+    assert code.created_at is not None and code.created_by
+    assert environment.path is None and environment.content_hash is None
+    assert [m.name for m in store.list_models()] == ["score"]
+    assert store.list_assets("codes") == [code]
+    assert store.list_assets("environments", "score") == [environment]
+    assert resolve_reference(store, "azureml:score@latest", "environments") == environment
+    assert store.delete_asset("codes", "score", "1") and not store.delete_asset("codes", "score", "1")
+    with pytest.raises(NotFound, match="code score:1 is not registered"):
+        store.show_asset("codes", "score", "1")
+    assert store.show_model("score", "1").name == "score"
+
+
+def test_of_two_concurrent_registrations_of_one_version_exactly_one_wins(tmp_path: Path) -> None:
+    store = LocalArtifactStore(Settings(home=tmp_path / "home"))
+    bodies = [RegisteredAsset(name="env", version="1", conda_file=f"name: e{i}\n") for i in range(8)]
+
+    def register(asset: RegisteredAsset) -> str:
+        try:
+            store.register_asset("environments", asset, None)
+        except Conflict:
+            return "conflict"
+        return "won"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(register, bodies))
+    assert sorted(outcomes) == ["conflict"] * 7 + ["won"]
+    kept = store.show_asset("environments", "env", "1")
+    assert kept.conda_file == bodies[outcomes.index("won")].conda_file
+    assert [p.name for p in (tmp_path / "home" / "models" / ".environments" / "env" / "1").iterdir()] == [
+        "environment.json"
+    ]

@@ -225,9 +225,9 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         (_with("sku.capacity", 0), "sku.capacity", "greater than or equal to 1"),
         (_with("properties.model", "relative/model"), "properties.model", "absolute path"),
         (
-            _with("properties.codeConfiguration.codeId", "azureml:code:1"),
+            _with("properties.codeConfiguration.codeId", "azureml://registries/shared/codes/c/versions/1"),
             "properties.codeConfiguration.codeId",
-            "not served",
+            "not the id of a codes version in a workspace",
         ),
         (
             _with("properties.livenessProbe.successThreshold", 2),
@@ -246,7 +246,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         "timeout-over-azure-max",
         "capacity-zero",
         "relative-model",
-        "code-asset",
+        "code-in-a-registry",
         "liveness-success",
         "kubernetes",
         "instance-type-missing",
@@ -282,7 +282,7 @@ def test_a_deployment_shows_back_as_it_was_put() -> None:
     props = view["properties"]
     assert view["id"].endswith("/onlineEndpoints/my-ep/deployments/blue")
     assert view["sku"]["capacity"] == 2 and view["tags"] == {"v": "2"}
-    assert props["model"] == "azureml:diabetes:3"
+    assert props["model"] == f"{WS.id}/models/diabetes/versions/3"  # Azure answers with the ARM id
     assert props["codeConfiguration"] == {"codeId": "file:///srv/code", "scoringScript": "score.py"}
     assert props["environmentId"] == "file:///srv/env/conda.yaml"
     assert props["requestSettings"] == {
@@ -295,3 +295,87 @@ def test_a_deployment_shows_back_as_it_was_put() -> None:
     # What GET answers is a body PUT accepts, to the same spec.
     again = deployment_spec("my-ep", "blue", read_model(ArmDeployment, view))
     assert again.model_dump() == spec.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("field", "given", "spec_path", "expected"),
+    [
+        ("properties.model", f"{WS.id}/models/m/versions/2", ("model",), "azureml:m:2"),
+        ("properties.model", f"azureml:{WS.id}/models/m/versions/2", ("model",), "azureml:m:2"),
+        (
+            "properties.codeConfiguration.codeId",
+            f"{WS.id}/codes/score/versions/1",
+            ("code_configuration", "code"),
+            "azureml:score:1",
+        ),
+        (
+            "properties.codeConfiguration.codeId",
+            "azureml:score:1",
+            ("code_configuration", "code"),
+            "azureml:score:1",
+        ),
+        (
+            "properties.environmentId",
+            f"{WS.id}/environments/env/versions/3",
+            ("environment",),
+            "azureml:env:3",
+        ),
+        ("properties.environmentId", "azureml:env@latest", ("environment",), "azureml:env@latest"),
+    ],
+    ids=[
+        "model-arm-id",
+        "model-prefixed-arm-id",
+        "code-arm-id",
+        "code-short",
+        "environment-arm-id",
+        "env-latest",
+    ],
+)
+def test_a_registered_asset_is_read_as_its_azureml_reference(
+    field: str, given: str, spec_path: tuple[str, ...], expected: str
+) -> None:
+    spec = deployment_spec("my-ep", "blue", read_model(ArmDeployment, _with(field, given)))
+    value: Any = spec
+    for part in spec_path:
+        value = getattr(value, part)
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "given"),
+    [
+        ("properties.model", f"{WS.id}/codes/m/versions/2"),
+        ("properties.codeConfiguration.codeId", f"{WS.id}/models/score/versions/1"),
+        ("properties.environmentId", "/subscriptions/s/resourceGroups/r/providers/Other/envs/e"),
+    ],
+    ids=["code-id-as-model", "model-id-as-code", "foreign-id-as-environment"],
+)
+def test_an_asset_id_of_another_kind_is_refused_at_its_field(field: str, given: str) -> None:
+    with pytest.raises(ArmValidationError) as caught:
+        deployment_spec("my-ep", "blue", read_model(ArmDeployment, _with(field, given)))
+    assert caught.value.problems[0].target == field
+
+
+def test_a_deployment_reports_when_it_was_created_and_last_changed() -> None:
+    spec = deployment_spec("my-ep", "blue", read_model(ArmDeployment, DEPLOYMENT))
+    target = DeploymentTarget(
+        name="blue",
+        endpoint="my-ep",
+        runtime=DeploymentRuntime(endpoint="my-ep", deployment="blue", code_dir="/snap", spec_hash="h"),
+        instance_count=1,
+        spec=spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    )
+    entry = DeploymentEntry(
+        name="blue",
+        provisioning_state="Succeeded",
+        target=target,
+        created_at="2026-11-29T10:00:00+00:00",
+        modified_at="2026-11-29T11:00:00+00:00",
+    )
+    view = deployment_resource("my-ep", entry, WS)
+    assert view["systemData"] == {
+        "createdAt": "2026-11-29T10:00:00+00:00",
+        "lastModifiedAt": "2026-11-29T11:00:00+00:00",
+    }
+    older = entry.model_copy(update={"created_at": None, "modified_at": None})  # recorded before
+    assert "systemData" not in deployment_resource("my-ep", older, WS)

@@ -6,6 +6,9 @@ custom cloud whose resource manager is the API; prints one JSON object per comma
     python sdk_client.py API_URL TOKEN_FILE traffic ENDPOINT DEPLOYMENT
     python sdk_client.py API_URL TOKEN_FILE invoke ENDPOINT REQUEST_FILE
     python sdk_client.py API_URL TOKEN_FILE delete ENDPOINT
+    python sdk_client.py API_URL TOKEN_FILE register-model NAME VERSION URI
+    python sdk_client.py API_URL TOKEN_FILE assets MODEL CODE ENVIRONMENT   (each name:version)
+    python sdk_client.py API_URL TOKEN_FILE deploy ENDPOINT DEPLOYMENT MODEL CODE ENVIRONMENT
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from azure.ai.ml import MLClient
-from azure.ai.ml.entities import ManagedOnlineEndpoint
+from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, ManagedOnlineEndpoint, Model
 from azure.core.credentials import AccessToken
 
 FAR_FUTURE = 4102444800  # the control credential does not expire
@@ -78,6 +81,47 @@ def main(argv: list[str]) -> dict[str, Any]:
         ml.online_endpoints.begin_delete(name=endpoint).result()
         names = [e.name for e in ml.online_endpoints.list()]
         return {"listed_after": names}
+    if command == "register-model":  # here `endpoint` is the model's name
+        version, uri = rest
+        made = ml.models.create_or_update(Model(name=endpoint, version=version, path=uri))
+        return {"name": made.name, "version": made.version, "path": made.path}
+    if command == "assets":  # here `endpoint` is the model's name:version
+        model_name, model_version = endpoint.split(":")
+        code_name, code_version = rest[0].split(":")
+        env_name, env_version = rest[1].split(":")
+        model = ml.models.get(model_name, model_version)
+        code = ml._code.get(code_name, code_version)
+        environment = ml.environments.get(env_name, env_version)
+        return {
+            "model": {"id": model.id, "path": model.path, "created_by": model.creation_context.created_by},
+            "model_versions": [m.version for m in ml.models.list(name=model_name)],
+            "code": {"id": code.id, "path": code.path},
+            "environment": {
+                "id": environment.id,
+                "image": environment.image,
+                "conda_file": environment.conda_file,
+            },
+            "environment_versions": [e.version for e in ml.environments.list(name=env_name)],
+        }
+    if command == "deploy":
+        name, model, code, environment = rest
+        deployment = ManagedOnlineDeployment(
+            name=name,
+            endpoint_name=endpoint,
+            model=f"azureml:{model}",
+            code_configuration=CodeConfiguration(code=f"azureml:{code}", scoring_script="score.py"),
+            environment=f"azureml:{environment}",
+            instance_type="Standard_DS3_v2",
+            instance_count=1,
+        )
+        made = ml.online_deployments.begin_create_or_update(deployment).result()
+        shown = ml.online_deployments.get(name, endpoint)
+        return {
+            "provisioning_state": str(made.provisioning_state),
+            "model": shown.model,
+            "code": shown.code_configuration.code,
+            "environment": shown.environment,
+        }
     raise SystemExit(f"unknown command {command}")
 
 

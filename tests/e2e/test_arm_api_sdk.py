@@ -28,6 +28,7 @@ import trustme
 from tests.control.conftest import ApiProcess, start_api, stop_api
 from tests.e2e.project import REQUEST
 from tests.e2e.test_arm_api import Api, deployment_body
+from tests.e2e.test_arm_api_assets import tar_gz, upload, zipped
 from tests.support.stack import LocalStack
 
 SDK_PYTHON = os.environ.get("TIDEGATE_AZURE_AI_ML_PYTHON")
@@ -102,3 +103,45 @@ def test_mlclient_creates_routes_invokes_and_deletes_an_endpoint(
     assert sdk(tls_api, "invoke", EP, str(request))["answer"] == pytest.approx(answers["model-1"])
     assert EP not in sdk(tls_api, "delete", EP)["listed_after"]
     assert rest.call("GET", f"{WS}/onlineEndpoints/{EP}").status == 404
+
+
+def test_mlclient_deploys_assets_registered_in_tidegate_by_azureml_name_version(
+    stack: LocalStack, project: tuple[Path, dict], tls_api: tuple[ApiProcess, Path]
+) -> None:
+    """The model's files uploaded through the API and registered with `ml_client.models`; code
+    and environment registered by REST PUT; then a ManagedOnlineDeployment naming all three as
+    `azureml:name:version`, created, routed, invoked and deleted with MLClient."""
+    root, answers = project
+    rest = Api(stack)
+    rest.base = tls_api[0].url
+    rest.context = ssl.create_default_context(cafile=str(tls_api[1]))
+    model_uri = upload(rest, tar_gz(root / "model-2" / "model", "model")).body["uri"]
+    registered = sdk(tls_api, "register-model", "sdk-model", "1", model_uri)
+    assert (registered["version"], registered["path"]) == ("1", model_uri)
+    code_uri = upload(rest, zipped(root / "code", "code"), "application/zip").body["uri"]
+    code = rest.call("PUT", f"{WS}/codes/sdk-code/versions/1", {"properties": {"codeUri": code_uri}})
+    assert code.status == 201, code.body
+    conda = (root / "environment" / "conda.yaml").read_text()
+    env = rest.call("PUT", f"{WS}/environments/sdk-env/versions/1", {"properties": {"condaFile": conda}})
+    assert env.status == 201, env.body
+
+    seen = sdk(tls_api, "assets", "sdk-model:1", "sdk-code:1", "sdk-env:1")
+    assert seen["model"]["id"] == f"{WS}/models/sdk-model/versions/1"
+    assert seen["model"]["path"] == model_uri and seen["model"]["created_by"]
+    assert seen["model_versions"] == ["1"]
+    assert seen["code"]["path"] == code_uri
+    assert seen["environment"]["conda_file"]["name"] == "test-env"  # the SDK parses the YAML
+    assert seen["environment_versions"] == ["1"]
+
+    assert sdk(tls_api, "create", "sdk-assets-ep")["provisioning_state"].endswith("SUCCEEDED")
+    deployed = sdk(tls_api, "deploy", "sdk-assets-ep", "blue", "sdk-model:1", "sdk-code:1", "sdk-env:1")
+    assert deployed["provisioning_state"].endswith("SUCCEEDED"), deployed
+    assert deployed["model"] == f"{WS}/models/sdk-model/versions/1"
+    assert deployed["code"] == f"{WS}/codes/sdk-code/versions/1"
+    assert deployed["environment"] == f"{WS}/environments/sdk-env/versions/1"
+    assert sdk(tls_api, "traffic", "sdk-assets-ep", "blue")["traffic"] == {"blue": 100}
+    request = root / "sdk-assets-request.json"
+    request.write_text(json.dumps({"data": REQUEST}))
+    answer = sdk(tls_api, "invoke", "sdk-assets-ep", str(request))["answer"]
+    assert answer == pytest.approx(answers["model-2"])
+    assert "sdk-assets-ep" not in sdk(tls_api, "delete", "sdk-assets-ep")["listed_after"]

@@ -18,6 +18,7 @@ import structlog
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import BlobServiceClient
 
+from activities.artifacts import RegisteredAsset
 from activities.azure.artifacts import BlobArtifactStore, SnapshotFetchError, fetch_snapshot
 from activities.azure.snapshot_sas import SnapshotRef, SnapshotSigner
 from activities.local.artifacts import LocalArtifactStore, content_hash
@@ -253,3 +254,34 @@ def test_the_provider_registry_builds_it_from_settings_and_logs_no_key(
     ]
     signature = url.split("sig=")[1]
     assert DEV_KEY not in repr(logs) and signature not in repr(logs)
+
+
+def test_code_and_environment_versions_round_trip_apart_from_models(
+    azurite: Azurite, container: str, tmp_path: Path
+) -> None:
+    store = make_store(azurite, container)
+    model = store.create_model("score", "1", model_folder(tmp_path / "m", "w=1"))
+    code = store.register_asset(
+        "codes",
+        RegisteredAsset(name="score", version="1", uri="tidegate://uploads/x"),
+        model_folder(tmp_path / "c"),
+    )
+    environment = store.register_asset(
+        "environments", RegisteredAsset(name="score", version="1", conda_file="name: e\n"), None
+    )
+    assert code.path is not None and code.path.startswith("/srv/artifacts/code/")
+    assert code.created_at is not None and code.created_by
+    assert store.show_asset("codes", "score", "1") == code
+    assert store.show_asset("environments", "score", "1") == environment
+    # One name in three kinds: each kind lists only its own.
+    assert [m.version for m in store.list_models()] == [model.version]
+    assert store.list_assets("codes") == [code] and store.list_assets("environments", "score") == [
+        environment
+    ]
+    with pytest.raises(Conflict, match="environment score:1 already exists"):
+        store.register_asset("environments", RegisteredAsset(name="score", version="1", image="x"), None)
+    assert store.delete_asset("codes", "score", "1") is True
+    assert store.delete_asset("codes", "score", "1") is False
+    with pytest.raises(NotFound, match="code score:1 is not registered"):
+        store.show_asset("codes", "score", "1")
+    assert store.show_model("score", "1") == model
