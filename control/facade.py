@@ -48,6 +48,7 @@ from config.settings import Settings
 from config.specs import DeploymentSpec, EndpointSpec, endpoint_limits
 from config.tokens import issue_token
 from control.arm.resources import deployment_status
+from control.platform_metrics import platform_metrics
 from control.targets import build_target
 from workflows.endpoint import EndpointWorkflow
 from workflows.patch import HostPatchWorkflow
@@ -261,7 +262,11 @@ class Tidegate:
         record = state.deployments.get(name)
         if record is None:
             raise NotFound(f"deployment {name} does not exist in endpoint {endpoint}")
-        return self.deployment_view(endpoint, record)
+        view = self.deployment_view(endpoint, record)
+        metrics = await platform_metrics(self.settings, endpoint, name)
+        if metrics is not None:
+            view["platform_metrics"] = metrics
+        return view
 
     async def deployment_spec(self, endpoint: str, name: str) -> dict[str, Any]:
         state = await self.describe(endpoint)

@@ -9,15 +9,15 @@ from pathlib import Path
 import yaml
 
 from activities.artifacts import ArtifactStore
-from activities.azure.scale_sets import scale_set_name
 from activities.local.artifacts import resolve_reference
-from config.azure_metrics import SCALE_SET_NAMESPACE, AzureMonitorSource
+from config.azure_metrics import AzureMonitorSource
 from config.contract.errors import BadRequest
 from config.contract.state import AutoscaleSettings, DeploymentTarget, RequestLimits
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
 from config.requirements import conda_pip_problems
 from config.settings import Settings
 from config.specs import DeploymentSpec, TargetUtilizationScaleSettings, is_asset_ref
+from control.platform_metrics import scale_set_resource_id
 
 
 def build_target(spec: DeploymentSpec, settings: Settings, artifacts: ArtifactStore) -> DeploymentTarget:
@@ -122,18 +122,10 @@ def cpu_source(spec: DeploymentSpec, settings: Settings) -> AzureMonitorSource:
             "scale_settings.metric: cpu is the scale set's Percentage CPU from Azure Monitor and needs "
             "TIDEGATE_COMPUTE_PROVIDER=azure; on this compute provider use metric: busy"
         )
-    missing = [
-        name
-        for name, value in (
-            ("TIDEGATE_AZURE_SUBSCRIPTION_ID", settings.azure_subscription_id),
-            ("TIDEGATE_AZURE_RESOURCE_GROUP", settings.azure_resource_group),
+    resource_id = scale_set_resource_id(settings, spec.endpoint_name, spec.name)
+    if resource_id is None:
+        raise BadRequest(
+            "scale_settings.metric: cpu needs TIDEGATE_AZURE_SUBSCRIPTION_ID and "
+            "TIDEGATE_AZURE_RESOURCE_GROUP"
         )
-        if not value
-    ]
-    if missing:
-        raise BadRequest(f"scale_settings.metric: cpu needs {' and '.join(missing)}")
-    resource_id = (
-        f"/subscriptions/{settings.azure_subscription_id}/resourceGroups/{settings.azure_resource_group}"
-        f"/providers/{SCALE_SET_NAMESPACE}/{scale_set_name(spec.endpoint_name, spec.name)}"
-    )
     return AzureMonitorSource(resource_id=resource_id, metric="Percentage CPU", aggregation="Average")

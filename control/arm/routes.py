@@ -62,6 +62,7 @@ from control.arm.resources import (
 )
 from control.changes import endpoint_change
 from control.facade import Tidegate
+from control.platform_metrics import platform_metrics
 from control.rollouts import Rollouts, describe_plan
 from decisions.traffic import TrafficError
 
@@ -553,10 +554,11 @@ async def get_deployment(request: web.Request) -> web.Response:
     endpoint, name = _endpoint_name(request), _deployment_name(request)
     tg = await request.app[STATE].tidegate()
     entry = await _entry(tg, endpoint, name)
-    return _json(
-        deployment_resource(endpoint, entry, _workspace(request)),
-        headers=_etag_header(deployment_etag(entry)),
-    )
+    resource = deployment_resource(endpoint, entry, _workspace(request))
+    metrics = await platform_metrics(tg.settings, endpoint, name)
+    if metrics is not None:
+        resource["properties"]["tidegate"]["platform_metrics"] = metrics
+    return _json(resource, headers=_etag_header(deployment_etag(entry)))
 
 
 @arm

@@ -112,3 +112,23 @@ def test_a_cpu_rule_adds_a_vm_when_the_scale_sets_cpu_is_over_target_on_the_fake
     assert len(vms(fake_arm)) == 2
     asked = [r for r in asyncio.run(monitor.received()) if "Percentage CPU" in r["query"]["metricnames"]]
     assert asked and scale_set_id(fake_arm).lower() in str(asked[0]["body"]).lower()
+
+
+def test_show_gives_the_scale_sets_platform_metrics_directly_and_over_rest_on_the_fake_arm(
+    azure_stack: LocalStack, fake_arm: FakeArmProcess, monitor: FakeMonitor
+) -> None:
+    """After the test above (90 % CPU): memory headroom and availability set too, read from the
+    fake Azure Monitor when `show` asks."""
+    resource = scale_set_id(fake_arm)
+    memory = {m: {"minimum": 2.5e9} for m in busy_cpu_minutes(0)}
+    up = {m: {"average": 1.0} for m in busy_cpu_minutes(0)}
+    asyncio.run(monitor.put_series(resource, "Available Memory Bytes", memory, unit="Bytes"))
+    asyncio.run(monitor.put_series(resource, "VmAvailabilityMetric", up, unit="Count"))
+    api = f"http://127.0.0.1:{azure_stack.port('api')}"
+    query = ("--query", "platform_metrics")
+
+    direct = azure_stack.json("online-deployment", "show", "-n", "blue", "-e", EP, *query)
+    over_rest = azure_stack.json("--api", api, "online-deployment", "show", "-n", "blue", "-e", EP, *query)
+
+    expected = {"window": "PT5M", "cpu_percent": 90.0, "available_memory_bytes": 2.5e9, "availability": 1.0}
+    assert direct == over_rest == expected
