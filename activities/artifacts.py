@@ -81,3 +81,30 @@ class ArtifactStore(Protocol):
     def delete_asset(self, kind: AssetKind, name: str, version: str) -> bool:
         """Forget a version (copies stay: deployments made from it keep their snapshots)."""
         ...
+
+
+class ModelsAsAssets:
+    """The model verbs (`tidegate model create/list/show`) over a store's versioned assets of kind
+    `models`: one registry for the CLI and the REST API, whichever the store."""
+
+    def register_asset(self, kind: AssetKind, asset: RegisteredAsset, source: Path | None) -> RegisteredAsset:
+        raise NotImplementedError
+
+    def show_asset(self, kind: AssetKind, name: str, version: str) -> RegisteredAsset:
+        raise NotImplementedError
+
+    def list_assets(self, kind: AssetKind, name: str | None = None) -> list[RegisteredAsset]:
+        raise NotImplementedError
+
+    def create_model(
+        self, name: str, version: str, source: Path, description: str | None = None
+    ) -> RegisteredModel:
+        asset = RegisteredAsset(name=name, version=version, description=description)
+        registered = self.register_asset("models", asset, source)
+        return RegisteredModel.model_validate(registered.model_dump())
+
+    def list_models(self, name: str | None = None) -> list[RegisteredModel]:
+        return [RegisteredModel.model_validate(a.model_dump()) for a in self.list_assets("models", name)]
+
+    def show_model(self, name: str, version: str) -> RegisteredModel:
+        return RegisteredModel.model_validate(self.show_asset("models", name, version).model_dump())

@@ -27,7 +27,13 @@ from azure.storage.blob import (
     ContainerClient,
 )
 
-from activities.artifacts import ArtifactKind, AssetKind, RegisteredAsset, RegisteredModel, Snapshot
+from activities.artifacts import (
+    ArtifactKind,
+    AssetKind,
+    ModelsAsAssets,
+    RegisteredAsset,
+    Snapshot,
+)
 from activities.local.artifacts import (
     KIND_ROOTS,
     RECORD_FILES,
@@ -78,7 +84,7 @@ def _pack(source: Path, out: IO[bytes]) -> None:
         tar.add(source, arcname=source.name, filter=keep)
 
 
-class BlobArtifactStore:
+class BlobArtifactStore(ModelsAsAssets):
     """Snapshots and the registry in `settings.azure_storage_container`; instances see a snapshot at
     `<azure_instance_artifacts_dir>/<kind>/<hash>/<name>`, where their bootstrap unpacks it."""
 
@@ -174,19 +180,6 @@ class BlobArtifactStore:
             except ResourceExistsError:
                 log.info("artifacts.snapshot_raced", kind=kind, content_hash=digest)
         return Snapshot(content_hash=digest, path=self._instance_path(kind, digest, source.name))
-
-    def create_model(
-        self, name: str, version: str, source: Path, description: str | None = None
-    ) -> RegisteredModel:
-        asset = RegisteredAsset(name=name, version=version, description=description)
-        registered = self.register_asset("models", asset, source)
-        return RegisteredModel.model_validate(registered.model_dump())
-
-    def list_models(self, name: str | None = None) -> list[RegisteredModel]:
-        return [RegisteredModel.model_validate(a.model_dump()) for a in self.list_assets("models", name)]
-
-    def show_model(self, name: str, version: str) -> RegisteredModel:
-        return RegisteredModel.model_validate(self.show_asset("models", name, version).model_dump())
 
     def register_asset(self, kind: AssetKind, asset: RegisteredAsset, source: Path | None) -> RegisteredAsset:
         record = self._container.get_blob_client(_record_blob_name(asset.name, asset.version, kind))

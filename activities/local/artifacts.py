@@ -16,8 +16,8 @@ from activities.artifacts import (
     ArtifactKind,
     ArtifactStore,
     AssetKind,
+    ModelsAsAssets,
     RegisteredAsset,
-    RegisteredModel,
     Snapshot,
 )
 from config.contract.errors import BadRequest, Conflict, NotFound
@@ -110,7 +110,7 @@ def snapshot(source: Path, root: Path) -> tuple[str, Path]:
     return digest, copy
 
 
-class LocalArtifactStore:
+class LocalArtifactStore(ModelsAsAssets):
     """Snapshots under `$TIDEGATE_HOME/artifacts/<kind>/<hash>/`; `tidegate model create` copies
     into `$TIDEGATE_HOME/models`, addressed as `azureml:name:version`."""
 
@@ -121,19 +121,6 @@ class LocalArtifactStore:
     def snapshot(self, source: Path, kind: ArtifactKind) -> Snapshot:
         digest, copy = snapshot(source, self._artifacts / kind)
         return Snapshot(content_hash=digest, path=copy)
-
-    def create_model(
-        self, name: str, version: str, source: Path, description: str | None = None
-    ) -> RegisteredModel:
-        asset = RegisteredAsset(name=name, version=version, description=description)
-        registered = self.register_asset("models", asset, source)
-        return RegisteredModel.model_validate(registered.model_dump())
-
-    def list_models(self, name: str | None = None) -> list[RegisteredModel]:
-        return [RegisteredModel.model_validate(a.model_dump()) for a in self.list_assets("models", name)]
-
-    def show_model(self, name: str, version: str) -> RegisteredModel:
-        return RegisteredModel.model_validate(self.show_asset("models", name, version).model_dump())
 
     def _record(self, kind: AssetKind, name: str, version: str) -> Path:
         folder = self._root / KIND_ROOTS[kind] / check_asset_part("name", name)

@@ -18,7 +18,6 @@ from tests.e2e.project import deployment_yaml
 from tests.fakes.arm.client import FakeArmProcess
 from tests.support.fake_monitor import FakeMonitor, run_fake_monitor
 from tests.support.polling import until
-from tests.support.ports import free_port
 from tests.support.stack import LocalStack
 
 EP = "cpu-ep"
@@ -32,17 +31,6 @@ scale_settings:
   max_instances: 2
   target_utilization_percentage: 50
 """
-
-
-@pytest.fixture(scope="module")
-def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArmProcess]:
-    fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm"), free_port())
-    fake.start()
-    try:
-        asyncio.run(fake.wait_up())
-        yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture(scope="module")
