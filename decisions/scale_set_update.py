@@ -76,16 +76,23 @@ def next_scale_set_step(
         leaving.extend(ranked[:excess])
         current = [vm for vm in current if vm not in leaving]
 
+    current_failed = any(vm.state in DOWN for vm in current)
     running = sum(1 for vm in vms if vm.id in draining or vm.state in RUNNING)
-    start = instances_to_start(
-        wanted=wanted, holding_places=len(current), running=running, max_surge=max_surge
+    # Halted where it is: no new VM beside a failed one until the caller replaces it or puts
+    # the old spec back (a failed VM is only listed, it holds no process the surge counts).
+    start = (
+        0
+        if current_failed
+        else instances_to_start(
+            wanted=wanted, holding_places=len(current), running=running, max_surge=max_surge
+        )
     )
     plan = old_instances_to_retire(
         wanted=wanted,
         ready_current=sum(1 for vm in current if vm.state == "ready"),
         old=[OldInstance(vm.id, vm.state, vm.state not in DOWN) for vm in old],
         max_surge=max_surge,
-        current_failed=any(vm.state in DOWN for vm in current),
+        current_failed=current_failed,
     )
     leaving.extend(by_id[i] for i in plan.leave)
     for vm in leaving:
