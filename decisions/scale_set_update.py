@@ -144,20 +144,33 @@ def newest_gallery_version(versions: list[GalleryVersion]) -> str | None:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """The image a scale set's model names for a runtime patch level (kept in its tags)."""
+    """The image a scale set's model names for a spec (kept in its tags), and the runtime patch
+    level that spec was at."""
 
     image: str
+    spec: str
     patch: int
 
 
-def recorded_image(records: list[ImageRecord], patch: int) -> str | None:
-    """The image already chosen for this patch level (a repeat, or a patch put back), if any."""
-    return next((r.image for r in records if r.patch == patch), None)
+def image_for(records: list[ImageRecord], *, spec: str, patch: int) -> str | None:
+    """The image a request for `spec` at runtime patch level `patch` runs on; None: the newest
+    (a new scale set, or a host patch: a level above the current model's). A spec already
+    recorded (a repeat, or the old spec put back) keeps its image; any other change keeps the
+    current image, so an update never moves VMs off a patched image."""
+    for record in records:
+        if record.spec == spec:
+            return record.image
+    if records and patch <= records[0].patch:
+        return records[0].image
+    return None
 
 
 def remember_image(records: list[ImageRecord], chosen: ImageRecord) -> list[ImageRecord]:
-    """The records after choosing: this level's first, then the highest lower one (where a
-    failed patch goes back to). Higher levels are forgotten: a patch put back and tried again
-    looks for the newest image again."""
-    lower = sorted((r for r in records if r.patch < chosen.patch), key=lambda r: -r.patch)
-    return [chosen, *lower[:1]]
+    """The records after choosing: the chosen first, then the current one it replaces (where
+    a failed update goes back to). Putting that one back forgets the failed one, so a patch
+    tried again looks for the newest image again."""
+    if records and records[0].spec == chosen.spec:
+        return [chosen, *records[1:2]]
+    if len(records) > 1 and records[1].spec == chosen.spec:
+        return [chosen]
+    return [chosen, *records[:1]]

@@ -71,10 +71,10 @@ from decisions.scale_set_update import (
     ScaleSetStep,
     ScaleSetVm,
     format_draining,
+    image_for,
     newest_gallery_version,
     next_scale_set_step,
     parse_draining,
-    recorded_image,
     remember_image,
 )
 
@@ -176,8 +176,9 @@ class AzureComputeProvider:
         tags = dict(existing.tags or {}) if existing is not None else {}
         records = image_records(tags)
         level = runtime.environment.patch
-        image = recorded_image(records, level) or await self._newest_image()
-        extra = image_tags(remember_image(records, ImageRecord(image=image, patch=level)))
+        image = image_for(records, spec=runtime.spec_hash, patch=level) or await self._newest_image()
+        chosen = ImageRecord(image=image, spec=runtime.spec_hash, patch=level)
+        extra = image_tags(remember_image(records, chosen))
         capacity = None
         if existing is not None:
             _, vms = await self._read_vms(name, tags.get(TAG_SPEC, ""))

@@ -99,17 +99,19 @@ def gallery_image(image: str) -> bool:
 
 
 def image_records(tags: dict[str, str]) -> list[ImageRecord]:
-    """The images a scale set's tags remember (`<patch level>=<image>`), newest choice first."""
+    """The images a scale set's tags remember (`<patch level>=<spec>=<image>`), the current
+    model's first."""
     records = []
     for name in TAG_IMAGES:
-        level, _, image = tags.get(name, "").partition("=")
-        if level.isdigit() and image:
-            records.append(ImageRecord(image=image, patch=int(level)))
+        level, _, rest = tags.get(name, "").partition("=")
+        spec, _, image = rest.partition("=")
+        if level.isdigit() and spec and image:
+            records.append(ImageRecord(image=image, spec=spec, patch=int(level)))
     return records
 
 
 def image_tags(records: list[ImageRecord]) -> dict[str, str]:
-    return {name: f"{r.patch}={r.image}" for name, r in zip(TAG_IMAGES, records, strict=False)}
+    return {name: f"{r.patch}={r.spec}={r.image}" for name, r in zip(TAG_IMAGES, records, strict=False)}
 
 
 def spec_user_data(spec_hash: str) -> str:

@@ -11,10 +11,10 @@ from decisions.scale_set_update import (
     ScaleSetStep,
     ScaleSetVm,
     format_draining,
+    image_for,
     newest_gallery_version,
     next_scale_set_step,
     parse_draining,
-    recorded_image,
     remember_image,
 )
 
@@ -245,11 +245,17 @@ def test_newest_gallery_version(versions: list[GalleryVersion], newest: str | No
     assert newest_gallery_version(versions) == newest
 
 
-def test_an_image_is_kept_per_patch_level_and_a_failed_patch_goes_back_to_the_one_before() -> None:
-    first = remember_image([], ImageRecord("img/1.0.0", 0))
-    assert recorded_image(first, 0) == "img/1.0.0" and recorded_image(first, 1) is None
-    patched = remember_image(first, ImageRecord("img/1.0.1", 1))
-    assert recorded_image(patched, 1) == "img/1.0.1" and recorded_image(patched, 0) == "img/1.0.0"
-    back = remember_image(patched, ImageRecord("img/1.0.0", 0))
-    assert recorded_image(back, 0) == "img/1.0.0"
-    assert recorded_image(back, 1) is None  # a patch tried again looks for the newest image again
+def test_an_update_keeps_the_image_a_host_patch_takes_the_newest_and_a_failed_one_goes_back() -> None:
+    created = remember_image([], ImageRecord("img/1.0.0", "s0", 0))
+    assert image_for(created, spec="s0", patch=0) == "img/1.0.0"  # a repeat
+    assert image_for(created, spec="s1", patch=0) == "img/1.0.0"  # an update: same image
+    assert image_for(created, spec="p1", patch=1) is None  # a host patch: the newest
+    patched = remember_image(created, ImageRecord("img/1.0.1", "p1", 1))
+    assert image_for(patched, spec="s0", patch=0) == "img/1.0.0"  # the failed patch put back
+    back = remember_image(patched, ImageRecord("img/1.0.0", "s0", 0))
+    assert image_for(back, spec="p1", patch=1) is None  # tried again: the newest again
+    kept = remember_image(patched, ImageRecord("img/1.0.1", "p1", 1))
+    assert kept == patched
+    # An update after a patch (its YAML knows no patch level) stays on the patched image.
+    updated = remember_image(kept, ImageRecord(image_for(kept, spec="u", patch=0) or "", "u", 0))
+    assert updated[0].image == "img/1.0.1" and image_for(updated, spec="p1", patch=1) == "img/1.0.1"
