@@ -123,16 +123,20 @@ def test_a_rolling_update_moves_every_vm_to_the_new_model_with_no_client_error_a
     assert len(before) == 2 and all(vm["image"]["id"].endswith("/versions/1.0.0") for vm in before)
     old_spec = spec_of(before[0])
     most = 0
+    done: list[subprocess.CompletedProcess[str]] = []
+    update = threading.Thread(
+        target=lambda: done.append(
+            azure_stack.tidegate("online-deployment", "update", "-f", "azure-roll-v2.yml", cwd=root)
+        )
+    )
     with SteadyLoad(f"{azure_stack.http_base}/endpoints/{EP}/score", served, BODY) as load:
         started = time.monotonic()
-        update = azure_stack.tidegate_async(
-            "online-deployment", "update", "-f", "azure-roll-v2.yml", cwd=root
-        )
-        while update.poll() is None:
+        update.start()
+        while update.is_alive():
             most = max(most, len(vms(fake_arm)))
-            time.sleep(0.5)
+            update.join(0.5)
         took = time.monotonic() - started
-    assert update.returncode == 0, update.stderr.read() if update.stderr else ""
+    assert done[0].returncode == 0, done[0].stderr
     after = vms(fake_arm)
     print(f"2 VMs rolled in {took:.1f} s, at most {most} VMs at once; clients saw {dict(load.seen)}")
     assert len(after) == 2 and {vm["instance_id"] for vm in before}.isdisjoint(
