@@ -93,6 +93,11 @@ def _vm_phase(vm: Any) -> tuple[str | None, InstancePhase]:
     return power, instance_phase(power, health)
 
 
+def _text(value: Any) -> str:
+    """An enum member or a string as ARM's string ("Succeeded", not "…State.SUCCEEDED")."""
+    return str(getattr(value, "value", value))
+
+
 @dataclass
 class _Watch:
     """The shared watcher's memory: one list per resource group per round, diffed."""
@@ -241,7 +246,7 @@ class AzureComputeProvider:
                     and v.properties.publishing_profile
                     and v.properties.publishing_profile.exclude_from_latest
                 ),
-                provisioning_state=str(v.properties.provisioning_state if v.properties else "Succeeded"),
+                provisioning_state=_text(v.properties.provisioning_state if v.properties else "Succeeded"),
             )
             async for v in self.compute.gallery_image_versions.list_by_gallery_image(
                 group, gallery, definition
