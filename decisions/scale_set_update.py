@@ -8,8 +8,8 @@ host; this only turns VMs into its inputs and its answer into scale-set operatio
 spec is the one it was created with (each keeps its own model), so putting an old spec back
 makes the old VMs current again and only the new ones leave.
 
-Also here: which image version a scale set's model names (kept per runtime patch level, so a
-failed host patch is put back onto the image it came from) and a gallery's newest version.
+Also here: which image a scale set's model names (kept per spec: an update keeps the patched
+image, a host patch takes the newest, a failed one goes back) and a gallery's newest version.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from tests.support.stack import LocalStack
 EP = "azure-roll"
 SCALE_SET = f"tg-{EP}-blue"
 BODY = json.dumps({"data": REQUEST}).encode()
+TWO = ("--set", "instance_count=2")  # the YAML says 1, as Azure ML's default
 GROUP = "tidegate-e2e-roll"
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 GALLERY_IMAGE = (
@@ -126,7 +127,7 @@ def test_a_rolling_update_moves_every_vm_to_the_new_model_with_no_client_error_a
     done: list[subprocess.CompletedProcess[str]] = []
     update = threading.Thread(
         target=lambda: done.append(
-            azure_stack.tidegate("online-deployment", "update", "-f", "azure-roll-v2.yml", cwd=root)
+            azure_stack.tidegate("online-deployment", "update", "-f", "azure-roll-v2.yml", *TWO, cwd=root)
         )
     )
     with SteadyLoad(f"{azure_stack.http_base}/endpoints/{EP}/score", served, BODY) as load:
@@ -180,7 +181,7 @@ def test_a_version_whose_init_fails_halts_and_the_old_version_keeps_serving_agai
     root, answers = project
     before = vms(fake_arm)
     with SteadyLoad(f"{azure_stack.http_base}/endpoints/{EP}/score", served, BODY) as load:
-        done = azure_stack.tidegate("online-deployment", "update", "-f", "azure-roll-v3.yml", cwd=root)
+        done = azure_stack.tidegate("online-deployment", "update", "-f", "azure-roll-v3.yml", *TWO, cwd=root)
         until(lambda: len(vms(fake_arm)) == 2, what="the failed VM deleted")
     print(f"a failing version halted and put back; clients saw {dict(load.seen)}")
     assert done.returncode != 0

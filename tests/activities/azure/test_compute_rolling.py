@@ -27,6 +27,7 @@ from tests.host.helpers import INIT_FAILS_PY
 
 ROLL = GetInstancesInput(endpoint="ep1", deployment="roll")
 NAME = scale_set_name("ep1", "roll")
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000001"
 ROUNDS = 600  # watcher rounds a step may take at most (each waits up to a second for news)
 
 
@@ -165,4 +166,58 @@ async def test_scale_set_rolling_deployment_deleted_against_fake_arm(
     provider: AzureComputeProvider, fake_arm: FakeArmProcess
 ) -> None:
     await provider.delete_instances(DeleteInstancesInput(endpoint="ep1", deployment="roll"))
-    assert (await fake_arm.state())["scale_sets"] == []
+    assert [s["name"] for s in (await fake_arm.state())["scale_sets"]] == []
+
+
+async def test_scale_set_takes_the_gallery_images_newest_version_and_a_host_patch_the_next_against_fake_arm(
+    fake_arm: FakeArmProcess, artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    gallery_image = (
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Compute"
+        "/galleries/g1/images/host"
+    )
+    for version in ("1.0.9", "1.0.10"):
+        await fake_arm.publish_image_version(gallery_image, version)
+    settings = Settings(
+        home=tmp_path_factory.mktemp("azure-home"),
+        azure_image=gallery_image,
+        azure_drain_seconds=0.5,
+        **fake_arm.azure_settings(RESOURCE_GROUP, watch_interval=0.5),
+    )
+    gallery = AzureComputeProvider(settings, credential=GivenTokenCredential(fake_arm.token))
+    try:
+        first = request(artifacts, "p0", surge=0)
+        first.runtime = first.runtime.model_copy(update={"deployment": "patched"})
+        await gallery.request_instances(first)
+        name = scale_set_name("ep1", "patched")
+        images = lambda state: [  # noqa: E731
+            vm["image"]["id"] for s in state["scale_sets"] if s["name"] == name for vm in s["vms"]
+        ]
+        assert images(await fake_arm.state()) == [f"{gallery_image}/versions/1.0.10"] * 2
+        await fake_arm.publish_image_version(gallery_image, "1.1.0")
+        # What `tidegate host patch` asks: the next runtime patch level, a new spec.
+        patched = request(artifacts, "p1")
+        patched.runtime = patched.runtime.model_copy(
+            update={
+                "deployment": "patched",
+                "environment": first.runtime.environment.model_copy(update={"patch": 1}),
+            }
+        )
+        await gallery.request_instances(patched)
+        since, watched = 0, []
+        for _ in range(ROUNDS):
+            found = await gallery.changes(since, 1.0)
+            since = found.sequence
+            watched.extend(d for d in found.deployments if d.deployment == "patched")
+            if watched and all_on("p1")(watched[-1]):  # type: ignore[operator]
+                break
+        assert images(await fake_arm.state()) == [f"{gallery_image}/versions/1.1.0"] * 2
+        assert min(sum(1 for i in s.instances if i.state == "ready") for s in watched) >= 2
+        # The tags remember both choices: the patched image, and the one a failed patch goes back to.
+        state = await fake_arm.state()
+        [scale_set] = [s for s in state["scale_sets"] if s["name"] == name]
+        assert scale_set["tags"]["tidegate-image"] == f"1=p1={gallery_image}/versions/1.1.0"
+        assert scale_set["tags"]["tidegate-image-before"] == f"0=p0={gallery_image}/versions/1.0.10"
+        await gallery.delete_instances(DeleteInstancesInput(endpoint="ep1", deployment="patched"))
+    finally:
+        await gallery.close()
