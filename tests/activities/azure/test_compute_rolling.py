@@ -69,7 +69,9 @@ class Watched:
         return min(sum(1 for i in s.instances if i.state == "ready") for s in self.seen)
 
 
-async def follow(provider: AzureComputeProvider, until: object, watched: Watched) -> DeploymentInstances:
+async def follow(
+    provider: AzureComputeProvider, until: object, watched: Watched, deployment: str = "roll"
+) -> DeploymentInstances:
     """Call `changes` as the worker's watcher does (each round steps the rolling update) until
     the deployment's status satisfies `until`."""
     assert callable(until)
@@ -78,7 +80,7 @@ async def follow(provider: AzureComputeProvider, until: object, watched: Watched
         found = await provider.changes(since, 1.0)
         since = found.sequence
         for status in found.deployments:
-            if status.deployment == "roll":
+            if status.deployment == deployment:
                 watched.seen.append(status)
                 if until(status):
                     return status
@@ -193,6 +195,7 @@ async def test_scale_set_takes_the_gallery_images_newest_version_and_a_host_patc
         images = lambda state: [  # noqa: E731
             vm["image"]["id"] for s in state["scale_sets"] if s["name"] == name for vm in s["vms"]
         ]
+        await follow(gallery, all_on("p0"), Watched(), "patched")
         assert images(await fake_arm.state()) == [f"{gallery_image}/versions/1.0.10"] * 2
         await fake_arm.publish_image_version(gallery_image, "1.1.0")
         # What `tidegate host patch` asks: the next runtime patch level, a new spec.
@@ -204,15 +207,10 @@ async def test_scale_set_takes_the_gallery_images_newest_version_and_a_host_patc
             }
         )
         await gallery.request_instances(patched)
-        since, watched = 0, []
-        for _ in range(ROUNDS):
-            found = await gallery.changes(since, 1.0)
-            since = found.sequence
-            watched.extend(d for d in found.deployments if d.deployment == "patched")
-            if watched and all_on("p1")(watched[-1]):  # type: ignore[operator]
-                break
+        watched = Watched()
+        await follow(gallery, all_on("p1"), watched, "patched")
         assert images(await fake_arm.state()) == [f"{gallery_image}/versions/1.1.0"] * 2
-        assert min(sum(1 for i in s.instances if i.state == "ready") for s in watched) >= 2
+        assert watched.least_ready() >= 2 and watched.most_vms() <= 3
         # The tags remember both choices: the patched image, and the one a failed patch goes back to.
         state = await fake_arm.state()
         [scale_set] = [s for s in state["scale_sets"] if s["name"] == name]
