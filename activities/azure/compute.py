@@ -10,11 +10,13 @@ extension's verdict (`vmHealth` in the instance view), probing the instance's re
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import aiohttp
 import structlog
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -81,6 +83,10 @@ from decisions.scale_set_update import (
 log = structlog.get_logger("activities.azure.compute")
 
 T = TypeVar("T")
+# A failed VM's reason: this many lines from the end of its serial console, read through a
+# boot-diagnostics URL valid this long.
+CONSOLE_LINES = 30
+CONSOLE_URL_MINUTES = 5
 
 
 def _vm_phase(vm: Any) -> tuple[str | None, InstancePhase]:
@@ -108,6 +114,7 @@ class _Watch:
     addresses: dict[str, str] = field(default_factory=dict)  # VM resource id -> private IP
     specs: dict[str, str] = field(default_factory=dict)  # VM resource id -> the spec it was made with
     steps: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # scale set -> its step under way
+    consoles: dict[str, str] = field(default_factory=dict)  # a failed VM's id -> its console's end
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -391,9 +398,7 @@ class AzureComputeProvider:
                     url=f"http://{address}:{port}" if address else "",
                     state=shown,
                     spec_hash=seen.spec,
-                    error=f"VM {vm.name} is {power} (its boot diagnostics say why)"
-                    if phase == "failed"
-                    else None,
+                    error=await self._failure(name, vm, power) if phase == "failed" else None,
                 )
             )
         ready = any(i.state == "ready" for i in instances)
@@ -405,6 +410,38 @@ class AzureComputeProvider:
             instances=instances,
         )
         return status, read
+
+    async def _failure(self, name: str, vm: Any, power: str | None) -> str:
+        """Why a VM failed, as the local host says it: the end of its serial console (boot
+        diagnostics: azmlinfsrv's own words, e.g. init()'s traceback), read once per VM."""
+        key = str(vm.id)
+        if key not in self._watch.consoles:
+            self._watch.consoles[key] = await self._console_tail(name, str(vm.instance_id))
+        tail = self._watch.consoles[key]
+        said = f"VM {vm.name} is {power}"
+        return f"{said}; the end of its serial console:\n{tail}" if tail else f"{said} (no boot diagnostics)"
+
+    async def _console_tail(self, name: str, instance_id: str) -> str:
+        try:
+            found = await self.compute.virtual_machine_scale_set_vms.retrieve_boot_diagnostics_data(
+                self._group, name, instance_id, sas_uri_expiration_time_in_minutes=CONSOLE_URL_MINUTES
+            )
+            url = found.serial_console_log_blob_uri
+            if not url:
+                return ""
+            verify = (
+                ssl.create_default_context(cafile=str(self._settings.azure_ca_file))
+                if self._settings.azure_ca_file
+                else True
+            )
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url, ssl=verify, timeout=aiohttp.ClientTimeout(total=30)) as response:
+                    response.raise_for_status()
+                    text = await response.text(errors="replace")
+        except (HttpResponseError, aiohttp.ClientError, TimeoutError) as err:
+            log.warning("azure.console.unread", scale_set=name, instance=instance_id, error=str(err))
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-CONSOLE_LINES:])
 
     async def _read_vms(self, name: str, spec: str) -> tuple[list[Any], list[ScaleSetVm]]:
         """One list of a scale set's VMs (instance view expanded), each with its phase and spec."""

@@ -198,6 +198,8 @@ def scale_set_body(
                     },
                 },
                 "userData": spec_user_data(runtime.spec_hash),
+                # The serial console, where a VM that fails says why (managed storage).
+                "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
                 "storageProfile": {
                     "imageReference": image_reference(image or settings.azure_image),
                     "osDisk": {

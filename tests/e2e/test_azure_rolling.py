@@ -188,6 +188,7 @@ def test_a_version_whose_init_fails_halts_and_the_old_version_keeps_serving_agai
     state = shown(azure_stack)
     assert state["provisioning_state"] == "Failed"
     assert "update failed, rolled back" in state["error"] and "PowerState/stopped" in state["error"], state
+    assert "tidegate-init-marker" in state["error"], state["error"]  # the VM's serial console says why
     after = vms(fake_arm)
     # The same two VMs on the old version: nothing old was replaced, the new VM is gone.
     assert sorted(vm["instance_id"] for vm in after) == sorted(vm["instance_id"] for vm in before)

@@ -153,6 +153,9 @@ async def test_scale_set_failing_new_vm_halts_and_the_old_spec_put_back_keeps_th
         ("v2", "ready"),
         ("v3", "failed"),
     ]
+    [failed] = [i for i in halted.instances if i.state == "failed"]
+    # Why, in the VM's own words: the end of its serial console (boot diagnostics).
+    assert failed.error and "init could not load the model (on purpose)" in failed.error, failed.error
     # Halted: more rounds start nothing and retire nothing.
     for _ in range(4):
         await provider.changes(0, 0.6)

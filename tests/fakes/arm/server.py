@@ -38,6 +38,7 @@ _RG = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute"
 SCALE_SETS = _RG + "/virtualMachineScaleSets"
 SCALE_SET = SCALE_SETS + "/{name}"
 VM = SCALE_SET + "/virtualMachines/{instance}"
+CONSOLE = "/_fake/boot-diagnostics/{sub}/{rg}/{name}/{instance}/serialconsole.log"
 GALLERY_IMAGE = _RG + "/galleries/{gallery}/images/{image}"
 UPGRADE_MODES = ("Automatic", "Manual", "Rolling")
 OPERATION = "/subscriptions/{sub}/providers/{provider}/locations/{location}/operations/{op}"
@@ -312,6 +313,14 @@ class FakeArm:
         add("GET", SCALE_SET + "/virtualMachines", self._list_vms, name="virtualMachineScaleSetVMs.list")
         add("GET", VM, self._get_vm, name="virtualMachineScaleSetVMs.get")
         add(
+            "POST",
+            VM + "/retrieveBootDiagnosticsData",
+            self._boot_diagnostics,
+            name="virtualMachineScaleSetVMs.retrieveBootDiagnosticsData",
+        )
+        # Where the boot diagnostics URLs point: the serial console as a blob behind a signature.
+        add("GET", CONSOLE, self._console_blob, name="_fake.console")
+        add(
             "GET",
             GALLERY_IMAGE + "/versions",
             self._list_image_versions,
@@ -362,6 +371,8 @@ class FakeArm:
     # ---- middlewares ---------------------------------------------------------------------
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _route_name(request) == "_fake.console":
+            return await handler(request)  # a SAS URL: its signature is checked, not a token
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {self._token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -669,6 +680,47 @@ class FakeArm:
             return _not_found(request)
         expand = request.query.get("$expand", "").lower()
         return web.json_response(scale_set.vm_view(vm, expand == "instanceview", expand == "userdata"))
+
+    def _signature(self, path: str) -> str:
+        return hmac.new(self._token.encode(), path.encode(), "sha256").hexdigest()
+
+    async def _boot_diagnostics(self, request: web.Request) -> web.Response:
+        """URLs of the VM's screenshot and serial console log, signed (SAS) and short-lived."""
+        scale_set = self.scale_sets.get(self._key(request))
+        vm = scale_set.vms.get(request.match_info["instance"]) if scale_set is not None else None
+        if scale_set is None or vm is None:
+            return _not_found(request)
+        if (
+            not scale_set.properties.get("virtualMachineProfile", {})
+            .get("diagnosticsProfile", {})
+            .get("bootDiagnostics", {})
+            .get("enabled")
+        ):
+            return arm_error(
+                409, "BootDiagnosticsNotEnabled", f"Boot diagnostics are not enabled for VM {vm.name}."
+            )
+        info = request.match_info
+        path = CONSOLE.format(sub=info["sub"], rg=info["rg"], name=scale_set.name, instance=vm.instance_id)
+        base = self._base_url(request)
+        return web.json_response(
+            {
+                "consoleScreenshotBlobUri": f"{base}{path.replace('serialconsole.log', 'screenshot.bmp')}",
+                "serialConsoleLogBlobUri": f"{base}{path}?sig={self._signature(path)}",
+            }
+        )
+
+    async def _console_blob(self, request: web.Request) -> web.StreamResponse:
+        if not hmac.compare_digest(request.query.get("sig", ""), self._signature(request.path)):
+            return web.Response(status=403, text="AuthenticationFailed: the signature does not match")
+        info = request.match_info
+        for scale_set in self.scale_sets.values():
+            if scale_set.name == info["name"] and scale_set.resource_group == info["rg"]:
+                vm = scale_set.vms.get(info["instance"])
+                if vm is not None and (vm.root / "console.log").exists():
+                    return web.Response(
+                        body=(vm.root / "console.log").read_bytes(), content_type="text/plain"
+                    )
+        return web.Response(status=404, text="BlobNotFound")
 
     async def _list_image_versions(self, request: web.Request) -> web.Response:
         info = request.match_info
