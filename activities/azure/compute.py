@@ -168,6 +168,11 @@ class AzureComputeProvider:
         return self._network
 
     async def close(self) -> None:
+        steps = [t for t in self._watch.steps.values() if not t.done()]
+        for task in steps:
+            task.cancel()  # the operation goes on in Azure; the next reader's round sees it
+        await asyncio.gather(*steps, return_exceptions=True)
+        self._watch.steps.clear()
         for client in (self._compute, self._network):
             if client is not None:
                 await client.close()
