@@ -491,7 +491,7 @@ class AzureComputeProvider:
         time, none while the scale set is being changed (this or another worker's request)."""
         name = str(scale_set.name)
         tags = dict(scale_set.tags or {})
-        state = scale_set.properties.provisioning_state if scale_set.properties else None
+        state = _text(scale_set.properties.provisioning_state) if scale_set.properties else None
         running = self._watch.steps.get(name)
         if TAG_WANTED not in tags or state != "Succeeded" or (running is not None and not running.done()):
             return

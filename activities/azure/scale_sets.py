@@ -230,7 +230,10 @@ def scale_set_body(
 
 
 def instance_phase(power: str | None, health: str | None) -> InstancePhase:
-    """A VM's power state and Application Health verdict as the host's instance phase."""
+    """A VM's power state and Application Health verdict as the host's instance phase. A VM
+    still powering on is starting, not failed (a new VM of a rolling update goes through it)."""
+    if power == "PowerState/starting":
+        return "starting"
     if power is not None and power != "PowerState/running":
         return "stopped" if power in ("PowerState/stopping", "PowerState/deallocating") else "failed"
     match health:

@@ -108,6 +108,7 @@ def test_custom_data_is_a_shell_script_carrying_the_boot_description(tmp_path: P
         ("PowerState/running", "HealthState/unhealthy", "unready"),
         ("PowerState/stopped", "HealthState/unhealthy", "failed"),
         ("PowerState/deallocating", None, "stopped"),
+        ("PowerState/starting", None, "starting"),
     ],
     ids=[
         "healthy_is_ready",
