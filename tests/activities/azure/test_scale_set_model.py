@@ -117,6 +117,7 @@ def test_custom_data_is_a_shell_script_carrying_the_boot_description(tmp_path: P
         "unhealthy_is_unready",
         "stopped_vm_is_failed",
         "deallocating_is_stopped",
+        "powering_on_is_starting",
     ],
 )
 def test_power_state_and_health_read_as_an_instance_phase(power: str, health: str | None, phase: str) -> None:
