@@ -313,8 +313,11 @@ class AzureComputeProvider:
                 type="UnknownDeployment",
             ) from None
         status = await self._deployment_status(scale_set)
-        known = self._watch.snapshots.get((request.endpoint, request.deployment))
-        return status.model_copy(update={"version": known.version if known else 0})
+        # What was just read is the newest known: recorded as the watcher records a round, so
+        # its version is newer than any news read before it (a workflow keeps the newest).
+        key = (request.endpoint, request.deployment)
+        self._record(key, status)
+        return self._watch.snapshots[key]
 
     async def changes(self, since: int, timeout_seconds: float) -> InstanceChanges:
         """The deployments whose instances changed since `since`: one list of the resource
