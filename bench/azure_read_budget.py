@@ -37,7 +37,12 @@ from tests.host.helpers import SCORE_PY  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
 ARM_REFILL_PER_SECOND = 25.0  # per subscription, reads (ARM's token bucket; 250 in a burst)
-READS = ("virtualMachineScaleSets.list", "virtualMachineScaleSetVMs.list", "virtualMachineScaleSets.get")
+READS = (
+    "virtualMachineScaleSets.list",
+    "virtualMachineScaleSetVMs.list",
+    "virtualMachineScaleSets.get",
+    "virtualMachineScaleSetVMs.get",  # each new VM's user data (its spec), once
+)
 CONDA = "name: bench\ndependencies:\n  - python>=3.11\n  - pip\n  - pip:\n    - scikit-learn\n    - joblib\n"
 
 

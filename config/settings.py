@@ -145,6 +145,12 @@ class Settings(BaseSettings):
     azure_watch_interval_seconds: float = Field(
         default=25.0, gt=0, description="how often the shared watcher lists the resource group"
     )
+    azure_drain_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="how long a VM leaving in a rolling update is out of the routes before it is "
+        "deleted (a watch interval to be seen, the route push, the requests it holds)",
+    )
     azure_storage_account_url: str | None = Field(
         default=None,
         description="https://<account>.blob.core.windows.net (Azurite: http://127.0.0.1:<port>/devstoreaccount1)",

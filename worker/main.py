@@ -13,7 +13,7 @@ import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.compute import ComputeActivities
+from activities.compute import ComputeActivities, ComputeProvider
 from activities.endpoints import EndpointActivities
 from activities.monitor import AzureMetricActivities, MonitorActivities
 from activities.network import NetworkActivities
@@ -34,10 +34,13 @@ log = structlog.get_logger()
 WORKFLOWS = [EndpointWorkflow, DeploymentWorkflow, RolloutWorkflow, HostPatchWorkflow]
 
 
-def activities(client: Client, settings: Settings) -> list[Callable[..., Any]]:
+def activities(
+    client: Client, settings: Settings, compute_provider: ComputeProvider | None = None
+) -> list[Callable[..., Any]]:
     """Every activity the workflows call (config.contract.names.Activity), on the providers
-    the settings choose (activities/providers.py)."""
-    compute = ComputeActivities(provider("compute", settings))
+    the settings choose (activities/providers.py); `compute_provider`: the one the instance
+    watcher follows too, so the versions of what both answer are one sequence."""
+    compute = ComputeActivities(compute_provider or provider("compute", settings))
     network = NetworkActivities(provider("network", settings))
     secrets = SecretActivities(provider("secrets", settings))
     monitor = MonitorActivities(provider("monitor", settings))
@@ -60,12 +63,14 @@ def activities(client: Client, settings: Settings) -> list[Callable[..., Any]]:
     ]
 
 
-def build_worker(client: Client, settings: Settings) -> Worker:
+def build_worker(
+    client: Client, settings: Settings, compute_provider: ComputeProvider | None = None
+) -> Worker:
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=activities(client, settings),
+        activities=activities(client, settings, compute_provider),
     )
 
 
@@ -73,11 +78,13 @@ async def serve(settings: Settings) -> None:
     client = await connect(settings, service="tidegate-worker")
     # Before polling: a rollout started in a namespace without them fails to start.
     await ensure_search_attributes(client, settings.temporal_namespace)
-    worker = build_worker(client, settings)
+    # One compute provider for the activities and the watcher: on azure, the answer to a
+    # request and the watcher's news then carry versions of one sequence, so a workflow can
+    # tell which is newer (and the watcher's rounds are the only ones).
+    compute = provider("compute", settings)
+    worker = build_worker(client, settings, compute)
     # Beside the worker, not an activity: one long poll for every deployment on the host.
-    watcher = asyncio.create_task(
-        InstanceWatcher(provider("compute", settings), client).run(), name="instance-watcher"
-    )
+    watcher = asyncio.create_task(InstanceWatcher(compute, client).run(), name="instance-watcher")
     log.info("worker.started", task_queue=settings.task_queue, temporal=settings.temporal_target)
     try:
         await worker.run()

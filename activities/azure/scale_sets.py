@@ -4,7 +4,10 @@ read as an instance phase."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +16,19 @@ from config.azure_vm import VmBoot
 from config.contract.activities import RequestInstancesInput
 from config.host_api import InstancePhase, ProbeSpec
 from config.settings import Settings
+from decisions.scale_set_update import ImageRecord
 
 # Tags that map a scale set back to its deployment (and say which spec its model runs).
 TAG_ENDPOINT = "tidegate-endpoint"
 TAG_DEPLOYMENT = "tidegate-deployment"
 TAG_SPEC = "tidegate-spec-hash"
+# The rolling update's state, where every worker reads it: the VMs wanted of the spec, how many
+# more may run meanwhile, which VMs are draining, the image chosen per runtime patch level.
+TAG_WANTED = "tidegate-instance-count"
+TAG_SURGE = "tidegate-max-surge"
+TAG_DRAINING = "tidegate-draining"
+TAG_IMAGES = ("tidegate-image", "tidegate-image-before")
+USER_DATA_SPEC = "tidegate-spec-hash"
 NIC_NAME = "tidegate-nic"
 # Azure's bounds for the Application Health extension's settings.
 HEALTH_INTERVAL_BOUNDS = (5, 60)
@@ -75,6 +86,51 @@ def image_reference(image: str) -> dict[str, str]:
     return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
 
 
+# A Compute Gallery image definition (no version): its newest version is looked up.
+_GALLERY_IMAGE = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Compute/galleries/[^/]+/images/[^/]+$",
+    re.IGNORECASE,
+)
+
+
+def gallery_image(image: str) -> bool:
+    """A gallery image definition's resource id, whose versions are listed for the newest."""
+    return bool(_GALLERY_IMAGE.match(image))
+
+
+def image_records(tags: dict[str, str]) -> list[ImageRecord]:
+    """The images a scale set's tags remember (`<patch level>=<spec>=<image>`), the current
+    model's first."""
+    records = []
+    for name in TAG_IMAGES:
+        level, _, rest = tags.get(name, "").partition("=")
+        spec, _, image = rest.partition("=")
+        if level.isdigit() and spec and image:
+            records.append(ImageRecord(image=image, spec=spec, patch=int(level)))
+    return records
+
+
+def image_tags(records: list[ImageRecord]) -> dict[str, str]:
+    return {name: f"{r.patch}={r.spec}={r.image}" for name, r in zip(TAG_IMAGES, records, strict=False)}
+
+
+def spec_user_data(spec_hash: str) -> str:
+    """Each VM's user data: the spec it was created with, readable for its whole life."""
+    return base64.b64encode(json.dumps({USER_DATA_SPEC: spec_hash}).encode()).decode()
+
+
+def spec_of_user_data(user_data: str | None) -> str | None:
+    """The spec a VM's user data names; None: none (a VM from before user data was set)."""
+    if not user_data:
+        return None
+    try:
+        found = json.loads(base64.b64decode(user_data))
+    except ValueError:
+        return None
+    spec = found.get(USER_DATA_SPEC) if isinstance(found, dict) else None
+    return str(spec) if spec else None
+
+
 def vm_boot(request: RequestInstancesInput, settings: Settings) -> VmBoot:
     """What each VM is told: the runtime with its artifacts as URLs the VM can fetch."""
     runtime = request.runtime
@@ -85,8 +141,17 @@ def vm_boot(request: RequestInstancesInput, settings: Settings) -> VmBoot:
     )
 
 
-def scale_set_body(request: RequestInstancesInput, settings: Settings) -> dict[str, Any]:
-    """The whole desired state of a deployment's scale set: the same request, the same body."""
+def scale_set_body(
+    request: RequestInstancesInput,
+    settings: Settings,
+    *,
+    capacity: int | None = None,
+    image: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The whole desired state of a deployment's scale set: the same request, the same body.
+    `capacity`: the VMs to hold now (a rolling update's first step; default the count);
+    `image`: the image version chosen (default the settings'); `tags`: the rolling update's."""
     runtime = request.runtime
     subnet_id = (
         f"/subscriptions/{settings.azure_subscription_id}/resourceGroups/{settings.azure_resource_group}"
@@ -100,12 +165,20 @@ def scale_set_body(request: RequestInstancesInput, settings: Settings) -> dict[s
             TAG_ENDPOINT: runtime.endpoint,
             TAG_DEPLOYMENT: runtime.deployment,
             TAG_SPEC: runtime.spec_hash,
+            TAG_WANTED: str(request.instance_count),
+            TAG_SURGE: str(request.max_surge),
+            **(tags or {}),
         },
-        "sku": {"name": request.instance_type, "tier": "Standard", "capacity": request.instance_count},
+        "sku": {
+            "name": request.instance_type,
+            "tier": "Standard",
+            "capacity": request.instance_count if capacity is None else capacity,
+        },
         "properties": {
             "orchestrationMode": "Uniform",
-            # A new spec reimages every VM (max_surge 0's meaning); rolling updates are not here yet.
-            "upgradePolicy": {"mode": "Automatic"},
+            # A new model reaches no VM by itself: new VMs are made from it and old ones deleted,
+            # as the rolling update says (decisions/scale_set_update.py).
+            "upgradePolicy": {"mode": "Manual"},
             "overprovision": False,
             "virtualMachineProfile": {
                 "osProfile": {
@@ -124,8 +197,11 @@ def scale_set_body(request: RequestInstancesInput, settings: Settings) -> dict[s
                         },
                     },
                 },
+                "userData": spec_user_data(runtime.spec_hash),
+                # The serial console, where a VM that fails says why (managed storage).
+                "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
                 "storageProfile": {
-                    "imageReference": image_reference(settings.azure_image),
+                    "imageReference": image_reference(image or settings.azure_image),
                     "osDisk": {
                         "createOption": "FromImage",
                         "caching": "ReadWrite",
@@ -154,7 +230,10 @@ def scale_set_body(request: RequestInstancesInput, settings: Settings) -> dict[s
 
 
 def instance_phase(power: str | None, health: str | None) -> InstancePhase:
-    """A VM's power state and Application Health verdict as the host's instance phase."""
+    """A VM's power state and Application Health verdict as the host's instance phase. A VM
+    still powering on is starting, not failed (a new VM of a rolling update goes through it)."""
+    if power == "PowerState/starting":
+        return "starting"
     if power is not None and power != "PowerState/running":
         return "stopped" if power in ("PowerState/stopping", "PowerState/deallocating") else "failed"
     match health:

@@ -12,15 +12,20 @@ import pytest
 from activities.azure.bootstrap import bootstrap_script
 from activities.azure.scale_sets import (
     SCALE_SET_NAME_MAX,
+    gallery_image,
+    image_records,
+    image_tags,
     instance_phase,
     scale_set_body,
     scale_set_name,
+    spec_of_user_data,
     vm_boot,
 )
 from config.azure_vm import VmBoot
 from config.contract.activities import RequestInstancesInput
 from config.host_api import DeploymentRuntime, ProbeSpec
 from config.settings import Settings
+from decisions.scale_set_update import ImageRecord
 
 
 def settings(tmp_path: Path) -> Settings:
@@ -66,6 +71,34 @@ def test_instance_type_is_the_sku_and_instance_count_the_capacity(tmp_path: Path
     assert body["tags"]["tidegate-spec-hash"] == "h1"
 
 
+def test_a_new_model_reaches_no_vm_by_itself_and_each_vm_carries_its_spec(tmp_path: Path) -> None:
+    """Upgrade policy Manual; user data naming the spec; the rolling update's tags; the first
+    step's capacity and the image chosen given, not taken from the count and settings."""
+    req = request(count=2).model_copy(update={"max_surge": 1})
+    body = scale_set_body(req, settings(tmp_path), capacity=3, image="/img/versions/1.0.1", tags={"x": "y"})
+    assert body["properties"]["upgradePolicy"] == {"mode": "Manual"}
+    profile = body["properties"]["virtualMachineProfile"]
+    assert spec_of_user_data(profile["userData"]) == "h1"
+    assert profile["storageProfile"]["imageReference"] == {"id": "/img/versions/1.0.1"}
+    assert profile["diagnosticsProfile"] == {"bootDiagnostics": {"enabled": True}}
+    assert body["sku"]["capacity"] == 3
+    assert {k: body["tags"][k] for k in ("tidegate-instance-count", "tidegate-max-surge", "x")} == {
+        "tidegate-instance-count": "2",
+        "tidegate-max-surge": "1",
+        "x": "y",
+    }
+    assert spec_of_user_data(None) is None and spec_of_user_data("not base64 json") is None
+
+
+def test_image_records_read_back_from_tags_and_a_gallery_definition_is_told_from_a_version() -> None:
+    records = [ImageRecord("/g/versions/1.0.1", "p1", 1), ImageRecord("pub:offer:sku:1.0", "p0", 0)]
+    assert image_records(image_tags(records)) == records
+    assert image_records({"tidegate-image": "garbage"}) == []
+    definition = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/host"
+    assert gallery_image(definition)
+    assert not gallery_image(definition + "/versions/1.0.0") and not gallery_image("pub:offer:sku:latest")
+
+
 @pytest.mark.parametrize(
     ("period", "failures", "interval", "probes"),
     [(1, 3, 5, 3), (10, 30, 10, 24), (120, 1, 60, 1)],
@@ -108,6 +141,7 @@ def test_custom_data_is_a_shell_script_carrying_the_boot_description(tmp_path: P
         ("PowerState/running", "HealthState/unhealthy", "unready"),
         ("PowerState/stopped", "HealthState/unhealthy", "failed"),
         ("PowerState/deallocating", None, "stopped"),
+        ("PowerState/starting", None, "starting"),
     ],
     ids=[
         "healthy_is_ready",
@@ -116,6 +150,7 @@ def test_custom_data_is_a_shell_script_carrying_the_boot_description(tmp_path: P
         "unhealthy_is_unready",
         "stopped_vm_is_failed",
         "deallocating_is_stopped",
+        "powering_on_is_starting",
     ],
 )
 def test_power_state_and_health_read_as_an_instance_phase(power: str, health: str | None, phase: str) -> None:

@@ -158,3 +158,10 @@ class FakeArmProcess:
             body = {"scale_set": scale_set, "instance_id": instance_id}
             async with session.post(f"{self.url}/_fake/kill", json=body) as response:
                 response.raise_for_status()
+
+    async def publish_image_version(self, image: str, version: str) -> None:
+        """A new version of a Compute Gallery image definition (made if need be)."""
+        async with self.session() as session:
+            body = {"image": image, "version": version}
+            async with session.post(f"{self.url}/_fake/image-versions", json=body) as response:
+                response.raise_for_status()

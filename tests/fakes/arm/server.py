@@ -1,6 +1,7 @@
 """The fake ARM server: scale sets, their VMs and NICs, operation-status resources, faults.
 
 Field names are those of Microsoft.Compute 2026-04-01 (scale sets, their VMs, operation status),
+Microsoft.Compute 2026-03-03 (a gallery image's versions),
 Microsoft.Network 2018-10-01 (a scale set's network interfaces) and Microsoft.Network 2026-03-01
 (public IPs, load balancers, NSGs: tests/fakes/arm/network.py): the versions azure-mgmt-compute
 39 and azure-mgmt-network 33.1 send, whose models are generated from azure-rest-api-specs. Any
@@ -30,11 +31,16 @@ from tests.fakes.arm.network import NETWORK_API_VERSION, FakeNetwork
 from tests.fakes.arm.vms import HealthProbe, Image, Vm
 
 COMPUTE_API_VERSION = "2026-04-01"
+GALLERY_API_VERSION = "2026-03-03"
 NETWORK_VMSS_NIC_API_VERSION = "2018-10-01"
 
 _RG = "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute"
 SCALE_SETS = _RG + "/virtualMachineScaleSets"
 SCALE_SET = SCALE_SETS + "/{name}"
+VM = SCALE_SET + "/virtualMachines/{instance}"
+CONSOLE = "/_fake/boot-diagnostics/{sub}/{rg}/{name}/{instance}/serialconsole.log"
+GALLERY_IMAGE = _RG + "/galleries/{gallery}/images/{image}"
+UPGRADE_MODES = ("Automatic", "Manual", "Rolling")
 OPERATION = "/subscriptions/{sub}/providers/{provider}/locations/{location}/operations/{op}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -150,6 +156,14 @@ class ScaleSet:
             self.properties.get("virtualMachineProfile", {}).get("osProfile", {}).get("customData", "")
         )
 
+    def user_data(self) -> str | None:
+        data = self.properties.get("virtualMachineProfile", {}).get("userData")
+        return str(data) if data is not None else None
+
+    def image_reference(self) -> dict[str, str]:
+        profile = self.properties.get("virtualMachineProfile", {})
+        return dict(profile.get("storageProfile", {}).get("imageReference", {}))
+
     def nic_name(self) -> str:
         configs = (
             self.properties.get("virtualMachineProfile", {})
@@ -158,7 +172,7 @@ class ScaleSet:
         )
         return str(configs[0]["name"]) if configs else "nic"
 
-    def vm_view(self, vm: Vm, expand: bool) -> dict[str, Any]:
+    def vm_view(self, vm: Vm, expand: bool, user_data: bool = False) -> dict[str, Any]:
         vm_id = f"{self.id}/virtualMachines/{vm.instance_id}"
         prefix = (
             self.properties.get("virtualMachineProfile", {})
@@ -172,6 +186,7 @@ class ScaleSet:
             "provisioningState": "Succeeded",
             "timeCreated": vm.created,
             "osProfile": {"computerName": computer_name},
+            "storageProfile": {"imageReference": _with_exact_version(vm.image)},
             "networkProfile": {"networkInterfaces": [{"id": f"{vm_id}/networkInterfaces/{self.nic_name()}"}]},
         }
         if expand:
@@ -203,6 +218,8 @@ class ScaleSet:
                     }
                 }
             properties["instanceView"] = view
+        if user_data and vm.user_data is not None:
+            properties["userData"] = vm.user_data  # only with $expand=userData, as ARM
         return {
             "id": vm_id,
             "name": vm.name,
@@ -275,6 +292,8 @@ class FakeArm:
         self._probes: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.network = FakeNetwork(self)
+        # Compute Gallery image definitions (resource id, lower case) -> their versions.
+        self.image_versions: dict[str, list[dict[str, Any]]] = {}
 
     # ---- the app -------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -290,7 +309,23 @@ class FakeArm:
             self._delete_instances,
             name="virtualMachineScaleSets.deleteInstances",
         )
+        add("PATCH", SCALE_SET, self._patch_scale_set, name="virtualMachineScaleSets.update")
         add("GET", SCALE_SET + "/virtualMachines", self._list_vms, name="virtualMachineScaleSetVMs.list")
+        add("GET", VM, self._get_vm, name="virtualMachineScaleSetVMs.get")
+        add(
+            "POST",
+            VM + "/retrieveBootDiagnosticsData",
+            self._boot_diagnostics,
+            name="virtualMachineScaleSetVMs.retrieveBootDiagnosticsData",
+        )
+        # Where the boot diagnostics URLs point: the serial console as a blob behind a signature.
+        add("GET", CONSOLE, self._console_blob, name="_fake.console")
+        add(
+            "GET",
+            GALLERY_IMAGE + "/versions",
+            self._list_image_versions,
+            name="galleryImageVersions.listByGalleryImage",
+        )
         add(
             "GET",
             SCALE_SET + "/networkInterfaces",
@@ -313,6 +348,7 @@ class FakeArm:
         add("GET", "/_fake/state", self._fake_state, name="_fake.state")
         add("POST", "/_fake/faults", self._fake_faults, name="_fake.faults")
         add("POST", "/_fake/kill", self._fake_kill, name="_fake.kill")
+        add("POST", "/_fake/image-versions", self._fake_image_version, name="_fake.imageVersions")
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -335,6 +371,8 @@ class FakeArm:
     # ---- middlewares ---------------------------------------------------------------------
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _route_name(request) == "_fake.console":
+            return await handler(request)  # a SAS URL: its signature is checked, not a token
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {self._token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -455,6 +493,13 @@ class FakeArm:
             )
         if "name" not in sku or "capacity" not in sku:
             return arm_error(400, "InvalidParameter", "sku.name and sku.capacity are required.")
+        mode = (body.get("properties") or {}).get("upgradePolicy", {}).get("mode", "Manual")
+        if mode not in UPGRADE_MODES:
+            return arm_error(
+                400,
+                "InvalidParameter",
+                f"upgradePolicy.mode {mode!r} is not one of {', '.join(UPGRADE_MODES)}.",
+            )
         fault = self._take_operation_fault("virtualMachineScaleSets.createOrUpdate") or (1, None)
         key = self._key(request)
         existing = self.scale_sets.get(key)
@@ -531,6 +576,7 @@ class FakeArm:
 
     def _boot(self, scale_set: ScaleSet, vm: Vm) -> None:
         vm.model_version = scale_set.model_version
+        vm.user_data, vm.image = scale_set.user_data(), scale_set.image_reference()
         vm.ever_healthy, vm.failures = False, 0
         vm.set_health("HealthState/initializing")
         vm.boot(scale_set.custom_data(), self._image)
@@ -586,6 +632,110 @@ class FakeArm:
             request, "virtualMachineScaleSets.deleteInstances", scale_set.location, lambda: None
         )
         return web.Response(status=202, headers=headers)
+
+    async def _patch_scale_set(self, request: web.Request) -> web.Response:
+        """PATCH: what the body names changes (sku merged, tags replaced, properties merged),
+        the rest stays; new VMs take the model as it is then."""
+        scale_set = self.scale_sets.get(self._key(request))
+        if scale_set is None:
+            return _not_found(request)
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return arm_error(
+                400, "InvalidRequestContent", "The request content was invalid and could not be deserialized."
+            )
+        before = copy.deepcopy(scale_set.model())
+        if "sku" in body:
+            scale_set.sku = {**scale_set.sku, **body["sku"]}
+        if "tags" in body:
+            scale_set.tags = dict(body["tags"] or {})
+        if "properties" in body:
+            merged = _merge(scale_set.properties, body["properties"] or {})
+            if merged != scale_set.properties:
+                scale_set.model_version += 1
+            scale_set.properties = merged
+        if scale_set.model() != before:
+            self.changes[scale_set.name] += 1
+        scale_set.provisioning_state = "Updating"
+        fault = self._take_operation_fault("virtualMachineScaleSets.update") or (1, None)
+        if fault[1] is None:
+            self._converge(scale_set)
+
+        def succeeded() -> None:
+            scale_set.provisioning_state = "Succeeded"
+
+        def failed() -> None:
+            scale_set.provisioning_state = "Failed"
+
+        headers = self.start_operation(
+            request, "virtualMachineScaleSets.update", scale_set.location, succeeded, failed, fault=fault
+        )
+        return web.json_response(scale_set.view(), status=200, headers=headers)
+
+    async def _get_vm(self, request: web.Request) -> web.Response:
+        scale_set = self.scale_sets.get(self._key(request))
+        vm = scale_set.vms.get(request.match_info["instance"]) if scale_set is not None else None
+        if scale_set is None or vm is None:
+            return _not_found(request)
+        expand = request.query.get("$expand", "").lower()
+        return web.json_response(scale_set.vm_view(vm, expand == "instanceview", expand == "userdata"))
+
+    def _signature(self, path: str) -> str:
+        return hmac.new(self._token.encode(), path.encode(), "sha256").hexdigest()
+
+    async def _boot_diagnostics(self, request: web.Request) -> web.Response:
+        """URLs of the VM's screenshot and serial console log, signed (SAS) and short-lived."""
+        scale_set = self.scale_sets.get(self._key(request))
+        vm = scale_set.vms.get(request.match_info["instance"]) if scale_set is not None else None
+        if scale_set is None or vm is None:
+            return _not_found(request)
+        if (
+            not scale_set.properties.get("virtualMachineProfile", {})
+            .get("diagnosticsProfile", {})
+            .get("bootDiagnostics", {})
+            .get("enabled")
+        ):
+            return arm_error(
+                409, "BootDiagnosticsNotEnabled", f"Boot diagnostics are not enabled for VM {vm.name}."
+            )
+        info = request.match_info
+        path = CONSOLE.format(sub=info["sub"], rg=info["rg"], name=scale_set.name, instance=vm.instance_id)
+        base = self._base_url(request)
+        return web.json_response(
+            {
+                "consoleScreenshotBlobUri": f"{base}{path.replace('serialconsole.log', 'screenshot.bmp')}",
+                "serialConsoleLogBlobUri": f"{base}{path}?sig={self._signature(path)}",
+            }
+        )
+
+    async def _console_blob(self, request: web.Request) -> web.StreamResponse:
+        if not hmac.compare_digest(request.query.get("sig", ""), self._signature(request.path)):
+            return web.Response(status=403, text="AuthenticationFailed: the signature does not match")
+        info = request.match_info
+        for scale_set in self.scale_sets.values():
+            if scale_set.name == info["name"] and scale_set.resource_group == info["rg"]:
+                vm = scale_set.vms.get(info["instance"])
+                if vm is not None and (vm.root / "console.log").exists():
+                    return web.Response(
+                        body=(vm.root / "console.log").read_bytes(), content_type="text/plain"
+                    )
+        return web.Response(status=404, text="BlobNotFound")
+
+    async def _list_image_versions(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        image_id = GALLERY_IMAGE.format(
+            sub=info["sub"], rg=info["rg"], gallery=info["gallery"], image=info["image"]
+        )
+        versions = self.image_versions.get(image_id.lower())
+        if versions is None:
+            return arm_error(
+                404,
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.Compute/galleries/{info['gallery']}/images/{info['image']}' "
+                f"under resource group '{info['rg']}' was not found.",
+            )
+        return web.json_response({"value": versions})
 
     async def _list_vms(self, request: web.Request) -> web.Response:
         scale_set = self.scale_sets.get(self._key(request))
@@ -653,6 +803,8 @@ class FakeArm:
                         "capacity": s.sku.get("capacity"),
                         "sku": s.sku.get("name"),
                         "provisioning_state": s.provisioning_state,
+                        "tags": s.tags,
+                        "upgrade_policy": s.properties.get("upgradePolicy", {}).get("mode", "Manual"),
                         "vms": [
                             {
                                 "instance_id": vm.instance_id,
@@ -660,6 +812,9 @@ class FakeArm:
                                 "running": vm.running,
                                 "health": vm.health,
                                 "pid": vm.process.pid if vm.process else None,
+                                "latest_model_applied": vm.model_version == s.model_version,
+                                "user_data": vm.user_data,
+                                "image": vm.image,
                             }
                             for vm in s.vms.values()
                         ],
@@ -699,6 +854,32 @@ class FakeArm:
             faults.operation_on = body["operation"].get("on")
         return web.json_response({"ok": True})
 
+    async def _fake_image_version(self, request: web.Request) -> web.Response:
+        """{"image": gallery image definition id, "version": "1.0.1", "exclude_from_latest": false}:
+        the version is published (the definition made if need be)."""
+        body = await request.json()
+        image_id = str(body["image"]).rstrip("/")
+        version = str(body["version"])
+        versions = self.image_versions.setdefault(image_id.lower(), [])
+        versions[:] = [v for v in versions if v["name"] != version]
+        versions.append(
+            {
+                "id": f"{image_id}/versions/{version}",
+                "name": version,
+                "type": "Microsoft.Compute/galleries/images/versions",
+                "location": "westeurope",
+                "properties": {
+                    "publishingProfile": {
+                        "excludeFromLatest": bool(body.get("exclude_from_latest", False)),
+                        "publishedDate": now(),
+                        "replicaCount": 1,
+                    },
+                    "provisioningState": "Succeeded",
+                },
+            }
+        )
+        return web.json_response({"versions": [v["name"] for v in versions]})
+
     async def _fake_kill(self, request: web.Request) -> web.Response:
         """{"scale_set": name, "instance_id": "0"}: the VM's process group dies at once."""
         body = await request.json()
@@ -713,8 +894,31 @@ class FakeArm:
         return web.json_response({"error": "no such VM"}, status=404)
 
 
+def _merge(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """A PATCH body over a resource: objects merged key by key, anything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in change.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _with_exact_version(image: dict[str, str]) -> dict[str, str]:
+    """A VM's image reference as ARM shows it: with the version it really got."""
+    shown = dict(image)
+    if "id" in shown and "/versions/" in shown["id"]:
+        shown["exactVersion"] = shown["id"].rsplit("/", 1)[1]
+    elif "version" in shown:
+        shown["exactVersion"] = shown["version"]
+    return shown
+
+
 def _api_version_of(route: str) -> str:
     """The one api-version each route takes (what the pinned SDKs send)."""
+    if route.startswith("galleryImageVersions"):
+        return GALLERY_API_VERSION
     if route.startswith("networkInterfaces"):
         return NETWORK_VMSS_NIC_API_VERSION
     if route.split(".")[0] in (*NETWORK_KINDS, "networkOperations"):

@@ -47,6 +47,9 @@ class Vm:
     address: str
     root: Path
     model_version: int
+    # What the VM was made from (its own model: Manual upgrade policy keeps it for life).
+    user_data: str | None = None
+    image: dict[str, str] = field(default_factory=dict)
     vm_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     process: subprocess.Popen[bytes] | None = None
