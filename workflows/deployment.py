@@ -185,15 +185,28 @@ class DeploymentWorkflow:
             self._standing, self._error = "Succeeded", None
         except ProvisionFailed as failed:
             reason = f"update failed, rolled back: {failed}"
+            # Back on the old spec is not the update's success: until the Failed below, the
+            # endpoint hears Updating, so a client waiting on the update never reads Succeeded.
+            back: ProvisioningState = (
+                "Updating" if workflow.patched(Patch.ROLLBACK_REPORTS_UPDATING) else "Succeeded"
+            )
             try:
-                await self._converge(previous, surge=ROLLING_SURGE, state="Updating")
+                await self._converge(previous, surge=ROLLING_SURGE, state="Updating", done=back)
             except ProvisionFailed as again:
                 reason += f"\nrolling back failed too: {again}"
             self._standing, self._error = "Failed", reason
             await self._report("Failed", error=reason)
 
-    async def _converge(self, target: DeploymentTarget, *, surge: int, state: ProvisioningState) -> None:
-        """Ask for `target`, then follow the instances (routing the ready ones) until it holds."""
+    async def _converge(
+        self,
+        target: DeploymentTarget,
+        *,
+        surge: int,
+        state: ProvisioningState,
+        done: ProvisioningState = "Succeeded",
+    ) -> None:
+        """Ask for `target`, then follow the instances (routing the ready ones) until it holds,
+        and report `done` then."""
         status = await self._request(target, target.instance_count, surge)
         while True:
             seen = assess(status, target.runtime.spec_hash, target.instance_count)
@@ -204,7 +217,7 @@ class DeploymentWorkflow:
                 raise ProvisionFailed(failure_text(new_failures[0]))
             if seen.converged:
                 self._target = target
-                await self._report("Succeeded", seen=seen, warnings=status.warnings)
+                await self._report(done, seen=seen, warnings=status.warnings)
                 return
             if state == "Updating":
                 await self._report("Updating", seen=seen)

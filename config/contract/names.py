@@ -78,6 +78,9 @@ class Patch:
     INSTANCES_BY_SIGNAL: Final = "deployment-instances-by-signal"
     # EndpointWorkflow tries a failed route push again on the lagging gateways' cadence, not at once.
     PUSH_FAILURE_BACKOFF: Final = "endpoint-push-failure-backoff"
+    # DeploymentWorkflow reports Updating, not Succeeded, once a failed update is rolled back
+    # (until its Failed report), so `update --wait` never reads the rollback as success.
+    ROLLBACK_REPORTS_UPDATING: Final = "deployment-rollback-reports-updating"
 
 
 class RolloutSignal:

@@ -48,6 +48,7 @@ class Recorder:
 
     fail_provision: str | None = None
     fail_new_instances: str | None = None  # instances beyond the ones already there fail
+    fail_spec: tuple[str, str] | None = None  # (spec hash, error): that spec's instances fail
     calls: list[str] = field(default_factory=list)
     routes: list[EndpointRoute] = field(default_factory=list)
     ensured: list[RequestInstancesInput] = field(default_factory=list)
@@ -92,6 +93,8 @@ class Recorder:
             kept = len(previous.instances) if previous else 0
 
             def outcome(i: int) -> tuple[str, str | None]:
+                if self.fail_spec and self.fail_spec[0] == runtime.spec_hash:
+                    return "failed", self.fail_spec[1]
                 if self.fail_new_instances and i >= kept:
                     return "failed", self.fail_new_instances
                 return ("failed", self.fail_provision) if self.fail_provision else ("ready", None)

@@ -14,10 +14,15 @@ from temporalio.worker import Worker
 
 from config.azure_metrics import AzureMonitorSource, MetricQuery
 from config.contract.activities import QueryWindowInput, ReadAzureMetricInput, ReadAzureMetricResult
-from config.contract.ids import endpoint_id
-from config.contract.names import Activity
+from config.contract.ids import deployment_id, endpoint_id
+from config.contract.names import Activity, EndpointSignal
 from config.contract.state import AutoscaleSettings, EndpointRecord
-from config.contract.workflows import CreateDeploymentInput, EndpointWorkflowInput
+from config.contract.workflows import (
+    CreateDeploymentInput,
+    DeploymentReport,
+    EndpointWorkflowInput,
+    UpdateDeploymentInput,
+)
 from config.stats import WindowStats
 from tests.workflows.recorders import Recorder
 from tests.workflows.test_endpoint_workflow import target, wait_for
@@ -147,3 +152,40 @@ async def _until(predicate: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("never happened")
+
+
+async def reported_states(env: WorkflowEnvironment, endpoint: str, deployment: str) -> list[str]:
+    """Every provisioning state the deployment's workflow signalled to its endpoint, in order,
+    read from its history (so no transient report is missed)."""
+    handle = env.client.get_workflow_handle(deployment_id(endpoint, deployment))
+    states = []
+    for event in (await handle.fetch_history()).events:
+        if event.HasField("signal_external_workflow_execution_initiated_event_attributes"):
+            attrs = event.signal_external_workflow_execution_initiated_event_attributes
+            if attrs.signal_name == EndpointSignal.DEPLOYMENT_REPORTED:
+                [report] = await env.client.data_converter.decode(attrs.input.payloads, [DeploymentReport])
+                states.append(report.provisioning_state)
+    return states
+
+
+async def test_a_failed_update_rolled_back_never_reports_succeeded_before_it_reports_failed(rig) -> None:  # noqa: ANN001
+    env, recorder, _, queue = rig
+    name = f"ep-{uuid.uuid4().hex[:8]}"
+    start = EndpointWorkflowInput(state=EndpointRecord(name=name))
+    handle = await env.client.start_workflow(
+        EndpointWorkflow.run, start, id=endpoint_id(name), task_queue=queue
+    )
+    created = CreateDeploymentInput(target=target(name, "blue", 1))
+    await handle.execute_update(EndpointWorkflow.create_deployment, created)
+    await wait_for(handle, lambda s: s.deployments["blue"].provisioning_state == "Succeeded")
+    changed = target(name, "blue", 1)
+    changed.runtime = changed.runtime.model_copy(update={"spec_hash": "hash-blue-2"})
+    recorder.fail_spec = ("hash-blue-2", "init() raised: the new model is broken")
+
+    await handle.execute_update(EndpointWorkflow.update_deployment, UpdateDeploymentInput(target=changed))
+
+    state = await wait_for(handle, lambda s: s.deployments["blue"].provisioning_state == "Failed")
+    assert "rolled back" in (state.deployments["blue"].error or "")
+    states = await reported_states(env, name, "blue")
+    after_update = states[states.index("Updating") :]
+    assert "Succeeded" not in after_update[: after_update.index("Failed")], states
