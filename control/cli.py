@@ -839,15 +839,15 @@ def _artifacts():
     return provider("artifacts", load_settings())
 
 
-def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TidegateError as err:
-            fail(str(err))
+async def _models():
+    """The model registry: through the REST API with `--api`, else this machine's store (no
+    Temporal needed)."""
+    url = _api_url()
+    if url:
+        return await facade()
+    from control.models import LocalModels
 
-    return wrapper
+    return LocalModels(_artifacts())
 
 
 @model.command("create")
@@ -856,32 +856,30 @@ def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-p", "--path", type=click.Path(path_type=Path), required=True)
 @click.option("--description", default=None)
 @azure_options
-@direct_only
-@_sync
-def model_create(name, version, path, description, resource_group, workspace_name, output, query):
-    """Copy a model file or folder into the registry, content-hashed."""
-    emit(_artifacts().create_model(name, version, path, description).model_dump(), output, query)
+@run_async
+async def model_create(name, version, path, description, resource_group, workspace_name, output, query):
+    """Copy a model file or folder into the registry, content-hashed (with --api: sent as an
+    archive to the API's machine)."""
+    emit(await (await _models()).create_model(name, version, path, description), output, query)
 
 
 @model.command("list")
 @click.option("-n", "--name", default=None)
 @azure_options
-@direct_only
-@_sync
-def model_list(name, resource_group, workspace_name, output, query):
+@run_async
+async def model_list(name, resource_group, workspace_name, output, query):
     """List registered models."""
-    emit([m.model_dump() for m in _artifacts().list_models(name)], output, query)
+    emit(await (await _models()).list_models(name), output, query)
 
 
 @model.command("show")
 @click.option("-n", "--name", required=True)
 @click.option("-v", "--version", required=True)
 @azure_options
-@direct_only
-@_sync
-def model_show(name, version, resource_group, workspace_name, output, query):
+@run_async
+async def model_show(name, version, resource_group, workspace_name, output, query):
     """Show a registered model."""
-    emit(_artifacts().show_model(name, version).model_dump(), output, query)
+    emit(await (await _models()).show_model(name, version), output, query)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import aiohttp
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from activities.local.artifacts import version_key
 from config.contract.errors import (
     BadRequest,
     Conflict,
@@ -47,6 +48,7 @@ from control.arm.resources import (
     endpoint_request,
     read_model,
 )
+from control.models import archive, model_view
 from control.rollouts import follow_until_ended
 
 log = structlog.get_logger("control.arm.client")
@@ -191,10 +193,11 @@ class RestTidegate:
     ) -> Answer:
         url = self._url(path)
         params = None if "api-version=" in url else {"api-version": API_VERSION, **(query or {})}
+        payload = {"data": body} if isinstance(body, bytes) else {"json": body}
         try:
             async with self._open() as session:
                 async with session.request(
-                    method, url, json=body, headers=headers, params=params
+                    method, url, headers=headers, params=params, **payload
                 ) as response:
                     raw = await response.read()
                     status = response.status
@@ -235,6 +238,28 @@ class RestTidegate:
         if status["status"] != "Succeeded":
             error = status.get("error") or {}
             raise OperationFailed(error.get("message") or f"operation {status['status']}")
+
+    # ---- models (`tidegate model`): versioned assets, files through `POST uploads` ----------
+    async def create_model(
+        self, name: str, version: str, path: Path, description: str | None = None
+    ) -> dict[str, Any]:
+        data = await asyncio.to_thread(archive, path)
+        headers = {"Content-Type": "application/gzip"}
+        uploaded = (await self.call("POST", f"{WORKSPACE}/uploads", data, headers=headers)).body
+        body = {"properties": {"modelUri": uploaded["uri"], "description": description}}
+        answer = await self.call("PUT", f"{WORKSPACE}/models/{name}/versions/{version}", body)
+        return model_view(answer.body)
+
+    async def list_models(self, name: str | None = None) -> list[dict[str, Any]]:
+        names = [name] if name else [m["name"] for m in await self._list(f"{WORKSPACE}/models")]
+        found = []
+        for each in sorted(names):
+            versions = await self._list(f"{WORKSPACE}/models/{each}/versions")
+            found += sorted((model_view(v) for v in versions), key=lambda m: version_key(m["version"]))
+        return found
+
+    async def show_model(self, name: str, version: str) -> dict[str, Any]:
+        return model_view((await self.call("GET", f"{WORKSPACE}/models/{name}/versions/{version}")).body)
 
     # ---- endpoints -----------------------------------------------------------------------
     def _endpoint(self, name: str) -> str:

@@ -246,5 +246,5 @@ def test_the_local_systems_commands_refuse_the_flag_but_not_the_setting(tmp_path
     assert flagged.returncode == 2
     assert "`tidegate status` is not served by the REST API; run it without --api" in flagged.stderr
     assert _cli(tmp_path, "status", TIDEGATE_API_URL="http://127.0.0.1:9").returncode == 0
-    registry = _cli(tmp_path, "model", "list", TIDEGATE_API_URL="http://127.0.0.1:9")
-    assert registry.returncode == 2 and "`tidegate model list`" in registry.stderr
+    patch = _cli(tmp_path, "host", "patch", TIDEGATE_API_URL="http://127.0.0.1:9")
+    assert patch.returncode == 2 and "`tidegate host patch`" in patch.stderr

@@ -238,15 +238,36 @@ def test_delete_removes_the_deployment_then_the_endpoint(cli: Cli, created: dict
     assert gone.returncode == 1 and f"endpoint {ep} does not exist" in gone.stderr
 
 
+def test_a_model_registered_either_way_reads_the_same_either_way(
+    cli: Cli, project: tuple[Path, dict]
+) -> None:
+    root, _ = project
+    name = f"model-{cli.path}"
+    made = cli.json("model", "create", "-n", name, "-v", "3", "-p", str(root / "model-1" / "model"))
+
+    shown = [c.json("model", "show", "-n", name, "-v", "3") for c in (cli, cli.other())]
+    listed = [c.json("model", "list", "-n", name) for c in (cli, cli.other())]
+
+    assert (made["name"], made["version"]) == (name, "3")
+    fields = ("name", "version", "content_hash", "description")
+    assert [{f: s[f] for f in fields} for s in shown] == [{f: made[f] for f in fields}] * 2
+    assert [[m["version"] for m in each] for each in listed] == [["3"], ["3"]]
+    # The same files are the same content, whichever way they were sent.
+    direct = cli if cli.path == "direct" else cli.other()
+    other_name = f"model-{cli.other().path}"
+    if direct.run("model", "show", "-n", other_name, "-v", "3").returncode == 0:
+        other = direct.json("model", "show", "-n", other_name, "-v", "3")
+        assert other["content_hash"] == made["content_hash"]
+
+
 @pytest.mark.parametrize(
     "args",
     [
         ("up", "--detach"),
         ("host", "patch"),
-        ("model", "create", "-n", "m", "-p", "."),
         ("rollout", "retry", "-e", "x"),
     ],
-    ids=["up", "host patch", "model create", "rollout retry"],
+    ids=["up", "host patch", "rollout retry"],
 )
 def test_what_the_api_cannot_serve_exits_2_naming_the_option(
     stack: LocalStack, args: tuple[str, ...]
