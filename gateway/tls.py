@@ -137,6 +137,27 @@ def ensure_tls(settings: Settings) -> TlsMaterial:
     return material
 
 
+def given_material(settings: Settings) -> TlsMaterial | None:
+    """The certificate the settings hand the data plane (TIDEGATE_GATEWAY_TLS_CERT/_KEY), or
+    None (the local CA's). A gateway VM on Azure serves one the worker made or was given: it
+    holds no CA key, so it mints nothing."""
+    cert, key = settings.gateway_tls_cert, settings.gateway_tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("TIDEGATE_GATEWAY_TLS_CERT and TIDEGATE_GATEWAY_TLS_KEY go together")
+    return TlsMaterial(
+        domain=settings.domain.lower(), ca_cert=cert, ca_key=key, cert=cert, key=key, sni_dir=cert.parent
+    )
+
+
+def given_context(material: TlsMaterial) -> ssl.SSLContext:
+    """The listening context for a given certificate: that one for every name, no minting."""
+    context = _new_server_context()
+    context.load_cert_chain(material.cert, material.key)
+    return context
+
+
 def server_context(material: TlsMaterial, *, serves: Callable[[str], bool] | None = None) -> ssl.SSLContext:
     """The listening context: the main certificate, plus exact-name certificates by SNI for
     ``<label>.<domain>`` when ``serves(label)`` says the gateway serves that endpoint."""
