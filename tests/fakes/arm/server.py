@@ -158,6 +158,20 @@ class ScaleSet:
         )
         return str(configs[0]["name"]) if configs else "nic"
 
+    def backend_pools(self) -> list[str]:
+        """The load balancer backend pools (ids) the VMs' NIC ip configuration joins."""
+        configs = (
+            self.properties.get("virtualMachineProfile", {})
+            .get("networkProfile", {})
+            .get("networkInterfaceConfigurations", [])
+        )
+        pools: list[str] = []
+        for config in configs:
+            for ip in (config.get("properties") or {}).get("ipConfigurations") or []:
+                for pool in (ip.get("properties") or {}).get("loadBalancerBackendAddressPools") or []:
+                    pools.append(str(pool.get("id", "")))
+        return pools
+
     def vm_view(self, vm: Vm, expand: bool) -> dict[str, Any]:
         vm_id = f"{self.id}/virtualMachines/{vm.instance_id}"
         prefix = (
@@ -233,6 +247,7 @@ class ScaleSet:
                             "privateIPAllocationMethod": "Dynamic",
                             "primary": True,
                             "provisioningState": "Succeeded",
+                            "loadBalancerBackendAddressPools": [{"id": p} for p in self.backend_pools()],
                         },
                     }
                 ],
@@ -455,6 +470,13 @@ class FakeArm:
             )
         if "name" not in sku or "capacity" not in sku:
             return arm_error(400, "InvalidParameter", "sku.name and sku.capacity are required.")
+        missing = self.network.missing_pools(body.get("properties") or {})
+        if missing:
+            return arm_error(
+                400,
+                "InvalidResourceReference",
+                f"Resource {missing[0]} referenced by resource {request.path} was not found.",
+            )
         fault = self._take_operation_fault("virtualMachineScaleSets.createOrUpdate") or (1, None)
         key = self._key(request)
         existing = self.scale_sets.get(key)
