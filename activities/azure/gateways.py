@@ -178,34 +178,42 @@ class AzureGateways:
     # ---- its VMs -------------------------------------------------------------------------
     async def admin_urls(self) -> list[str]:
         """Every running gateway VM's admin URL: one VM list per `azure_gateway_list_seconds`,
-        shared by every push; dead VMs replaced on the way."""
+        shared by every push. Dead VMs are replaced on the way (and the list read again, so the
+        new VM is pushed to at once)."""
         async with self._lock:
             listed, ttl = self._listed, self._settings.azure_gateway_list_seconds
             if listed is not None and time.monotonic() - listed[1] < ttl:
                 return listed[0]
-            try:
-                vms = [
-                    vm
-                    async for vm in self.compute.virtual_machine_scale_set_vms.list(
-                        self._group, self._name, expand="instanceView"
-                    )
-                ]
-            except ResourceNotFoundError:
-                vms = []
-            if any(str(vm.id) not in self._addresses for vm in vms):
-                await self._learn_addresses()
-            dead = [str(vm.instance_id) for vm in vms if power_state(vm) in DEAD]
-            port = self._settings.gateway_admin_port
-            urls = sorted(
-                f"https://{self._addresses[str(vm.id)]}:{port}"
-                for vm in vms
-                if power_state(vm) not in DEAD and str(vm.id) in self._addresses
-            )
+            urls, dead = await self._list()
             if dead:
                 await self._replace(dead)
+                urls, _ = await self._list()
             self._listed = (urls, time.monotonic())
             log.info("azure.gateways.listed", scale_set=self._name, gateways=len(urls), replaced=dead or None)
             return urls
+
+    async def _list(self) -> tuple[list[str], list[str]]:
+        """One list of the scale set's VMs (their NICs read once per new VM): the running ones'
+        admin URLs, and the instance ids of the dead."""
+        try:
+            vms = [
+                vm
+                async for vm in self.compute.virtual_machine_scale_set_vms.list(
+                    self._group, self._name, expand="instanceView"
+                )
+            ]
+        except ResourceNotFoundError:
+            return [], []
+        if any(str(vm.id) not in self._addresses for vm in vms):
+            await self._learn_addresses()
+        dead = [str(vm.instance_id) for vm in vms if power_state(vm) in DEAD]
+        port = self._settings.gateway_admin_port
+        urls = sorted(
+            f"https://{self._addresses[str(vm.id)]}:{port}"
+            for vm in vms
+            if power_state(vm) not in DEAD and str(vm.id) in self._addresses
+        )
+        return urls, dead
 
     async def _learn_addresses(self) -> None:
         async for nic in self.network.network_interfaces.list_virtual_machine_scale_set_network_interfaces(
