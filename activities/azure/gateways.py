@@ -103,21 +103,21 @@ class AzureGateways:
             raise ApplicationError(
                 f"no VM of gateway scale set {self._name} is running yet", type="GatewaysNotReady"
             )
-        return await self._pusher_for(urls).apply_route(request)
+        return await (await self._pusher_for(urls)).apply_route(request)
 
     async def remove_route(self, request: RemoveRouteInput) -> PushRouteResult:
         """Every gateway VM drops the route; none at all (no scale set) holds it."""
         urls = await self.admin_urls()
         if not urls:
             return PushRouteResult(gateways=0)
-        return await self._pusher_for(urls).remove_route(request)
+        return await (await self._pusher_for(urls)).remove_route(request)
 
-    def _pusher_for(self, urls: list[str]) -> LocalNetworkProvider:
+    async def _pusher_for(self, urls: list[str]) -> LocalNetworkProvider:
         """The local provider's push, aimed at these gateways (one per set of addresses)."""
         key = tuple(urls)
         if self._pusher is None or self._pusher[0] != key:
             settings = self._settings.model_copy(update={"gateway_admin_urls": list(urls)})
-            tls = ensure_gateway_tls(self._settings)
+            tls = await asyncio.to_thread(ensure_gateway_tls, self._settings)
             self._pusher = (key, LocalNetworkProvider(settings, ssl_context=admin_client_ssl(tls.ca_file)))
         return self._pusher[1]
 

@@ -148,6 +148,16 @@ def test_a_request_through_a_gateway_vm_reaches_a_deployment_vm_and_is_answered(
         until(lambda vm=vm: score_through(stack, vm["address"], served)[0] == 200, what="gateway VM serves")
         status, answer = score_through(stack, vm["address"], served)
         assert status == 200 and answer == pytest.approx(answers["model-1"])
+    # The control credential and the gateways' key reached the VMs, and no log: not the worker's,
+    # nor a gateway VM's console, nor the fake ARM's.
+    token = (stack.home / "control.token").read_text().strip()
+    key = (stack.home / "azure-gateways" / "tls" / "server-key.pem").read_text().strip().splitlines()[1]
+    logs = [*stack.settings().log_dir.glob("*.log"), fake_arm.ca_file.parent / "fake-arm.log"]
+    logs += [fake_arm.state_dir / GATEWAYS / vm["instance_id"] / "console.log" for vm in vms]
+    for log in logs:
+        text = log.read_text()
+        assert token not in text and key not in text, log
+    assert "azure.gateways.put" in (stack.settings().log_dir / "worker.log").read_text()
     # The scoring URI `show` prints is the public name the request was made for.
     shown = stack.json("online-endpoint", "show", "-n", EP)
     assert FQDN in shown["scoring_uri"]  # type: ignore[index]
