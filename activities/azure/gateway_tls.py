@@ -1,7 +1,7 @@
 """TLS for the gateway VMs, made by the worker: a Tidegate CA of their own and one certificate.
 
 The CA lives in the worker's state dir (`$TIDEGATE_HOME/azure-gateways/tls/`), made once with the
-local CA's own code (gateway/tls.py) for the region's zone `<region>.cloudapp.azure.com`: it is
+local CA's own code (config/tls.py) for the region's zone `<region>.cloudapp.azure.com`: it is
 name-constrained to that zone (plus localhost and 127/8), so trusting it vouches for nothing
 else. Its certificate names `*.<region>.cloudapp.azure.com`, every endpoint's DNS label. The
 gateway VMs get the certificate and its key in their custom data, never the CA's key.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from config.azure_network import AZURE_DNS_ZONE
 from config.settings import Settings
-from gateway.tls import ensure_tls
+from config.tls import ensure_tls
 
 GATEWAYS_HOME = "azure-gateways"
 
