@@ -206,6 +206,8 @@ class AzureGateways:
             return [], []
         if any(str(vm.id) not in self._addresses for vm in vms):
             await self._learn_addresses()
+        listed = {str(vm.id) for vm in vms}
+        self._addresses = {vm: ip for vm, ip in self._addresses.items() if vm in listed}
         dead = [str(vm.instance_id) for vm in vms if power_state(vm) in DEAD]
         port = self._settings.gateway_admin_port
         urls = sorted(

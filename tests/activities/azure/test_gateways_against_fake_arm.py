@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from activities.azure.credentials import GivenTokenCredential
 from activities.azure.gateway_tls import GATEWAYS_HOME
+from activities.azure.gateways import AzureGateways
 from activities.azure.network import AzureNetworkProvider
 from config.contract.activities import ApplyRouteInput, PushRouteResult, RemoveRouteInput
 from config.routes import EndpointRoute
@@ -238,3 +239,18 @@ async def test_removing_the_route_leaves_the_gateway_scale_set_without_it(
     for vm in vms:
         assert await admin_route(settings, vm["address"]) == 404
     assert [ip for ip in state["public_ips"] if ip["name"] == "tg-alpha"] == []
+
+
+async def test_removing_a_route_with_no_gateway_scale_set_makes_none_and_reaches_no_gateway(
+    settings: Settings, fake_arm: FakeArmProcess
+) -> None:
+    other = settings.model_copy(update={"azure_gateway_scale_set": "tg-gateways-elsewhere"})
+    gateways = AzureGateways(other, credential=lambda: GivenTokenCredential(fake_arm.token))
+    try:
+        Pushes.generation += 1
+        result = await gateways.remove_route(RemoveRouteInput(endpoint="beta", generation=Pushes.generation))
+    finally:
+        await gateways.close()
+    assert (result.gateways, result.lagging) == (0, {})
+    names = {s["name"] for s in (await fake_arm.state())["scale_sets"]}
+    assert "tg-gateways-elsewhere" not in names
