@@ -54,8 +54,17 @@ def power_state(vm: Any) -> str | None:
 
 
 class AzureGateways:
-    def __init__(self, settings: Settings, *, credential: Callable[[], AsyncTokenCredential]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        credential: Callable[[], AsyncTokenCredential],
+        replace_dead: bool = True,
+    ) -> None:
+        """`replace_dead=False`: only read (a second reader, such as the monitor, leaves
+        replacing dead VMs to the route pushes)."""
         self._settings = settings
+        self._replace_dead = replace_dead
         self._group = str(settings.azure_resource_group)
         self._name = settings.azure_gateway_scale_set
         self._credential = credential
@@ -185,7 +194,7 @@ class AzureGateways:
             if listed is not None and time.monotonic() - listed[1] < ttl:
                 return listed[0]
             urls, dead = await self._list()
-            if dead:
+            if dead and self._replace_dead:
                 await self._replace(dead)
                 urls, _ = await self._list()
             self._listed = (urls, time.monotonic())

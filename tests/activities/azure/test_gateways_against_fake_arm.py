@@ -20,10 +20,12 @@ from azure.mgmt.network.models import Subnet
 from pydantic import SecretStr
 
 from activities.azure.credentials import GivenTokenCredential
+from activities.azure.gateway_monitor import AzureGatewaysMonitor
 from activities.azure.gateway_tls import GATEWAYS_HOME
 from activities.azure.gateways import AzureGateways
 from activities.azure.network import AzureNetworkProvider
-from config.contract.activities import ApplyRouteInput, PushRouteResult, RemoveRouteInput
+from activities.providers import provider as provider_of
+from config.contract.activities import ApplyRouteInput, PushRouteResult, QueryWindowInput, RemoveRouteInput
 from config.routes import EndpointRoute
 from config.settings import Settings
 from tests.activities.azure.conftest import RESOURCE_GROUP, azure_settings
@@ -167,6 +169,23 @@ async def test_first_push_makes_the_gateway_scale_set_in_the_pool_and_every_gate
     for address in addresses:
         status, answer = await score_through(settings, address)
         assert status == 200 and answer["backend"] == "blue", answer
+
+
+async def test_the_local_monitor_reads_every_gateway_vms_stats_on_azure(
+    fake_arm: FakeArmProcess, settings: Settings
+) -> None:
+    """Gates and the autoscaler read the gateway VMs, found as the pushes find them."""
+    on_azure = settings.model_copy(update={"network_provider": "azure"})
+    assert isinstance(provider_of("monitor", on_azure), AzureGatewaysMonitor)  # the worker's pick
+    monitor = AzureGatewaysMonitor(on_azure, credential=GivenTokenCredential(fake_arm.token))
+    try:
+        window = await monitor.query_window(
+            QueryWindowInput(endpoint="alpha", deployment="blue", window_seconds=60)
+        )
+    finally:
+        await monitor.close()
+    # The first test scored once through each of the two gateway VMs: the sum has both.
+    assert window.requests == 2 and window.status.get("2xx") == 2, window
 
 
 async def test_pushing_again_writes_nothing_and_a_fresh_worker_only_reads(
