@@ -45,6 +45,11 @@ def _azure_network(settings: Settings) -> NetworkProvider:
 
 
 def _local_monitor(settings: Settings) -> MonitorProvider:
+    if settings.provider_name("network") == "azure" and settings.azure_gateway_instances > 0:
+        # The gateways to read are the gateway scale set's VMs, found as route pushes find them.
+        from activities.azure.gateway_monitor import AzureGatewaysMonitor
+
+        return AzureGatewaysMonitor(settings)
     from activities.local.monitor import LocalMonitorProvider
 
     return LocalMonitorProvider(settings)

@@ -3,7 +3,9 @@ writes it (activities/azure/bootstrap.py), the VM's agent reads it (host/vm.py).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import json
+
+from pydantic import BaseModel, Field, SecretStr
 
 from config.host_api import DeploymentRuntime
 
@@ -19,3 +21,28 @@ class VmBoot(BaseModel):
     runtime: DeploymentRuntime
     port: int = Field(ge=1, le=65535, description="the fixed instance port, on the VM's private address")
     allow_pip_options: bool = False
+
+
+class GatewayBoot(BaseModel):
+    """A gateway VM, as its custom data describes it (activities/azure/gateway_scale_set.py
+    writes it, host/vm_gateway.py reads it): `tidegate gateway` on the VM's private address.
+
+    The secrets are SecretStr, so a repr or a log of this model shows none of them; only
+    `boot_document` writes them out, for the custom data (readable by root on the VM)."""
+
+    https_port: int = Field(ge=1, le=65535, description="the data plane (the load balancer's backend port)")
+    admin_port: int = Field(ge=1, le=65535, description="the admin API the worker pushes route tables to")
+    domain: str = Field(description="TIDEGATE_DOMAIN: `<endpoint>.<domain>` hosts route by name")
+    control_token: SecretStr = Field(description="the control credential, guarding the admin API")
+    tls_cert_pem: str = Field(description="the data plane's certificate chain")
+    tls_key_pem: SecretStr
+    admin_cert_pem: str = Field(description="the admin API's certificate (the worker's gateway CA)")
+    admin_key_pem: SecretStr
+
+
+def boot_document(boot: GatewayBoot) -> str:
+    """The boot description as the VM reads it, secrets written out (for the custom data only)."""
+    data = boot.model_dump(mode="json")
+    for name in ("control_token", "tls_key_pem", "admin_key_pem"):
+        data[name] = getattr(boot, name).get_secret_value()
+    return json.dumps(data, sort_keys=True)

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
         default=None, description="admin URLs of every gateway the route table is pushed to"
     )
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # A certificate (PEM chain and key) the data plane serves as given, instead of the local CA's
+    # (gateway VMs on Azure are handed one; they hold no CA key).
+    gateway_tls_cert: Path | None = None
+    gateway_tls_key: Path | None = None
     # Which answers count against an endpoint's availability (the dashboard, `online-endpoint
     # show`): keys of config.stats.STATUS_KEYS; JSON in the environment, e.g. ["5xx","408","429"].
     availability_failure_statuses: list[Literal["4xx", "5xx", "408", "424", "429", "503"]] = Field(
@@ -192,6 +196,23 @@ class Settings(BaseSettings):
         ge=0,
         description="a re-push within this long of a converged one spends no ARM call on the network",
     )
+    # The gateway scale set (activities/azure/gateways.py): Tidegate's gateways as VMs of one
+    # scale set whose NICs join the backend pool; route tables go to each VM's admin API.
+    azure_gateway_instances: int = Field(
+        default=2, ge=0, description="gateway VMs; 0: no gateway scale set (gateway_admin_urls only)"
+    )
+    azure_gateway_scale_set: str = Field(default="tg-gateways", description="the gateways' scale set")
+    azure_gateway_vm_size: str = Field(default="Standard_D2s_v5", description="the gateway VMs' size")
+    azure_gateway_subnet: str = Field(
+        default="gateways", description="subnet of azure_vnet the gateway VMs join (its prefix: below)"
+    )
+    azure_gateway_list_seconds: float = Field(
+        default=10.0, ge=0, description="how long one list of the gateway VMs is trusted by route pushes"
+    )
+    azure_gateway_tls_cert: Path | None = Field(
+        default=None, description="PEM chain the gateway VMs serve HTTPS with; unset, one the worker makes"
+    )
+    azure_gateway_tls_key: Path | None = None
     azure_access_token: SecretStr | None = Field(
         default=None, description="an ARM bearer token to use instead of DefaultAzureCredential (short jobs)"
     )

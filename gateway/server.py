@@ -41,7 +41,7 @@ from gateway.client import protocol_factory
 from gateway.gateway import FEATURES, ClientLimits, Gateway
 from gateway.metrics import LocalStats, StatsSource, take_snapshot
 from gateway.table import RouteTable, load_table
-from gateway.tls import TlsMaterial, ensure_tls, server_context
+from gateway.tls import TlsMaterial, ensure_tls, given_context, given_material, server_context
 from gateway.workers import (
     MergedStats,
     ProcessSupervisor,
@@ -165,7 +165,8 @@ async def create_server(settings: Settings) -> RunningGateway:
     gateway_dir.mkdir(parents=True, exist_ok=True)
     table = await asyncio.to_thread(load_table, gateway_dir / ROUTES_FILE)
     table.processes = workers
-    material = await asyncio.to_thread(ensure_tls, settings)
+    given = given_material(settings)
+    material = given if given is not None else await asyncio.to_thread(ensure_tls, settings)
     access_log = AccessLog(
         gateway_dir / ACCESS_LOG_FILE,
         max_bytes=settings.gateway_access_log_max_bytes,
@@ -184,7 +185,11 @@ async def create_server(settings: Settings) -> RunningGateway:
     running = RunningGateway(settings, token, table, gateway, material, access_log, index=index)
     try:
         gateway.start()
-        tls_context = server_context(material, serves=lambda label: label in table.live)
+        tls_context = (
+            given_context(material)
+            if given is not None
+            else server_context(material, serves=lambda label: label in table.live)
+        )
         listeners: list[tuple[str, int, ssl.SSLContext | None]] = [
             (settings.gateway_https_bind, settings.gateway_https_port, tls_context)
         ]

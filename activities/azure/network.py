@@ -28,6 +28,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.azure.arm import client_options, long_running, require_settings, resume_token
 from activities.azure.credentials import azure_credential
+from activities.azure.gateways import AzureGateways
 from activities.azure.load_balancer import (
     TAG_ENDPOINT,
     covers,
@@ -87,8 +88,9 @@ class AzureNetworkProvider:
         self._credential = credential
         self._owns_credential = credential is None
         self._network: NetworkManagementClient | None = None
-        # The gateways' admin API, exactly as the local provider reaches it.
-        self._gateways = gateways if gateways is not None else LocalNetworkProvider(settings)
+        # The gateways' admin API, exactly as the local provider reaches it: the gateway scale
+        # set's VMs (activities/azure/gateways.py), or without one the configured admin URLs.
+        self._gateways = gateways if gateways is not None else self._default_gateways()
         # endpoint (or the NSG) -> (what was converged, when): re-pushes skip ARM for a while.
         self._converged: dict[str, tuple[str, float]] = {}
         # endpoint -> (what was refused, the refusal, when): see REFUSAL_MEMORY_SECONDS.
@@ -96,18 +98,30 @@ class AzureNetworkProvider:
         # One writer of the shared load balancer per process; the ETag guards against others.
         self._load_balancer_lock = asyncio.Lock()
 
+    def _default_gateways(self) -> NetworkProvider:
+        if self._settings.azure_gateway_instances > 0:
+            return AzureGateways(self._settings, credential=self._credential_now)
+        return LocalNetworkProvider(self._settings)
+
     # ---- clients -------------------------------------------------------------------------
+    def _credential_now(self) -> AsyncTokenCredential:
+        if self._credential is None:
+            self._credential = azure_credential(self._settings)
+        return self._credential
+
     @property
     def network(self) -> NetworkManagementClient:
         if self._network is None:
-            if self._credential is None:
-                self._credential = azure_credential(self._settings)
             self._network = NetworkManagementClient(
-                self._credential, str(self._settings.azure_subscription_id), **client_options(self._settings)
+                self._credential_now(),
+                str(self._settings.azure_subscription_id),
+                **client_options(self._settings),
             )
         return self._network
 
     async def close(self) -> None:
+        if isinstance(self._gateways, AzureGateways):
+            await self._gateways.close()
         if self._network is not None:
             await self._network.close()
             self._network = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 import aiohttp
 
 from config.contract.activities import QueryWindowInput
@@ -11,10 +13,11 @@ from config.stats import LatencySummary, MinuteCounts, MirrorSummary, WindowStat
 
 
 class LocalMonitorProvider:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context`: what https admin URLs are trusted with (default: the control CA)."""
         self._targets = settings.gateway_admin_targets
         self._settings = settings
-        self._ssl = control_client_ssl(settings)
+        self._ssl = ssl_context if ssl_context is not None else control_client_ssl(settings)
 
     async def query_window(self, request: QueryWindowInput) -> WindowStats:
         params = {

@@ -9,6 +9,7 @@ until they do.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import aiohttp
@@ -26,10 +27,11 @@ PUSH_TIMEOUT = aiohttp.ClientTimeout(total=3, sock_connect=1)
 
 
 class LocalNetworkProvider:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context`: what https admin URLs are trusted with (default: the control CA)."""
         self._targets = settings.gateway_admin_targets
         self._settings = settings
-        self._ssl = control_client_ssl(settings)
+        self._ssl = ssl_context if ssl_context is not None else control_client_ssl(settings)
 
     def _session(self) -> aiohttp.ClientSession:
         return control_session(self._settings, ssl_context=self._ssl, timeout=PUSH_TIMEOUT)

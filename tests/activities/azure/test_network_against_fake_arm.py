@@ -93,6 +93,7 @@ def settings(
             "azure_gateway_subnet_prefix": GATEWAY_SUBNET,
             "gateway_https_port": gateway.https_port,
             "gateway_admin_urls": [gateway.admin],
+            "azure_gateway_instances": 0,  # a gateway process of its own (its scale set: test_gateways_...)
             "control_token": SecretStr(CONTROL_TOKEN),
         }
     )

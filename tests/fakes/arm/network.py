@@ -333,6 +333,39 @@ class FakeNetwork:
             seen[slot] = (rule["name"], floating)
         return None
 
+    def missing_pools(self, scale_set_properties: dict[str, Any]) -> list[str]:
+        """Backend pools a scale set's NIC ip configurations name that no load balancer has."""
+        have = {
+            f"{lb.id}/backendAddressPools/{pool['name']}".lower()
+            for lb in self.resources[LOAD_BALANCER].values()
+            for pool in lb.properties.get("backendAddressPools") or []
+        }
+        configs = (
+            (scale_set_properties.get("virtualMachineProfile") or {})
+            .get("networkProfile", {})
+            .get("networkInterfaceConfigurations", [])
+        )
+        named = [
+            str(pool.get("id", ""))
+            for config in configs
+            for ip in (config.get("properties") or {}).get("ipConfigurations") or []
+            for pool in (ip.get("properties") or {}).get("loadBalancerBackendAddressPools") or []
+        ]
+        return [pool for pool in named if pool.lower() not in have]
+
+    def pool_members(self, lb: NetworkResource) -> dict[str, list[str]]:
+        """Each backend pool's members: the private addresses of the scale set VMs joining it."""
+        members: dict[str, list[str]] = {}
+        for pool in lb.properties.get("backendAddressPools") or []:
+            pool_id = f"{lb.id}/backendAddressPools/{pool['name']}".lower()
+            members[pool["name"]] = sorted(
+                vm.address
+                for scale_set in self._arm.scale_sets.values()
+                if pool_id in {p.lower() for p in scale_set.backend_pools()}
+                for vm in scale_set.vms.values()
+            )
+        return members
+
     def _frontend_holding(self, public_ip_id: str) -> str | None:
         for lb in self.resources[LOAD_BALANCER].values():
             for frontend in lb.properties.get("frontendIPConfigurations") or []:
@@ -411,6 +444,7 @@ class FakeNetwork:
                         for e in lb.properties.get("frontendIPConfigurations") or []
                     },
                     "pools": names(lb, "backendAddressPools"),
+                    "pool_members": self.pool_members(lb),
                     "probes": names(lb, "probes"),
                     "rules": {
                         e["name"]: e.get("properties") or {}

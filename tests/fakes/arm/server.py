@@ -172,6 +172,20 @@ class ScaleSet:
         )
         return str(configs[0]["name"]) if configs else "nic"
 
+    def backend_pools(self) -> list[str]:
+        """The load balancer backend pools (ids) the VMs' NIC ip configuration joins."""
+        configs = (
+            self.properties.get("virtualMachineProfile", {})
+            .get("networkProfile", {})
+            .get("networkInterfaceConfigurations", [])
+        )
+        pools: list[str] = []
+        for config in configs:
+            for ip in (config.get("properties") or {}).get("ipConfigurations") or []:
+                for pool in (ip.get("properties") or {}).get("loadBalancerBackendAddressPools") or []:
+                    pools.append(str(pool.get("id", "")))
+        return pools
+
     def vm_view(self, vm: Vm, expand: bool, user_data: bool = False) -> dict[str, Any]:
         vm_id = f"{self.id}/virtualMachines/{vm.instance_id}"
         prefix = (
@@ -250,6 +264,7 @@ class ScaleSet:
                             "privateIPAllocationMethod": "Dynamic",
                             "primary": True,
                             "provisioningState": "Succeeded",
+                            "loadBalancerBackendAddressPools": [{"id": p} for p in self.backend_pools()],
                         },
                     }
                 ],
@@ -499,6 +514,13 @@ class FakeArm:
                 400,
                 "InvalidParameter",
                 f"upgradePolicy.mode {mode!r} is not one of {', '.join(UPGRADE_MODES)}.",
+            )
+        missing = self.network.missing_pools(body.get("properties") or {})
+        if missing:
+            return arm_error(
+                400,
+                "InvalidResourceReference",
+                f"Resource {missing[0]} referenced by resource {request.path} was not found.",
             )
         fault = self._take_operation_fault("virtualMachineScaleSets.createOrUpdate") or (1, None)
         key = self._key(request)
