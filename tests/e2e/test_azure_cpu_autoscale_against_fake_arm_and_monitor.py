@@ -7,6 +7,7 @@ the scale-out is the workflow's, through the SDK, onto a new real VM process."""
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Any
 
 import pytest
 
+from activities.azure.monitor import AzureMonitorReader
+from config.azure_metrics import MetricQuery
+from decisions.metric_buckets import DEFAULT_SETTLE
 from tests.e2e.project import deployment_yaml
 from tests.fakes.arm.client import FakeArmProcess
 from tests.support.fake_monitor import FakeMonitor, run_fake_monitor
@@ -35,7 +39,9 @@ scale_settings:
 
 @pytest.fixture(scope="module")
 def monitor(fake_arm: FakeArmProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeMonitor]:
-    with run_fake_monitor(tmp_path_factory.mktemp("fake-monitor"), token=fake_arm.token) as fake:
+    with run_fake_monitor(
+        tmp_path_factory.mktemp("fake-monitor"), token=fake_arm.token, measuring=fake_arm
+    ) as fake:
         yield fake
 
 
@@ -120,3 +126,59 @@ def test_show_gives_the_scale_sets_platform_metrics_directly_and_over_rest_on_th
 
     expected = {"window": "PT5M", "cpu_percent": 90.0, "available_memory_bytes": 2.5e9, "availability": 1.0}
     assert direct == over_rest == expected
+
+
+BURN_PY = """
+import time
+
+def init():
+    pass
+
+def run(raw_data):
+    end = time.process_time() + 0.2  # 200 ms of CPU per request
+    while time.process_time() < end:
+        pass
+    return "burnt"
+"""
+
+
+def test_the_fake_monitor_measures_a_vms_real_cpu_while_it_serves_on_the_fake_arm(
+    azure_stack: LocalStack, fake_arm: FakeArmProcess, monitor: FakeMonitor, project: tuple[Path, dict]
+) -> None:
+    """No series set by the test: the CPU is the VM process tree's own, read back through the
+    real azure-monitor-querymetrics client the worker uses."""
+    root, _ = project
+    (root / "code-burn").mkdir(exist_ok=True)
+    (root / "code-burn" / "score.py").write_text(BURN_PY)
+    (root / "burn.yml").write_text(deployment_yaml("burn", "model-1", "code-burn"))
+    azure_stack.ok("online-deployment", "create", "-n", "burn", "-e", EP, "-f", "burn.yml", cwd=root)
+    key = azure_stack.key(EP)
+    url = f"{azure_stack.http_base}/endpoints/{EP}/score"
+    headers = {"Authorization": f"Bearer {key}", "azureml-model-deployment": "burn"}
+
+    for _ in range(40):
+        request = urllib.request.Request(url, data=b"{}", headers=headers)
+        with urllib.request.urlopen(request) as response:
+            assert response.status == 200
+
+    resource = scale_set_id(fake_arm).replace(SCALE_SET, "tg-cpu-ep-burn")
+    cpu = asyncio.run(current_minute(azure_stack, resource, "Percentage CPU"))
+    up = asyncio.run(current_minute(azure_stack, resource, "VmAvailabilityMetric"))
+    print(f"measured: {cpu:.1f} % CPU over the minute so far, availability {up}")
+    assert cpu is not None and cpu > 1.0
+    assert up == 1.0
+
+
+async def current_minute(stack: LocalStack, resource: str, metric: str) -> float | None:
+    """The metric's newest (still open) minute, which Tidegate itself never trusts: read with
+    `now` moved past the settle time so that minute is the whole window."""
+    reader = AzureMonitorReader.from_settings(stack.settings())  # the worker's own token and CAs
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    try:
+        read = await reader.read_metric(
+            MetricQuery(resource_id=resource, metric=metric, window_seconds=60),
+            now=minute + DEFAULT_SETTLE + timedelta(minutes=1),
+        )
+    finally:
+        await reader.close()
+    return read.selection.value

@@ -16,6 +16,13 @@ installed SDK really sends (captured against a logging server) and the 2024-02-0
   lists empty minutes). A filter of `dim eq 'v'` clauses (`and` between dimensions, `or`
   within one, `'*'` to split) selects series; the rest are added minute by minute.
 
+With `--arm-url` (the fake ARM, its CA and token, and the subscription), it also measures every
+scale set of the fake ARM every 2 s, as Azure Monitor measures VMs: `Percentage CPU` (average:
+the CPU time of each VM's process tree over the machine's cores), `Available Memory Bytes`
+(minimum: what the machine the VMs run on has available) and `VmAvailabilityMetric` (average:
+the share of its VMs running). The current minute is revised with each sample, as Azure revises
+its newest minutes. A series a test sets takes the place of the measured one.
+
 Control routes (no auth; loopback, for the test only):
 - `PUT /control/series` `{"resource_id", "metric", "unit", "dimensions": {...},
   "points": {"<iso minute>": {"average": ..}, ...}}` sets (or replaces) one series; a later PUT
@@ -27,11 +34,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import re
 import ssl
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
+import psutil
 from aiohttp import web
 
 API_VERSIONS = {"2024-02-01"}  # what azure-monitor-querymetrics 1.0.0 sends
@@ -67,11 +78,91 @@ def _parse_filter(text: str | None) -> dict[str, set[str]] | None:
     return wanted
 
 
+SAMPLE_SECONDS = 2.0
+SCALE_SET_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
+
+
 class FakeMonitor:
     def __init__(self, token: str) -> None:
         self._token = token
         self.series: dict[SeriesKey, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
+        self._set_by_test: set[SeriesKey] = set()
+        self._cpu_seconds: dict[int, tuple[float, float]] = {}  # VM pid -> (CPU seconds, when)
+        self._samples: dict[tuple[SeriesKey, datetime], list[float]] = {}
+
+    # ---- measuring the fake ARM's VMs ----------------------------------------------------
+    async def measure(self, arm_url: str, ca_file: str, token: str, subscription: str) -> None:
+        """Sample every scale set of the fake ARM, for ever."""
+        context = ssl.create_default_context(cafile=ca_file)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(
+            headers=headers, connector=aiohttp.TCPConnector(ssl=context)
+        ) as http:
+            while True:
+                try:
+                    async with http.get(f"{arm_url}/_fake/state") as response:
+                        state = await response.json()
+                    self.sample(state, subscription, datetime.now(UTC))
+                except (aiohttp.ClientError, ValueError, KeyError):
+                    pass  # the fake ARM is starting or gone: no sample this time
+                await asyncio.sleep(SAMPLE_SECONDS)
+
+    def sample(self, state: dict[str, Any], subscription: str, now: datetime) -> None:
+        minute = now.replace(second=0, microsecond=0)
+        available = float(psutil.virtual_memory().available)
+        for scale_set in state["scale_sets"]:
+            resource_id = (
+                f"/subscriptions/{subscription}/resourceGroups/{scale_set['resource_group']}"
+                f"/providers/{SCALE_SET_TYPE}/{scale_set['name']}"
+            )
+            vms = scale_set["vms"]
+            if not vms:
+                continue
+            cpu = [
+                c
+                for c in (self._cpu_percent(vm.get("pid"), now) for vm in vms if vm["running"])
+                if c is not None
+            ]
+            running = sum(1 for vm in vms if vm["running"])
+            if cpu:
+                self._record(resource_id, "Percentage CPU", "Percent", minute, "average", sum(cpu) / len(cpu))
+            self._record(resource_id, "Available Memory Bytes", "Bytes", minute, "minimum", available)
+            self._record(resource_id, "VmAvailabilityMetric", "Count", minute, "average", running / len(vms))
+
+    def _cpu_percent(self, pid: int | None, now: datetime) -> float | None:
+        """The VM's process tree's CPU since the last sample, as a share of the machine's cores."""
+        if pid is None:
+            return None
+        try:
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+            seconds = 0.0
+            for process in tree:
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    seconds += times.user + times.system
+        except psutil.Error:
+            return None
+        when = now.timestamp()
+        before = self._cpu_seconds.get(pid)
+        self._cpu_seconds[pid] = (seconds, when)
+        if before is None or when <= before[1]:
+            return None
+        used = max(seconds - before[0], 0.0)
+        return min(100.0, 100.0 * used / ((when - before[1]) * (os.cpu_count() or 1)))
+
+    def _record(
+        self, resource_id: str, metric: str, unit: str, minute: datetime, aggregation: str, value: float
+    ) -> None:
+        key = (resource_id.lower(), metric.lower(), ())
+        if key in self._set_by_test:
+            return
+        entry = self.series.setdefault(key, {"metric": metric, "unit": unit, "dims": {}, "points": {}})
+        taken = self._samples.setdefault((key, minute), [])
+        taken.append(value)
+        shown = min(taken) if aggregation == "minimum" else sum(taken) / len(taken)
+        entry["points"][minute] = {aggregation: shown}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -84,6 +175,9 @@ class FakeMonitor:
         body = await request.json()
         dims = tuple(sorted((k.lower(), str(v)) for k, v in (body.get("dimensions") or {}).items()))
         key = (body["resource_id"].lower(), body["metric"].lower(), dims)
+        if key not in self._set_by_test:  # the test's series replaces a measured one
+            self._set_by_test.add(key)
+            self.series.pop(key, None)
         entry = self.series.setdefault(
             key,
             {
@@ -224,13 +318,20 @@ class FakeMonitor:
 async def serve(args: argparse.Namespace) -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
-    runner = web.AppRunner(FakeMonitor(args.token).app(), access_log=None)
+    monitor = FakeMonitor(args.token)
+    runner = web.AppRunner(monitor.app(), access_log=None)
     await runner.setup()
+    # Held here, for as long as the server runs.
+    measuring = (
+        asyncio.create_task(monitor.measure(args.arm_url, args.arm_ca, args.arm_token, args.subscription))
+        if args.arm_url
+        else None
+    )
     site = web.TCPSite(runner, "127.0.0.1", args.port, ssl_context=context)
     await site.start()
     port = runner.addresses[0][1]
     print(f"listening https://127.0.0.1:{port}", flush=True)
-    await asyncio.Event().wait()
+    await (measuring if measuring is not None else asyncio.Event().wait())
 
 
 def main() -> None:
@@ -239,6 +340,10 @@ def main() -> None:
     parser.add_argument("--key", required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--arm-url", default=None, help="the fake ARM whose VMs to measure")
+    parser.add_argument("--arm-ca", default=None)
+    parser.add_argument("--arm-token", default=None)
+    parser.add_argument("--subscription", default=None)
     asyncio.run(serve(parser.parse_args()))
 
 

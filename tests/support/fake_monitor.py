@@ -16,6 +16,8 @@ import aiohttp
 import trustme
 from azure.core.credentials import AccessToken
 
+from tests.fakes.arm.client import FakeArmProcess
+
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "fake-monitor-token"
 
@@ -75,16 +77,24 @@ class FakeMonitor:
 
 
 @contextmanager
-def run_fake_monitor(folder: Path, *, token: str = TOKEN) -> Iterator[FakeMonitor]:
+def run_fake_monitor(
+    folder: Path, *, token: str = TOKEN, measuring: FakeArmProcess | None = None
+) -> Iterator[FakeMonitor]:
     """The fake on a port the kernel picks, serving a certificate of a fresh trustme CA; it
-    takes `token` as the bearer (a stack's one Azure token, when it shares the fake ARM's)."""
+    takes `token` as the bearer (a stack's one Azure token, when it shares the fake ARM's). With
+    `measuring`, it measures that fake ARM's VMs (platform metrics from their real processes)."""
+    measure: list[str] = []
+    if measuring is not None:
+        subscription = measuring.azure_settings("any", 1)["azure_subscription_id"]
+        measure = ["--arm-url", measuring.url, "--arm-ca", str(measuring.ca_file)]
+        measure += ["--arm-token", measuring.token, "--subscription", subscription]
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(folder / "server.pem")
     ca.cert_pem.write_to_path(folder / "ca.pem")
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.monitor", "--cert", str(folder / "server.pem")]
-        + ["--key", str(folder / "server.pem"), "--token", token],
+        + ["--key", str(folder / "server.pem"), "--token", token, *measure],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
