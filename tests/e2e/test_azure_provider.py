@@ -23,23 +23,11 @@ from tests.fakes.arm.client import FakeArmProcess
 from tests.support.azurite import DEV_KEY, Azurite, node, run_azurite
 from tests.support.load import SteadyLoad
 from tests.support.polling import until
-from tests.support.ports import free_port
 from tests.support.stack import LocalStack
 
 EP = "azure-ep"
 SCALE_SET = "tg-azure-ep-blue"
 BODY = json.dumps({"data": REQUEST}).encode()
-
-
-@pytest.fixture(scope="module")
-def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArmProcess]:
-    fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm"), free_port())
-    fake.start()
-    try:
-        asyncio.run(fake.wait_up())
-        yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from tests.e2e.project import REQUEST, deployment_yaml
 from tests.fakes.arm.client import FakeArmProcess
 from tests.support.load import SteadyLoad
 from tests.support.polling import until
-from tests.support.ports import free_port
 from tests.support.stack import LocalStack
 
 EP = "azure-roll"
@@ -43,15 +42,10 @@ GALLERY_IMAGE = (
 
 
 @pytest.fixture(scope="module")
-def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArmProcess]:
-    fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm"), free_port())
-    fake.start()
-    try:
-        asyncio.run(fake.wait_up())
-        asyncio.run(fake.publish_image_version(GALLERY_IMAGE, "1.0.0"))
-        yield fake
-    finally:
-        fake.stop()
+def fake_arm(fake_arm: FakeArmProcess) -> FakeArmProcess:
+    """The module's fake ARM (tests/e2e/conftest.py) with the hosts' gallery image published."""
+    asyncio.run(fake_arm.publish_image_version(GALLERY_IMAGE, "1.0.0"))
+    return fake_arm
 
 
 @pytest.fixture(scope="module")
