@@ -329,6 +329,12 @@ class AzureGateways:
         wanted = self._settings.azure_gateway_instances
         started, replaced = time.monotonic(), 0
         log.info("gateways.patch.start", scale_set=self._name, image=image, wanted=wanted)
+        vms, _ = await self._read_gateways()
+        if all(same_image(vm.image, image) for vm in vms) and not _patching(current):
+            log.info("gateways.patch.nothing", scale_set=self._name, image=image, gateways=len(vms))
+            return PatchGatewaysResult(
+                outcome="Succeeded", detail=f"{len(vms)} gateway VM(s) on {image} already", image=image
+            )
         await self._put_patched_model(current, image)
         while True:
             if activity.in_activity():
@@ -544,6 +550,10 @@ def _says(current: Any, wanted: str, capacities: set[int]) -> bool:
     held = current.sku.capacity if current.sku else None
     state = current.properties.provisioning_state if current.properties else None
     return tags.get(TAG_GATEWAY_SPEC) == wanted and held in capacities and state == "Succeeded"
+
+
+def _patching(scale_set: Any) -> bool:
+    return TAG_GATEWAY_PATCHING in (scale_set.tags or {})
 
 
 def _power(vm: Any) -> Power:
