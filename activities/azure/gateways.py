@@ -521,21 +521,23 @@ class AzureGateways:
         if target is None or tables.get(vm_id) is None or not missing:
             return  # not answering yet: the next round tries
         pusher = await self._pusher_for(sorted(self._patch_urls.values()))
+        routes: list[tuple[str, EndpointRoute]] = []
         for endpoint, source in missing.items():
             document = ((tables.get(source) or {}).get("routes") or {}).get(endpoint)
             if document is None:
                 continue
             try:
-                route = EndpointRoute.model_validate(document)
+                routes.append((source, EndpointRoute.model_validate(document)))
             except ValidationError as err:
                 log.warning(
                     "gateways.patch.copy_unreadable", endpoint=endpoint, source=source, error=str(err)
                 )
-                continue
-            why = await pusher.put_route_to(target, route)
+        # All at once: a gateway takes each endpoint's table on its own.
+        refused = await asyncio.gather(*(pusher.put_route_to(target, route) for _, route in routes))
+        for (source, route), why in zip(routes, refused, strict=True):
             log.info(
                 "gateways.patch.copied",
-                endpoint=endpoint,
+                endpoint=route.name,
                 generation=route.generation,
                 to=vm_id,
                 source=source,
