@@ -240,6 +240,28 @@ async def test_a_new_gateway_vm_that_stops_is_given_up_and_the_old_ones_stay_aga
         assert await holds_every_route(settings, vm["address"])
 
 
+async def test_a_new_gateway_vm_not_ready_within_the_bound_is_given_up_against_the_fake_arm(
+    provider: AzureNetworkProvider, fake_arm: FakeArmProcess, settings: Settings
+) -> None:
+    """A bound no VM can meet (a hundredth of a second after its creation): the first look at
+    the new VM gives it up."""
+    before = gateway_set(await fake_arm.state())
+    hasty = new_provider(settings.model_copy(update={"azure_gateway_ready_seconds": 0.01}), fake_arm)
+    try:
+        with pytest.raises(ApplicationError) as failed:
+            await hasty.patch_gateways(PatchGatewaysInput())
+    finally:
+        await hasty.close()
+    assert failed.value.type == "GatewayNotReady"
+    assert "was not ready" in str(failed.value) and "(the bound is 0 s)" in str(failed.value)
+    after = gateway_set(await fake_arm.state())
+    assert sorted(vm["instance_id"] for vm in after["vms"]) == sorted(
+        vm["instance_id"] for vm in before["vms"]
+    )
+    assert all(vm["running"] and image_of(vm) != NEW_IMAGE for vm in after["vms"]) and after["capacity"] == 2
+    assert TAG_GATEWAY_IMAGE not in after["tags"] and TAG_GATEWAY_PATCHING not in after["tags"]
+
+
 async def test_the_patch_rolls_every_gateway_vm_onto_the_newest_version_one_at_a_time_against_the_fake_arm(
     provider: AzureNetworkProvider, fake_arm: FakeArmProcess, settings: Settings
 ) -> None:
