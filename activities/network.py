@@ -6,7 +6,13 @@ from typing import Protocol
 
 from temporalio import activity
 
-from config.contract.activities import ApplyRouteInput, PushRouteResult, RemoveRouteInput
+from config.contract.activities import (
+    ApplyRouteInput,
+    PatchGatewaysInput,
+    PatchGatewaysResult,
+    PushRouteResult,
+    RemoveRouteInput,
+)
 from config.contract.names import Activity
 
 
@@ -16,6 +22,10 @@ class NetworkProvider(Protocol):
     async def apply_route(self, request: ApplyRouteInput) -> PushRouteResult: ...
 
     async def remove_route(self, request: RemoveRouteInput) -> PushRouteResult: ...
+
+    async def patch_gateways(self, request: PatchGatewaysInput) -> PatchGatewaysResult:
+        """The gateways onto the newest image where they are VMs of their own; else Skipped."""
+        ...
 
 
 class NetworkActivities:
@@ -29,3 +39,7 @@ class NetworkActivities:
     @activity.defn(name=Activity.REMOVE_ROUTE)
     async def remove_route(self, request: RemoveRouteInput) -> PushRouteResult:
         return await self._provider.remove_route(request)
+
+    @activity.defn(name=Activity.PATCH_GATEWAYS)
+    async def patch_gateways(self, request: PatchGatewaysInput) -> PatchGatewaysResult:
+        return await self._provider.patch_gateways(request)

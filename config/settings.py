@@ -209,6 +209,12 @@ class Settings(BaseSettings):
     azure_gateway_list_seconds: float = Field(
         default=10.0, ge=0, description="how long one list of the gateway VMs is trusted by route pushes"
     )
+    azure_gateway_ready_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="how long a host patch waits for a new gateway VM to run and hold every route "
+        "table before it gives the VM up and fails the gateways' patch",
+    )
     azure_gateway_tls_cert: Path | None = Field(
         default=None, description="PEM chain the gateway VMs serve HTTPS with; unset, one the worker makes"
     )

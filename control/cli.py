@@ -306,7 +306,8 @@ def host(ctx: click.Context) -> None:
 @direct_only
 @run_async
 async def host_patch(endpoint, deployment, no_wait, resource_group, workspace_name, output, query):
-    """Replace every instance with one on a refreshed environment, rolling, as a workflow."""
+    """Replace every instance with one on a refreshed environment, rolling, as a workflow; with
+    no endpoint or deployment named, then the gateways (on azure: their VMs onto the newest image)."""
     tg = await facade()
     with err_console.status("patching (a HostPatchWorkflow; watch it in the Temporal UI)..."):
         result = await tg.host_patch(endpoint, deployment, wait=not no_wait)
@@ -314,6 +315,9 @@ async def host_patch(endpoint, deployment, no_wait, resource_group, workspace_na
     failed = [r for r in result.get("results", []) if r["outcome"] == "Failed"]
     if failed:
         fail(f"{failed[0]['endpoint']}/{failed[0]['deployment']}: {failed[0]['detail']}")
+    gateways = result.get("gateways") or {}
+    if gateways.get("outcome") == "Failed":
+        fail(f"gateways: {gateways.get('detail', '')}")
 
 
 # ---- online-endpoint -----------------------------------------------------------------------

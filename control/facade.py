@@ -333,7 +333,9 @@ class Tidegate:
     async def host_patch(
         self, endpoint: str | None = None, deployment: str | None = None, *, wait: bool = True
     ) -> dict[str, Any]:
-        """Start a HostPatchWorkflow over every (or the named) deployment; its id and results."""
+        """Start a HostPatchWorkflow over every (or the named) deployment; its id and results.
+        A patch of everything (no endpoint or deployment named) patches the gateways after the
+        deployments (where they are VMs of their own)."""
         names = [endpoint] if endpoint else [e["name"] for e in await self.list_endpoints()]
         pairs: list[tuple[str, str]] = []
         for name in names:
@@ -345,14 +347,17 @@ class Tidegate:
             raise NotFound("no deployment to patch")
         handle = await self.client.start_workflow(
             HostPatchWorkflow.run,
-            HostPatchInput(deployments=pairs),
+            HostPatchInput(deployments=pairs, gateways=endpoint is None and deployment is None),
             id=host_patch_id(datetime.now(UTC)),
             task_queue=self.settings.task_queue,
         )
         if not wait:
             return {"id": handle.id, "deployments": [f"{e}/{d}" for e, d in pairs]}
         result = await handle.result()
-        return {"id": handle.id, "results": [r.model_dump() for r in result.results]}
+        shown: dict[str, Any] = {"id": handle.id, "results": [r.model_dump() for r in result.results]}
+        if result.gateways is not None:
+            shown["gateways"] = result.gateways.model_dump()
+        return shown
 
     def rollouts(self) -> Rollouts:
         """The rollout half of the façade (plan, start, steer, list)."""

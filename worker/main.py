@@ -53,6 +53,7 @@ def activities(
         compute.delete_instances,
         network.apply_route,
         network.remove_route,
+        network.patch_gateways,
         secrets.ensure_keys,
         secrets.delete_keys,
         monitor.query_window,

@@ -60,3 +60,10 @@ PATCH: ActivityOptions = {
     "heartbeat_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), maximum_attempts=3),
 }
+# The gateways' patch: per gateway VM a boot (bounded by azure_gateway_ready_seconds) and a
+# delete. A retried attempt reads the scale set and continues where the last one stopped.
+PATCH_GATEWAYS: ActivityOptions = {
+    "start_to_close_timeout": timedelta(hours=3),
+    "heartbeat_timeout": timedelta(seconds=60),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=3),
+}

@@ -38,6 +38,7 @@ from activities.azure.arm import (
     require_settings,
 )
 from activities.azure.credentials import azure_credential
+from activities.azure.images import newest_image
 from activities.azure.scale_sets import (
     TAG_DEPLOYMENT,
     TAG_DRAINING,
@@ -45,7 +46,6 @@ from activities.azure.scale_sets import (
     TAG_SPEC,
     TAG_SURGE,
     TAG_WANTED,
-    gallery_image,
     image_records,
     image_reference,
     image_tags,
@@ -69,13 +69,11 @@ from config.host_api import (
 )
 from config.settings import Settings
 from decisions.scale_set_update import (
-    GalleryVersion,
     ImageRecord,
     ScaleSetStep,
     ScaleSetVm,
     format_draining,
     image_for,
-    newest_gallery_version,
     next_scale_set_step,
     parse_draining,
     remember_image,
@@ -268,36 +266,8 @@ class AzureComputeProvider:
 
     async def _newest_image(self) -> str:
         """The settings' image; for a gallery image definition, its newest version (what a
-        host patch moves every VM onto)."""
-        image = self._settings.azure_image
-        if not gallery_image(image):
-            return image
-        parts = image.strip("/").split("/")
-        group, gallery, definition = parts[3], parts[7], parts[9]
-        versions = [
-            GalleryVersion(
-                name=str(v.name),
-                exclude_from_latest=bool(
-                    v.properties
-                    and v.properties.publishing_profile
-                    and v.properties.publishing_profile.exclude_from_latest
-                ),
-                provisioning_state=_text(v.properties.provisioning_state if v.properties else "Succeeded"),
-            )
-            async for v in self.compute.gallery_image_versions.list_by_gallery_image(
-                group, gallery, definition
-            )
-        ]
-        newest = newest_gallery_version(versions)
-        if newest is None:
-            raise ApplicationError(
-                f"gallery image {image} has no version to use (none succeeded, or all are excluded"
-                " from latest)",
-                type="NoImageVersion",
-                non_retryable=True,
-            )
-        log.info("azure.image.newest", image=image, version=newest, versions=len(versions))
-        return f"{image}/versions/{newest}"
+        host patch moves every VM onto; the gateways' patch asks the same)."""
+        return await newest_image(self.compute, self._settings)
 
     async def _delete_failed_vms(self, name: str) -> None:
         """A failed VM is replaced as the local host replaces a failed instance on a PUT: it is

@@ -22,6 +22,15 @@ from config.settings import Settings
 
 ROLE_GATEWAYS = "gateways"
 TAG_GATEWAY_SPEC = "tidegate-gateway-spec"
+# A host patch's image, kept in the model from then on (so the route pushes' own PUTs keep it):
+# the image the model names when it is not the settings' (part of the body and its hash).
+TAG_GATEWAY_IMAGE = "tidegate-gateway-image"
+# A host patch's progress, not the desired state (left out of the hash): the image the model
+# named before it (where a failed patch goes back to), and that a patch is rolling (one VM more
+# than wanted may run: a route push must not scale it in).
+TAG_GATEWAY_IMAGE_BEFORE = "tidegate-gateway-image-before"
+TAG_GATEWAY_PATCHING = "tidegate-gateway-patching"
+_PROGRESS_TAGS = (TAG_GATEWAY_SPEC, TAG_GATEWAY_IMAGE_BEFORE, TAG_GATEWAY_PATCHING)
 GATEWAY_NIC = "tidegate-gateway-nic"
 COMPUTER_NAME_PREFIX = "tggw"
 BOOT_FILE = "gateway-boot.json"
@@ -88,12 +97,18 @@ def gateway_custom_data(boot: GatewayBoot) -> str:
     return encoded
 
 
-def gateway_scale_set_body(settings: Settings, boot: GatewayBoot) -> dict[str, Any]:
-    """The whole desired state of the gateway scale set, tagged with its own hash."""
+def gateway_scale_set_body(
+    settings: Settings, boot: GatewayBoot, *, image: str | None = None
+) -> dict[str, Any]:
+    """The whole desired state of the gateway scale set, tagged with its own hash. `image`: the
+    image a host patch chose (default the settings'), kept in a tag."""
     user = settings.azure_admin_username
+    tags = {TAG_ROLE: ROLE_GATEWAYS}
+    if image is not None and image != settings.azure_image:
+        tags[TAG_GATEWAY_IMAGE] = image
     body: dict[str, Any] = {
         "location": settings.azure_location,
-        "tags": {TAG_ROLE: ROLE_GATEWAYS},
+        "tags": tags,
         "sku": {
             "name": settings.azure_gateway_vm_size,
             "tier": "Standard",
@@ -102,7 +117,7 @@ def gateway_scale_set_body(settings: Settings, boot: GatewayBoot) -> dict[str, A
         "properties": {
             "orchestrationMode": "Uniform",
             # A new model (a renewed certificate, another image) reaches VMs made after it;
-            # never every gateway at once. Tidegate's host patch leaves this scale set out.
+            # never every gateway at once. A host patch adds one and deletes one, VM by VM.
             "upgradePolicy": {"mode": "Manual"},
             "overprovision": False,
             "virtualMachineProfile": {
@@ -123,7 +138,7 @@ def gateway_scale_set_body(settings: Settings, boot: GatewayBoot) -> dict[str, A
                     },
                 },
                 "storageProfile": {
-                    "imageReference": image_reference(settings.azure_image),
+                    "imageReference": image_reference(tags.get(TAG_GATEWAY_IMAGE, settings.azure_image)),
                     "osDisk": {
                         "createOption": "FromImage",
                         "caching": "ReadWrite",
@@ -159,7 +174,7 @@ def gateway_scale_set_body(settings: Settings, boot: GatewayBoot) -> dict[str, A
 
 
 def body_hash(body: dict[str, Any]) -> str:
-    """What a body asks for, in 16 hex digits (its own tag left out)."""
-    tags = {k: v for k, v in (body.get("tags") or {}).items() if k != TAG_GATEWAY_SPEC}
+    """What a body asks for, in 16 hex digits (its own tag and a patch's progress left out)."""
+    tags = {k: v for k, v in (body.get("tags") or {}).items() if k not in _PROGRESS_TAGS}
     canonical = json.dumps({**body, "tags": tags}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -45,7 +45,13 @@ from activities.azure.load_balancer import (
 from activities.local.network import LocalNetworkProvider
 from activities.network import NetworkProvider
 from config.azure_network import InvalidDnsLabel, checked_dns_label, dns_label
-from config.contract.activities import ApplyRouteInput, PushRouteResult, RemoveRouteInput
+from config.contract.activities import (
+    ApplyRouteInput,
+    PatchGatewaysInput,
+    PatchGatewaysResult,
+    PushRouteResult,
+    RemoveRouteInput,
+)
 from config.settings import Settings
 
 log = structlog.get_logger("activities.azure.network")
@@ -134,6 +140,10 @@ class AzureNetworkProvider:
         """The endpoint's Azure resources exist as wanted; then the gateways get the route."""
         await self.ensure_endpoint(request.route.name)
         return await self._gateways.apply_route(request)
+
+    async def patch_gateways(self, request: PatchGatewaysInput) -> PatchGatewaysResult:
+        """The gateway scale set's VMs onto the newest image (none: Skipped, as locally)."""
+        return await self._gateways.patch_gateways(request)
 
     async def remove_route(self, request: RemoveRouteInput) -> PushRouteResult:
         """The gateways drop the route; then what the endpoint made in Azure goes."""

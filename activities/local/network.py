@@ -15,7 +15,14 @@ from typing import Any
 import aiohttp
 import structlog
 
-from config.contract.activities import ApplyRouteInput, PushRouteResult, RemoveRouteInput
+from config.contract.activities import (
+    ApplyRouteInput,
+    PatchGatewaysInput,
+    PatchGatewaysResult,
+    PushRouteResult,
+    RemoveRouteInput,
+)
+from config.routes import EndpointRoute
 from config.security import control_client_ssl, control_session
 from config.settings import Settings
 
@@ -50,6 +57,30 @@ class LocalNetworkProvider:
             "DELETE", request.endpoint, request.generation, lambda target: {"params": params}
         )
 
+    async def patch_gateways(self, request: PatchGatewaysInput) -> PatchGatewaysResult:
+        """Gateways given by URL run where `tidegate up` (or their operator) runs them: no image
+        of theirs for a host patch to change."""
+        return PatchGatewaysResult(outcome="Skipped", detail="the gateways are not VMs of a scale set")
+
+    async def read_tables(self) -> dict[str, dict[str, Any] | None]:
+        """Each gateway's whole route table as its admin API holds it (`GET /routes`: routes
+        and tombstones), or None for a gateway that does not answer."""
+        async with self._session() as session:
+            found = await asyncio.gather(*(_read_table(session, t) for t in self._targets))
+        return dict(zip(self._targets, found, strict=True))
+
+    async def put_route_to(self, target: str, route: EndpointRoute) -> str | None:
+        """One route, as it is (its generation kept), to one gateway: None once it holds that
+        generation or a newer one, else why not."""
+        body = route.model_dump(mode="json")
+        async with self._session() as session:
+            why = await _push(
+                session, "PUT", f"{target}/routes/{route.name}", route.generation, {"json": body}
+            )
+        if why is not None and why.startswith("holds generation"):
+            return None  # a newer push reached it first: it holds at least this table
+        return why
+
     async def _to_every_gateway(
         self, method: str, endpoint: str, generation: int, arguments: Any
     ) -> PushRouteResult:
@@ -72,6 +103,17 @@ class LocalNetworkProvider:
                 reason=lagging.get(target),
             )
         return PushRouteResult(lagging=lagging, gateways=len(self._targets))
+
+
+async def _read_table(session: aiohttp.ClientSession, target: str) -> dict[str, Any] | None:
+    try:
+        async with session.get(f"{target}/routes") as response:
+            if response.status != 200:
+                return None
+            found = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 async def _push(

@@ -128,3 +128,14 @@ class PatchDeploymentResult(BaseModel):
     deployment: str
     outcome: PatchOutcome
     detail: str = ""
+
+
+class PatchGatewaysInput(BaseModel):
+    """The gateways' part of a host patch: their scale set, if there is one, onto the newest image."""
+
+
+class PatchGatewaysResult(BaseModel):
+    outcome: PatchOutcome
+    detail: str = ""
+    image: str | None = Field(default=None, description="the image every gateway VM runs now")
+    replaced: int = Field(default=0, description="gateway VMs replaced by this run")

@@ -40,6 +40,8 @@ class Activity:
     SET_ROLLOUT_TRAFFIC: Final = "set_rollout_traffic"
     RETIRE_DEPLOYMENT: Final = "retire_deployment"
     PATCH_DEPLOYMENT: Final = "patch_deployment"
+    # network: the gateways' own host patch (their scale set onto the newest image)
+    PATCH_GATEWAYS: Final = "patch_gateways"
 
 
 class EndpointUpdate:
@@ -81,6 +83,8 @@ class Patch:
     # DeploymentWorkflow reports Updating, not Succeeded, once a failed update is rolled back
     # (until its Failed report), so `update --wait` never reads the rollback as success.
     ROLLBACK_REPORTS_UPDATING: Final = "deployment-rollback-reports-updating"
+    # HostPatchWorkflow patches the gateways (their scale set on azure) after the deployments.
+    HOST_PATCH_GATEWAYS: Final = "host-patch-gateways"
 
 
 class RolloutSignal:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from config.contract.activities import PatchDeploymentResult
+from config.contract.activities import PatchDeploymentResult, PatchGatewaysResult
 from config.contract.defaults import DEFAULT_MAX_REQUEST_BYTES
 from config.contract.rollout import Plan, RolloutState
 from config.contract.state import (
@@ -143,7 +143,13 @@ class RolloutStatus(BaseModel):
 
 class HostPatchInput(BaseModel):
     deployments: list[tuple[str, str]] = Field(description="(endpoint, deployment) pairs, in order")
+    gateways: bool = Field(
+        default=True, description="after the deployments, the gateways too (where they are VMs)"
+    )
 
 
 class HostPatchResult(BaseModel):
     results: list[PatchDeploymentResult]
+    gateways: PatchGatewaysResult | None = Field(
+        default=None, description="the gateways' outcome; none: not asked, or a workflow from before"
+    )

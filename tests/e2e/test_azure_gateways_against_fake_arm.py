@@ -5,15 +5,18 @@ gateway scale set, whose VMs are real `tidegate gateway` processes booted from i
 A client's request goes through a gateway VM at its private address (standing in for the load
 balancer, which the fake does not forward through) over HTTPS for the endpoint's public name,
 and is answered by a deployment's VM. A killed gateway VM is replaced and the endpoint's own
-periodic re-push hands the new one the route table. Deleting the endpoint leaves the shared
-gateway scale set, with no route for it."""
+periodic re-push hands the new one the route table. `tidegate host patch` rolls the deployment's
+VMs and then the gateway VMs onto the gallery image's newest version, under steady load through
+the gateway VMs. Deleting the endpoint leaves the shared gateway scale set, with no route for it."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import ssl
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,10 @@ GATEWAYS = "tg-gateways"
 FQDN = f"e2e-{EP}.westeurope.cloudapp.azure.com"
 BODY = json.dumps({"data": REQUEST}).encode()
 RESOURCE_GROUP = "tidegate-e2e-gateways"
+GALLERY_IMAGE = (
+    f"/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/{RESOURCE_GROUP}"
+    "/providers/Microsoft.Compute/galleries/tidegate/images/tidegate-host"
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +48,7 @@ def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArmProces
     try:
         asyncio.run(fake.wait_up())
         asyncio.run(make_instances_subnet(fake))
+        asyncio.run(fake.publish_image_version(GALLERY_IMAGE, "1.0.0"))
         yield fake
     finally:
         fake.stop()
@@ -66,6 +74,10 @@ def stack(fake_arm: FakeArmProcess, tmp_path_factory: pytest.TempPathFactory) ->
         TIDEGATE_AZURE_DNS_LABEL_PREFIX="e2e",
         TIDEGATE_AZURE_GATEWAY_SUBNET_PREFIX="10.0.1.0/24",
         TIDEGATE_AZURE_GATEWAY_INSTANCES="2",
+        # The hosts' image, gateways' included: a gallery image, whose newest version a host
+        # patch moves every VM onto.
+        TIDEGATE_AZURE_IMAGE=GALLERY_IMAGE,
+        TIDEGATE_AZURE_DRAIN_SECONDS="4",
     )
     made.up()
     try:
@@ -182,6 +194,137 @@ def test_a_killed_gateway_vm_is_replaced_and_the_periodic_repush_hands_it_the_ro
     )
     vms = gateway_vms(fake_arm)
     assert victim not in {vm["instance_id"] for vm in vms} and len(vms) == 2
+
+
+class LoadThroughGatewayVms:
+    """Steady load through the gateway VMs, standing in for the load balancer (which the fake
+    does not forward through): clients call the VMs' private addresses in turn. A VM joins the
+    rotation as the balancer's TCP probe admits it (its HTTPS port accepted two probes 5 s
+    apart: interval 5 s, threshold 2) and leaves it once it is deleted from the scale set.
+
+    Counted: answers by status; a failed request (an error status or a broken connection) is
+    counted as `on a deleted VM` when that VM was deleted from the scale set by the time the
+    failure is looked at (the balancer would have held that connection too), and as a client
+    error otherwise."""
+
+    def __init__(self, stack: LocalStack, fake: FakeArmProcess, key: str, clients: int = 4) -> None:
+        self.stack, self.fake, self.key, self.clients = stack, fake, key, clients
+        self.seen: Counter[int] = Counter()  # status (0: no answer) -> count
+        self.on_deleted_vm: Counter[int] = Counter()
+        self.client_errors: list[str] = []
+        self.by_vm: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._rotation: list[str] = []
+        self._probed: dict[str, list[float]] = {}  # address -> when its probes succeeded
+
+    def __enter__(self) -> LoadThroughGatewayVms:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    async def _addresses(self) -> set[str]:
+        [gateways] = [s for s in (await self.fake.state())["scale_sets"] if s["name"] == GATEWAYS]
+        return {vm["address"] for vm in gateways["vms"]}
+
+    async def _probe(self, address: str) -> bool:
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(address, self.stack.port("gateway_https")), timeout=2
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
+
+    async def _balancer(self) -> None:
+        """The pool and the probe: who is in the rotation."""
+        while not self._stop.is_set():
+            present = await self._addresses()
+            now = time.monotonic()
+            for address in present:
+                times = self._probed.setdefault(address, [])
+                if (not times or now - times[-1] >= 5.0) and await self._probe(address):
+                    times.append(now)
+            self._rotation = sorted(a for a in present if len(self._probed.get(a, [])) >= 2)
+            await asyncio.sleep(0.2)
+
+    async def _client(self, session: aiohttp.ClientSession, offset: int) -> None:
+        turn = offset
+        while not self._stop.is_set():
+            rotation = self._rotation
+            if not rotation:
+                await asyncio.sleep(0.1)
+                continue
+            address = rotation[turn % len(rotation)]
+            turn += 1
+            url = f"https://{address}:{self.stack.port('gateway_https')}/endpoints/{EP}/score"
+            try:
+                async with session.post(
+                    url,
+                    data=BODY,
+                    headers={
+                        "Host": FQDN,
+                        "Authorization": f"Bearer {self.key}",
+                        "Content-Type": "application/json",
+                    },
+                    ssl=gateways_ca(self.stack),
+                    server_hostname=FQDN,
+                ) as reply:
+                    await reply.read()
+                    status = reply.status
+            except (aiohttp.ClientError, TimeoutError):
+                status = 0
+            self.seen[status] += 1
+            self.by_vm[address] += 1
+            if status != 200:
+                if address not in await self._addresses():
+                    self.on_deleted_vm[status] += 1
+                else:
+                    self.client_errors.append(f"{address}: {status}")
+            await asyncio.sleep(0.005)
+
+    async def _run(self) -> None:
+        balancer = asyncio.create_task(self._balancer())
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(self._client(session, i) for i in range(self.clients)))
+        await balancer
+
+
+def test_host_patch_rolls_the_gateway_vms_onto_the_newest_image_under_load_against_the_fake_arm(
+    stack: LocalStack, fake_arm: FakeArmProcess, served: str
+) -> None:
+    before = {vm["instance_id"] for vm in gateway_vms(fake_arm)}
+    asyncio.run(fake_arm.publish_image_version(GALLERY_IMAGE, "1.0.1"))
+    with LoadThroughGatewayVms(stack, fake_arm, served) as load:
+        until(lambda: load.seen[200] > 0, what="the load is answered through the gateway VMs")
+        started = time.monotonic()
+        result = stack.json("host", "patch")
+        took = time.monotonic() - started
+    print(
+        f"host patch (1 deployment, then 2 gateway VMs) in {took:.1f} s ({result['gateways']['detail']}); "  # type: ignore[index]
+        f"clients saw {dict(load.seen)}, {sum(load.on_deleted_vm.values())} of them failures on a "
+        f"deleted VM, {len(load.client_errors)} client errors; by VM {dict(load.by_vm)}"
+    )
+    assert isinstance(result, dict)
+    assert [r["outcome"] for r in result["results"]] == ["Succeeded"], result
+    gateways = result["gateways"]
+    assert gateways["outcome"] == "Succeeded" and gateways["image"] == f"{GALLERY_IMAGE}/versions/1.0.1", (
+        result
+    )
+    vms = gateway_vms(fake_arm)
+    assert len(vms) == 2 and before.isdisjoint(vm["instance_id"] for vm in vms)
+    assert all(vm["image"]["id"] == f"{GALLERY_IMAGE}/versions/1.0.1" and vm["running"] for vm in vms), vms
+    assert load.client_errors == [], load.client_errors
+    assert load.seen[200] > 0
+    # The load reached the new VMs too (the balancer's probe admitted them), and each serves.
+    assert {vm["address"] for vm in vms} & set(load.by_vm)
+    for vm in vms:
+        status, _ = score_through(stack, vm["address"], served)
+        assert status == 200
 
 
 def test_deleting_the_endpoint_leaves_the_gateway_scale_set_without_its_route(
