@@ -2,7 +2,8 @@
 
 Runs the demo on a fresh local system (`tidegate up` with its own TIDEGATE_HOME), then an
 undo, a second rollout paused, resumed and rolled back by hand, and a host patch, and writes
-the history of every workflow Temporal holds into tests/workflows/histories/<today>/, one JSON
+the history of every workflow Temporal holds into tests/workflows/histories/<today>/ (or
+<today>T<HHMM>/ for a second recording that day), one JSON
 file per run (the format `temporal workflow show --output json` prints). Earlier recordings
 stay: a workflow started on older code must keep replaying after every later change (those
 changes go behind `workflow.patched`). Remove a recording only when no workflow started on that
@@ -66,10 +67,12 @@ def tidegate_until(*args: str, output: str | None = None, tries: int = 120) -> N
 
 async def export() -> int:
     client = await connect(load_settings())
-    folder = HISTORIES / datetime.now(UTC).date().isoformat()
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.json"):  # today's recording again
-        old.unlink()
+    # One folder per recording, never written over: a second one on a day gets the time too.
+    now = datetime.now(UTC)
+    folder = HISTORIES / now.date().isoformat()
+    if folder.exists():
+        folder = HISTORIES / now.strftime("%Y-%m-%dT%H%M")
+    folder.mkdir(parents=True)
     count = 0
     async for execution in client.list_workflows():
         handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
@@ -100,7 +103,8 @@ def main() -> None:
         tidegate_until("rollout", "resume", *rollout)
         tidegate_until("rollout", "rollback", *rollout)
         tidegate_until("rollout", "status", *rollout, "--query", "phase", "-o", "tsv", output="RolledBack")
-        run(python, "-m", "control.cli", "host", "patch", "--endpoint", "demo-ep", "--deployment", "blue")
+        # Every deployment and then the gateways (none of their own here: the step says Skipped).
+        run(python, "-m", "control.cli", "host", "patch")
         print(f"{asyncio.run(export())} histories written to {HISTORIES.relative_to(ROOT)}")
     finally:
         run(python, "-m", "control.cli", "down")
