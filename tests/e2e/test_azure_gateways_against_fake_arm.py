@@ -27,7 +27,6 @@ import pytest
 from tests.e2e.project import REQUEST
 from tests.fakes.arm.client import FakeArmProcess
 from tests.support.polling import until
-from tests.support.ports import free_port
 from tests.support.stack import LocalStack
 
 EP = "gw-ep"
@@ -42,16 +41,12 @@ GALLERY_IMAGE = (
 
 
 @pytest.fixture(scope="module")
-def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArmProcess]:
-    fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm"), free_port())
-    fake.start()
-    try:
-        asyncio.run(fake.wait_up())
-        asyncio.run(make_instances_subnet(fake))
-        asyncio.run(fake.publish_image_version(GALLERY_IMAGE, "1.0.0"))
-        yield fake
-    finally:
-        fake.stop()
+def fake_arm(fake_arm: FakeArmProcess) -> FakeArmProcess:
+    """The module's fake ARM (tests/e2e/conftest.py) with the instances' subnet and the hosts'
+    gallery image."""
+    asyncio.run(make_instances_subnet(fake_arm))
+    asyncio.run(fake_arm.publish_image_version(GALLERY_IMAGE, "1.0.0"))
+    return fake_arm
 
 
 async def make_instances_subnet(fake: FakeArmProcess) -> None:
