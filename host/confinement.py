@@ -75,6 +75,8 @@ def plan_rules(
     would open the folder it sits in."""
     roots = sorted({Path(p) for p in hidden})
     roots = [r for r in roots if not any(o != r and _within(r, o) for o in roots)]
+    if not roots:  # nothing hidden: nothing denied
+        return [Rule(Path("/"), "full")]
     on_the_way = {a for r in roots for a in r.parents}
     rules: list[Rule] = []
     for folder in sorted(on_the_way):
@@ -197,8 +199,9 @@ def wrapper_command(
     writable: Iterable[Path],
     command: Sequence[str],
 ) -> list[str]:
-    """`command`, run confined by this module under the host's interpreter `python`."""
-    args = [python, "-m", "host.confinement"]
+    """`command`, run confined by this module under the host's interpreter `python`. Isolated
+    (-I): started in the user's code folder, it must not import a `host` package of theirs."""
+    args = [python, "-I", "-m", "host.confinement"]
     for flag, paths in (("--hide", hidden), ("--read", readable), ("--write", writable)):
         for path in paths:
             args += [flag, str(path)]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from host.confinement import Rule, landlock_abi, plan_rules
+from host.confinement import Rule, landlock_abi, plan_rules, wrapper_command
 from tests.host.helpers import HostProcess, UserFiles, all_ready, runtime
 
 TREE = {
@@ -229,3 +229,22 @@ def test_a_symlink_beside_the_way_down_does_not_open_the_hidden_folder(tmp_path:
 
     assert done.returncode == 1
     assert "PermissionError" in done.stderr
+
+
+def test_the_wrapper_never_imports_a_host_package_from_the_users_code_folder(tmp_path: Path) -> None:
+    fake = tmp_path / "host"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "confinement.py").write_text("print('the user code ran unconfined')\n")
+    command = wrapper_command(
+        python=sys.executable, hidden=[], readable=[], writable=[], command=["/bin/true"]
+    )
+
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+
+    assert "unconfined" not in done.stdout
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_plan_that_hides_nothing_allows_everything() -> None:
+    assert plan_rules(hidden=[], readable=[], writable=[], children=children) == [Rule(Path("/"), "full")]
