@@ -115,6 +115,7 @@ class Gateway:
         "max_connections",
         "refused",
         "_refused_logged",
+        "draining",
         "_ticker",
         "_sweeper",
         "_deadliner",
@@ -159,6 +160,9 @@ class Gateway:
         self.max_connections = limits.max_connections
         self.refused = 0  # client connections closed at once: max_connections were open
         self._refused_logged = 0
+        # Set once by `drain()`, never cleared: the health path answers 503 and every answer
+        # closes its connection (read per response: a plain attribute).
+        self.draining = False
         self._ticker: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._deadliner: asyncio.TimerHandle | None = None
@@ -185,6 +189,16 @@ class Gateway:
         self._tick()
         self._sweeper = loop.call_later(self.client_limits.idle_timeout_s, self._sweep)
         self._deadliner = loop.call_later(DEADLINE_SWEEP_S, self._check_deadlines)
+
+    def drain(self) -> bool:
+        """Leave the load balancer's rotation: the health path says 503 from now on, and each
+        connection closes after its next answer, so clients reconnect to another gateway.
+        Requests keep being served. False: it was draining already."""
+        if self.draining:
+            return False
+        self.draining = True
+        log.info("gateway.draining", connections=len(self.connections))
+        return True
 
     async def stop(self, drain_s: float = DRAIN_S) -> None:
         """Close idle connections now; let in-flight requests finish for up to ``drain_s``."""
