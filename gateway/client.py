@@ -33,6 +33,7 @@ from typing import Final, cast
 
 import httptools
 
+from config.routes import HEALTH_PATH
 from gateway.gateway import Gateway
 from gateway.request import Request
 from gateway.responses import (
@@ -46,7 +47,6 @@ from gateway.responses import (
     status_line,
 )
 from gateway.routing import (
-    HEALTH_PATH,
     SCORE,
     SWAGGER,
     RoutingError,

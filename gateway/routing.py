@@ -20,9 +20,6 @@ from config.routes import EndpointRoute
 # Resources an endpoint serves; each is forwarded to the same path on the instance.
 SCORE = "/score"
 SWAGGER = "/swagger.json"
-# The gateway's own health path, for the load balancer's probe: no endpoint route can take it
-# (endpoints are `/endpoints/<name>/...` or `/score` and `/swagger.json` on a host of their own).
-HEALTH_PATH = "/.tidegate/health"
 _RESOURCES = (SCORE, SWAGGER)
 _ENDPOINT_PREFIX = "/endpoints/"
 # azmlinfsrv answers 431 past 100 characters; refuse earlier with the same status.

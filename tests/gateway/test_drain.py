@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest_asyncio
 
-from gateway.routing import HEALTH_PATH
+from config.routes import HEALTH_PATH
 from tests.gateway.conftest import KEY, Backend, GatewayProcess, route_body
 from tests.gateway.helpers import push, until
 
