@@ -17,8 +17,10 @@ is "no data". ``GET /metrics`` is Prometheus text (see ``gateway.metrics``).
 
 ``POST /drain`` takes this gateway out of the load balancer's rotation before its VM goes:
 the data plane's health path (``gateway.routing.HEALTH_PATH``) answers 503 from then on, and
-every answer closes its connection; requests are still served. Idempotent (``started``:
-false the second time); nothing undoes it but a restart.
+every answer closes its connection; requests are still served. ``?close_idle_after=S``
+(0-3600): S seconds later, the connections with no request under way are closed as well (a
+client's pool sees that close; a deleted VM's connections just go silent). Idempotent
+(``started``: false the second time, and nothing changes); nothing undoes it but a restart.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from gateway.windows import MINUTES_KEPT, parse_window
 log = structlog.get_logger("gateway.admin")
 
 _OPEN = frozenset({("GET", "/healthz"), ("HEAD", "/healthz")})
+MAX_CLOSE_IDLE_AFTER_S = 3600
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tidegate"'}
 
 
@@ -120,7 +123,7 @@ def create_app(
     stats: StatsSource | None = None,
     access_log: tuple[Path, int] | None = None,
     failure_keys: Sequence[str] = DEFAULT_FAILURE_KEYS,
-    drain: Callable[[], Awaitable[DrainResult]] | None = None,
+    drain: Callable[[float | None], Awaitable[DrainResult]] | None = None,
 ) -> web.Application:
     """The admin application; ``persist`` is awaited after every applied change. Every
     request but the health check must carry ``control_token`` (the control credential).
@@ -268,11 +271,29 @@ def create_app(
         lines = await asyncio.to_thread(find_request, path, backups, request_id)  # reads whole files
         return web.json_response({"request_id": request_id, "lines": lines})
 
-    async def post_drain(_: web.Request) -> web.Response:
+    async def post_drain(request: web.Request) -> web.Response:
         if drain is None:
             raise AdminError(404, "NotFound", "this gateway has no data plane to drain")
-        result = await drain()
-        log.info("gateway.drain", started=result.started, processes=result.processes)
+        raw = request.query.get("close_idle_after")
+        try:
+            close_idle_after = float(raw) if raw is not None else None
+        except ValueError:
+            close_idle_after = -1.0
+        if close_idle_after is not None and not 0 <= close_idle_after <= MAX_CLOSE_IDLE_AFTER_S:
+            raise _bad_request(
+                [
+                    FieldProblem(
+                        "close_idle_after", f"query parameter must be 0-{MAX_CLOSE_IDLE_AFTER_S} seconds"
+                    )
+                ]
+            )
+        result = await drain(close_idle_after)
+        log.info(
+            "gateway.drain",
+            started=result.started,
+            processes=result.processes,
+            close_idle_after=close_idle_after,
+        )
         return web.json_response(result.model_dump())
 
     app = web.Application(middlewares=[errors], client_max_size=8 * 1024 * 1024)

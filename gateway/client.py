@@ -84,6 +84,7 @@ _WANTED_HEADERS: Final = frozenset(
 _METHODS: Final = {b"POST", b"GET"}
 _HEALTH_PATH: Final = HEALTH_PATH.encode()
 _HEALTHY: Final = RoutingError(200, "Healthy", "this gateway takes new connections")
+_NO_ROUTES: Final = RoutingError(503, "NoRoutes", "this gateway holds no endpoint's route yet")
 _DRAINING: Final = RoutingError(503, "Draining", "this gateway is draining; connect again for another one")
 _RESOURCE_BYTES: Final = {SCORE: SCORE.encode(), SWAGGER: SWAGGER.encode()}
 _CRLF: Final = b"\r\n"
@@ -334,12 +335,16 @@ class ClientProtocol(asyncio.Protocol):
         req.deployment = deployment
 
     def _health(self, req: Request) -> RoutingError:
-        """The load balancer's probe: 200 while this gateway takes new connections, 503 once
-        it drains (answered by the gateway itself, like an error, never sent upstream)."""
+        """The load balancer's probe: 200 while this gateway takes new connections; 503 once it
+        drains, or while it serves no endpoint yet (answered by the gateway itself, like an
+        error, never sent upstream)."""
         if req.method != b"GET":
             return RoutingError(405, "MethodNotAllowed", f"{req.method.decode()} is not allowed here")
-        if self.gw.draining:
+        gw = self.gw
+        if gw.draining:
             return _DRAINING
+        if not gw.live:  # a new gateway before its first table: the balancer must not send it clients
+            return _NO_ROUTES
         return _HEALTHY
 
     @staticmethod
@@ -654,6 +659,10 @@ class ClientProtocol(asyncio.Protocol):
         """Close the connection now; in-flight work is abandoned."""
         if self.transport is not None:
             self.transport.close()
+
+    def idle(self) -> bool:
+        """No request under way: none being read, answered or waiting its turn."""
+        return self.active is None and not self.queue and self.req is None and not self.closing
 
     def sweep(self) -> None:
         """Close a connection with no request in flight and no bytes since the last sweep."""

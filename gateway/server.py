@@ -257,9 +257,9 @@ async def _serve_admin(running: RunningGateway, workers: int, admin_ssl: ssl.SSL
     persister = TablePersister(running.table, settings.gateway_dir / ROUTES_FILE)
     merged = running.merged
 
-    async def drain() -> DrainResult:
-        started = gateway.drain()
-        peers = await merged.drain_peers() if merged is not None else 0
+    async def drain(close_idle_after: float | None) -> DrainResult:
+        started = gateway.drain(close_idle_after)
+        peers = await merged.drain_peers(close_idle_after) if merged is not None else 0
         return DrainResult(draining=True, started=started, processes=1 + peers)
 
     app = create_app(

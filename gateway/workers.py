@@ -70,7 +70,7 @@ def socket_path(gateway_dir: Path, index: int) -> str:
 def create_peer_app(
     read_window: Callable[[str, str, float, int], WindowData],
     snapshot: Callable[[], Snapshot],
-    drain: Callable[[], bool] | None = None,
+    drain: Callable[[float | None], bool] | None = None,
 ) -> web.Application:
     """What a worker process answers process 0 on its Unix socket (``POST /drain``: process 0
     was told to drain, so does this one)."""
@@ -84,10 +84,11 @@ def create_peer_app(
     async def snap(_: web.Request) -> web.Response:
         return web.json_response(snapshot().to_json())
 
-    async def start_draining(_: web.Request) -> web.Response:
+    async def start_draining(request: web.Request) -> web.Response:
         if drain is None:
             raise web.HTTPNotFound()
-        return web.json_response({"draining": True, "started": drain()})
+        raw = request.query.get("close_idle_after")
+        return web.json_response({"draining": True, "started": drain(float(raw) if raw else None)})
 
     app = web.Application()
     app.router.add_get("/window", window)
@@ -249,9 +250,10 @@ class MergedStats:
         answers = await asyncio.gather(*(one(s) for s in self._sessions))
         return [a for a in answers if a is not None]
 
-    async def drain_peers(self) -> int:
+    async def drain_peers(self, close_idle_after: float | None) -> int:
         """Tell processes 1..N-1 to drain; how many said they do."""
-        return len(await self._ask("/drain", method="POST"))
+        params = {"close_idle_after": str(close_idle_after)} if close_idle_after is not None else None
+        return len(await self._ask("/drain", params, method="POST"))
 
     async def window(self, endpoint: str, deployment: str, seconds: float, minutes: int = 0) -> WindowData:
         data = self._local_window(endpoint, deployment, seconds, minutes)

@@ -92,6 +92,8 @@ PATCH_POLL_SECONDS = 2.0
 _PATCH_PROGRESS = (TAG_GATEWAY_IMAGE_BEFORE, TAG_GATEWAY_PATCHING, TAG_GATEWAY_DRAINING)
 # Past the probe's detection time: the answers in flight, and the balancer's own lag.
 DRAIN_MARGIN_SECONDS = 5.0
+# A draining gateway closes its idle connections this long before its VM may be deleted.
+CLOSE_IDLE_BEFORE_DELETE_SECONDS = 1.0
 
 
 def gateway_drain_seconds(settings: Settings) -> float:
@@ -433,11 +435,15 @@ class AzureGateways:
     async def _drain(self, scale_set: Any, vm_id: str, until: float, draining: dict[str, float]) -> None:
         """Tell the VM's gateway to drain, then write down until when it drains (in that order:
         a patch run again after the first write finds it draining and waits; telling it twice
-        is harmless). A gateway that cannot be told still leaves after the drain time."""
+        is harmless). Its idle connections are closed a second before it may go. A gateway that
+        cannot be told still leaves after the drain time."""
         target = self._patch_urls.get(vm_id)
-        why = (
-            "no admin address" if target is None else await (await self._patch_pusher()).drain_gateway(target)
-        )
+        close_idle_after = max(0.0, until - time.time() - CLOSE_IDLE_BEFORE_DELETE_SECONDS)
+        if target is None:
+            why: str | None = "no admin address"
+        else:
+            pusher = await self._patch_pusher()
+            why = await pusher.drain_gateway(target, close_idle_after=close_idle_after)
         log.info(
             "gateways.patch.drain",
             scale_set=self._name,

@@ -83,6 +83,17 @@ async def health(client: aiohttp.ClientSession, gw: GatewayProcess) -> int:
         return response.status
 
 
+async def health_codes(gw: GatewayProcess, tries: int = 24) -> set[str]:
+    """The health path's answers over fresh connections, which the kernel spreads over the
+    processes: their codes (`Healthy`, or the 503's reason)."""
+    codes = set()
+    for _ in range(tries):
+        async with aiohttp.ClientSession() as one, one.get(f"{gw.http}{HEALTH_PATH}") as response:
+            body = await response.json()
+            codes.add(body["status"] if response.status == 200 else body["error"]["code"])
+    return codes
+
+
 async def test_drain_without_the_credential_is_401_and_the_gateway_stays_in_rotation(
     fresh_gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
@@ -143,9 +154,22 @@ async def test_drain_turns_health_to_503_and_closes_keep_alive_connections_after
         await fresh.close()
 
 
-async def test_the_health_path_is_no_endpoints_route_and_only_answers_get(
-    gateway: GatewayProcess, client: aiohttp.ClientSession
+async def test_the_health_path_says_503_until_the_gateway_serves_an_endpoint(
+    fresh_gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
+    async with client.get(f"{fresh_gateway.http}{HEALTH_PATH}") as response:
+        assert response.status == 503
+        assert (await response.json())["error"]["code"] == "NoRoutes"
+    await push(
+        client, fresh_gateway, route_body("d-first", 1, {"blue": [backends["blue"].url]}, {"blue": 100})
+    )
+    assert await health(client, fresh_gateway) == 200
+
+
+async def test_the_health_path_is_no_endpoints_route_and_only_answers_get(
+    gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
+) -> None:
+    await push(client, gateway, route_body("d-any", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
     async with client.post(f"{gateway.http}{HEALTH_PATH}") as response:
         assert response.status == 405
     async with client.get(
@@ -157,11 +181,18 @@ async def test_the_health_path_is_no_endpoints_route_and_only_answers_get(
 
 
 async def test_drain_reaches_every_process_of_a_gateway(
-    tmp_path: Path, client: aiohttp.ClientSession
+    tmp_path: Path, backends: dict[str, Backend], client: aiohttp.ClientSession
 ) -> None:
     gw = GatewayProcess.create(tmp_path / "home", TIDEGATE_GATEWAY_WORKERS="3")
     await gw.start()
     try:
+        # Served by every process (each reads the table process 0 writes), then drained.
+        await push(client, gw, route_body("d-workers", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+
+        async def every_process_serves() -> bool:
+            return await health_codes(gw) == {"Healthy"}
+
+        await until(every_process_serves)
         answers: list[dict[str, object]] = []
 
         async def all_three_drain() -> bool:
@@ -174,10 +205,54 @@ async def test_drain_reaches_every_process_of_a_gateway(
         assert answers[0]["started"] is True
         assert all(a["started"] is False for a in answers[1:])
         # Fresh connections land on any of the processes (SO_REUSEPORT): every one says 503.
-        statuses = set()
-        for _ in range(24):
-            async with aiohttp.ClientSession() as one:
-                statuses.add(await health(one, gw))
-        assert statuses == {503}
+        assert await health_codes(gw) == {"Draining"}
     finally:
         await gw.stop()
+
+
+async def test_drain_closes_idle_connections_after_the_time_asked_and_keeps_one_in_use_open(
+    fresh_gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
+) -> None:
+    gw = fresh_gateway
+    await push(
+        client, gw, route_body("d-idle", 1, {"hold-drain": [backends["hold-drain"].url]}, {"hold-drain": 100})
+    )
+    await push(client, gw, route_body("d-quick", 1, {"blue": [backends["blue"].url]}, {"blue": 100}))
+    idle = await RawConnection.open(gw.http_port)
+    busy = await RawConnection.open(gw.http_port)
+    hold = backends["hold-drain"]
+    hold.release.clear()
+    try:
+        assert (await score_on(idle, "d-quick"))[0] == 200  # then nothing more on it
+        in_flight = asyncio.create_task(score_on(busy, "d-idle"))  # held by the instance
+        await asyncio.sleep(0.3)
+        async with client.post(
+            f"{gw.admin}/drain", params={"close_idle_after": "0.5"}, headers=gw.admin_headers
+        ) as response:
+            assert (await response.json())["started"] is True
+        assert await idle.closed_by_peer()  # a close the client's pool sees, before the VM goes
+        assert not in_flight.done()
+        hold.release.set()
+        status, headers, _ = await asyncio.wait_for(in_flight, 10)
+        assert (status, headers["connection"]) == (200, "close")  # answered, then closed
+    finally:
+        hold.release.set()
+        await idle.close()
+        await busy.close()
+
+
+async def test_drain_refuses_a_close_idle_after_out_of_bounds_and_changes_nothing(
+    fresh_gateway: GatewayProcess, backends: dict[str, Backend], client: aiohttp.ClientSession
+) -> None:
+    await push(
+        client, fresh_gateway, route_body("d-kept", 1, {"blue": [backends["blue"].url]}, {"blue": 100})
+    )
+    for bad in ("-1", "3601", "soon", "nan"):
+        async with client.post(
+            f"{fresh_gateway.admin}/drain",
+            params={"close_idle_after": bad},
+            headers=fresh_gateway.admin_headers,
+        ) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["field"] == "close_idle_after"
+    assert await health(client, fresh_gateway) == 200
