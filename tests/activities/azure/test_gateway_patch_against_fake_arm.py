@@ -185,6 +185,23 @@ class Watcher:
     last_health: dict[str, int] = field(default_factory=dict)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The old VMs' health apart, so the deletions are seen as soon as before (the test
+        # cancels the first run on the first one).
+        health = asyncio.create_task(self._health(stop))
+        try:
+            await self._vms(stop)
+        finally:
+            await health
+
+    async def _health(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            vms = gateway_set(await self.fake.state())["vms"]
+            for vm in vms:
+                if image_of(vm) != NEW_IMAGE:
+                    self.last_health[vm["instance_id"]] = await health_status(self.settings, vm["address"])
+            await asyncio.sleep(0.05)
+
+    async def _vms(self, stop: asyncio.Event) -> None:
         previous_old: set[str] | None = None
         held: dict[str, bool] = {}
         while True:
@@ -208,9 +225,7 @@ class Watcher:
                 vm["instance_id"]: vm["running"] and await holds_every_route(self.settings, vm["address"])
                 for vm in new
             }
-            for vm in vms:
-                if vm["instance_id"] in old:
-                    self.last_health[vm["instance_id"]] = await health_status(self.settings, vm["address"])
+
             previous_old = old
             if last:
                 return
