@@ -5,7 +5,8 @@ Field names are those of Microsoft.Network 2026-03-01, the version azure-mgmt-ne
 sends for these three (its models are generated from azure-rest-api-specs). What ARM refuses
 and a provider could get wrong is refused here too: a PUT whose If-Match is not the current
 ETag (412), a frontend naming a public IP that does not exist or a rule naming a frontend,
-pool or probe the body lacks, two rules on one backend port and pool without Floating IP,
+pool or probe the body lacks, a probe the spec refuses (`probe_problem`), two rules on one
+backend port and pool without Floating IP,
 a DNS label another public IP of the region holds, deleting a public IP a frontend holds, and
 a subnet naming an NSG that does not exist. A subnet (`virtualNetworks/{vnet}/subnets`, GET and
 PUT) is kept without its virtual network: a test makes it as the operator would.
