@@ -13,6 +13,11 @@ from config.contract.defaults import (
     DEFAULT_REQUEST_TIMEOUT_MS,
 )
 
+# The gateway's own health path, for the load balancer's probe (200 in rotation, 503 draining):
+# no endpoint's route can take it (theirs are `/endpoints/<name>/score|swagger.json`, or
+# `/score` and `/swagger.json` on a host of their own).
+HEALTH_PATH = "/.tidegate/health"
+
 
 class InstanceRoute(BaseModel):
     id: str

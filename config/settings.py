@@ -209,6 +209,12 @@ class Settings(BaseSettings):
     azure_gateway_list_seconds: float = Field(
         default=10.0, ge=0, description="how long one list of the gateway VMs is trusted by route pushes"
     )
+    azure_gateway_drain_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="how long a gateway VM a host patch told to drain keeps serving before it is deleted "
+        "(default: the balancer probe's detection time, 2 x 5 s, plus 5 s; 0: deleted at once)",
+    )
     azure_gateway_ready_seconds: float = Field(
         default=900.0,
         gt=0,

@@ -4,13 +4,18 @@ A host patch puts a new image in the gateway scale set's model (upgrade policy M
 changes by itself), then: one new VM is added (capacity + 1); once it runs and holds every
 endpoint's current route table (the newest generation any other gateway holds, or nothing for
 an endpoint whose newest word is a deletion), one VM of the old image leaves; again, until no
-VM runs the old image. Which VMs start and which leave is decisions/rolling_update.py's word,
-as for deployments (wanted = the gateways the settings ask for, a surge of one); this turns
-gateway VMs into its inputs and its answer into one step. A new VM that stops, or is not ready
+VM runs the old image. An old VM that serves leaves in two steps: it is told to drain (the
+load balancer's probe then takes it out of the rotation and its connections close after their
+next answer), and once `drain_seconds` have passed it is deleted; a VM draining is never told
+again, and goes before anything else is decided (it takes no new connection). Which VMs start
+and which leave is decisions/rolling_update.py's word, as for deployments (wanted = the
+gateways the settings ask for, a surge of one); this turns gateway VMs into its inputs and its
+answer into one step. A new VM that stops, or is not ready
 within a bound of its creation, is given up: the patch fails, the old VMs keep serving.
 
 Everything read comes from the scale set and its VMs (their image, creation time, the tables
-their admin APIs hold), so a patch run again after a crash continues where the first stopped.
+their admin APIs hold, the VMs draining and until when, kept in a tag), so a patch run again
+after a crash continues where the first stopped.
 """
 
 from __future__ import annotations
@@ -66,6 +71,24 @@ class WaitForGateway:
 
 
 @dataclass(frozen=True)
+class DrainGateway:
+    """Tell the old VM `id` to drain (its admin API's `POST /drain`) and keep `until`, the time
+    it may be deleted: the balancer's probe has seen it by then and its clients have moved."""
+
+    id: str
+    until: float
+
+
+@dataclass(frozen=True)
+class WaitForDrain:
+    """The old VM `id` drains until `until`; `left` seconds to go."""
+
+    id: str
+    until: float
+    left: float
+
+
+@dataclass(frozen=True)
 class RetireGateway:
     """Delete the old VM `id`: the VMs left still number what is wanted, each holding every route."""
 
@@ -87,7 +110,9 @@ class PatchComplete:
     gateways: int
 
 
-GatewayStep = AddGateway | WaitForGateway | RetireGateway | AbandonGateway | PatchComplete
+GatewayStep = (
+    AddGateway | WaitForGateway | DrainGateway | WaitForDrain | RetireGateway | AbandonGateway | PatchComplete
+)
 
 
 def same_image(a: str, b: str) -> bool:
@@ -148,14 +173,33 @@ def _why_not_ready(vm: GatewayVm, vms: list[GatewayVm]) -> str:
 
 
 def next_gateway_step(
-    *, vms: list[GatewayVm], image: str, wanted: int, now: float, ready_seconds: float
+    *,
+    vms: list[GatewayVm],
+    image: str,
+    wanted: int,
+    now: float,
+    ready_seconds: float,
+    draining: dict[str, float] | None = None,
+    drain_seconds: float = 0.0,
 ) -> GatewayStep:
-    """The next step of moving every gateway VM onto `image`, `wanted` of them serving always."""
+    """The next step of moving every gateway VM onto `image`, `wanted` of them serving always.
+    `draining`: instance id -> when it may be deleted (the VMs told to drain); `drain_seconds`:
+    how long a serving VM drains before it is deleted (0: deleted at once)."""
     ordered = sorted(vms, key=lambda v: _order(v.id))
     new = [vm for vm in ordered if same_image(vm.image, image)]
     old = [vm for vm in ordered if not same_image(vm.image, image)]
     if not old:
         return PatchComplete(gateways=len(ordered))
+    by_id = {vm.id: vm for vm in ordered}
+    # A VM told to drain takes no new connection: it leaves first, whatever else happens (a new
+    # VM given up afterwards leaves the old ones serving, never one stuck draining).
+    for vm_id, until in sorted(draining.items() if draining else [], key=lambda p: _order(p[0])):
+        vm = by_id.get(vm_id)
+        if vm is None:
+            continue  # deleted already
+        if now >= until or vm.power != "running":
+            return RetireGateway(vm_id)
+        return WaitForDrain(vm_id, until, left=until - now)
     phases = {vm.id: _phase(vm, current=vm in new, vms=ordered) for vm in ordered}
     for vm in new:
         if phases[vm.id] == "failed":
@@ -175,7 +219,10 @@ def next_gateway_step(
         current_failed=False,
     )
     if plan.leave:
-        return RetireGateway(plan.leave[0])  # one at a time: the next read decides the next
+        leaving = by_id[plan.leave[0]]  # one at a time: the next read decides the next
+        if drain_seconds > 0 and leaving.power == "running":
+            return DrainGateway(leaving.id, until=now + drain_seconds)
+        return RetireGateway(leaving.id)  # serving no one: nothing to drain
     pending = [vm for vm in new if phases[vm.id] == "starting"]
     if pending:
         vm = pending[0]

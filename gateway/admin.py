@@ -14,6 +14,13 @@ persisted before the answer, so a push that got ``applied: true`` survives a cra
 ``minutes=N`` (up to a day, 1440) it carries the last N minutes' counts as well. An endpoint
 or deployment with no data yet answers zero requests, not 404: a canary that got no traffic
 is "no data". ``GET /metrics`` is Prometheus text (see ``gateway.metrics``).
+
+``POST /drain`` takes this gateway out of the load balancer's rotation before its VM goes:
+the data plane's health path (``gateway.routing.HEALTH_PATH``) answers 503 from then on, and
+every answer closes its connection; requests are still served. ``?close_idle_after=S``
+(0-3600): S seconds later, the connections with no request under way are closed as well (a
+client's pool sees that close; a deleted VM's connections just go silent). Idempotent
+(``started``: false the second time, and nothing changes); nothing undoes it but a restart.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from config.routes import ApplyRouteResult, EndpointRoute
 from config.security import bearer_matches
@@ -48,7 +55,17 @@ from gateway.windows import MINUTES_KEPT, parse_window
 log = structlog.get_logger("gateway.admin")
 
 _OPEN = frozenset({("GET", "/healthz"), ("HEAD", "/healthz")})
+MAX_CLOSE_IDLE_AFTER_S = 3600
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tidegate"'}
+
+
+class DrainResult(BaseModel):
+    """``POST /drain``'s answer: `started` is false when the gateway was draining already;
+    `processes`: how many of its processes said they drain."""
+
+    draining: bool
+    started: bool
+    processes: int
 
 
 class AdminError(Exception):
@@ -106,12 +123,13 @@ def create_app(
     stats: StatsSource | None = None,
     access_log: tuple[Path, int] | None = None,
     failure_keys: Sequence[str] = DEFAULT_FAILURE_KEYS,
+    drain: Callable[[float | None], Awaitable[DrainResult]] | None = None,
 ) -> web.Application:
     """The admin application; ``persist`` is awaited after every applied change. Every
     request but the health check must carry ``control_token`` (the control credential).
     ``access_log``: the access log's path and how many rotated files it keeps, for
     ``GET /access-log?request_id=``. ``failure_keys``: the statuses ``/metrics``'s availability
-    counts as failures."""
+    counts as failures. ``drain``: what ``POST /drain`` does."""
     if not control_token:
         raise ValueError("the admin API needs a control credential")
 
@@ -253,7 +271,33 @@ def create_app(
         lines = await asyncio.to_thread(find_request, path, backups, request_id)  # reads whole files
         return web.json_response({"request_id": request_id, "lines": lines})
 
+    async def post_drain(request: web.Request) -> web.Response:
+        if drain is None:
+            raise AdminError(404, "NotFound", "this gateway has no data plane to drain")
+        raw = request.query.get("close_idle_after")
+        try:
+            close_idle_after = float(raw) if raw is not None else None
+        except ValueError:
+            close_idle_after = -1.0
+        if close_idle_after is not None and not 0 <= close_idle_after <= MAX_CLOSE_IDLE_AFTER_S:
+            raise _bad_request(
+                [
+                    FieldProblem(
+                        "close_idle_after", f"query parameter must be 0-{MAX_CLOSE_IDLE_AFTER_S} seconds"
+                    )
+                ]
+            )
+        result = await drain(close_idle_after)
+        log.info(
+            "gateway.drain",
+            started=result.started,
+            processes=result.processes,
+            close_idle_after=close_idle_after,
+        )
+        return web.json_response(result.model_dump())
+
     app = web.Application(middlewares=[errors], client_max_size=8 * 1024 * 1024)
+    app.router.add_post("/drain", post_drain)
     app.router.add_get("/access-log", get_access_log)
     app.router.add_get("/stats", get_stats)
     app.router.add_get("/metrics", get_metrics)

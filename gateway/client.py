@@ -33,6 +33,7 @@ from typing import Final, cast
 
 import httptools
 
+from config.routes import HEALTH_PATH
 from gateway.gateway import Gateway
 from gateway.request import Request
 from gateway.responses import (
@@ -41,6 +42,7 @@ from gateway.responses import (
     CONTINUE,
     JSON_CONTENT_TYPE,
     error_body,
+    health_body,
     model_error_body,
     status_line,
 )
@@ -80,6 +82,10 @@ _WANTED_HEADERS: Final = frozenset(
     }
 )
 _METHODS: Final = {b"POST", b"GET"}
+_HEALTH_PATH: Final = HEALTH_PATH.encode()
+_HEALTHY: Final = RoutingError(200, "Healthy", "this gateway takes new connections")
+_NO_ROUTES: Final = RoutingError(503, "NoRoutes", "this gateway holds no endpoint's route yet")
+_DRAINING: Final = RoutingError(503, "Draining", "this gateway is draining; connect again for another one")
 _RESOURCE_BYTES: Final = {SCORE: SCORE.encode(), SWAGGER: SWAGGER.encode()}
 _CRLF: Final = b"\r\n"
 _RID: Final = b"x-request-id: "
@@ -256,7 +262,8 @@ class ClientProtocol(asyncio.Protocol):
             return
         target = gw.target(req.path, headers.get(b"host"))
         if isinstance(target, RoutingError):
-            req.error = target
+            # Off the routed path: only a path no endpoint has reaches this comparison.
+            req.error = self._health(req) if req.path == _HEALTH_PATH else target
             return
         if req.method not in _METHODS or (target.resource == SWAGGER and req.method != b"GET"):
             req.error = RoutingError(405, "MethodNotAllowed", f"{req.method.decode()} is not allowed here")
@@ -326,6 +333,19 @@ class ClientProtocol(asyncio.Protocol):
             req.error = RoutingError(503, "NoHealthyInstance", f"deployment {chosen} has no instance yet")
             return
         req.deployment = deployment
+
+    def _health(self, req: Request) -> RoutingError:
+        """The load balancer's probe: 200 while this gateway takes new connections; 503 once it
+        drains, or while it serves no endpoint yet (answered by the gateway itself, like an
+        error, never sent upstream)."""
+        if req.method != b"GET":
+            return RoutingError(405, "MethodNotAllowed", f"{req.method.decode()} is not allowed here")
+        gw = self.gw
+        if gw.draining:
+            return _DRAINING
+        if not gw.live:  # a new gateway before its first table: the balancer must not send it clients
+            return _NO_ROUTES
+        return _HEALTHY
 
     @staticmethod
     def _too_large(req: Request) -> RoutingError:
@@ -455,7 +475,10 @@ class ClientProtocol(asyncio.Protocol):
         error = req.error
         assert error is not None
         req.done = True
-        body = error_body(error.code, error.message, error.limit)
+        if error.status < 400:  # the health path's 200
+            body = health_body(error.code, error.message)
+        else:
+            body = error_body(error.code, error.message, error.limit)
         headers = JSON_CONTENT_TYPE
         if error.retry_after:
             headers += b"retry-after: %d\r\n" % error.retry_after
@@ -495,6 +518,12 @@ class ClientProtocol(asyncio.Protocol):
             return
         deployment = req.deployment
         if not req.keep_alive or req.close:
+            connection = CONNECTION_CLOSE
+        elif self.gw.draining and not self.queue:
+            # Draining: this answer ends the connection (`_after` closes it), so the client's
+            # next request opens one the load balancer sends to a gateway still in rotation.
+            # Requests already pipelined behind it are answered first.
+            req.close = True
             connection = CONNECTION_CLOSE
         elif req.http10:
             connection = CONNECTION_KEEP_ALIVE
@@ -630,6 +659,10 @@ class ClientProtocol(asyncio.Protocol):
         """Close the connection now; in-flight work is abandoned."""
         if self.transport is not None:
             self.transport.close()
+
+    def idle(self) -> bool:
+        """No request under way: none being read, answered or waiting its turn."""
+        return self.active is None and not self.queue and self.req is None and not self.closing
 
     def sweep(self) -> None:
         """Close a connection with no request in flight and no bytes since the last sweep."""

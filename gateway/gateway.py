@@ -84,6 +84,8 @@ class Client(Protocol):
 
     def shut(self) -> None: ...
 
+    def idle(self) -> bool: ...
+
     def sweep(self) -> None: ...
 
 
@@ -115,6 +117,7 @@ class Gateway:
         "max_connections",
         "refused",
         "_refused_logged",
+        "draining",
         "_ticker",
         "_sweeper",
         "_deadliner",
@@ -159,6 +162,9 @@ class Gateway:
         self.max_connections = limits.max_connections
         self.refused = 0  # client connections closed at once: max_connections were open
         self._refused_logged = 0
+        # Set once by `drain()`, never cleared: the health path answers 503 and every answer
+        # closes its connection (read per response: a plain attribute).
+        self.draining = False
         self._ticker: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._deadliner: asyncio.TimerHandle | None = None
@@ -185,6 +191,26 @@ class Gateway:
         self._tick()
         self._sweeper = loop.call_later(self.client_limits.idle_timeout_s, self._sweep)
         self._deadliner = loop.call_later(DEADLINE_SWEEP_S, self._check_deadlines)
+
+    def drain(self, close_idle_after: float | None = None) -> bool:
+        """Leave the load balancer's rotation: the health path says 503 from now on, and each
+        connection closes after its next answer, so clients reconnect to another gateway.
+        Requests keep being served. `close_idle_after`: then close the connections with no
+        request under way too (their clients' pools see the close, where a deleted VM would
+        say nothing). False: it was draining already (nothing changes)."""
+        if self.draining:
+            return False
+        self.draining = True
+        if close_idle_after is not None and self.loop is not None:
+            self.loop.call_later(close_idle_after, self._close_idle)
+        log.info("gateway.draining", connections=len(self.connections), close_idle_after=close_idle_after)
+        return True
+
+    def _close_idle(self) -> None:
+        idle = [conn for conn in list(self.connections) if conn.idle()]
+        for conn in idle:
+            conn.shut()
+        log.info("gateway.drain_closed_idle", closed=len(idle), left=len(self.connections))
 
     async def stop(self, drain_s: float = DRAIN_S) -> None:
         """Close idle connections now; let in-flight requests finish for up to ``drain_s``."""

@@ -31,6 +31,11 @@ def error_body(code: str, message: str, limit: str | None = None) -> bytes:
     return json.dumps({"error": error}).encode()
 
 
+def health_body(status: str, message: str) -> bytes:
+    """The health path's answer while the gateway is in rotation."""
+    return json.dumps({"status": status, "message": message}).encode()
+
+
 def model_error_body(deployment: str) -> bytes:
     """What a client sees when the model failed: never the instance's own body."""
     return error_body("ModelError", f"the model's run() failed; see get-logs for deployment {deployment}")

@@ -36,7 +36,7 @@ from config.security import control_server_ssl, ensure_control_token
 from config.settings import Settings
 from config.telemetry import tracer_provider
 from gateway.accesslog import AccessLog
-from gateway.admin import TablePersister, create_app
+from gateway.admin import DrainResult, TablePersister, create_app
 from gateway.client import protocol_factory
 from gateway.gateway import FEATURES, ClientLimits, Gateway
 from gateway.metrics import LocalStats, StatsSource, take_snapshot
@@ -222,7 +222,7 @@ async def create_server(settings: Settings) -> RunningGateway:
         if index == 0:
             await _serve_admin(running, workers, admin_ssl)
         else:
-            peer = create_peer_app(gateway.window_data, lambda: take_snapshot(gateway))
+            peer = create_peer_app(gateway.window_data, lambda: take_snapshot(gateway), gateway.drain)
             running.admin = await start_peer_site(peer, socket_path(gateway_dir, index))
             running.watcher = TableWatcher(table, gateway_dir / ROUTES_FILE, running.stopped.set)
             running.watcher.start()
@@ -255,6 +255,13 @@ async def _serve_admin(running: RunningGateway, workers: int, admin_ssl: ssl.SSL
         running.merged = MergedStats(gateway.window_data, lambda: take_snapshot(gateway), sockets)
         stats = running.merged
     persister = TablePersister(running.table, settings.gateway_dir / ROUTES_FILE)
+    merged = running.merged
+
+    async def drain(close_idle_after: float | None) -> DrainResult:
+        started = gateway.drain(close_idle_after)
+        peers = await merged.drain_peers(close_idle_after) if merged is not None else 0
+        return DrainResult(draining=True, started=started, processes=1 + peers)
+
     app = create_app(
         running.table,
         persister.save,
@@ -262,6 +269,7 @@ async def _serve_admin(running: RunningGateway, workers: int, admin_ssl: ssl.SSL
         stats=stats,
         access_log=(settings.gateway_dir / ACCESS_LOG_FILE, settings.gateway_access_log_backups),
         failure_keys=tuple(settings.availability_failure_statuses),
+        drain=drain,
     )
     runner = web.AppRunner(app)
     await runner.setup()

@@ -68,9 +68,12 @@ def socket_path(gateway_dir: Path, index: int) -> str:
 
 
 def create_peer_app(
-    read_window: Callable[[str, str, float, int], WindowData], snapshot: Callable[[], Snapshot]
+    read_window: Callable[[str, str, float, int], WindowData],
+    snapshot: Callable[[], Snapshot],
+    drain: Callable[[float | None], bool] | None = None,
 ) -> web.Application:
-    """What a worker process answers process 0 on its Unix socket."""
+    """What a worker process answers process 0 on its Unix socket (``POST /drain``: process 0
+    was told to drain, so does this one)."""
 
     async def window(request: web.Request) -> web.Response:
         seconds = parse_window(request.query.get("window"))
@@ -81,9 +84,16 @@ def create_peer_app(
     async def snap(_: web.Request) -> web.Response:
         return web.json_response(snapshot().to_json())
 
+    async def start_draining(request: web.Request) -> web.Response:
+        if drain is None:
+            raise web.HTTPNotFound()
+        raw = request.query.get("close_idle_after")
+        return web.json_response({"draining": True, "started": drain(float(raw) if raw else None)})
+
     app = web.Application()
     app.router.add_get("/window", window)
     app.router.add_get("/snapshot", snap)
+    app.router.add_post("/drain", start_draining)
     return app
 
 
@@ -225,10 +235,12 @@ class MergedStats:
         for session in self._sessions:
             await session.close()
 
-    async def _ask(self, path: str, params: dict[str, str] | None = None) -> list[dict[str, object]]:
+    async def _ask(
+        self, path: str, params: dict[str, str] | None = None, *, method: str = "GET"
+    ) -> list[dict[str, object]]:
         async def one(session: aiohttp.ClientSession) -> dict[str, object] | None:
             try:
-                async with session.get(f"http://gateway{path}", params=params) as response:
+                async with session.request(method, f"http://gateway{path}", params=params) as response:
                     response.raise_for_status()
                     return dict(await response.json())
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -237,6 +249,11 @@ class MergedStats:
 
         answers = await asyncio.gather(*(one(s) for s in self._sessions))
         return [a for a in answers if a is not None]
+
+    async def drain_peers(self, close_idle_after: float | None) -> int:
+        """Tell processes 1..N-1 to drain; how many said they do."""
+        params = {"close_idle_after": str(close_idle_after)} if close_idle_after is not None else None
+        return len(await self._ask("/drain", params, method="POST"))
 
     async def window(self, endpoint: str, deployment: str, seconds: float, minutes: int = 0) -> WindowData:
         data = self._local_window(endpoint, deployment, seconds, minutes)

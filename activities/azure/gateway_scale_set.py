@@ -30,7 +30,11 @@ TAG_GATEWAY_IMAGE = "tidegate-gateway-image"
 # than wanted may run: a route push must not scale it in).
 TAG_GATEWAY_IMAGE_BEFORE = "tidegate-gateway-image-before"
 TAG_GATEWAY_PATCHING = "tidegate-gateway-patching"
-_PROGRESS_TAGS = (TAG_GATEWAY_SPEC, TAG_GATEWAY_IMAGE_BEFORE, TAG_GATEWAY_PATCHING)
+# The gateway VMs a host patch told to drain and when each may be deleted
+# (`<instance id>@<unix time>`, as compute's `tidegate-draining`): a patch run again waits
+# for them rather than telling them again.
+TAG_GATEWAY_DRAINING = "tidegate-gateway-draining"
+_PROGRESS_TAGS = (TAG_GATEWAY_SPEC, TAG_GATEWAY_IMAGE_BEFORE, TAG_GATEWAY_PATCHING, TAG_GATEWAY_DRAINING)
 GATEWAY_NIC = "tidegate-gateway-nic"
 COMPUTER_NAME_PREFIX = "tggw"
 BOOT_FILE = "gateway-boot.json"

@@ -42,6 +42,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.azure.arm import client_options, long_running, resume_token
 from activities.azure.gateway_scale_set import (
+    TAG_GATEWAY_DRAINING,
     TAG_GATEWAY_IMAGE,
     TAG_GATEWAY_IMAGE_BEFORE,
     TAG_GATEWAY_PATCHING,
@@ -50,6 +51,7 @@ from activities.azure.gateway_scale_set import (
 )
 from activities.azure.gateway_tls import admin_client_ssl, ensure_gateway_tls
 from activities.azure.images import newest_image
+from activities.azure.load_balancer import gateway_probe, probe_detection_seconds
 from activities.local.network import LocalNetworkProvider
 from config.azure_vm import GatewayBoot
 from config.contract.activities import (
@@ -65,15 +67,18 @@ from config.settings import Settings
 from decisions.gateway_patch import (
     AbandonGateway,
     AddGateway,
+    DrainGateway,
     GatewayVm,
     HeldRoutes,
     PatchComplete,
     Power,
     RetireGateway,
+    WaitForDrain,
     WaitForGateway,
     next_gateway_step,
     same_image,
 )
+from decisions.scale_set_update import format_draining, parse_draining
 
 log = structlog.get_logger("activities.azure.gateways")
 
@@ -83,6 +88,20 @@ RUNNING = "PowerState/running"
 DEAD = frozenset({"PowerState/stopped", "PowerState/deallocated"})
 # A host patch reads the scale set and its VMs this often while it waits (two ARM reads a round).
 PATCH_POLL_SECONDS = 2.0
+# What a host patch keeps in the scale set's tags while it rolls (a route push's PUT keeps them).
+_PATCH_PROGRESS = (TAG_GATEWAY_IMAGE_BEFORE, TAG_GATEWAY_PATCHING, TAG_GATEWAY_DRAINING)
+# Past the probe's detection time: the answers in flight, and the balancer's own lag.
+DRAIN_MARGIN_SECONDS = 5.0
+# A draining gateway closes its idle connections this long before its VM may be deleted.
+CLOSE_IDLE_BEFORE_DELETE_SECONDS = 1.0
+
+
+def gateway_drain_seconds(settings: Settings) -> float:
+    """How long a gateway VM told to drain keeps serving before it is deleted: the setting, or
+    the balancer probe's detection time (interval x probes) plus a margin."""
+    if settings.azure_gateway_drain_seconds is not None:
+        return settings.azure_gateway_drain_seconds
+    return probe_detection_seconds(gateway_probe(settings)) + DRAIN_MARGIN_SECONDS
 
 
 def power_state(vm: Any) -> str | None:
@@ -220,9 +239,7 @@ class AzureGateways:
                     self._converged = (wanted, time.monotonic())
                     return
                 # A patch's progress stays; a PUT of fewer VMs would scale in its new VM.
-                body["tags"].update(
-                    {k: v for k, v in tags.items() if k in (TAG_GATEWAY_IMAGE_BEFORE, TAG_GATEWAY_PATCHING)}
-                )
+                body["tags"].update({k: v for k, v in tags.items() if k in _PATCH_PROGRESS})
                 held = current.sku.capacity if current.sku else None
                 if held is not None and held in capacities:
                     body["sku"]["capacity"] = held
@@ -328,7 +345,14 @@ class AzureGateways:
         image = await newest_image(self.compute, self._settings)
         wanted = self._settings.azure_gateway_instances
         started, replaced = time.monotonic(), 0
-        log.info("gateways.patch.start", scale_set=self._name, image=image, wanted=wanted)
+        drain_seconds = gateway_drain_seconds(self._settings)
+        log.info(
+            "gateways.patch.start",
+            scale_set=self._name,
+            image=image,
+            wanted=wanted,
+            drain_seconds=drain_seconds,
+        )
         vms, _ = await self._read_gateways()
         if all(same_image(vm.image, image) for vm in vms) and not _patching(current):
             log.info("gateways.patch.nothing", scale_set=self._name, image=image, gateways=len(vms))
@@ -345,12 +369,15 @@ class AzureGateways:
                 await asyncio.sleep(PATCH_POLL_SECONDS)  # another change runs: read again after it
                 continue
             vms, tables = await self._read_gateways()
+            draining = parse_draining((scale_set.tags or {}).get(TAG_GATEWAY_DRAINING))
             step = next_gateway_step(
                 vms=vms,
                 image=image,
                 wanted=wanted,
                 now=time.time(),
                 ready_seconds=self._settings.azure_gateway_ready_seconds,
+                draining=draining,
+                drain_seconds=drain_seconds,
             )
             match step:
                 case PatchComplete(gateways=count):
@@ -383,6 +410,13 @@ class AzureGateways:
                     )
                     await self._copy_routes(vm_id, missing, tables)
                     await asyncio.sleep(PATCH_POLL_SECONDS)
+                case DrainGateway(id=vm_id, until=until):
+                    await self._drain(scale_set, vm_id, until, draining)
+                case WaitForDrain(id=vm_id, left=left):
+                    log.info(
+                        "gateways.patch.draining", scale_set=self._name, instance=vm_id, left=round(left, 1)
+                    )
+                    await asyncio.sleep(min(left, PATCH_POLL_SECONDS))
                 case RetireGateway(id=vm_id):
                     log.info("gateways.patch.retire", scale_set=self._name, instance=vm_id)
                     if await self._delete_vms([vm_id]):
@@ -397,6 +431,32 @@ class AzureGateways:
                         type="GatewayNotReady",
                         non_retryable=True,
                     )
+
+    async def _drain(self, scale_set: Any, vm_id: str, until: float, draining: dict[str, float]) -> None:
+        """Tell the VM's gateway to drain, then write down until when it drains (in that order:
+        a patch run again after the first write finds it draining and waits; telling it twice
+        is harmless). Its idle connections are closed a second before it may go. A gateway that
+        cannot be told still leaves after the drain time."""
+        target = self._patch_urls.get(vm_id)
+        close_idle_after = max(0.0, until - time.time() - CLOSE_IDLE_BEFORE_DELETE_SECONDS)
+        if target is None:
+            why: str | None = "no admin address"
+        else:
+            pusher = await self._patch_pusher()
+            why = await pusher.drain_gateway(target, close_idle_after=close_idle_after)
+        log.info(
+            "gateways.patch.drain",
+            scale_set=self._name,
+            instance=vm_id,
+            until=round(until, 1),
+            refused=why,
+        )
+        tags = dict(scale_set.tags or {})
+        tags[TAG_GATEWAY_DRAINING] = format_draining({**draining, vm_id: until})
+        await self._update(VirtualMachineScaleSetUpdate({"tags": tags}), "draining")
+
+    async def _patch_pusher(self) -> LocalNetworkProvider:
+        return await self._pusher_for(sorted(self._patch_urls.values()))
 
     async def _put_patched_model(self, current: Any, image: str) -> None:
         """The model names `image` and says a patch is rolling (the route pushes' PUTs keep
@@ -436,9 +496,9 @@ class AzureGateways:
     async def _end_patch(self, scale_set: Any) -> None:
         """The patch's progress tags go (a tags-only update: no model change, no VM touched)."""
         tags = dict(scale_set.tags or {})
-        if TAG_GATEWAY_PATCHING not in tags and TAG_GATEWAY_IMAGE_BEFORE not in tags:
+        if not any(k in tags for k in _PATCH_PROGRESS):
             return
-        kept = {k: v for k, v in tags.items() if k not in (TAG_GATEWAY_PATCHING, TAG_GATEWAY_IMAGE_BEFORE)}
+        kept = {k: v for k, v in tags.items() if k not in _PATCH_PROGRESS}
         await self._update(VirtualMachineScaleSetUpdate({"tags": kept}), "tags")
 
     async def _set_capacity(self, scale_set: Any, capacity: int) -> None:

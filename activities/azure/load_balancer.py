@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from config.azure_network import dns_label
+from config.routes import HEALTH_PATH
 from config.settings import Settings
 
 TAG_ENDPOINT = "tidegate-endpoint"
@@ -59,18 +60,33 @@ def public_ip_body(settings: Settings, endpoint: str) -> dict[str, Any]:
     }
 
 
+# The gateways' probe: every 5 s (Azure's least), out after 2 failures in a row.
+PROBE_INTERVAL_SECONDS = 5
+PROBE_FAILURES = 2
+
+
 def gateway_probe(settings: Settings) -> dict[str, Any]:
-    """The gateways' data plane answers TCP on its HTTPS port: shared by every endpoint's rule."""
+    """The gateways' data plane answers its health path 200 on its HTTPS port while it takes
+    new connections, 503 once told to drain: shared by every endpoint's rule. Azure counts an
+    HTTPS probe up on a 200 only (and checks no certificate)."""
     return {
         "name": GATEWAY_PROBE,
         "properties": {
-            "protocol": "Tcp",
+            "protocol": "Https",
             "port": settings.gateway_https_port,
-            "intervalInSeconds": 5,
-            "numberOfProbes": 2,
-            "probeThreshold": 2,
+            "requestPath": HEALTH_PATH,
+            "intervalInSeconds": PROBE_INTERVAL_SECONDS,
+            "numberOfProbes": PROBE_FAILURES,
+            "probeThreshold": PROBE_FAILURES,
         },
     }
+
+
+def probe_detection_seconds(probe: dict[str, Any]) -> float:
+    """How long the balancer may keep sending new connections to a gateway whose probe
+    started failing: the interval times the failures it takes."""
+    properties = probe["properties"]
+    return float(properties["intervalInSeconds"] * properties["numberOfProbes"])
 
 
 def new_load_balancer(settings: Settings) -> dict[str, Any]:

@@ -81,6 +81,22 @@ class LocalNetworkProvider:
             return None  # a newer push reached it first: it holds at least this table
         return why
 
+    async def drain_gateway(self, target: str, *, close_idle_after: float) -> str | None:
+        """Tell one gateway to drain (`POST /drain`: its health path says 503 from then on, and
+        its idle connections close `close_idle_after` seconds later): None once it says it
+        drains, else why not."""
+        params = {"close_idle_after": f"{close_idle_after:.1f}"}
+        try:
+            async with (
+                self._session() as session,
+                session.post(f"{target}/drain", params=params) as response,
+            ):
+                if response.status == 200:
+                    return None
+                return f"HTTP {response.status}: {(await response.text())[:200]}"
+        except (aiohttp.ClientError, TimeoutError) as err:
+            return repr(err)
+
     async def _to_every_gateway(
         self, method: str, endpoint: str, generation: int, arguments: Any
     ) -> PushRouteResult:

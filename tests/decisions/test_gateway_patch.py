@@ -7,11 +7,13 @@ import pytest
 from decisions.gateway_patch import (
     AbandonGateway,
     AddGateway,
+    DrainGateway,
     GatewayStep,
     GatewayVm,
     HeldRoutes,
     PatchComplete,
     RetireGateway,
+    WaitForDrain,
     WaitForGateway,
     current_tables,
     next_gateway_step,
@@ -129,6 +131,128 @@ CASES: list[tuple[str, list[GatewayVm], GatewayStep]] = [
 @pytest.mark.parametrize(("vms", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_next_gateway_step(vms: list[GatewayVm], expected: GatewayStep) -> None:
     assert next_gateway_step(vms=vms, image=NEW, wanted=2, now=NOW, ready_seconds=READY_SECONDS) == expected
+
+
+DRAIN_SECONDS = 15.0
+
+# (id, VMs, the VMs draining and until when, the step), with a drain of DRAIN_SECONDS.
+DRAIN_CASES: list[tuple[str, list[GatewayVm], dict[str, float], GatewayStep]] = [
+    (
+        "test_the_oldest_vm_serving_is_told_to_drain_before_it_goes",
+        [vm("0"), vm("1"), vm("2", NEW)],
+        {},
+        DrainGateway("0", until=NOW + DRAIN_SECONDS),
+    ),
+    (
+        "test_a_vm_draining_is_waited_for_not_told_again",
+        [vm("0"), vm("1"), vm("2", NEW)],
+        {"0": NOW + 4},
+        WaitForDrain("0", until=NOW + 4, left=4.0),
+    ),
+    (
+        "test_a_vm_drained_goes",
+        [vm("0"), vm("1"), vm("2", NEW)],
+        {"0": NOW},
+        RetireGateway("0"),
+    ),
+    (
+        "test_a_vm_that_stopped_while_draining_goes_at_once",
+        [vm("0", power="dead"), vm("1"), vm("2", NEW)],
+        {"0": NOW + 10},
+        RetireGateway("0"),
+    ),
+    (
+        "test_a_vm_draining_goes_before_a_new_vm_that_stopped_is_given_up",
+        [vm("0"), vm("1"), vm("2", NEW, power="dead", held=None)],
+        {"0": NOW + 10},
+        WaitForDrain("0", until=NOW + 10, left=10.0),
+    ),
+    (
+        "test_a_vm_deleted_while_draining_is_forgotten_and_the_next_one_drains",
+        [vm("1"), vm("2", NEW), vm("3", NEW)],
+        {"0": NOW - 30},
+        DrainGateway("1", until=NOW + DRAIN_SECONDS),
+    ),
+    (
+        "test_a_dead_old_vm_is_not_drained_but_goes_at_once",
+        [vm("0", power="dead"), vm("1"), vm("2", NEW, created=NOW - 1, held=None)],
+        {},
+        RetireGateway("0"),
+    ),
+    (
+        "test_nothing_is_drained_while_the_new_vm_is_not_ready",
+        [vm("0"), vm("1"), vm("2", NEW, created=NOW - 1, held=None)],
+        {},
+        WaitForGateway("2", {"alpha": "0", "beta": "0"}, waited=1.0, why="its admin API does not answer"),
+    ),
+    (
+        "test_the_patch_completes_with_a_deleted_vm_still_in_the_drain_record",
+        [vm("2", NEW), vm("3", NEW)],
+        {"1": NOW - 1},
+        PatchComplete(gateways=2),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("vms", "draining", "expected"), [c[1:] for c in DRAIN_CASES], ids=[c[0] for c in DRAIN_CASES]
+)
+def test_next_gateway_step_with_a_drain(
+    vms: list[GatewayVm], draining: dict[str, float], expected: GatewayStep
+) -> None:
+    step = next_gateway_step(
+        vms=vms,
+        image=NEW,
+        wanted=2,
+        now=NOW,
+        ready_seconds=READY_SECONDS,
+        draining=draining,
+        drain_seconds=DRAIN_SECONDS,
+    )
+    assert step == expected
+
+
+def test_a_whole_patch_with_a_drain_tells_each_old_vm_once_and_deletes_it_after_the_drain() -> None:
+    """Played out: each old VM drains DRAIN_SECONDS, and two VMs serve at every moment."""
+    vms = [vm("0"), vm("1")]
+    draining: dict[str, float] = {}
+    now, told, deleted = NOW, [], []
+    for _ in range(50):
+        step = next_gateway_step(
+            vms=vms,
+            image=NEW,
+            wanted=2,
+            now=now,
+            ready_seconds=READY_SECONDS,
+            draining=draining,
+            drain_seconds=DRAIN_SECONDS,
+        )
+        serving = [v for v in vms if v.id not in draining]
+        assert len(serving) >= 2 or isinstance(step, PatchComplete | AddGateway | WaitForGateway)
+        match step:
+            case PatchComplete():
+                break
+            case AddGateway(capacity=capacity):
+                vms.append(vm(str(max(int(v.id) for v in vms) + 1), NEW, created=now))
+                assert len(vms) == capacity
+            case DrainGateway(id=vm_id, until=until):
+                told.append((vm_id, now))
+                draining[vm_id] = until
+            case WaitForDrain(left=left):
+                now += min(left, 2.0)
+            case RetireGateway(id=vm_id):
+                deleted.append((vm_id, now))
+                vms = [v for v in vms if v.id != vm_id]
+            case _:
+                raise AssertionError(step)
+        now += 0.5
+    else:
+        raise AssertionError("the patch never completed")
+    assert [i for i, _ in told] == ["0", "1"]
+    assert [i for i, _ in deleted] == ["0", "1"]
+    for (_, told_at), (_, deleted_at) in zip(told, deleted, strict=True):
+        assert deleted_at - told_at >= DRAIN_SECONDS
+    assert sorted(v.id for v in vms) == ["2", "3"]
 
 
 def test_a_whole_patch_of_two_gateways_never_serves_with_fewer_than_two_ready() -> None:

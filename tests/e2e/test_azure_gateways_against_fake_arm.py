@@ -7,7 +7,9 @@ balancer, which the fake does not forward through) over HTTPS for the endpoint's
 and is answered by a deployment's VM. A killed gateway VM is replaced and the endpoint's own
 periodic re-push hands the new one the route table. `tidegate host patch` rolls the deployment's
 VMs and then the gateway VMs onto the gallery image's newest version, under steady load through
-the gateway VMs. Deleting the endpoint leaves the shared gateway scale set, with no route for it."""
+the gateway VMs, each old one drained first (its health path says 503, so the stand-in
+balancer's probe takes it out), with no failed request. Deleting the endpoint leaves the shared
+gateway scale set, with no route for it."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from config.routes import HEALTH_PATH
 from tests.e2e.project import REQUEST
 from tests.fakes.arm.client import FakeArmProcess
 from tests.support.polling import until
@@ -73,6 +76,8 @@ def stack(fake_arm: FakeArmProcess, tmp_path_factory: pytest.TempPathFactory) ->
         # patch moves every VM onto.
         TIDEGATE_AZURE_IMAGE=GALLERY_IMAGE,
         TIDEGATE_AZURE_DRAIN_SECONDS="4",
+        # The test's stand-in balancer probes every second, two probes: 2 s, and a margin.
+        TIDEGATE_AZURE_GATEWAY_DRAIN_SECONDS="5",
     )
     made.up()
     try:
@@ -193,25 +198,30 @@ def test_a_killed_gateway_vm_is_replaced_and_the_periodic_repush_hands_it_the_ro
 
 class LoadThroughGatewayVms:
     """Steady load through the gateway VMs, standing in for the load balancer (which the fake
-    does not forward through): clients call the VMs' private addresses in turn. A VM joins the
-    rotation as the balancer's TCP probe admits it (its HTTPS port accepted two probes 5 s
-    apart: interval 5 s, threshold 2) and leaves it once it is deleted from the scale set.
+    does not forward through): clients call the VMs' private addresses in turn, on keep-alive
+    connections. The rotation is the balancer's HTTPS probe, faster: every VM of the scale set
+    is asked for the gateway's health path every PROBE_EVERY seconds; it joins the rotation
+    after two 200s in a row and leaves it after two other answers (or none) in a row.
 
-    Counted: answers by status; a failed request (an error status or a broken connection) is
-    counted as `on a deleted VM` when that VM was deleted from the scale set by the time the
-    failure is looked at (the balancer would have held that connection too), and as a client
-    error otherwise."""
+    Counted: answers by status, every one a client sees (0: no answer, a broken connection);
+    a failure is also counted as `on a deleted VM` when that VM was gone from the scale set by
+    the time it is looked at."""
+
+    PROBE_EVERY = 1.0
+    PROBES = 2
 
     def __init__(self, stack: LocalStack, fake: FakeArmProcess, key: str, clients: int = 4) -> None:
         self.stack, self.fake, self.key, self.clients = stack, fake, key, clients
         self.seen: Counter[int] = Counter()  # status (0: no answer) -> count
         self.on_deleted_vm: Counter[int] = Counter()
-        self.client_errors: list[str] = []
+        self.failures: list[str] = []
         self.by_vm: Counter[str] = Counter()
+        self.left_rotation: list[str] = []  # addresses, in the order the probe took them out
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
         self._rotation: list[str] = []
-        self._probed: dict[str, list[float]] = {}  # address -> when its probes succeeded
+        self._probes: dict[str, list[bool]] = {}  # address -> its probes' outcomes, newest last
+        self._in: set[str] = set()
 
     def __enter__(self) -> LoadThroughGatewayVms:
         self._thread.start()
@@ -225,27 +235,36 @@ class LoadThroughGatewayVms:
         [gateways] = [s for s in (await self.fake.state())["scale_sets"] if s["name"] == GATEWAYS]
         return {vm["address"] for vm in gateways["vms"]}
 
-    async def _probe(self, address: str) -> bool:
+    async def _probe(self, session: aiohttp.ClientSession, address: str) -> bool:
+        """Up on a 200 from the health path over HTTPS (the balancer checks no certificate)."""
+        url = f"https://{address}:{self.stack.port('gateway_https')}{HEALTH_PATH}"
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, self.stack.port("gateway_https")), timeout=2
-            )
-        except (OSError, TimeoutError):
+            async with session.get(url, ssl=False, timeout=aiohttp.ClientTimeout(total=2)) as reply:
+                return reply.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        writer.close()
-        return True
 
     async def _balancer(self) -> None:
         """The pool and the probe: who is in the rotation."""
-        while not self._stop.is_set():
-            present = await self._addresses()
-            now = time.monotonic()
-            for address in present:
-                times = self._probed.setdefault(address, [])
-                if (not times or now - times[-1] >= 5.0) and await self._probe(address):
-                    times.append(now)
-            self._rotation = sorted(a for a in present if len(self._probed.get(a, [])) >= 2)
-            await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                present = await self._addresses()
+                for address in list(self._probes):
+                    if address not in present:
+                        del self._probes[address]
+                found = await asyncio.gather(*(self._probe(session, a) for a in sorted(present)))
+                for address, up in zip(sorted(present), found, strict=True):
+                    last = [*self._probes.get(address, []), up][-self.PROBES :]
+                    self._probes[address] = last
+                    if len(last) == self.PROBES and all(last):
+                        self._in.add(address)
+                    elif len(last) == self.PROBES and not any(last) and address in self._in:
+                        self._in.discard(address)
+                        self.left_rotation.append(address)
+                self._in &= present  # a VM gone from the pool takes no new connection either
+                self._rotation = sorted(self._in)
+                await asyncio.sleep(max(0.0, self.PROBE_EVERY - (time.monotonic() - started)))
 
     async def _client(self, session: aiohttp.ClientSession, offset: int) -> None:
         turn = offset
@@ -276,10 +295,9 @@ class LoadThroughGatewayVms:
             self.seen[status] += 1
             self.by_vm[address] += 1
             if status != 200:
+                self.failures.append(f"{address}: {status}")
                 if address not in await self._addresses():
                     self.on_deleted_vm[status] += 1
-                else:
-                    self.client_errors.append(f"{address}: {status}")
             await asyncio.sleep(0.005)
 
     async def _run(self) -> None:
@@ -293,6 +311,7 @@ def test_host_patch_rolls_the_gateway_vms_onto_the_newest_image_under_load_again
     stack: LocalStack, fake_arm: FakeArmProcess, served: str
 ) -> None:
     before = {vm["instance_id"] for vm in gateway_vms(fake_arm)}
+    old_addresses = {vm["address"] for vm in gateway_vms(fake_arm)}
     asyncio.run(fake_arm.publish_image_version(GALLERY_IMAGE, "1.0.1"))
     with LoadThroughGatewayVms(stack, fake_arm, served) as load:
         until(lambda: load.seen[200] > 0, what="the load is answered through the gateway VMs")
@@ -301,8 +320,9 @@ def test_host_patch_rolls_the_gateway_vms_onto_the_newest_image_under_load_again
         took = time.monotonic() - started
     print(
         f"host patch (1 deployment, then 2 gateway VMs) in {took:.1f} s ({result['gateways']['detail']}); "  # type: ignore[index]
-        f"clients saw {dict(load.seen)}, {sum(load.on_deleted_vm.values())} of them failures on a "
-        f"deleted VM, {len(load.client_errors)} client errors; by VM {dict(load.by_vm)}"
+        f"clients saw {dict(load.seen)} ({sum(load.seen.values())} requests, {len(load.failures)} failed, "
+        f"{sum(load.on_deleted_vm.values())} of them on a deleted VM); by VM {dict(load.by_vm)}; "
+        f"the probe took {load.left_rotation} out of the rotation"
     )
     assert isinstance(result, dict)
     assert [r["outcome"] for r in result["results"]] == ["Succeeded"], result
@@ -313,8 +333,11 @@ def test_host_patch_rolls_the_gateway_vms_onto_the_newest_image_under_load_again
     vms = gateway_vms(fake_arm)
     assert len(vms) == 2 and before.isdisjoint(vm["instance_id"] for vm in vms)
     assert all(vm["image"]["id"] == f"{GALLERY_IMAGE}/versions/1.0.1" and vm["running"] for vm in vms), vms
-    assert load.client_errors == [], load.client_errors
-    assert load.seen[200] > 0
+    # No client saw an error: each old VM drained (its probe failed, so it left the rotation, and
+    # its keep-alive connections were closed after an answer) before it was deleted.
+    assert load.failures == [], load.failures
+    assert set(load.seen) == {200} and load.seen[200] > 0
+    assert old_addresses <= set(load.left_rotation), (old_addresses, load.left_rotation)
     # The load reached the new VMs too (the balancer's probe admitted them), and each serves.
     assert {vm["address"] for vm in vms} & set(load.by_vm)
     for vm in vms:

@@ -24,12 +24,12 @@ from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
 
 from activities.azure.credentials import GivenTokenCredential
-from activities.azure.gateway_scale_set import TAG_GATEWAY_IMAGE, TAG_GATEWAY_PATCHING
+from activities.azure.gateway_scale_set import TAG_GATEWAY_DRAINING, TAG_GATEWAY_IMAGE, TAG_GATEWAY_PATCHING
 from activities.azure.gateway_tls import GATEWAYS_HOME
 from activities.azure.network import AzureNetworkProvider
 from activities.local.network import LocalNetworkProvider
 from config.contract.activities import ApplyRouteInput, PatchGatewaysInput
-from config.routes import EndpointRoute
+from config.routes import HEALTH_PATH, EndpointRoute
 from config.settings import Settings
 from tests.activities.azure.conftest import RESOURCE_GROUP, azure_settings
 from tests.fakes.arm.client import FakeArmProcess
@@ -81,6 +81,7 @@ def settings(fake_arm: FakeArmProcess, tmp_path_factory: pytest.TempPathFactory)
             "azure_gateway_subnet_prefix": "10.0.1.0/24",
             "azure_gateway_instances": 2,
             "azure_gateway_list_seconds": 0.0,
+            "azure_gateway_drain_seconds": 2.0,
             "gateway_https_port": free_port(),
             "gateway_admin_port": free_port(),
             "control_token": SecretStr(TOKEN),
@@ -156,6 +157,17 @@ async def holds_every_route(settings: Settings, address: str) -> bool:
     return all(held.get(name) == generation for name, generation in GENERATIONS.items())
 
 
+async def health_status(settings: Settings, address: str) -> int:
+    """What the balancer's probe sees: the data plane's health path over HTTPS (0: no answer)."""
+    url = f"https://{address}:{settings.gateway_https_port}{HEALTH_PATH}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, ssl=False, timeout=aiohttp.ClientTimeout(total=2)) as reply:
+                return reply.status
+    except (aiohttp.ClientError, TimeoutError):
+        return 0
+
+
 @dataclass
 class Watcher:
     """Samples the gateway VMs (the fake's state, the new VMs' admin APIs) while a patch runs."""
@@ -169,8 +181,27 @@ class Watcher:
     # An old VM went while a new VM present did not (yet) hold every route.
     violations: list[str] = field(default_factory=list)
     samples: int = 0
+    # Each old VM's health path as last seen before it went (503: it was draining).
+    last_health: dict[str, int] = field(default_factory=dict)
 
     async def run(self, stop: asyncio.Event) -> None:
+        # The old VMs' health apart, so the deletions are seen as soon as before (the test
+        # cancels the first run on the first one).
+        health = asyncio.create_task(self._health(stop))
+        try:
+            await self._vms(stop)
+        finally:
+            await health
+
+    async def _health(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            vms = gateway_set(await self.fake.state())["vms"]
+            for vm in vms:
+                if image_of(vm) != NEW_IMAGE:
+                    self.last_health[vm["instance_id"]] = await health_status(self.settings, vm["address"])
+            await asyncio.sleep(0.05)
+
+    async def _vms(self, stop: asyncio.Event) -> None:
         previous_old: set[str] | None = None
         held: dict[str, bool] = {}
         while True:
@@ -194,6 +225,7 @@ class Watcher:
                 vm["instance_id"]: vm["running"] and await holds_every_route(self.settings, vm["address"])
                 for vm in new
             }
+
             previous_old = old
             if last:
                 return
@@ -297,10 +329,13 @@ async def test_the_patch_rolls_every_gateway_vm_onto_the_newest_version_one_at_a
     assert sorted(watcher.old_deleted) == sorted(before)
     assert watcher.fewest_running >= 2 and watcher.most_vms <= 3
     assert watcher.violations == []
+    # Each old VM was told to drain before it went: its health path said 503 at the last look.
+    assert {i: watcher.last_health.get(i) for i in before} == dict.fromkeys(before, 503), watcher.last_health
     # Each new VM holds both tables though nothing but the patch pushed since (copied from the old).
     for vm in after["vms"]:
         assert await holds_every_route(settings, vm["address"])
     assert after["tags"][TAG_GATEWAY_IMAGE] == NEW_IMAGE and TAG_GATEWAY_PATCHING not in after["tags"]
+    assert TAG_GATEWAY_DRAINING not in after["tags"]
 
 
 async def test_patching_again_and_pushing_from_another_worker_write_nothing_against_the_fake_arm(

@@ -12,13 +12,17 @@ import pytest
 from activities.azure.load_balancer import (
     endpoint_frontend,
     endpoint_rule,
+    gateway_probe,
     new_load_balancer,
+    probe_detection_seconds,
     with_endpoint,
     without_endpoint,
     writable,
 )
 from config.azure_network import InvalidDnsLabel, checked_dns_label
+from config.routes import HEALTH_PATH
 from config.settings import Settings
+from tests.fakes.arm.network import probe_problem
 
 
 @pytest.fixture
@@ -126,3 +130,38 @@ def test_dns_label(tmp_path: Path, prefix: str | None, endpoint: str, label: str
             checked_dns_label(settings, endpoint)
     else:
         assert checked_dns_label(settings, endpoint) == label
+
+
+def test_the_gateway_probe_asks_the_health_path_over_https_and_sees_a_drain_in_ten_seconds(
+    settings: Settings,
+) -> None:
+    probe = gateway_probe(settings)
+    assert probe["properties"]["protocol"] == "Https"
+    assert probe["properties"]["requestPath"] == HEALTH_PATH
+    assert probe["properties"]["port"] == 8443
+    assert probe_problem(probe["properties"]) is None  # as the fake ARM (and the spec) take it
+    assert probe_detection_seconds(probe) == 10.0
+
+
+@pytest.mark.parametrize(
+    ("props", "refused"),
+    [
+        ({"protocol": "Tcp", "port": 443, "requestPath": "/x"}, "not allowed"),
+        ({"protocol": "Https", "port": 443}, "requestPath is required"),
+        ({"protocol": "Http", "port": 80, "requestPath": "health"}, "requestPath is required"),
+        ({"protocol": "Udp", "port": 443}, "not one of"),
+        ({"protocol": "Https", "port": 0, "requestPath": "/h"}, "port"),
+        ({"protocol": "Https", "port": 443, "requestPath": "/h", "intervalInSeconds": 1}, "under 5"),
+    ],
+    ids=[
+        "tcp_with_a_path",
+        "https_without_a_path",
+        "http_path_not_absolute",
+        "unknown_protocol",
+        "port_zero",
+        "interval_under_five",
+    ],
+)
+def test_the_fake_arm_refuses_probes_the_spec_refuses(props: dict[str, Any], refused: str) -> None:
+    problem = probe_problem(props)
+    assert problem is not None and refused in problem

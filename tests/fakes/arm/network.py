@@ -5,7 +5,8 @@ Field names are those of Microsoft.Network 2026-03-01, the version azure-mgmt-ne
 sends for these three (its models are generated from azure-rest-api-specs). What ARM refuses
 and a provider could get wrong is refused here too: a PUT whose If-Match is not the current
 ETag (412), a frontend naming a public IP that does not exist or a rule naming a frontend,
-pool or probe the body lacks, two rules on one backend port and pool without Floating IP,
+pool or probe the body lacks, a probe the spec refuses (`probe_problem`), two rules on one
+backend port and pool without Floating IP,
 a DNS label another public IP of the region holds, deleting a public IP a frontend holds, and
 a subnet naming an NSG that does not exist. A subnet (`virtualNetworks/{vnet}/subnets`, GET and
 PUT) is kept without its virtual network: a test makes it as the operator would.
@@ -300,6 +301,10 @@ class FakeNetwork:
                     f"Resource {ip} referenced by resource "
                     f"{lb_id}/frontendIPConfigurations/{frontend['name']} was not found.",
                 )
+        for probe in properties.get("probes") or []:
+            refused = probe_problem(probe.get("properties") or {})
+            if refused is not None:
+                return _error(400, "InvalidProbe", f"{lb_id}/probes/{probe.get('name')}: {refused}")
         seen: dict[tuple[Any, Any, str], tuple[str, bool]] = {}
         for rule in properties.get("loadBalancingRules") or []:
             props = rule.get("properties") or {}
@@ -476,3 +481,24 @@ class FakeNetwork:
                 for n in self.resources[NSG].values()
             ],
         }
+
+
+def probe_problem(props: dict[str, Any]) -> str | None:
+    """What Azure's spec (network 2026-03-01, ProbePropertiesFormat) refuses in a probe: a
+    protocol other than Http, Https or Tcp; a requestPath missing for Http(s) or given for Tcp;
+    a port outside 1-65535; an interval under 5 s."""
+    protocol = str(props.get("protocol", "")).lower()
+    if protocol not in ("http", "https", "tcp"):
+        return f"protocol {props.get('protocol')!r} is not one of Http, Https, Tcp"
+    path = props.get("requestPath")
+    if protocol == "tcp" and path is not None:
+        return "requestPath is not allowed for a Tcp probe"
+    if protocol != "tcp" and not (isinstance(path, str) and path.startswith("/")):
+        return f"requestPath is required for an {props.get('protocol')} probe (a path, e.g. /health)"
+    port = props.get("port")
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        return f"port {port!r} is not in 1-65535"
+    interval = props.get("intervalInSeconds", 15)
+    if not isinstance(interval, int) or interval < 5:
+        return f"intervalInSeconds {interval!r} is under 5"
+    return None
