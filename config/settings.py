@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     azure_instances_nsg: str = Field(
         default="tidegate-instances", description="NSG for the instances' subnet (or their NICs)"
     )
+    azure_gateways_nsg: str = Field(
+        default="tidegate-gateways",
+        description="NSG on the gateway VMs' NICs: lets clients reach their HTTPS port through the "
+        "Standard Load Balancer, which admits nothing an NSG does not allow",
+    )
     azure_frontend_port: int = Field(default=443, description="the port clients call on an endpoint's IP")
     azure_network_recheck_seconds: float = Field(
         default=600.0,

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from activities.azure.bootstrap import IMAGE_PYTHON, MAX_CUSTOM_DATA_BYTES, VM_ROOT, CustomDataTooLarge
-from activities.azure.load_balancer import TAG_ROLE, load_balancer_id
+from activities.azure.load_balancer import TAG_ROLE, load_balancer_id, network_id
 from activities.azure.scale_sets import image_reference
 from config.azure_vm import GatewayBoot, boot_document
 from config.settings import Settings
@@ -101,6 +101,11 @@ def gateway_custom_data(boot: GatewayBoot) -> str:
     return encoded
 
 
+def gateways_nsg_id(settings: Settings) -> str:
+    """The NSG on the gateway VMs' NICs (activities.azure.load_balancer.gateways_nsg_body)."""
+    return network_id(settings, "networkSecurityGroups", settings.azure_gateways_nsg)
+
+
 def gateway_scale_set_body(
     settings: Settings, boot: GatewayBoot, *, image: str | None = None
 ) -> dict[str, Any]:
@@ -155,6 +160,11 @@ def gateway_scale_set_body(
                             "name": GATEWAY_NIC,
                             "properties": {
                                 "primary": True,
+                                "networkSecurityGroup": {
+                                    "id": network_id(
+                                        settings, "networkSecurityGroups", settings.azure_gateways_nsg
+                                    )
+                                },
                                 "ipConfigurations": [
                                     {
                                         "name": "ipconfig",

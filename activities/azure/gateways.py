@@ -36,6 +36,7 @@ from azure.mgmt.compute.models import (
     VirtualMachineScaleSetVMInstanceRequiredIDs,
 )
 from azure.mgmt.network.aio import NetworkManagementClient
+from azure.mgmt.network.models import NetworkSecurityGroup
 from pydantic import SecretStr, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -51,7 +52,7 @@ from activities.azure.gateway_scale_set import (
 )
 from activities.azure.gateway_tls import admin_client_ssl, ensure_gateway_tls
 from activities.azure.images import newest_image
-from activities.azure.load_balancer import gateway_probe, probe_detection_seconds
+from activities.azure.load_balancer import covers, gateway_probe, gateways_nsg_body, probe_detection_seconds
 from activities.local.network import LocalNetworkProvider
 from config.azure_vm import GatewayBoot
 from config.contract.activities import (
@@ -243,6 +244,7 @@ class AzureGateways:
                 held = current.sku.capacity if current.sku else None
                 if held is not None and held in capacities:
                     body["sku"]["capacity"] = held
+        await self._ensure_nsg()
         log.info(
             "azure.gateways.put",
             scale_set=self._name,
@@ -253,6 +255,28 @@ class AzureGateways:
         await self._put(body)
         self._converged = (wanted, time.monotonic())
         self._listed = None  # new VMs may be there
+
+    async def _ensure_nsg(self) -> None:
+        """The NSG the gateway VMs' NICs name, before the scale set names it: read, PUT only if it
+        does not say what `gateways_nsg_body` wants (its other rules would be replaced)."""
+        name = self._settings.azure_gateways_nsg
+        wanted = gateways_nsg_body(self._settings)
+        resource = f"networkSecurityGroups/{name}"
+        if resume_token(CREATE, resource) is None:
+            try:
+                existing = (await self.network.network_security_groups.get(self._group, name)).as_dict()
+            except ResourceNotFoundError:
+                existing = None
+            if existing is not None and covers(existing.get("properties"), wanted["properties"]):
+                return
+        log.info("azure.gateways.nsg_put", nsg=name, port=self._settings.gateway_https_port)
+
+        def start(token: str | None) -> Awaitable[AsyncLROPoller[Any]]:
+            return self.network.network_security_groups.begin_create_or_update(
+                self._group, name, NetworkSecurityGroup(wanted), continuation_token=token
+            )
+
+        await long_running(CREATE, resource, f"network security group {name}", start)
 
     async def _put(self, body: dict[str, Any], *, resume: bool = True) -> None:
         def start(token: str | None) -> Awaitable[AsyncLROPoller[Any]]:

@@ -251,3 +251,32 @@ def instances_nsg_body(settings: Settings) -> dict[str, Any]:
             ]
         },
     }
+
+
+def gateways_nsg_body(settings: Settings) -> dict[str, Any]:
+    """Clients reach the gateways' HTTPS port from the internet (through the load balancer's
+    frontends, Floating IP keeping the frontend's address). A Standard Load Balancer passes only
+    what an NSG allows; Azure's default rules already let in the virtual network (the workers'
+    pushes to the admin port) and the balancer's own probes."""
+    return {
+        "location": settings.azure_location,
+        "tags": {TAG_ROLE: "gateways"},
+        "properties": {
+            "securityRules": [
+                {
+                    "name": "tidegate-allow-clients",
+                    "properties": {
+                        "protocol": "Tcp",
+                        "direction": "Inbound",
+                        "access": "Allow",
+                        "priority": 100,
+                        "sourceAddressPrefix": "Internet",
+                        "sourcePortRange": "*",
+                        "destinationAddressPrefix": "*",
+                        "destinationPortRange": str(settings.gateway_https_port),
+                        "description": "clients reach the gateways' HTTPS port",
+                    },
+                }
+            ]
+        },
+    }

@@ -171,6 +171,21 @@ async def test_first_push_makes_the_gateway_scale_set_in_the_pool_and_every_gate
         assert status == 200 and answer["backend"] == "blue", answer
 
 
+async def test_the_gateway_vms_nics_name_an_nsg_that_lets_clients_reach_their_https_port(
+    provider: AzureNetworkProvider, fake_arm: FakeArmProcess, settings: Settings, backend: Backend
+) -> None:
+    """A Standard Load Balancer passes only what an NSG allows: without this, no client of any
+    endpoint would reach a gateway on Azure (the fake refuses a NIC naming a missing NSG)."""
+    await push_until_every_gateway_has_it(provider, backend)
+
+    state = await fake_arm.state()
+
+    [nsg] = [n for n in state["network_security_groups"] if n["name"] == settings.azure_gateways_nsg]
+    rule = nsg["rules"]["tidegate-allow-clients"]
+    assert (rule["access"], rule["sourceAddressPrefix"]) == ("Allow", "Internet")
+    assert rule["destinationPortRange"] == str(settings.gateway_https_port)
+
+
 async def test_the_local_monitor_reads_every_gateway_vms_stats_on_azure(
     fake_arm: FakeArmProcess, settings: Settings
 ) -> None:

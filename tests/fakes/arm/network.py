@@ -358,6 +358,21 @@ class FakeNetwork:
         ]
         return [pool for pool in named if pool.lower() not in have]
 
+    def missing_nsgs(self, scale_set_properties: dict[str, Any]) -> list[str]:
+        """Network security groups a scale set's NIC configurations name that do not exist."""
+        have = {n.id.lower() for n in self.resources[NSG].values()}
+        configs = (
+            (scale_set_properties.get("virtualMachineProfile") or {})
+            .get("networkProfile", {})
+            .get("networkInterfaceConfigurations", [])
+        )
+        named = [
+            str(((config.get("properties") or {}).get("networkSecurityGroup") or {}).get("id"))
+            for config in configs
+            if (config.get("properties") or {}).get("networkSecurityGroup")
+        ]
+        return [nsg for nsg in named if nsg.lower() not in have]
+
     def pool_members(self, lb: NetworkResource) -> dict[str, list[str]]:
         """Each backend pool's members: the private addresses of the scale set VMs joining it."""
         members: dict[str, list[str]] = {}

@@ -515,7 +515,8 @@ class FakeArm:
                 "InvalidParameter",
                 f"upgradePolicy.mode {mode!r} is not one of {', '.join(UPGRADE_MODES)}.",
             )
-        missing = self.network.missing_pools(body.get("properties") or {})
+        properties = body.get("properties") or {}
+        missing = self.network.missing_pools(properties) + self.network.missing_nsgs(properties)
         if missing:
             return arm_error(
                 400,
