@@ -16,6 +16,7 @@ from activities.azure.credentials import GivenTokenCredential
 from config.host_api import DeploymentRuntime, ProbeSpec, RuntimeEnvironment
 from config.settings import Settings
 from tests.fakes.arm.client import FakeArmProcess
+from tests.gateway.conftest import Backend
 from tests.host.helpers import SCORE_PY
 from tests.support.ports import free_port
 
@@ -59,8 +60,13 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FakeArmProcess]:
+async def fake_arm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[FakeArmProcess]:
+    """One fake ARM per module; a module's FAKE_ARM_RETRY_AFTER (seconds) sets the Retry-After of
+    its operation statuses (0: done at the first status read, no waits)."""
     fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm"), free_port())
+    fake.retry_after = getattr(request.module, "FAKE_ARM_RETRY_AFTER", fake.retry_after)
     fake.start()
     try:
         await fake.wait_up()
@@ -98,3 +104,14 @@ def runtime(
         readiness_probe=ProbeSpec(initial_delay=1, period=1),
         liveness_probe=ProbeSpec(initial_delay=1, period=1),
     )
+
+
+@pytest_asyncio.fixture(scope="module")
+async def backend() -> AsyncIterator[Backend]:
+    """An upstream standing in for a deployment's instance, for tests of route pushes."""
+    made = Backend("blue")
+    await made.start()
+    try:
+        yield made
+    finally:
+        await made.stop()

@@ -38,6 +38,7 @@ from tests.support.polling import eventually
 from tests.support.ports import free_port
 
 GATEWAYS = "tg-gateways"
+FAKE_ARM_RETRY_AFTER = 0  # operations done at the first status read
 TOKEN = "gateway-patch-test-control-credential-0123456789"
 GALLERY_IMAGE = (
     f"/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/{RESOURCE_GROUP}"
@@ -49,26 +50,10 @@ GENERATIONS = {"alpha": 1_700_000_000_001, "beta": 1_700_000_000_002}
 
 
 @pytest_asyncio.fixture(scope="module")
-async def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FakeArmProcess]:
-    fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm-gateway-patch"), free_port())
-    fake.retry_after = 0
-    fake.start()
-    try:
-        await fake.wait_up()
-        await fake.publish_image_version(GALLERY_IMAGE, "1.0.0")
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def backend() -> AsyncIterator[Backend]:
-    made = Backend("blue")
-    await made.start()
-    try:
-        yield made
-    finally:
-        await made.stop()
+async def fake_arm(fake_arm: FakeArmProcess) -> FakeArmProcess:
+    """The module's fake ARM (conftest.py) with the hosts' gallery image published."""
+    await fake_arm.publish_image_version(GALLERY_IMAGE, "1.0.0")
+    return fake_arm
 
 
 @pytest.fixture(scope="module")

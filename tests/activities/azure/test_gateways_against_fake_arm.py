@@ -37,28 +37,7 @@ from tests.support.ports import free_port
 GATEWAYS = "tg-gateways"
 TOKEN = "gateway-test-control-credential-0123456789"
 FQDN = "tggw-alpha.westeurope.cloudapp.azure.com"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FakeArmProcess]:
-    fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm-gateways"), free_port())
-    fake.retry_after = 0
-    fake.start()
-    try:
-        await fake.wait_up()
-        yield fake
-    finally:
-        fake.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def backend() -> AsyncIterator[Backend]:
-    made = Backend("blue")
-    await made.start()
-    try:
-        yield made
-    finally:
-        await made.stop()
+FAKE_ARM_RETRY_AFTER = 0  # operations done at the first status read
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,6 @@ from config.settings import Settings
 from tests.activities.azure.conftest import RESOURCE_GROUP, azure_settings
 from tests.fakes.arm.client import FakeArmProcess
 from tests.gateway.conftest import CONTROL_TOKEN, KEY, Backend, GatewayProcess, route_body
-from tests.support.ports import free_port
 
 GATEWAY_SUBNET = "10.0.1.0/24"
 LB = "tidegate-gateways"
@@ -47,19 +46,7 @@ PUT_IP, PUT_LB, PUT_NSG = (
 )
 GETS = {"publicIPAddresses.get", "loadBalancers.get", "networkSecurityGroups.get", "subnets.get"}
 INSTANCES_SUBNET = "10.0.2.0/24"
-
-
-@pytest_asyncio.fixture(scope="module")
-async def fake_arm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FakeArmProcess]:
-    """This module's own fake, its operations done at the first status read (no waits)."""
-    fake = FakeArmProcess.prepare(tmp_path_factory.mktemp("fake-arm-network"), free_port())
-    fake.retry_after = 0
-    fake.start()
-    try:
-        await fake.wait_up()
-        yield fake
-    finally:
-        fake.stop()
+FAKE_ARM_RETRY_AFTER = 0  # operations done at the first status read
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -70,16 +57,6 @@ async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gat
         yield process
     finally:
         await process.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def backend() -> AsyncIterator[Backend]:
-    made = Backend("blue")
-    await made.start()
-    try:
-        yield made
-    finally:
-        await made.stop()
 
 
 @pytest.fixture(scope="module")
