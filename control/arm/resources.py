@@ -218,6 +218,8 @@ class ArmScaleSettings(_Arm):
     max_instances: int | None = None
     polling_interval: IsoDuration | None = None
     target_utilization_percentage: int | None = None
+    # Tidegate's: which utilisation (busy request slots, or the scale set's CPU on azure).
+    metric: Literal["busy", "cpu"] | None = None
 
 
 class ArmDeploymentProperties(_Arm):
@@ -549,7 +551,7 @@ def deployment_spec(endpoint: str, name: str, resource: ArmDeployment) -> Deploy
     scale = props.scale_settings
     if scale is not None and scale.scale_type == "TargetUtilization":
         scale_data: dict[str, Any] = {"type": "target_utilization"}
-        for field in ("min_instances", "max_instances", "target_utilization_percentage"):
+        for field in ("min_instances", "max_instances", "target_utilization_percentage", "metric"):
             if getattr(scale, field) is not None:
                 scale_data[field] = getattr(scale, field)
         if scale.polling_interval is not None:
@@ -642,6 +644,7 @@ def deployment_properties(spec: dict[str, Any], limits: RequestLimits, instance_
                 "maxInstances": scale.get("max_instances", 1),
                 "pollingInterval": iso_duration(scale.get("polling_interval", 1)),
                 "targetUtilizationPercentage": scale.get("target_utilization_percentage", 70),
+                **({"metric": scale["metric"]} if "metric" in scale else {}),
             }
             if scale.get("type") == "target_utilization"
             else {"scaleType": "Default"}

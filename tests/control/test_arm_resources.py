@@ -8,11 +8,13 @@ import pytest
 
 from config.contract.state import DeploymentEntry, DeploymentTarget, EndpointRecord
 from config.host_api import DeploymentRuntime
+from config.specs import DeploymentSpec
 from control.arm.resources import (
     ArmDeployment,
     ArmEndpoint,
     ArmValidationError,
     Workspace,
+    deployment_request,
     deployment_resource,
     deployment_spec,
     endpoint_resource,
@@ -379,3 +381,20 @@ def test_a_deployment_reports_when_it_was_created_and_last_changed() -> None:
     }
     older = entry.model_copy(update={"created_at": None, "modified_at": None})  # recorded before
     assert "systemData" not in deployment_resource("my-ep", older, WS)
+
+
+def test_an_autoscale_metric_goes_through_the_rest_api_and_back() -> None:
+    spec = DeploymentSpec.model_validate(
+        {
+            "name": "blue",
+            "endpoint_name": "my-ep",
+            "instance_type": "Standard_DS3_v2",
+            "scale_settings": {"type": "target_utilization", "max_instances": 3, "metric": "cpu"},
+        }
+    )
+
+    body = deployment_request(spec)
+    again = deployment_spec("my-ep", "blue", read_model(ArmDeployment, body))
+
+    assert body["properties"]["scaleSettings"]["metric"] == "cpu"
+    assert again.scale_settings.model_dump() == spec.scale_settings.model_dump()
