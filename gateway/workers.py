@@ -27,7 +27,9 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -55,13 +57,25 @@ def worker_index(environ: dict[str, str] | os._Environ[str] = os.environ) -> int
 
 
 def socket_path(gateway_dir: Path, index: int) -> str:
-    """Where process ``index`` serves its windows; an abstract socket when the path is too
-    long for AF_UNIX (108 bytes)."""
+    """Where process ``index`` serves its windows (and takes ``POST /drain``): in the gateway
+    dir, or, when that path is too long for AF_UNIX (108 bytes), in a private folder of this
+    user's in the temp dir. Never an abstract socket: any local user could connect to one, and
+    uvloop cannot (EINVAL)."""
     path = gateway_dir / _SOCKET_DIR / f"{index}.sock"
     if len(str(path).encode()) < 100:
         return str(path)
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:24]
-    return f"\0tidegate-gateway-{digest}"
+    digest = hashlib.sha256(str(gateway_dir).encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"tidegate-{os.getuid()}-{digest}" / f"{index}.sock")
+
+
+def private_socket_dir(path: str) -> None:
+    """The socket's folder, made 0700; refused if it exists as someone else's or open to others
+    (a folder another user made first in the temp dir)."""
+    folder = Path(path).parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    held = folder.lstat()
+    if not stat.S_ISDIR(held.st_mode) or held.st_uid != os.getuid() or held.st_mode & 0o077:
+        raise PermissionError(f"{folder} is not a private folder of this user's: refusing to serve there")
 
 
 # --- processes 1..N-1 ---
@@ -98,10 +112,9 @@ def create_peer_app(
 
 
 async def start_peer_site(app: web.Application, path: str) -> web.AppRunner:
-    if not path.startswith("\0"):
-        Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    private_socket_dir(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.UnixSite(runner, path).start()

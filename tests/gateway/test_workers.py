@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import stat
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from gateway.workers import private_socket_dir, socket_path
 from tests.gateway.conftest import Backend, GatewayProcess
 from tests.gateway.helpers import metrics, push_route, score, stats, until
 
@@ -154,3 +156,26 @@ async def test_stopping_process_0_stops_the_others(
     assert await process.stop() == 0
     for worker in workers:
         assert not Path(f"/proc/{worker}").exists() or "zombie" in Path(f"/proc/{worker}/status").read_text()
+
+
+def test_a_long_gateway_dir_puts_the_process_sockets_in_a_private_temp_folder_not_an_abstract_one(
+    tmp_path: Path,
+) -> None:
+    """uvloop cannot connect to abstract sockets (EINVAL), and anyone on the machine can."""
+    long_dir = tmp_path / ("d" * 90) / "gateway"
+
+    path = socket_path(long_dir, 1)
+    private_socket_dir(path)
+
+    assert not path.startswith("\0") and len(path.encode()) < 100
+    assert stat.S_IMODE(Path(path).parent.stat().st_mode) == 0o700
+    assert socket_path(long_dir, 1) == path != socket_path(long_dir, 2)
+
+
+def test_a_socket_folder_open_to_others_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    folder.mkdir(mode=0o777)
+    folder.chmod(0o777)
+
+    with pytest.raises(PermissionError, match="not a private folder"):
+        private_socket_dir(str(folder / "1.sock"))
